@@ -1,0 +1,92 @@
+"""create_app(settings) -> FastAPI: routers, lifespan, middleware."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import structlog
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from papo import __version__
+from papo.auth.api import router as auth_router
+from papo.auth.tokens import SigningKey, TokenVerifier
+from papo.chat.api import router as chat_router
+from papo.chat.legacy_api import router as legacy_chat_router
+from papo.db.engine import Database, locate_database
+from papo.errors import install_error_handlers
+from papo.ops.middleware import RequestContextMiddleware
+from papo.settings import Settings, get_settings
+from papo.state import AppState, app_state
+
+log = structlog.get_logger(__name__)
+
+DESCRIPTION = """
+papo is a self-hostable, multi-tenant chat platform.
+
+Authenticate with `Authorization: Bearer <token>`: a token from `POST /api/v1/auth/token`,
+`papo token`, or your identity provider (Clerk or any OIDC issuer configured with
+`PAPO_AUTH_JWKS_URL`), or a tenant API key `papo_sk_...`. Errors are RFC 9457 problem details.
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    on_ready: Callable[[AppState], Any] | None = None,
+) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        location = locate_database(settings)
+        db = Database(location.app_url, pool_size=settings.db_pool_size)
+        http = httpx.AsyncClient()
+        try:
+            await db.verify_runtime_role()
+            signing_key = SigningKey.load(settings)
+            state = AppState(settings, db, signing_key, TokenVerifier(settings, signing_key, http), http)
+            app.state.papo = state
+            if on_ready is not None:
+                await on_ready(state)
+            yield
+        finally:
+            await http.aclose()
+            await db.dispose()
+            location.stop()
+
+    app = FastAPI(
+        title="papo",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+    )
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(auth_router)
+    app.include_router(chat_router)
+    app.include_router(legacy_chat_router)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> dict[str, str]:
+        async with app_state_of(app).db.transaction() as session:
+            await session.execute(text("SELECT 1"))
+        return {"status": "ready"}
+
+    return app
+
+
+def app_state_of(app: FastAPI) -> AppState:
+    state: AppState = app.state.papo
+    return state
+
+
+__all__ = ["app_state", "create_app"]

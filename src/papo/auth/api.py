@@ -1,0 +1,76 @@
+"""Identity endpoints: built-in sign-in, papo's JWKS, the caller, tenant API keys, Clerk webhooks."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request, Response, status
+
+from papo.auth import clerk, service
+from papo.auth.deps import AdminPrincipal, CurrentPrincipal, DbSession, State
+from papo.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Me, TokenRequest, TokenResponse
+from papo.auth.tokens import issue_token
+
+router = APIRouter(tags=["identity"])
+
+
+@router.get("/.well-known/jwks.json", include_in_schema=True)
+async def jwks(state: State) -> dict[str, Any]:
+    return state.signing_key.jwks()
+
+
+@router.post("/api/v1/auth/token", response_model=TokenResponse)
+async def sign_in(body: TokenRequest, session: DbSession, state: State) -> TokenResponse:
+    """Exchange a built-in account's e-mail and password for a bearer token."""
+    principal = await service.login(session, body.email, body.password, body.tenant_id)
+    assert principal.user_id is not None
+    token, ttl = issue_token(
+        state.settings,
+        state.signing_key,
+        tenant_id=principal.tenant_id,
+        user_id=principal.user_id,
+        role=principal.role,
+    )
+    return TokenResponse(
+        access_token=token, expires_in=ttl, tenant_id=principal.tenant_id, user_id=principal.user_id
+    )
+
+
+@router.get("/api/v1/me", response_model=Me)
+async def me(principal: CurrentPrincipal, session: DbSession) -> Me:
+    profile = Me(
+        tenant_id=principal.tenant_id,
+        user_id=principal.user_id,
+        role=principal.role,
+        api_key_id=principal.api_key_id,
+    )
+    if principal.user_id is not None:
+        user = await service.get_user(session, principal.user_id)
+        profile.email, profile.name = user.email, user.name
+    return profile
+
+
+@router.post("/api/v1/api-keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
+async def create_api_key(body: ApiKeyCreate, principal: AdminPrincipal, session: DbSession) -> ApiKeyCreated:
+    key, plaintext = await service.create_api_key(session, principal.tenant_id, body.name, principal.user_id)
+    return ApiKeyCreated(**ApiKeyOut.model_validate(key).model_dump(), key=plaintext)
+
+
+@router.get("/api/v1/api-keys", response_model=list[ApiKeyOut])
+async def list_api_keys(principal: AdminPrincipal, session: DbSession) -> list[ApiKeyOut]:
+    return [ApiKeyOut.model_validate(key) for key in await service.list_api_keys(session)]
+
+
+@router.delete("/api/v1/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def revoke_api_key(key_id: uuid.UUID, principal: AdminPrincipal, session: DbSession) -> Response:
+    await service.revoke_api_key(session, key_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/api/v1/webhooks/clerk", status_code=status.HTTP_204_NO_CONTENT, tags=["webhooks"])
+async def clerk_webhook(request: Request, session: DbSession, state: State) -> Response:
+    """Clerk user and organization events, verified with the Svix signature."""
+    event = clerk.verify_event(state.settings, await request.body(), dict(request.headers))
+    await clerk.apply_event(session, event)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

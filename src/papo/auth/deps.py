@@ -1,0 +1,48 @@
+"""FastAPI dependencies: the request's transaction and the authenticated principal in it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from papo.auth.service import Principal, authenticate
+from papo.errors import Unauthorized
+from papo.state import AppState, app_state
+
+
+async def request_tx(request: Request) -> AsyncIterator[AsyncSession]:
+    """One transaction per request: committed when the handler returns, rolled back if it raises."""
+    async with app_state(request).db.sessionmaker() as session, session.begin():
+        yield session
+
+
+# scope="function": commit before the response is sent, so a client never sees a 2xx for
+# work that then fails to commit.
+DbSession = Annotated[AsyncSession, Depends(request_tx, scope="function")]
+State = Annotated[AppState, Depends(app_state)]
+
+
+def bearer_credential(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, credential = header.partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise Unauthorized("send Authorization: Bearer <token or API key>")
+    return credential.strip()
+
+
+async def current_principal(request: Request, session: DbSession, state: State) -> Principal:
+    principal = await authenticate(session, state.verifier, bearer_credential(request))
+    request.state.principal = principal
+    return principal
+
+
+async def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    principal.require_admin()
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+AdminPrincipal = Annotated[Principal, Depends(admin_principal)]

@@ -1,0 +1,161 @@
+"""Versioned REST API for chat sessions and messages (/api/v1)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response, status
+
+from papo.auth.deps import CurrentPrincipal, DbSession, State
+from papo.chat.models import SessionStatus
+from papo.chat.schemas import (
+    ChatCreate,
+    MessageCreate,
+    MessageOut,
+    MessagePage,
+    MessagePatch,
+    SessionCreate,
+    SessionOut,
+    SessionPage,
+    SessionPatch,
+)
+from papo.chat.service import MAX_PAGE, ChatService, message_cursor
+from papo.errors import BadRequest
+
+router = APIRouter(prefix="/api/v1", tags=["chat"])
+
+
+def chat_service(session: DbSession, principal: CurrentPrincipal, state: State) -> ChatService:
+    return ChatService(session, principal, state.settings)
+
+
+Chat = Annotated[ChatService, Depends(chat_service)]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+
+
+@router.post("/sessions", status_code=status.HTTP_201_CREATED, response_model=SessionOut)
+async def create_session(body: SessionCreate, chat: Chat, principal: CurrentPrincipal) -> SessionOut:
+    created = await chat.create_chat_session(
+        principal.require_user(), body.title, metadata=body.metadata, channel=body.channel
+    )
+    return SessionOut.model_validate(created)
+
+
+@router.get("/sessions", response_model=SessionPage)
+async def list_sessions(
+    chat: Chat,
+    principal: CurrentPrincipal,
+    status: Annotated[SessionStatus, Query()] = SessionStatus.active,
+    limit: Limit = 50,
+    cursor: str | None = None,
+) -> SessionPage:
+    if status == SessionStatus.deleted:
+        raise BadRequest("deleted sessions are not listed")
+    rows, next_cursor = await chat.get_chat_sessions(
+        principal.require_user(), status, limit=limit, cursor=cursor
+    )
+    return SessionPage(items=[SessionOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/sessions/{session_id}", response_model=SessionOut)
+async def get_session(session_id: uuid.UUID, chat: Chat, principal: CurrentPrincipal) -> SessionOut:
+    return SessionOut.model_validate(await chat.require_chat_session(session_id, principal.require_user()))
+
+
+@router.patch("/sessions/{session_id}", response_model=SessionOut)
+async def patch_session(
+    session_id: uuid.UUID, body: SessionPatch, chat: Chat, principal: CurrentPrincipal
+) -> SessionOut:
+    updated = await chat.update_chat_session(
+        session_id,
+        principal.require_user(),
+        title=body.title,
+        metadata=body.metadata,
+        status=body.status,
+        fields=body.model_fields_set,
+    )
+    return SessionOut.model_validate(updated)
+
+
+@router.post("/sessions/{session_id}/archive", response_model=SessionOut)
+async def archive_session(session_id: uuid.UUID, chat: Chat, principal: CurrentPrincipal) -> SessionOut:
+    return SessionOut.model_validate(await chat.archive_chat_session(session_id, principal.require_user()))
+
+
+@router.post("/sessions/{session_id}/unarchive", response_model=SessionOut)
+async def unarchive_session(session_id: uuid.UUID, chat: Chat, principal: CurrentPrincipal) -> SessionOut:
+    return SessionOut.model_validate(await chat.unarchive_chat_session(session_id, principal.require_user()))
+
+
+@router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_session(
+    session_id: uuid.UUID, chat: Chat, principal: CurrentPrincipal, purge: bool = False
+) -> Response:
+    await chat.delete_chat_session(session_id, principal.require_user(), purge=purge)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/sessions/{session_id}/messages", status_code=status.HTTP_201_CREATED, response_model=MessageOut
+)
+async def send_message(
+    session_id: uuid.UUID, body: MessageCreate, chat: Chat, principal: CurrentPrincipal
+) -> MessageOut:
+    principal.require_user()
+    message = await chat.add_message(session_id, body.role, body.content, metadata=body.metadata)
+    return MessageOut.model_validate(message)
+
+
+@router.get("/sessions/{session_id}/messages", response_model=MessagePage)
+async def list_messages(
+    session_id: uuid.UUID,
+    chat: Chat,
+    principal: CurrentPrincipal,
+    after: str | None = None,
+    before: str | None = None,
+    latest: Annotated[bool, Query(description="Without a cursor, start from the newest page.")] = False,
+    limit: Limit = 50,
+) -> MessagePage:
+    if after is not None and before is not None:
+        raise BadRequest("give `after` or `before`, not both")
+    page = await chat.get_messages(
+        session_id, principal.require_user(), after=after, before=before, latest=latest, limit=limit
+    )
+    items = [MessageOut.model_validate(m) for m in page.items]
+    return MessagePage(
+        items=items,
+        next_cursor=message_cursor(page.items[-1]) if page.items else after,
+        prev_cursor=message_cursor(page.items[0]) if page.items else before,
+        has_more=page.has_more,
+    )
+
+
+@router.get("/sessions/{session_id}/messages/{message_id}", response_model=MessageOut)
+async def get_message(
+    session_id: uuid.UUID, message_id: uuid.UUID, chat: Chat, principal: CurrentPrincipal
+) -> MessageOut:
+    return MessageOut.model_validate(await chat.get_message(session_id, message_id, principal.require_user()))
+
+
+@router.patch("/sessions/{session_id}/messages/{message_id}", response_model=MessageOut)
+async def patch_message(
+    session_id: uuid.UUID, message_id: uuid.UUID, body: MessagePatch, chat: Chat, principal: CurrentPrincipal
+) -> MessageOut:
+    message = await chat.update_message(
+        session_id, message_id, principal.require_user(), status=body.status, metadata=body.metadata
+    )
+    return MessageOut.model_validate(message)
+
+
+@router.post("/chats", status_code=status.HTTP_201_CREATED, response_model=SessionOut, tags=["back-office"])
+async def create_chat_for_user(body: ChatCreate, chat: Chat) -> SessionOut:
+    """Open a chat for a member of the caller's tenant, by user id or e-mail (tenant API key or admin)."""
+    created = await chat.open_chat_for_member(
+        user_id=body.user.id,
+        email=body.user.email,
+        title=body.title,
+        metadata=body.metadata,
+        create_user=body.create_user,
+    )
+    return SessionOut.model_validate(created)

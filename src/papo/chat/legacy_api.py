@@ -1,0 +1,46 @@
+"""Seed 000's endpoints, exactly as the seed writes them (/api/chat/...)."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, status
+
+from papo.auth.deps import CurrentPrincipal
+from papo.chat.api import Chat
+from papo.chat.models import Channel, MessageRole
+from papo.chat.schemas import LegacyDeleted, LegacyMessageCreate, LegacySessionCreate, MessageOut, SessionOut
+
+router = APIRouter(prefix="/api/chat", tags=["seed 000"])
+
+
+@router.post("/session", status_code=status.HTTP_201_CREATED, response_model=SessionOut)
+async def create_session(chat: Chat, principal: CurrentPrincipal, body: LegacySessionCreate | None = None) -> SessionOut:
+    title = body.title if body else None
+    created = await chat.create_chat_session(principal.require_user(), title, channel=Channel.web)
+    return SessionOut.model_validate(created)
+
+
+@router.get("/session", response_model=list[SessionOut])
+async def list_active_sessions(chat: Chat, principal: CurrentPrincipal) -> list[SessionOut]:
+    rows, _ = await chat.get_chat_sessions(principal.require_user())
+    return [SessionOut.model_validate(row) for row in rows]
+
+
+@router.delete("/session", response_model=LegacyDeleted)
+async def delete_session(id: uuid.UUID, chat: Chat, principal: CurrentPrincipal) -> LegacyDeleted:  # noqa: A002
+    await chat.delete_chat_session(id, principal.require_user())
+    return LegacyDeleted()
+
+
+@router.post("/message", status_code=status.HTTP_201_CREATED, response_model=MessageOut)
+async def send_message(body: LegacyMessageCreate, chat: Chat, principal: CurrentPrincipal) -> MessageOut:
+    principal.require_user()
+    message = await chat.add_message(body.sessionId, MessageRole.user, body.message)
+    return MessageOut.model_validate(message)
+
+
+@router.get("/message", response_model=list[MessageOut])
+async def message_history(sessionId: uuid.UUID, chat: Chat, principal: CurrentPrincipal) -> list[MessageOut]:  # noqa: N803
+    page = await chat.get_messages(sessionId, principal.require_user(), limit=None)
+    return [MessageOut.model_validate(m) for m in page.items]

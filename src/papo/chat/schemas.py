@@ -1,0 +1,134 @@
+"""API shapes for chat sessions and messages. Never the ORM classes: a client cannot set tenant or owner."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+from papo.chat.models import Channel, MessageRole, MessageStatus, SessionStatus
+
+
+class Strict(BaseModel):
+    """Input models refuse unknown fields, so `tenant_id` or `user_id` in a body is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    user_id: str | None
+    title: str | None
+    status: SessionStatus
+    channel: Channel
+    last_message_at: datetime | None
+    metadata: dict[str, Any] = Field(validation_alias=AliasChoices("metadata_", "metadata"))
+    created_at: datetime
+    updated_at: datetime
+
+
+class MessageOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    session_id: uuid.UUID
+    role: MessageRole
+    content: str
+    status: MessageStatus
+    metadata: dict[str, Any] = Field(validation_alias=AliasChoices("metadata_", "metadata"))
+    created_at: datetime
+    updated_at: datetime
+
+
+class SessionCreate(Strict):
+    title: str | None = None
+    metadata: dict[str, Any] | None = None
+    channel: Literal[Channel.web, Channel.api] = Channel.api
+
+
+class SessionPatch(Strict):
+    title: str | None = None
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Merged into the stored metadata (JSON merge patch: null removes a key)."
+    )
+    status: Literal[SessionStatus.active, SessionStatus.archived] | None = None
+
+
+class MessageCreate(Strict):
+    content: str
+    role: MessageRole = MessageRole.user
+    metadata: dict[str, Any] | None = None
+
+
+class MessagePatch(Strict):
+    status: MessageStatus | None = None
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Merged into the stored metadata (JSON merge patch: null removes a key)."
+    )
+
+
+class SessionPage(BaseModel):
+    items: list[SessionOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
+class MessagePage(BaseModel):
+    items: list[MessageOut] = Field(description="Oldest first.")
+    next_cursor: str | None = Field(description="Cursor after the newest item; pass as `after` to go forward.")
+    prev_cursor: str | None = Field(description="Cursor before the oldest item; pass as `before` to go back.")
+    has_more: bool = Field(description="Whether more messages exist in the direction this page was read.")
+
+
+class UserRef(Strict):
+    id: str | None = None
+    email: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> UserRef:
+        if (self.id is None) == (self.email is None):
+            raise ValueError("give exactly one of `id` or `email`")
+        if self.email is not None and ("@" not in self.email or len(self.email) > 320):
+            raise ValueError("`email` is not an e-mail address")
+        return self
+
+
+class ChatCreate(Strict):
+    """Back-office request: open a chat on behalf of a member of the API key's tenant."""
+
+    user: UserRef
+    title: str | None = None
+    metadata: dict[str, Any] | None = None
+    create_user: bool = Field(default=False, description="Invite the e-mail as a new member when unknown.")
+
+
+class SearchHit(BaseModel):
+    message_id: uuid.UUID
+    session_id: uuid.UUID
+    session_title: str | None
+    role: MessageRole
+    created_at: datetime
+    snippet: str
+    highlights: list[tuple[int, int]] = Field(description="[start, end) character ranges of matches in snippet.")
+    rank: float
+
+
+class SearchPage(BaseModel):
+    items: list[SearchHit]
+    next_cursor: str | None
+
+
+class LegacySessionCreate(Strict):
+    title: str | None = None
+
+
+class LegacyMessageCreate(Strict):
+    sessionId: uuid.UUID  # noqa: N815  (seed 000 wire name)
+    message: str
+
+
+class LegacyDeleted(BaseModel):
+    success: bool = True

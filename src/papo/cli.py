@@ -1,0 +1,264 @@
+"""The `papo` command. Identifiers go to stdout alone (or as JSON with --json); logs go to stderr."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from papo.auth import service as auth_service
+from papo.auth.models import Role
+from papo.auth.tokens import SigningKey, issue_token
+from papo.db.engine import Database, RlsContext, locate_database
+from papo.db.migrate import ensure_database, migrate
+from papo.ops.logging import configure_logging
+from papo.settings import Settings, get_settings
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="papo: multi-tenant chat platform")
+tenant_app = typer.Typer(no_args_is_help=True, help="Tenants (companies, Clerk organizations)")
+user_app = typer.Typer(no_args_is_help=True, help="Built-in user accounts")
+apikey_app = typer.Typer(no_args_is_help=True, help="Tenant API keys for server-to-server calls")
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(user_app, name="user")
+app.add_typer(apikey_app, name="apikey")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of the bare value.")]
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    return settings
+
+
+def _emit(value: str, as_json: bool, **fields: Any) -> None:
+    if as_json:
+        typer.echo(json.dumps({k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in fields.items()}))
+    else:
+        typer.echo(value)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _run_in_tenant(
+    settings: Settings, context: RlsContext | None, work: Callable[[AsyncSession], Awaitable[T]]
+) -> T:
+    """Run `work` in one transaction as the runtime role, under row-level security."""
+
+    async def runner() -> T:
+        location = locate_database(settings)
+        db = Database(location.app_url, pool_size=1)
+        try:
+            async with db.transaction(context) as session:
+                return await work(session)
+        finally:
+            await db.dispose()
+            location.stop()
+
+    try:
+        return asyncio.run(runner())
+    except auth_service.DomainError as exc:
+        _fail(exc.detail)
+        raise
+
+
+async def apply_migrations(settings: Settings) -> None:
+    location = locate_database(settings)
+    try:
+        if location.embedded is not None or settings.test_database_url:
+            await ensure_database(location.owner_url)
+        await migrate(location.owner_url, location.app_url, create_app_role=not settings.app_database_url)
+    finally:
+        location.stop()
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Apply database migrations (creates the embedded database and the runtime role if needed)."""
+    asyncio.run(apply_migrations(_settings()))
+
+
+@tenant_app.command("create")
+def tenant_create(
+    name: str,
+    external_id: Annotated[str | None, typer.Option(help="Identity-provider organization id")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a tenant; prints its id."""
+    settings = _settings()
+    tenant = _run_in_tenant(settings, None, lambda s: auth_service.create_tenant(s, name, external_id))
+    _emit(str(tenant.id), as_json, id=tenant.id, name=tenant.name)
+
+
+def _tenant_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        _fail(f"--tenant must be a tenant id (uuid), got {value!r}")
+        raise
+
+
+@user_app.command("create")
+def user_create(
+    tenant: Annotated[str, typer.Option(help="Tenant id")],
+    email: Annotated[str, typer.Option(help="E-mail (the sign-in name)")],
+    password: Annotated[str | None, typer.Option(help="Password for built-in sign-in")] = None,
+    role: Annotated[Role, typer.Option(help="Role in the tenant")] = Role.member,
+    name: Annotated[str | None, typer.Option(help="Display name")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a user in a tenant (or add an existing one); prints the user id."""
+    settings = _settings()
+    context = RlsContext(_tenant_id(tenant), None, Role.owner.value)
+
+    async def work(session: AsyncSession) -> tuple[str, bool]:
+        await _require_tenant(session)
+        return await auth_service.add_member(session, email=email, name=name, password=password, role=role)
+
+    user_id, created = _run_in_tenant(settings, context, work)
+    _emit(user_id, as_json, id=user_id, email=email.lower(), role=role.value, created=created)
+
+
+async def _require_tenant(session: AsyncSession) -> None:
+    if await session.scalar(text("SELECT count(*) FROM tenants")) != 1:
+        raise auth_service.NotFound("no such tenant")
+
+
+@app.command("token")
+def token_command(
+    tenant: Annotated[str, typer.Option(help="Tenant id")],
+    user: Annotated[str, typer.Option(help="User id")],
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds")] = 24 * 3600,
+    as_json: JsonFlag = False,
+) -> None:
+    """Print a bearer token for a member (development and scripts)."""
+    settings = _settings()
+    tenant_id = _tenant_id(tenant)
+    member = _run_in_tenant(
+        settings, RlsContext(tenant_id, user, None), lambda s: auth_service.find_member(s, user)
+    )
+    token, lifetime = issue_token(
+        settings, SigningKey.load(settings), tenant_id=tenant_id, user_id=user, role=member.role.value, ttl_seconds=ttl
+    )
+    _emit(token, as_json, token=token, expires_in=lifetime, tenant_id=tenant_id, user_id=user)
+
+
+@apikey_app.command("create")
+def apikey_create(
+    tenant: Annotated[str, typer.Option(help="Tenant id")],
+    name: Annotated[str, typer.Option(help="A label to tell keys apart")] = "default",
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a tenant API key; prints the key (shown once)."""
+    settings = _settings()
+    tenant_id = _tenant_id(tenant)
+
+    async def work(session: AsyncSession) -> tuple[Any, str]:
+        await _require_tenant(session)
+        return await auth_service.create_api_key(session, tenant_id, name, None)
+
+    key, plaintext = _run_in_tenant(settings, RlsContext(tenant_id, None, Role.owner.value), work)
+    _emit(plaintext, as_json, key=plaintext, id=key.id, name=key.name, tenant_id=tenant_id)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(key_id: str) -> None:
+    """Revoke an API key by id; it stops working immediately."""
+    settings = _settings()
+    try:
+        parsed = uuid.UUID(key_id)
+    except ValueError:
+        _fail(f"not an API key id: {key_id!r}")
+        raise
+
+    async def runner() -> bool:
+        # Operator action across tenants: runs as the database owner through a definer function.
+        location = locate_database(settings)
+        db = Database(location.owner_url, pool_size=1)
+        try:
+            async with db.transaction() as session:
+                return bool(await session.scalar(text("SELECT papo_operator_revoke_api_key(:id)"), {"id": parsed}))
+        finally:
+            await db.dispose()
+            location.stop()
+
+    if not asyncio.run(runner()):
+        _fail("no such API key")
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface (PAPO_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (PAPO_PORT)")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (PAPO_WORKERS)")] = None,
+    demo: Annotated[bool, typer.Option(help="Create a demo tenant and user and print a token")] = False,
+) -> None:
+    """Serve the API (and, as features land, the web app)."""
+    import uvicorn
+
+    from papo.app import create_app
+    from papo.demo import print_banner
+
+    settings = _settings()
+    updates: dict[str, Any] = {}
+    if host:
+        updates["host"] = host
+    if port:
+        updates["port"] = port
+    if workers:
+        updates["workers"] = workers
+    settings = settings.model_copy(update=updates)
+    if settings.workers > 1:
+        location = locate_database(settings)
+        # Worker processes join the database the parent started.
+        os.environ["PAPO_DATABASE_URL"] = location.owner_url.render_as_string(hide_password=False)
+        os.environ["PAPO_DATA_DIR"] = str(Path(settings.data_dir).resolve())
+        try:
+            if demo:
+                asyncio.run(_demo_banner_only(settings))
+            uvicorn.run(
+                "papo.app:create_app",
+                factory=True,
+                host=settings.host,
+                port=settings.port,
+                workers=settings.workers,
+                log_config=None,
+                access_log=False,
+            )
+        finally:
+            location.stop()
+        return
+    application = create_app(settings, on_ready=print_banner if demo else None)
+    uvicorn.run(application, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+async def _demo_banner_only(settings: Settings) -> None:
+    from papo.demo import ensure_demo, format_banner
+
+    location = locate_database(settings)
+    db = Database(location.app_url, pool_size=1)
+    try:
+        typer.echo(format_banner(settings, await ensure_demo(settings, db)), err=True)
+    finally:
+        await db.dispose()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,91 @@
+"""Engines, the row-level-security context and transactions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from papo.db.server import (
+    DatabaseLocation,
+    app_role_password,
+    async_url,
+    derive_app_url,
+    start_embedded,
+)
+from papo.settings import Settings
+
+
+@dataclass(frozen=True)
+class RlsContext:
+    """What the policies see: the tenant, the acting user and the acting role."""
+
+    tenant_id: uuid.UUID | None
+    user_id: str | None
+    role: str | None
+
+
+SET_CONTEXT = text("SELECT papo_set_context(:tenant_id, :user_id, :role)")
+
+
+async def apply_context(session: AsyncSession, context: RlsContext) -> None:
+    """Scope the current transaction; set_config(..., true) ends with it, so pooled connections stay clean."""
+    await session.execute(
+        SET_CONTEXT, {"tenant_id": context.tenant_id, "user_id": context.user_id, "role": context.role}
+    )
+
+
+def locate_database(settings: Settings) -> DatabaseLocation:
+    """Owner and runtime URLs; starts the embedded server when no external one is configured."""
+    embedded = None
+    if settings.database_url:
+        owner_url = async_url(settings.database_url)
+    else:
+        embedded, server_url = start_embedded(settings.data_dir.resolve() / "pgdata")
+        owner_url = server_url.set(database=settings.database_name)
+    if settings.app_database_url:
+        app_url = async_url(settings.app_database_url)
+    else:
+        app_url = derive_app_url(owner_url, settings.app_role, app_role_password(settings.data_dir))
+    return DatabaseLocation(owner_url=owner_url, app_url=app_url, embedded=embedded)
+
+
+class Database:
+    """The runtime role's connection pool. Every unit of work is one transaction."""
+
+    def __init__(self, app_url: URL, *, pool_size: int = 10) -> None:
+        self.engine: AsyncEngine = create_async_engine(
+            app_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False
+        )
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def transaction(self, context: RlsContext | None = None) -> AsyncIterator[AsyncSession]:
+        async with self.sessionmaker() as session, session.begin():
+            if context is not None:
+                await apply_context(session, context)
+            yield session
+
+    async def verify_runtime_role(self) -> None:
+        """Refuse to serve through a role that row-level security would not bind."""
+        async with self.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    text(
+                        "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
+                    )
+                )
+            ).one()
+        if row.rolsuper or row.rolbypassrls:
+            raise RuntimeError(
+                f"database role {row.rolname!r} is superuser or has BYPASSRLS; papo must connect as "
+                "an ordinary role (set PAPO_APP_DATABASE_URL, or leave it unset for papo_app)"
+            )
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,65 @@
+"""The one place papo reads its configuration from (environment variables prefixed PAPO_, and `.env`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PAPO_", env_file=".env", extra="ignore")
+
+    # Database. Absent database_url means: start the embedded PostgreSQL under data_dir.
+    database_url: str | None = None
+    app_database_url: str | None = None
+    app_role: str = "papo_app"
+    database_name: str = "papo"
+    test_database_url: str | None = None
+    db_pool_size: int = 10
+
+    # Server
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    data_dir: Path = Path(".papo")
+    public_url: str | None = None
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    # Identity
+    auth_jwks_url: str | None = None
+    auth_issuer: str | None = None
+    auth_authorized_parties: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    auth_default_tenant: str | None = None
+    auth_leeway_seconds: int = 5
+    auth_jwks_cache_seconds: int = 600
+    clerk_webhook_secret: str | None = None
+    jwt_private_key: str | None = None
+    token_ttl_seconds: int = 3600
+
+    # Limits on what a client may send.
+    max_body_bytes: int = 1024 * 1024
+    max_message_bytes: int = 32 * 1024
+    max_metadata_bytes: int = 16 * 1024
+    max_title_chars: int = 200
+
+    @field_validator("auth_authorized_parties", mode="before")
+    @classmethod
+    def _split_parties(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def issuer(self) -> str:
+        """Issuer of the tokens papo signs itself (built-in accounts)."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

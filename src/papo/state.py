@@ -1,0 +1,26 @@
+"""What a running papo process holds: settings, the database pool, keys and the verifier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from starlette.requests import HTTPConnection
+
+from papo.auth.tokens import SigningKey, TokenVerifier
+from papo.db.engine import Database
+from papo.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    db: Database
+    signing_key: SigningKey
+    verifier: TokenVerifier
+    http: httpx.AsyncClient
+
+
+def app_state(connection: HTTPConnection) -> AppState:
+    state: AppState = connection.app.state.papo
+    return state
