@@ -25,10 +25,8 @@ from papo.settings import Settings, get_settings
 T = TypeVar("T")
 
 app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    help="papo: multi-tenant chat platform")
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="papo: multi-tenant chat platform"
+)
 tenant_app = typer.Typer(no_args_is_help=True, help="Tenants (companies, Clerk organizations)")
 user_app = typer.Typer(no_args_is_help=True, help="Built-in user accounts")
 apikey_app = typer.Typer(no_args_is_help=True, help="Tenant API keys for server-to-server calls")
@@ -57,9 +55,7 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def _run_in_tenant(
-    settings: Settings, context: RlsContext | None, work: Callable[[AsyncSession], Awaitable[T]]
-) -> T:
+def _run_in_tenant(settings: Settings, context: RlsContext | None, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run `work` in one transaction as the runtime role, under row-level security."""
 
     async def runner() -> T:
@@ -151,9 +147,7 @@ def token_command(
     """Print a bearer token for a member (development and scripts)."""
     settings = _settings()
     tenant_id = _tenant_id(tenant)
-    member = _run_in_tenant(
-        settings, RlsContext(tenant_id, user, None), lambda s: auth_service.find_member(s, user)
-    )
+    member = _run_in_tenant(settings, RlsContext(tenant_id, user, None), lambda s: auth_service.find_member(s, user))
     token, lifetime = issue_token(
         settings, SigningKey.load(settings), tenant_id=tenant_id, user_id=user, role=member.role.value, ttl_seconds=ttl
     )

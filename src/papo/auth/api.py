@@ -32,9 +32,7 @@ async def sign_in(body: TokenRequest, session: DbSession, state: State) -> Token
         user_id=principal.user_id,
         role=principal.role,
     )
-    return TokenResponse(
-        access_token=token, expires_in=ttl, tenant_id=principal.tenant_id, user_id=principal.user_id
-    )
+    return TokenResponse(access_token=token, expires_in=ttl, tenant_id=principal.tenant_id, user_id=principal.user_id)
 
 
 @router.get("/api/v1/me", response_model=Me)

@@ -24,9 +24,7 @@ def verify_event(settings: Settings, body: bytes, headers: dict[str, str]) -> di
         event = Webhook(settings.clerk_webhook_secret).verify(body, headers)
     except WebhookVerificationError as exc:
         raise Unauthorized("webhook signature invalid or too old") from exc
-    if not isinstance(event, dict) or not isinstance(event.get("type"), str) or not isinstance(
-        event.get("data"), dict
-    ):
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str) or not isinstance(event.get("data"), dict):
         raise BadRequest("webhook payload is not a Clerk event")
     return event
 

@@ -60,9 +60,7 @@ class User(Timestamps, Base):
 class Membership(Timestamps, Base):
     __tablename__ = "memberships"
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
-    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     role: Mapped[Role] = mapped_column(role_enum, nullable=False, default=Role.member)
 
@@ -72,9 +70,7 @@ class Membership(Timestamps, Base):
 class ApiKey(Base):
     __tablename__ = "api_keys"
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
-    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(Text, nullable=False)
     # First characters of the key, shown in listings so an admin can tell keys apart.

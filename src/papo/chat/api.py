@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi.responses import StreamingResponse
 
 from papo.auth.deps import CurrentPrincipal, DbSession, State
+from papo.auth.service import Principal
+from papo.chat.export import MEDIA_TYPES, ExportFormat, stream_export
+from papo.chat.export import filename as export_filename
 from papo.chat.models import SessionStatus
 from papo.chat.schemas import (
     ChatCreate,
@@ -18,10 +22,14 @@ from papo.chat.schemas import (
     SessionCreate,
     SessionOut,
     SessionPage,
+    SearchHit,
+    SearchPage,
     SessionPatch,
 )
+from papo.chat.search import search_messages
 from papo.chat.service import MAX_PAGE, ChatService, message_cursor
 from papo.errors import BadRequest
+from papo.state import AppState
 
 router = APIRouter(prefix="/api/v1", tags=["chat"])
 
@@ -52,9 +60,7 @@ async def list_sessions(
 ) -> SessionPage:
     if status == SessionStatus.deleted:
         raise BadRequest("deleted sessions are not listed")
-    rows, next_cursor = await chat.get_chat_sessions(
-        principal.require_user(), status, limit=limit, cursor=cursor
-    )
+    rows, next_cursor = await chat.get_chat_sessions(principal.require_user(), status, limit=limit, cursor=cursor)
     return SessionPage(items=[SessionOut.model_validate(r) for r in rows], next_cursor=next_cursor)
 
 
@@ -96,9 +102,7 @@ async def delete_session(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post(
-    "/sessions/{session_id}/messages", status_code=status.HTTP_201_CREATED, response_model=MessageOut
-)
+@router.post("/sessions/{session_id}/messages", status_code=status.HTTP_201_CREATED, response_model=MessageOut)
 async def send_message(
     session_id: uuid.UUID, body: MessageCreate, chat: Chat, principal: CurrentPrincipal
 ) -> MessageOut:
@@ -159,3 +163,43 @@ async def create_chat_for_user(body: ChatCreate, chat: Chat) -> SessionOut:
         create_user=body.create_user,
     )
     return SessionOut.model_validate(created)
+
+
+@router.get("/search", response_model=SearchPage, tags=["search"])
+async def search(
+    q: Annotated[str, Query(description="Words to find; quotes, `or` and `-word` work as on the web.")],
+    session: DbSession,
+    principal: CurrentPrincipal,
+    limit: Limit = 20,
+    cursor: str | None = None,
+) -> SearchPage:
+    hits, next_cursor = await search_messages(
+        session, principal.tenant_id, principal.require_user(), q, limit=limit, cursor=cursor
+    )
+    return SearchPage(items=[SearchHit(**vars(hit)) for hit in hits], next_cursor=next_cursor)
+
+
+def _export_response(state: AppState, principal: Principal, fmt: ExportFormat, session_id: uuid.UUID | None) -> Any:
+    return StreamingResponse(
+        stream_export(state.db, principal, fmt, session_id),
+        media_type=MEDIA_TYPES[fmt],
+        headers={"Content-Disposition": f'attachment; filename="{export_filename(fmt, session_id)}"'},
+    )
+
+
+@router.get("/sessions/{session_id}/export", tags=["export"], response_class=StreamingResponse)
+async def export_session(
+    session_id: uuid.UUID,
+    chat: Chat,
+    principal: CurrentPrincipal,
+    state: State,
+    format: ExportFormat = ExportFormat.json,  # noqa: A002
+) -> Any:
+    await chat.require_chat_session(session_id, principal.require_user())
+    return _export_response(state, principal, format, session_id)
+
+
+@router.get("/export", tags=["export"], response_class=StreamingResponse)
+async def export_all(principal: CurrentPrincipal, state: State, format: ExportFormat = ExportFormat.json) -> Any:  # noqa: A002
+    principal.require_user()
+    return _export_response(state, principal, format, None)

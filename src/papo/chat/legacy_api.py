@@ -15,7 +15,9 @@ router = APIRouter(prefix="/api/chat", tags=["seed 000"])
 
 
 @router.post("/session", status_code=status.HTTP_201_CREATED, response_model=SessionOut)
-async def create_session(chat: Chat, principal: CurrentPrincipal, body: LegacySessionCreate | None = None) -> SessionOut:
+async def create_session(
+    chat: Chat, principal: CurrentPrincipal, body: LegacySessionCreate | None = None
+) -> SessionOut:
     title = body.title if body else None
     created = await chat.create_chat_session(principal.require_user(), title, channel=Channel.web)
     return SessionOut.model_validate(created)

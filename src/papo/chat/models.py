@@ -56,18 +56,14 @@ def _pg_enum(enum_cls: type[enum.StrEnum], name: str) -> Enum:
 class ChatSession(Timestamps, Base):
     __tablename__ = "chat_sessions"
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
-    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     title: Mapped[str | None] = mapped_column(Text)
     status: Mapped[SessionStatus] = mapped_column(
         _pg_enum(SessionStatus, "chat_session_status"), nullable=False, default=SessionStatus.active
     )
-    channel: Mapped[Channel] = mapped_column(
-        _pg_enum(Channel, "chat_channel"), nullable=False, default=Channel.api
-    )
+    channel: Mapped[Channel] = mapped_column(_pg_enum(Channel, "chat_channel"), nullable=False, default=Channel.api)
     last_message_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")
@@ -108,12 +104,8 @@ class Message(Base):
         "metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
     # Both set by the insert trigger: created_at is commit-ordered within a session (see migration 0001).
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now()
-    )
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now()
-    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     search_vector: Mapped[str] = mapped_column(
         TSVECTOR,
         Computed("to_tsvector('simple'::regconfig, papo_fold(content))", persisted=True),

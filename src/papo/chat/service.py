@@ -240,9 +240,7 @@ class ChatService:
             except NotFound:
                 if not create_user:
                     raise
-                member_id, _ = await auth_service.add_member(
-                    self.db, email=email, name=None, password=None, role=None
-                )
+                member_id, _ = await auth_service.add_member(self.db, email=email, name=None, password=None, role=None)
         self.principal = self.principal.acting_as(member_id)
         await apply_context(self.db, self.principal.context())
         return await self.create_chat_session(member_id, title, metadata=metadata, channel=Channel.web)
@@ -289,9 +287,7 @@ class ChatService:
     ) -> Page[Message]:
         """A page of a session's history in (created_at, id) order; `limit=None` is the whole history."""
         await self.require_chat_session(session_id, user_id)
-        query = select(Message).where(
-            Message.tenant_id == self.principal.tenant_id, Message.session_id == session_id
-        )
+        query = select(Message).where(Message.tenant_id == self.principal.tenant_id, Message.session_id == session_id)
         key = tuple_(Message.created_at, Message.id)
         backwards = before is not None or (latest and after is None)
         if after is not None:

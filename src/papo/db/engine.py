@@ -76,9 +76,7 @@ class Database:
         async with self.engine.connect() as connection:
             row = (
                 await connection.execute(
-                    text(
-                        "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
-                    )
+                    text("SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
                 )
             ).one()
         if row.rolsuper or row.rolbypassrls:

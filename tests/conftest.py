@@ -1,0 +1,141 @@
+"""A real PostgreSQL for the whole run: a throw-away embedded server, or a fresh database on the server
+named by PAPO_TEST_DATABASE_URL. Each test builds its own tenants, so tests never see each other's rows."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.engine import URL
+
+from papo.app import create_app
+from papo.auth import service as auth_service
+from papo.db.engine import Database
+from papo.db.migrate import ensure_database, migrate
+from papo.db.server import app_role_password, async_url, derive_app_url, remove_tree, start_embedded
+from papo.settings import Settings
+from tests.support import CLERK_WEBHOOK_SECRET, EXTERNAL_ISSUER, FakeIdentityProvider, TenantHandle
+
+
+@dataclass
+class TestDatabase:
+    owner_url: URL
+    app_url: URL
+    admin_url: URL  # the server's maintenance database, to create/drop databases
+    cleanup: Any = None
+
+
+def _plain_dsn(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def tmp_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("papo-data")
+
+
+@pytest.fixture(scope="session")
+async def database(tmp_data_dir: Path) -> AsyncIterator[TestDatabase]:
+    name = "papo_test_" + secrets.token_hex(4)
+    configured = Settings(_env_file=None).test_database_url  # type: ignore[call-arg]
+    embedded = None
+    pgdata = None
+    if configured:
+        server_url = async_url(configured)
+    else:
+        pgdata = tmp_data_dir.parent / "pgdata"
+        embedded, server_url = start_embedded(pgdata, throwaway=True)
+    owner_url = server_url.set(database=name)
+    app_url = derive_app_url(owner_url, "papo_app", app_role_password(tmp_data_dir))
+    await ensure_database(owner_url)
+    await migrate(owner_url, app_url, create_app_role=True)
+    yield TestDatabase(owner_url, app_url, server_url.set(database="postgres"))
+    admin = await asyncpg.connect(_plain_dsn(server_url.set(database="postgres")))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    if embedded is not None:
+        embedded.cleanup()
+    if pgdata is not None:
+        remove_tree(pgdata)
+
+
+@pytest.fixture(scope="session")
+def identity_provider() -> Iterator[FakeIdentityProvider]:
+    provider = FakeIdentityProvider()
+    yield provider
+    provider.close()
+
+
+@pytest.fixture(scope="session")
+def settings(database: TestDatabase, tmp_data_dir: Path, identity_provider: FakeIdentityProvider) -> Settings:
+    return Settings(
+        database_url=database.owner_url.render_as_string(hide_password=False),
+        app_database_url=database.app_url.render_as_string(hide_password=False),
+        data_dir=tmp_data_dir,
+        public_url="http://papo.test",
+        auth_jwks_url=identity_provider.jwks_url,
+        auth_issuer=EXTERNAL_ISSUER,
+        auth_authorized_parties=["https://app.example.com"],
+        clerk_webhook_secret=CLERK_WEBHOOK_SECRET,
+        max_message_bytes=32 * 1024,
+        max_metadata_bytes=16 * 1024,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://papo.test") as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+async def db(database: TestDatabase) -> AsyncIterator[Database]:
+    pool = Database(database.app_url, pool_size=4)
+    yield pool
+    await pool.dispose()
+
+
+@pytest.fixture
+async def app_role_connection(database: TestDatabase) -> AsyncIterator[asyncpg.Connection]:
+    """A raw connection as the runtime role, for probing row-level security in plain SQL."""
+    connection = await asyncpg.connect(_plain_dsn(database.app_url))
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+async def make_tenant(db: Database, settings: Settings) -> Any:
+    async def factory(name: str = "Acme") -> TenantHandle:
+        async with db.transaction() as session:
+            tenant = await auth_service.create_tenant(session, f"{name} {secrets.token_hex(3)}")
+        return TenantHandle(tenant.id, db, settings)
+
+    return factory
+
+
+def _env_marker() -> None:
+    # Tests must not inherit a developer's PAPO_DATABASE_URL: the suite builds its own database.
+    os.environ.pop("PAPO_DATABASE_URL", None)
+    os.environ.pop("PAPO_APP_DATABASE_URL", None)
+
+
+_env_marker()
