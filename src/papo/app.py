@@ -18,7 +18,7 @@ from papo.chat.api import router as chat_router
 from papo.chat.legacy_api import router as legacy_chat_router
 from papo.db.engine import Database, locate_database
 from papo.errors import install_error_handlers
-from papo.ops.middleware import RequestContextMiddleware
+from papo.ops.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from papo.settings import Settings, get_settings
 from papo.state import AppState, app_state
 
@@ -63,9 +63,9 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(auth_router)
     app.include_router(chat_router)
