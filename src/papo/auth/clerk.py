@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import structlog
@@ -21,9 +22,13 @@ def verify_event(settings: Settings, body: bytes, headers: dict[str, str]) -> di
     if not settings.clerk_webhook_secret:
         raise Forbidden("Clerk webhooks are not configured (PAPO_CLERK_WEBHOOK_SECRET)")
     try:
-        event = Webhook(settings.clerk_webhook_secret).verify(body, headers)
+        Webhook(settings.clerk_webhook_secret).verify(body, headers)
     except WebhookVerificationError as exc:
         raise Unauthorized("webhook signature invalid or too old") from exc
+    try:
+        event = json.loads(body)
+    except ValueError as exc:
+        raise BadRequest("webhook payload is not JSON") from exc
     if not isinstance(event, dict) or not isinstance(event.get("type"), str) or not isinstance(event.get("data"), dict):
         raise BadRequest("webhook payload is not a Clerk event")
     return event
