@@ -26,14 +26,14 @@ from tests.support import CLERK_WEBHOOK_SECRET, EXTERNAL_ISSUER, FakeIdentityPro
 
 
 @dataclass
-class TestDatabase:
+class ProvisionedDatabase:
     owner_url: URL
     app_url: URL
     admin_url: URL  # the server's maintenance database, to create/drop databases
     cleanup: Any = None
 
 
-def _plain_dsn(url: URL) -> str:
+def plain_dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
@@ -43,7 +43,7 @@ def tmp_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-async def database(tmp_data_dir: Path) -> AsyncIterator[TestDatabase]:
+async def database(tmp_data_dir: Path) -> AsyncIterator[ProvisionedDatabase]:
     name = "papo_test_" + secrets.token_hex(4)
     configured = Settings(_env_file=None).test_database_url  # type: ignore[call-arg]
     embedded = None
@@ -57,8 +57,8 @@ async def database(tmp_data_dir: Path) -> AsyncIterator[TestDatabase]:
     app_url = derive_app_url(owner_url, "papo_app", app_role_password(tmp_data_dir))
     await ensure_database(owner_url)
     await migrate(owner_url, app_url, create_app_role=True)
-    yield TestDatabase(owner_url, app_url, server_url.set(database="postgres"))
-    admin = await asyncpg.connect(_plain_dsn(server_url.set(database="postgres")))
+    yield ProvisionedDatabase(owner_url, app_url, server_url.set(database="postgres"))
+    admin = await asyncpg.connect(plain_dsn(server_url.set(database="postgres")))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
@@ -77,7 +77,7 @@ def identity_provider() -> Iterator[FakeIdentityProvider]:
 
 
 @pytest.fixture(scope="session")
-def settings(database: TestDatabase, tmp_data_dir: Path, identity_provider: FakeIdentityProvider) -> Settings:
+def settings(database: ProvisionedDatabase, tmp_data_dir: Path, identity_provider: FakeIdentityProvider) -> Settings:
     return Settings(
         database_url=database.owner_url.render_as_string(hide_password=False),
         app_database_url=database.app_url.render_as_string(hide_password=False),
@@ -108,16 +108,16 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture(scope="session")
-async def db(database: TestDatabase) -> AsyncIterator[Database]:
+async def db(database: ProvisionedDatabase) -> AsyncIterator[Database]:
     pool = Database(database.app_url, pool_size=4)
     yield pool
     await pool.dispose()
 
 
 @pytest.fixture
-async def app_role_connection(database: TestDatabase) -> AsyncIterator[asyncpg.Connection]:
+async def app_role_connection(database: ProvisionedDatabase) -> AsyncIterator[asyncpg.Connection]:
     """A raw connection as the runtime role, for probing row-level security in plain SQL."""
-    connection = await asyncpg.connect(_plain_dsn(database.app_url))
+    connection = await asyncpg.connect(plain_dsn(database.app_url))
     yield connection
     await connection.close()
 
