@@ -19,6 +19,7 @@ from papo.auth.models import Role
 from papo.auth.tokens import SigningKey, issue_token
 from papo.db.engine import Database, RlsContext, locate_database
 from papo.db.migrate import ensure_database, migrate
+from papo.errors import DomainError, NotFound
 from papo.ops.logging import configure_logging
 from papo.settings import Settings, get_settings
 
@@ -70,7 +71,7 @@ def _run_in_tenant(settings: Settings, context: RlsContext | None, work: Callabl
 
     try:
         return asyncio.run(runner())
-    except auth_service.DomainError as exc:
+    except DomainError as exc:
         _fail(exc.detail)
         raise
 
@@ -134,7 +135,7 @@ def user_create(
 
 async def _require_tenant(session: AsyncSession) -> None:
     if await session.scalar(text("SELECT count(*) FROM tenants")) != 1:
-        raise auth_service.NotFound("no such tenant")
+        raise NotFound("no such tenant")
 
 
 @app.command("token")

@@ -82,4 +82,4 @@ def format_banner(settings: Settings, account: DemoAccount) -> str:
 async def print_banner(state: AppState) -> None:
     account = await ensure_demo(state.settings, state.db)
     # The banner is for the person at the terminal, printed once the server is about to listen.
-    print(format_banner(state.settings, account), flush=True)  # noqa: T201
+    print(format_banner(state.settings, account), flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -70,7 +71,7 @@ def problem(
     *,
     slug: str,
     errors: list[dict[str, Any]] | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {"type": f"urn:papo:problem:{slug}", "title": title, "status": status, "detail": detail}
     if errors is not None:

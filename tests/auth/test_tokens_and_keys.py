@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -129,7 +130,7 @@ class TestExternalIssuer:
         assert (await me(client, identity_provider.token(clerk_claims()))).status_code == 200
         fetches = identity_provider.fetches
         new_kid = identity_provider.rotate()
-        time.sleep(1.1)  # the verifier refetches at most once a second
+        await asyncio.sleep(1.1)  # the verifier refetches at most once a second
         response = await me(client, identity_provider.token(clerk_claims(), kid=new_kid))
         assert response.status_code == 200, response.text
         assert identity_provider.fetches == fetches + 1

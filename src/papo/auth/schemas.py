@@ -18,7 +18,7 @@ class TokenRequest(BaseModel):
 
 class TokenResponse(BaseModel):
     access_token: str
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105  (the OAuth token type, not a secret)
     expires_in: int
     tenant_id: uuid.UUID
     user_id: str

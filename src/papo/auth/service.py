@@ -226,7 +226,7 @@ async def list_api_keys(session: AsyncSession) -> list[ApiKey]:
 
 
 async def revoke_api_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey:
-    key = await session.scalar(
+    key: ApiKey | None = await session.scalar(
         update(ApiKey)
         .where(ApiKey.id == key_id)
         .values(revoked_at=func.coalesce(ApiKey.revoked_at, func.now()))

