@@ -20,7 +20,7 @@ from papo.db.engine import Database, locate_database
 from papo.errors import install_error_handlers
 from papo.ops.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from papo.settings import Settings, get_settings
-from papo.state import AppState, app_state
+from papo.state import AppState
 
 log = structlog.get_logger(__name__)
 
@@ -88,5 +88,3 @@ def app_state_of(app: FastAPI) -> AppState:
     state: AppState = app.state.papo
     return state
 
-
-__all__ = ["app_state", "create_app"]

@@ -21,6 +21,7 @@ class AppState:
     http: httpx.AsyncClient
 
 
-def app_state(connection: HTTPConnection) -> AppState:
+async def app_state(connection: HTTPConnection) -> AppState:
+    """A dependency; async so FastAPI does not hand it to a worker thread on every request."""
     state: AppState = connection.app.state.papo
     return state

@@ -15,7 +15,8 @@ from papo.state import AppState, app_state
 
 async def request_tx(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed when the handler returns, rolled back if it raises."""
-    async with app_state(request).db.sessionmaker() as session, session.begin():
+    state: AppState = request.app.state.papo
+    async with state.db.sessionmaker() as session, session.begin():
         yield session
 
 

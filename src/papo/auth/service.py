@@ -25,6 +25,11 @@ SERVICE_ROLE = "service"
 _password_hasher = PasswordHasher()
 # Verifying against this keeps a wrong e-mail as slow as a wrong password (no account probing).
 _DUMMY_HASH = _password_hasher.hash(secrets.token_urlsafe(16))
+AUTHENTICATE_API_KEY = text("SELECT key_id, key_tenant_id FROM papo_authenticate_api_key(:hash)")
+AUTHENTICATE_SUBJECT = text(
+    "SELECT subject_tenant_id, subject_user_id, subject_role FROM papo_authenticate_subject("
+    ":tenant_ref, :external, :user_id, :email, :name, :role, :provision, :new_tenant_id)"
+)
 
 
 @dataclass(frozen=True)
@@ -69,12 +74,7 @@ def hash_api_key(key: str) -> str:
 async def authenticate(session: AsyncSession, verifier: TokenVerifier, credential: str) -> Principal:
     """Resolve a bearer credential and set the transaction's row-level-security context to it."""
     if credential.startswith(API_KEY_PREFIX):
-        row = (
-            await session.execute(
-                text("SELECT key_id, key_tenant_id FROM papo_authenticate_api_key(:hash)"),
-                {"hash": hash_api_key(credential)},
-            )
-        ).first()
+        row = (await session.execute(AUTHENTICATE_API_KEY, {"hash": hash_api_key(credential)})).first()
         if row is None:
             raise Unauthorized("invalid or revoked API key")
         return Principal(row.key_tenant_id, None, SERVICE_ROLE, row.key_id)
@@ -82,10 +82,7 @@ async def authenticate(session: AsyncSession, verifier: TokenVerifier, credentia
     identity = await verifier.verify(credential)
     row = (
         await session.execute(
-            text(
-                "SELECT subject_tenant_id, subject_user_id, subject_role FROM papo_authenticate_subject("
-                ":tenant_ref, :external, :user_id, :email, :name, :role, :provision, :new_tenant_id)"
-            ),
+            AUTHENTICATE_SUBJECT,
             {
                 "tenant_ref": identity.tenant_ref,
                 "external": not identity.issuer_is_papo,

@@ -8,6 +8,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ log = structlog.get_logger(__name__)
 ACCEPTED_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]
 # Clerk roles arrive as "org:admin" (v1) or "admin" (v2); papo maps the two it understands.
 PROVIDER_ROLES = {"admin": "admin", "member": "member", "basic_member": "member"}
+VERIFIED_CACHE_SIZE = 10_000
+VERIFIED_CACHE_SECONDS = 300.0
 
 
 class SigningKey:
@@ -176,8 +179,25 @@ class TokenVerifier:
         self.remote: RemoteKeySet | None = None
         if settings.auth_jwks_url:
             self.remote = RemoteKeySet(settings.auth_jwks_url, settings.auth_jwks_cache_seconds, client)
+        # Clients send the same token on every request until it expires; remembering the outcome
+        # of a successful check (keyed by the whole token, signature included) skips re-parsing
+        # and re-verifying it. Membership is still checked in the database on every request.
+        self._verified: OrderedDict[str, tuple[VerifiedIdentity, float]] = OrderedDict()
 
     async def verify(self, token: str) -> VerifiedIdentity:
+        cached = self._verified.get(token)
+        now = time.time()
+        if cached is not None:
+            if cached[1] > now:
+                return cached[0]
+            del self._verified[token]
+        identity, expires_at = await self._verify_signature_and_claims(token)
+        self._verified[token] = (identity, min(expires_at, now + VERIFIED_CACHE_SECONDS))
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return identity
+
+    async def _verify_signature_and_claims(self, token: str) -> tuple[VerifiedIdentity, float]:
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -211,7 +231,7 @@ class TokenVerifier:
             raise Unauthorized("token not yet valid") from exc
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from exc
-        return self._identity(claims, own)
+        return self._identity(claims, own), float(claims["exp"])
 
     def _identity(self, claims: dict[str, Any], own: bool) -> VerifiedIdentity:
         if claims.get("sts") == "pending":

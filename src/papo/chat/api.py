@@ -34,7 +34,7 @@ from papo.state import AppState
 router = APIRouter(prefix="/api/v1", tags=["chat"])
 
 
-def chat_service(session: DbSession, principal: CurrentPrincipal, state: State) -> ChatService:
+async def chat_service(session: DbSession, principal: CurrentPrincipal, state: State) -> ChatService:
     return ChatService(session, principal, state.settings)
 
 

@@ -31,6 +31,8 @@ from papo.settings import Settings
 SESSION_NOT_FOUND = "chat session not found"
 MESSAGE_NOT_FOUND = "message not found"
 MAX_PAGE = 200
+# Built once: the hot path then reuses SQLAlchemy's compiled form instead of re-deriving it per call.
+INSERT_MESSAGE = insert(Message).returning(Message)
 T = TypeVar("T")
 
 
@@ -258,21 +260,17 @@ class ChatService:
     ) -> Message:
         """One INSERT: the trigger checks the session is writable, stamps created_at and bumps
         the session's last_message_at."""
-        statement = (
-            insert(Message)
-            .values(
-                tenant_id=self.principal.tenant_id,
-                id=new_id(),
-                session_id=session_id,
-                role=role.value,
-                content=self._check_content(content),
-                status=status,
-                metadata_=self._check_metadata(metadata),
-            )
-            .returning(Message)
-        )
+        values = {
+            "tenant_id": self.principal.tenant_id,
+            "id": new_id(),
+            "session_id": session_id,
+            "role": role.value,
+            "content": self._check_content(content),
+            "status": status,
+            "metadata_": self._check_metadata(metadata),
+        }
         with not_found_on_refusal(SESSION_NOT_FOUND):
-            message: Message = (await self.db.scalars(statement)).one()
+            message: Message = (await self.db.scalars(INSERT_MESSAGE, [values])).one()
         return message
 
     async def get_messages(

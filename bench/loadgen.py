@@ -1,0 +1,114 @@
+"""A small keep-alive HTTP/1.1 load generator, light enough to share two cores with the server.
+
+Both sides of every comparison are driven by this same code for the same time, so the ratio
+between them is what matters, not the absolute numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, fraction: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+    def summary(self) -> str:
+        return (
+            f"{self.rate:8.0f} req/s  p50 {self.percentile(0.5):6.2f} ms  p99 {self.percentile(0.99):6.2f} ms"
+            f"  ({self.requests} ok, {self.errors} errors)"
+        )
+
+
+def build_request(method: str, host: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    status_line = await reader.readline()
+    status = int(status_line.split()[1])
+    length = 0
+    chunked = False
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.lower() == "content-length":
+            length = int(value.strip())
+        elif name.lower() == "transfer-encoding" and "chunked" in value.lower():
+            chunked = True
+    if chunked:
+        while True:
+            size = int((await reader.readline()).strip(), 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    else:
+        await reader.readexactly(length)
+    return status
+
+
+async def run_load(
+    host: str, port: int, make_request: Callable[[int], bytes], *, connections: int, seconds: float
+) -> LoadResult:
+    deadline = time.perf_counter() + seconds
+    latencies: list[float] = []
+    errors = 0
+    counter = 0
+
+    async def worker() -> None:
+        nonlocal errors, counter
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while time.perf_counter() < deadline:
+                counter += 1
+                request = make_request(counter)
+                started = time.perf_counter()
+                writer.write(request)
+                status = await _read_response(reader)
+                if 200 <= status < 300:
+                    latencies.append((time.perf_counter() - started) * 1000)
+                else:
+                    errors += 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return LoadResult(len(latencies), errors, time.perf_counter() - started, latencies)
+
+
+async def sequential_latency(host: str, port: int, request: bytes, count: int) -> float:
+    """Median latency in ms of `count` identical requests on one connection."""
+    reader, writer = await asyncio.open_connection(host, port)
+    samples = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            writer.write(request)
+            status = await _read_response(reader)
+            if status != 200:
+                raise RuntimeError(f"unexpected status {status}")
+            samples.append((time.perf_counter() - started) * 1000)
+    finally:
+        writer.close()
+    return statistics.median(samples)
