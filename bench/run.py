@@ -31,30 +31,115 @@ import httpx
 from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import LoadResult, build_request, run_load, sequential_latency  # noqa: E402
-
-from papo.auth import service as auth_service  # noqa: E402
-from papo.auth.models import Role  # noqa: E402
-from papo.auth.service import Principal  # noqa: E402
-from papo.auth.tokens import SigningKey, issue_token  # noqa: E402
-from papo.chat.search import search_messages  # noqa: E402
-from papo.chat.service import ChatService  # noqa: E402
-from papo.db.engine import Database, locate_database  # noqa: E402
-from papo.db.migrate import ensure_database, migrate  # noqa: E402
-from papo.settings import Settings  # noqa: E402
+from loadgen import LoadResult, build_request, run_load, sequential_latency
+from papo.auth import service as auth_service
+from papo.auth.models import Role
+from papo.auth.service import Principal
+from papo.auth.tokens import SigningKey, issue_token
+from papo.chat.search import search_messages
+from papo.chat.service import ChatService
+from papo.db.engine import Database, locate_database
+from papo.db.migrate import ensure_database, migrate
+from papo.settings import Settings
 
 HOST = "127.0.0.1"
 PAPO_PORT = 8711
 BASE_PORT = 8712
-WORDS = (
-    "projeto cliente pedido entrega prazo contrato reunião proposta orçamento suporte sistema acesso senha "
-    "relatório vendas estoque produto serviço atendimento dúvida problema solução equipe gerente financeiro "
-    "pagamento boleto nota fiscal cadastro usuário conta plano assinatura cancelamento renovação desconto "
-    "integração api webhook token erro falha lentidão servidor banco dados backup migração versão atualização "
-    "semana mês hoje amanhã ontem manhã tarde noite obrigado bom dia boa tarde favor confirmar enviar receber "
-    "analisar revisar aprovar documento arquivo planilha apresentação email telefone endereço cidade estado "
-    "loja filial matriz fornecedor transporte frete logística armazém caixa compra venda meta resultado"
-).split()
+WORDS = [
+    "projeto",
+    "cliente",
+    "pedido",
+    "entrega",
+    "prazo",
+    "contrato",
+    "reunião",
+    "proposta",
+    "orçamento",
+    "suporte",
+    "sistema",
+    "acesso",
+    "senha",
+    "relatório",
+    "vendas",
+    "estoque",
+    "produto",
+    "serviço",
+    "atendimento",
+    "dúvida",
+    "problema",
+    "solução",
+    "equipe",
+    "gerente",
+    "financeiro",
+    "pagamento",
+    "boleto",
+    "nota",
+    "fiscal",
+    "cadastro",
+    "usuário",
+    "conta",
+    "plano",
+    "assinatura",
+    "cancelamento",
+    "renovação",
+    "desconto",
+    "integração",
+    "api",
+    "webhook",
+    "token",
+    "erro",
+    "falha",
+    "lentidão",
+    "servidor",
+    "banco",
+    "dados",
+    "backup",
+    "migração",
+    "versão",
+    "atualização",
+    "semana",
+    "mês",
+    "hoje",
+    "amanhã",
+    "ontem",
+    "manhã",
+    "tarde",
+    "noite",
+    "obrigado",
+    "bom",
+    "dia",
+    "boa",
+    "tarde",
+    "favor",
+    "confirmar",
+    "enviar",
+    "receber",
+    "analisar",
+    "revisar",
+    "aprovar",
+    "documento",
+    "arquivo",
+    "planilha",
+    "apresentação",
+    "email",
+    "telefone",
+    "endereço",
+    "cidade",
+    "estado",
+    "loja",
+    "filial",
+    "matriz",
+    "fornecedor",
+    "transporte",
+    "frete",
+    "logística",
+    "armazém",
+    "caixa",
+    "compra",
+    "venda",
+    "meta",
+    "resultado",
+]
 RARE_WORD = "xilofone"
 COMMON_WORD = "projeto"
 
@@ -88,7 +173,10 @@ class Bench:
         self.total_messages = total_messages
         self.workdir = Path(tempfile.mkdtemp(prefix="papo-bench-"))
         self.settings = Settings(
-            data_dir=self.workdir / "data", port=PAPO_PORT, log_level="WARNING", _env_file=None  # type: ignore[call-arg]
+            data_dir=self.workdir / "data",
+            port=PAPO_PORT,
+            log_level="WARNING",
+            _env_file=None,  # type: ignore[call-arg]
         )
         self.location = locate_database(self.settings)
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -132,8 +220,19 @@ class Bench:
         baseline_env = {**os.environ, "BENCH_DSN": plain_dsn(self.location.owner_url)}
         self.processes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "baseline_app:app", "--host", HOST, "--port", str(BASE_PORT),
-                 "--no-access-log", "--log-level", "warning"],
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "baseline_app:app",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(BASE_PORT),
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                ],
                 env=baseline_env,
                 cwd=Path(__file__).resolve().parent,
             )
@@ -145,9 +244,15 @@ class Bench:
         auth = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         plain = {"Content-Type": "application/json"}
         body = json.dumps({"content": "Olá! Preciso de ajuda com o pedido 1234, por favor."}).encode()
-        print("\n1. Message path (one worker each, same load generator, "
-              f"{self.connections} connections, {self.seconds:.0f} s)")
-        for label, pick in (("spread over 200 sessions", lambda n: self.sessions[n % 200]), ("one hot session", lambda n: self.sessions[0])):
+        print(
+            "\n1. Message path (one worker each, same load generator, "
+            f"{self.connections} connections, {self.seconds:.0f} s)"
+        )
+        for label, pick in (
+            ("spread over 200 sessions", lambda n: self.sessions[n % 200]),
+            ("one hot session", lambda n: self.sessions[0]),
+        ):
+
             def papo_request(n: int, pick: Any = pick) -> bytes:
                 return build_request("POST", HOST, f"/api/v1/sessions/{pick(n)}/messages", auth, body)
 
@@ -180,7 +285,10 @@ class Bench:
                    now() - interval '1 day' + g * interval '1 millisecond'
               FROM generate_series(1, $4) g
             """,
-            self.tenant_id, session_id, self.user_id, count,
+            self.tenant_id,
+            session_id,
+            self.user_id,
+            count,
         )
         await self.owner.execute("ALTER TABLE messages ENABLE TRIGGER USER")
         return session_id
@@ -190,8 +298,12 @@ class Bench:
         async with httpx.AsyncClient(base_url=f"http://{HOST}:{PAPO_PORT}", headers=headers) as client:
             cursor = None
             for _ in range(18):  # walk 900 messages in to find a deep cursor
-                page = (await client.get(f"/api/v1/sessions/{session_id}/messages",
-                                         params={"limit": 50, **({"after": cursor} if cursor else {})})).json()
+                page = (
+                    await client.get(
+                        f"/api/v1/sessions/{session_id}/messages",
+                        params={"limit": 50, **({"after": cursor} if cursor else {})},
+                    )
+                ).json()
                 cursor = page["next_cursor"]
         first = build_request("GET", HOST, f"/api/v1/sessions/{session_id}/messages?limit=50", headers)
         deep = build_request("GET", HOST, f"/api/v1/sessions/{session_id}/messages?limit=50&after={cursor}", headers)
@@ -206,9 +318,7 @@ class Bench:
         missing = max(0, target - present)
         print(f"\n   (loading {missing:,} messages: 100 users, 1,000 sessions; this takes a minute)")
         started = time.perf_counter()
-        await self.owner.execute(
-            "INSERT INTO users (id) SELECT 'bench-user-' || g FROM generate_series(1, 99) g"
-        )
+        await self.owner.execute("INSERT INTO users (id) SELECT 'bench-user-' || g FROM generate_series(1, 99) g")
         await self.owner.execute(
             "INSERT INTO memberships (tenant_id, user_id) SELECT $1, 'bench-user-' || g FROM generate_series(1, 99) g",
             self.tenant_id,
@@ -241,22 +351,30 @@ class Bench:
                    now() - interval '300 days' + g * interval '20 ms'
               FROM targets t, generate_series(1, $2) g
             """.replace("$4", COMMON_WORD),
-            self.tenant_id, missing, WORDS,
+            self.tenant_id,
+            missing,
+            WORDS,
         )
         rare_sessions = self.sessions[:5]
         for i, session_id in enumerate(rare_sessions):
             await self.owner.execute(
-                "INSERT INTO messages (tenant_id, id, session_id, user_id, channel, role, content, created_at, updated_at) "
-                "VALUES ($1, gen_random_uuid(), $2, $3, 'api', 'user', $4, now() - $5 * interval '1 day', now())",
-                self.tenant_id, session_id, self.user_id, f"alguém viu o {RARE_WORD} azul? número {i}", i * 40,
+                "INSERT INTO messages (tenant_id, id, session_id, user_id, channel, role, content, created_at, "
+                "updated_at) VALUES ($1, gen_random_uuid(), $2, $3, 'api', 'user', $4, now() - $5 * interval '1 day', now())",
+                self.tenant_id,
+                session_id,
+                self.user_id,
+                f"alguém viu o {RARE_WORD} azul? número {i}",
+                i * 40,
             )
         await self.owner.execute("ALTER TABLE messages ENABLE TRIGGER USER")
         await self.owner.execute("CREATE INDEX ix_messages_search_vector ON messages USING gin (search_vector)")
         await self.owner.execute("ANALYZE")
         total = await self.owner.fetchval("SELECT count(*) FROM messages")
         mine = await self.owner.fetchval("SELECT count(*) FROM messages WHERE user_id = $1", self.user_id)
-        print(f"   ({total:,} messages in the table, {mine:,} of them the searching user's; "
-              f"{time.perf_counter() - started:.0f} s)")
+        print(
+            f"   ({total:,} messages in the table, {mine:,} of them the searching user's; "
+            f"{time.perf_counter() - started:.0f} s)"
+        )
 
     async def history(self, session_id: uuid.UUID, small: tuple[float, float]) -> None:
         large = await self.history_latency(session_id)
@@ -280,19 +398,31 @@ class Bench:
                     fts.append((time.perf_counter() - started) * 1000)
                 async with self.db.transaction(self.principal.context()) as session:
                     started = time.perf_counter()
-                    rows = (await session.execute(text(
-                        "SELECT id, content FROM messages WHERE tenant_id = :t AND user_id = :u "
-                        "AND content ILIKE :q ORDER BY created_at DESC LIMIT 20"
-                    ), {"t": self.tenant_id, "u": self.user_id, "q": f"%{word}%"})).all()
+                    rows = (
+                        await session.execute(
+                            text(
+                                "SELECT id, content FROM messages WHERE tenant_id = :t AND user_id = :u "
+                                "AND content ILIKE :q ORDER BY created_at DESC LIMIT 20"
+                            ),
+                            {"t": self.tenant_id, "u": self.user_id, "q": f"%{word}%"},
+                        )
+                    ).all()
                     ilike.append((time.perf_counter() - started) * 1000)
             results[word] = (statistics.median(fts), statistics.median(ilike), len(hits), len(rows))
         for word, (fts_ms, ilike_ms, n_fts, n_ilike) in results.items():
             kind = "rare" if word == RARE_WORD else "common"
-            print(f"    {kind:6} '{word}': full-text {fts_ms:8.2f} ({n_fts} hits, ranked)   "
-                  f"ILIKE {ilike_ms:8.2f} ({n_ilike} hits, newest)   speed-up {ilike_ms / fts_ms:6.1f}x")
+            print(
+                f"    {kind:6} '{word}': full-text {fts_ms:8.2f} ({n_fts} hits, ranked)   "
+                f"ILIKE {ilike_ms:8.2f} ({n_ilike} hits, newest)   speed-up {ilike_ms / fts_ms:6.1f}x"
+            )
         rare_speedup = results[RARE_WORD][1] / results[RARE_WORD][0]
-        print(verdict(rare_speedup >= 10, f"rare-word speed-up {rare_speedup:.0f}x; common word "
-                      f"{results[COMMON_WORD][0]:.0f} ms ranked vs {results[COMMON_WORD][1]:.0f} ms unranked"))
+        print(
+            verdict(
+                rare_speedup >= 10,
+                f"rare-word speed-up {rare_speedup:.0f}x; common word "
+                f"{results[COMMON_WORD][0]:.0f} ms ranked vs {results[COMMON_WORD][1]:.0f} ms unranked",
+            )
+        )
 
     async def run(self, only: str | None) -> None:
         await self.setup()

@@ -181,6 +181,20 @@ class TestSqlAsRuntimeRole:
                         session_c,
                     )
 
+    async def test_search_candidates_follow_the_context(
+        self, app_role_connection: asyncpg.Connection, world: Any
+    ) -> None:
+        query = "SELECT candidate_id FROM papo_search_candidates(to_tsquery('simple', 'confidential'), NULL, NULL, 100)"
+        assert await app_role_connection.fetch(query) == []
+        for name in ("a", "b", "c"):
+            who = world[name]
+            async with app_role_connection.transaction():
+                await app_role_connection.execute(
+                    "SELECT papo_set_context($1, $2, 'admin')", who.tenant_id, who.user_id
+                )
+                found = {str(r["candidate_id"]) for r in await app_role_connection.fetch(query)}
+            assert found == {world["data"][name]["message"]["id"]}
+
     async def test_admin_reads_session_rows_but_not_messages(
         self, app_role_connection: asyncpg.Connection, world: Any, make_tenant: Any
     ) -> None:

@@ -87,4 +87,3 @@ def create_app(
 def app_state_of(app: FastAPI) -> AppState:
     state: AppState = app.state.papo
     return state
-

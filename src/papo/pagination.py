@@ -25,7 +25,7 @@ def encode_cursor(*values: Any) -> str:
 
 
 def decode_cursor(cursor: str, *kinds: type) -> list[Any]:
-    """Decode a cursor whose parts have the given types (datetime, uuid.UUID, float, str)."""
+    """Decode a cursor whose parts have the given types (datetime, uuid.UUID, float, str; object: as is)."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         values = json.loads(base64.urlsafe_b64decode(padded.encode()))
@@ -40,6 +40,8 @@ def decode_cursor(cursor: str, *kinds: type) -> list[Any]:
                 decoded.append(parsed)
             elif kind is uuid.UUID:
                 decoded.append(uuid.UUID(value))
+            elif kind is object:
+                decoded.append(value)
             elif kind is float:
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise ValueError("not a number")

@@ -345,6 +345,28 @@ class TestSearchAndExport:
         assert len(seen) == len(set(seen)) == 9
         assert set(seen) == sent
 
+    async def test_search_walks_windows_of_candidates(
+        self, client: httpx.AsyncClient, alice: Member, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr("papo.chat.search.WINDOW", 3)
+        sid = (await create_session(client, alice))["id"]
+        sent = [(await send(client, alice, sid, f"janela {'janela ' * (i % 2)}n{i}"))["id"] for i in range(8)]
+        seen: list[str] = []
+        params: dict[str, Any] = {"q": "janela", "limit": 2}
+        pages = 0
+        while True:
+            page = (await client.get("/api/v1/search", params=params, headers=alice.headers)).json()
+            seen += [h["message_id"] for h in page["items"]]
+            pages += 1
+            if page["next_cursor"] is None:
+                break
+            params = {**params, "cursor": page["next_cursor"]}
+        assert sorted(seen) == sorted(sent)
+        assert len(seen) == len(set(seen))
+        assert pages >= 4
+        # Newest window first: the first three hits are the three newest messages, ranked among themselves.
+        assert set(seen[:3]) == set(sent[-3:])
+
     async def test_export_formats(self, client: httpx.AsyncClient, alice: Member) -> None:
         s1 = (await create_session(client, alice, "Primeira"))["id"]
         s2 = (await create_session(client, alice, "Segunda"))["id"]

@@ -74,14 +74,16 @@ def hash_api_key(key: str) -> str:
 async def authenticate(session: AsyncSession, verifier: TokenVerifier, credential: str) -> Principal:
     """Resolve a bearer credential and set the transaction's row-level-security context to it."""
     if credential.startswith(API_KEY_PREFIX):
-        row = (await session.execute(AUTHENTICATE_API_KEY, {"hash": hash_api_key(credential)})).first()
+        connection = await session.connection()
+        row = (await connection.execute(AUTHENTICATE_API_KEY, {"hash": hash_api_key(credential)})).first()
         if row is None:
             raise Unauthorized("invalid or revoked API key")
         return Principal(row.key_tenant_id, None, SERVICE_ROLE, row.key_id)
 
     identity = await verifier.verify(credential)
+    connection = await session.connection()  # Core level: this runs on every request
     row = (
-        await session.execute(
+        await connection.execute(
             AUTHENTICATE_SUBJECT,
             {
                 "tenant_ref": identity.tenant_ref,
