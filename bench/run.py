@@ -359,7 +359,8 @@ class Bench:
         for i, session_id in enumerate(rare_sessions):
             await self.owner.execute(
                 "INSERT INTO messages (tenant_id, id, session_id, user_id, channel, role, content, created_at, "
-                "updated_at) VALUES ($1, gen_random_uuid(), $2, $3, 'api', 'user', $4, now() - $5 * interval '1 day', now())",
+                "updated_at) VALUES ($1, gen_random_uuid(), $2, $3, 'api', 'user', $4, "
+                "now() - $5 * interval '1 day', now())",
                 self.tenant_id,
                 session_id,
                 self.user_id,
