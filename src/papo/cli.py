@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from papo.auth import service as auth_service
 from papo.auth.models import Role
 from papo.auth.tokens import SigningKey, issue_token
+from papo.chat.service import purge_deleted_sessions
 from papo.db.engine import Database, RlsContext, locate_database
 from papo.db.migrate import ensure_database, migrate
 from papo.errors import DomainError, NotFound
@@ -196,6 +197,19 @@ def apikey_revoke(key_id: str) -> None:
 
     if not asyncio.run(runner()):
         _fail("no such API key")
+
+
+@app.command("purge-deleted")
+def purge_deleted(
+    older_than_days: Annotated[
+        int | None, typer.Option(help="Retention in days (PAPO_DELETED_RETENTION_DAYS)", min=0)
+    ] = None,
+) -> None:
+    """Remove sessions deleted longer ago than the retention period, with their messages; prints the count."""
+    settings = _settings()
+    days = settings.deleted_retention_days if older_than_days is None else older_than_days
+    count = _run_in_tenant(settings, None, lambda s: purge_deleted_sessions(s, days))
+    typer.echo(str(count))
 
 
 @app.command("serve")

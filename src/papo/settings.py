@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = 16 * 1024
     max_title_chars: int = 200
 
+    # Soft-deleted sessions are removed for good after this many days (`papo purge-deleted`).
+    deleted_retention_days: int = 30
+
     @field_validator("auth_authorized_parties", mode="before")
     @classmethod
     def _split_parties(cls, value: object) -> object:

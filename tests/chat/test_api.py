@@ -12,6 +12,8 @@ import httpx
 import pytest
 
 from papo.auth.models import Role
+from papo.chat.service import purge_deleted_sessions
+from papo.db.engine import Database
 from tests.support import Member, create_session, send
 
 
@@ -393,3 +395,36 @@ class TestSearchAndExport:
         assert markdown.startswith("# Segunda")
         assert "# título no conteúdo" in markdown
         assert_problem(await client.get("/api/v1/export?format=pdf", headers=alice.headers), 422)
+
+
+class TestSupportAndRetention:
+    async def test_admin_sees_who_and_when_but_not_content(self, client: httpx.AsyncClient, make_tenant: Any) -> None:
+        tenant = await make_tenant()
+        admin = await tenant.member(Role.admin)
+        member = await tenant.member(Role.member)
+        sid = (await create_session(client, member, "private title"))["id"]
+        await send(client, member, sid, "private words")
+        page = (await client.get("/api/v1/admin/sessions", headers=admin.headers)).json()
+        assert [s["id"] for s in page["items"]] == [sid]
+        assert "title" not in page["items"][0]
+        assert "metadata" not in page["items"][0]
+        assert page["items"][0]["user_id"] == member.user_id
+        filtered = (await client.get(f"/api/v1/admin/sessions?user_id={admin.user_id}", headers=admin.headers)).json()
+        assert filtered["items"] == []
+        assert_problem(await client.get("/api/v1/admin/sessions", headers=member.headers), 403)
+        assert_problem(await client.get(f"/api/v1/sessions/{sid}", headers=admin.headers), 404)
+        assert_problem(await client.get(f"/api/v1/sessions/{sid}/messages", headers=admin.headers), 404)
+
+    async def test_purge_removes_only_expired_soft_deleted_sessions(
+        self, client: httpx.AsyncClient, alice: Member, db: Database
+    ) -> None:
+        kept = (await create_session(client, alice, "kept"))["id"]
+        gone = (await create_session(client, alice, "gone"))["id"]
+        await send(client, alice, gone, "bye")
+        await client.delete(f"/api/v1/sessions/{gone}", headers=alice.headers)
+        async with db.transaction() as session:
+            assert await purge_deleted_sessions(session, 30) == 0  # deleted just now: within retention
+        async with db.transaction() as session:
+            assert await purge_deleted_sessions(session, 0) >= 1
+        assert (await client.get(f"/api/v1/sessions/{kept}", headers=alice.headers)).status_code == 200
+        assert_problem(await client.delete(f"/api/v1/sessions/{gone}?purge=true", headers=alice.headers), 404)

@@ -25,6 +25,8 @@ from papo.chat.schemas import (
     SessionOut,
     SessionPage,
     SessionPatch,
+    SupportSessionOut,
+    SupportSessionPage,
 )
 from papo.chat.search import search_messages
 from papo.chat.service import MAX_PAGE, ChatService, message_cursor
@@ -163,6 +165,19 @@ async def create_chat_for_user(body: ChatCreate, chat: Chat) -> SessionOut:
         create_user=body.create_user,
     )
     return SessionOut.model_validate(created)
+
+
+@router.get("/admin/sessions", response_model=SupportSessionPage, tags=["admin"])
+async def support_sessions(
+    chat: Chat,
+    user_id: str | None = None,
+    status: SessionStatus | None = None,
+    limit: Limit = 50,
+    cursor: str | None = None,
+) -> SupportSessionPage:
+    """Tenant admins: the tenant's chats for support (who, when, state), without their content."""
+    rows, next_cursor = await chat.list_tenant_sessions(user_id=user_id, status=status, limit=limit, cursor=cursor)
+    return SupportSessionPage(items=[SupportSessionOut.model_validate(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/search", response_model=SearchPage, tags=["search"])

@@ -31,6 +31,25 @@ class SessionOut(BaseModel):
     updated_at: datetime
 
 
+class SupportSessionOut(BaseModel):
+    """What a tenant admin sees of a member's chat: no title, no metadata, no messages."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    user_id: str | None
+    status: SessionStatus
+    channel: Channel
+    last_message_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SupportSessionPage(BaseModel):
+    items: list[SupportSessionOut]
+    next_cursor: str | None
+
+
 class MessageOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

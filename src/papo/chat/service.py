@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Table, Text, and_, cast, delete, func, insert, literal, select, tuple_, update
+from sqlalchemy import Table, Text, and_, cast, delete, func, insert, literal, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -141,6 +141,35 @@ class ChatService:
         if limit is None:
             return list((await self.db.scalars(query)).all()), None
         rows = list((await self.db.scalars(query.limit(limit + 1))).all())
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = encode_cursor(rows[-1].activity_at, rows[-1].id)
+        return rows, next_cursor
+
+    async def list_tenant_sessions(
+        self,
+        *,
+        user_id: str | None,
+        status: SessionStatus | None,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[ChatSession], str | None]:
+        """Support view for tenant admins: every session's metadata (RLS lets admins read session
+        rows of their tenant, never the messages); the API shows no titles or metadata."""
+        self.principal.require_admin()
+        query = select(ChatSession).where(ChatSession.tenant_id == self.principal.tenant_id)
+        if user_id is not None:
+            query = query.where(ChatSession.user_id == user_id)
+        if status is not None:
+            query = query.where(ChatSession.status == status)
+        if cursor is not None:
+            activity_at, session_id = decode_cursor(cursor, datetime, uuid.UUID)
+            query = query.where(
+                tuple_(ChatSession.activity_at, ChatSession.id) < tuple_(literal(activity_at), literal(session_id))
+            )
+        query = query.order_by(ChatSession.activity_at.desc(), ChatSession.id.desc()).limit(limit + 1)
+        rows = list((await self.db.scalars(query)).all())
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
@@ -372,6 +401,14 @@ class ChatService:
         )
         if updated is None:
             raise NotFound(MESSAGE_NOT_FOUND)
+
+
+async def purge_deleted_sessions(db: AsyncSession, older_than_days: int) -> int:
+    """Remove, across tenants, sessions soft-deleted more than `older_than_days` ago (with messages)."""
+    purged = await db.scalar(
+        text("SELECT papo_purge_deleted_sessions(make_interval(days => :days))"), {"days": older_than_days}
+    )
+    return int(purged or 0)
 
 
 def _json_size(value: Any) -> int:
