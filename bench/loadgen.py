@@ -19,6 +19,15 @@ class LoadResult:
     seconds: float
     latencies_ms: list[float]
 
+    @classmethod
+    def combine(cls, results: list[LoadResult]) -> LoadResult:
+        return cls(
+            sum(r.requests for r in results),
+            sum(r.errors for r in results),
+            sum(r.seconds for r in results),
+            [latency for r in results for latency in r.latencies_ms],
+        )
+
     @property
     def rate(self) -> float:
         return self.requests / self.seconds

@@ -261,12 +261,20 @@ class Bench:
 
             await run_load(HOST, PAPO_PORT, papo_request, connections=self.connections, seconds=1)  # warm-up
             await run_load(HOST, BASE_PORT, base_request, connections=self.connections, seconds=1)
-            papo_result: LoadResult = await run_load(
-                HOST, PAPO_PORT, papo_request, connections=self.connections, seconds=self.seconds
-            )
-            base_result: LoadResult = await run_load(
-                HOST, BASE_PORT, base_request, connections=self.connections, seconds=self.seconds
-            )
+            # Alternate the two in halves, so a burst of background noise hurts both alike.
+            papo_runs, base_runs = [], []
+            for _ in range(2):
+                papo_runs.append(
+                    await run_load(
+                        HOST, PAPO_PORT, papo_request, connections=self.connections, seconds=self.seconds / 2
+                    )
+                )
+                base_runs.append(
+                    await run_load(
+                        HOST, BASE_PORT, base_request, connections=self.connections, seconds=self.seconds / 2
+                    )
+                )
+            papo_result, base_result = LoadResult.combine(papo_runs), LoadResult.combine(base_runs)
             ratio = papo_result.rate / base_result.rate
             print(f"  {label}")
             print(f"    papo     {papo_result.summary()}")

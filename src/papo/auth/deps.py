@@ -16,7 +16,7 @@ from papo.state import AppState, app_state
 async def request_tx(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed when the handler returns, rolled back if it raises."""
     state: AppState = request.app.state.papo
-    async with state.db.sessionmaker() as session, session.begin():
+    async with state.db.transaction() as session:
         yield session
 
 

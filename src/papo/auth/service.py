@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from papo.auth.models import ADMIN_ROLES, ApiKey, Membership, Role, Tenant, User
 from papo.auth.tokens import TokenVerifier
 from papo.db.base import new_id
-from papo.db.engine import RlsContext, apply_context
+from papo.db.engine import RlsContext, apply_context, driver
 from papo.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 
 API_KEY_PREFIX = "papo_sk_"
@@ -25,10 +25,10 @@ SERVICE_ROLE = "service"
 _password_hasher = PasswordHasher()
 # Verifying against this keeps a wrong e-mail as slow as a wrong password (no account probing).
 _DUMMY_HASH = _password_hasher.hash(secrets.token_urlsafe(16))
-AUTHENTICATE_API_KEY = text("SELECT key_id, key_tenant_id FROM papo_authenticate_api_key(:hash)")
-AUTHENTICATE_SUBJECT = text(
-    "SELECT subject_tenant_id, subject_user_id, subject_role FROM papo_authenticate_subject("
-    ":tenant_ref, :external, :user_id, :email, :name, :role, :provision, :new_tenant_id)"
+AUTHENTICATE_API_KEY = "SELECT key_id, key_tenant_id FROM papo_authenticate_api_key($1)"
+AUTHENTICATE_SUBJECT = (
+    "SELECT subject_tenant_id, subject_user_id, subject_role "
+    "FROM papo_authenticate_subject($1, $2, $3, $4, $5, $6, $7, $8)"
 )
 
 
@@ -73,33 +73,29 @@ def hash_api_key(key: str) -> str:
 
 async def authenticate(session: AsyncSession, verifier: TokenVerifier, credential: str) -> Principal:
     """Resolve a bearer credential and set the transaction's row-level-security context to it."""
+    connection = driver(session)  # runs on every request: straight to asyncpg
     if credential.startswith(API_KEY_PREFIX):
-        connection = await session.connection()
-        row = (await connection.execute(AUTHENTICATE_API_KEY, {"hash": hash_api_key(credential)})).first()
-        if row is None:
+        key = await connection.fetchrow(AUTHENTICATE_API_KEY, hash_api_key(credential))
+        if key is None:
             raise Unauthorized("invalid or revoked API key")
-        return Principal(row.key_tenant_id, None, SERVICE_ROLE, row.key_id)
+        return Principal(key["key_tenant_id"], None, SERVICE_ROLE, key["key_id"])
 
     identity = await verifier.verify(credential)
-    connection = await session.connection()  # Core level: this runs on every request
-    row = (
-        await connection.execute(
-            AUTHENTICATE_SUBJECT,
-            {
-                "tenant_ref": identity.tenant_ref,
-                "external": not identity.issuer_is_papo,
-                "user_id": identity.user_id,
-                "email": identity.email,
-                "name": identity.name,
-                "role": identity.role,
-                "provision": not identity.issuer_is_papo,
-                "new_tenant_id": new_id(),
-            },
-        )
-    ).first()
-    if row is None:
+    external = not identity.issuer_is_papo
+    subject = await connection.fetchrow(
+        AUTHENTICATE_SUBJECT,
+        identity.tenant_ref,
+        external,
+        identity.user_id,
+        identity.email,
+        identity.name,
+        identity.role,
+        external,  # provision tenants, users and memberships just in time for external issuers
+        new_id(),
+    )
+    if subject is None:
         raise Unauthorized("no such member: the account or its membership no longer exists")
-    return Principal(row.subject_tenant_id, row.subject_user_id, row.subject_role)
+    return Principal(subject["subject_tenant_id"], subject["subject_user_id"], subject["subject_role"])
 
 
 def hash_password(password: str) -> str:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Table, Text, and_, cast, delete, func, insert, literal, select, text, tuple_, update
+import asyncpg
+from sqlalchemy import Text, and_, cast, delete, func, literal, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -23,7 +23,7 @@ from papo.auth import service as auth_service
 from papo.auth.service import Principal
 from papo.chat.models import Channel, ChatSession, Message, MessageRole, MessageStatus, SessionStatus
 from papo.db.base import new_id
-from papo.db.engine import apply_context
+from papo.db.engine import apply_context, driver
 from papo.db.errors import not_found_on_refusal
 from papo.errors import Forbidden, InvalidInput, NotFound
 from papo.pagination import decode_cursor, encode_cursor
@@ -32,10 +32,28 @@ from papo.settings import Settings
 SESSION_NOT_FOUND = "chat session not found"
 MESSAGE_NOT_FOUND = "message not found"
 MAX_PAGE = 200
-# The hottest statement runs at the Core level on the session's connection, built once: the ORM
-# unit of work would cost more CPU than the database spends on the insert (see bench/).
-_MESSAGES: Table = Message.__table__  # type: ignore[assignment]
-INSERT_MESSAGE = insert(_MESSAGES).returning(*_MESSAGES.c)
+# The hottest statement goes straight to asyncpg (see papo.db.engine.driver and bench/).
+INSERT_MESSAGE = """
+    INSERT INTO messages (tenant_id, id, session_id, role, content, status, metadata)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    RETURNING id, session_id, role, content, status, metadata, created_at, updated_at
+"""
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message as the insert returned it (the columns MessageOut shows)."""
+
+    id: uuid.UUID
+    session_id: uuid.UUID
+    role: str
+    content: str
+    status: str
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
 T = TypeVar("T")
 
 
@@ -289,21 +307,25 @@ class ChatService:
         *,
         metadata: dict[str, Any] | None = None,
         status: MessageStatus = MessageStatus.sent,
-    ) -> Row[Any]:
+    ) -> StoredMessage:
         """One INSERT: the trigger checks the session is writable, stamps created_at and bumps
-        the session's last_message_at. Returns the stored row (the columns of `Message`)."""
-        values = {
-            "tenant_id": self.principal.tenant_id,
-            "id": new_id(),
-            "session_id": session_id,
-            "role": role.value,
-            "content": self._check_content(content),
-            "status": status.value,
-            "metadata": self._check_metadata(metadata),
-        }
-        connection = await self.db.connection()
-        with not_found_on_refusal(SESSION_NOT_FOUND):
-            return (await connection.execute(INSERT_MESSAGE, values)).one()
+        the session's last_message_at."""
+        content = self._check_content(content)
+        metadata_json = json.dumps(self._check_metadata(metadata), separators=(",", ":"))
+        try:
+            row = await driver(self.db).fetchrow(
+                INSERT_MESSAGE,
+                self.principal.tenant_id,
+                new_id(),
+                session_id,
+                role.value,
+                content,
+                status.value,
+                metadata_json,
+            )
+        except (asyncpg.NoDataFoundError, asyncpg.InsufficientPrivilegeError) as exc:
+            raise NotFound(SESSION_NOT_FOUND) from exc
+        return StoredMessage(**dict(row))
 
     async def get_messages(
         self,
@@ -415,5 +437,5 @@ def _json_size(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
-def message_cursor(message: Message | Row[Any]) -> str:
+def message_cursor(message: Message | StoredMessage) -> str:
     return encode_cursor(message.created_at, message.id)
