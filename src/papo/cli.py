@@ -236,9 +236,12 @@ def serve(
     settings = settings.model_copy(update=updates)
     if settings.workers > 1:
         location = locate_database(settings)
-        # Worker processes join the database the parent started.
+        # Worker processes build their settings from the environment: hand them the database the
+        # parent started and the address given on the command line (the token issuer derives from it).
         os.environ["PAPO_DATABASE_URL"] = location.owner_url.render_as_string(hide_password=False)
         os.environ["PAPO_DATA_DIR"] = str(Path(settings.data_dir).resolve())
+        os.environ["PAPO_HOST"] = settings.host
+        os.environ["PAPO_PORT"] = str(settings.port)
         try:
             if demo:
                 asyncio.run(_demo_banner_only(settings))
