@@ -22,11 +22,13 @@ from sqlalchemy.sql.elements import ColumnElement
 from papo.auth import service as auth_service
 from papo.auth.service import Principal
 from papo.chat.models import Channel, ChatSession, Message, MessageRole, MessageStatus, SessionStatus
+from papo.chat.schemas import MessageOut, SessionOut
 from papo.db.base import new_id
 from papo.db.engine import apply_context, driver
 from papo.db.errors import not_found_on_refusal
 from papo.errors import Forbidden, InvalidInput, NotFound
 from papo.pagination import decode_cursor, encode_cursor
+from papo.realtime.service import emit
 from papo.settings import Settings
 
 SESSION_NOT_FOUND = "chat session not found"
@@ -109,6 +111,15 @@ class ChatService:
         if size is not None and size > self.settings.max_metadata_bytes:
             raise InvalidInput(f"metadata would exceed {self.settings.max_metadata_bytes} bytes", field="metadata")
 
+    # ---- events -----------------------------------------------------------------------------
+
+    def _emit(self, event_type: str, data: dict[str, Any], user_id: str | None = None) -> None:
+        """Into the owner's realtime stream, in this transaction (see papo.realtime.service)."""
+        emit(self.db, event_type, data, tenant_id=self.principal.tenant_id, user_id=user_id or self.principal.user_id)
+
+    def _emit_session(self, event_type: str, chat: ChatSession) -> None:
+        self._emit(event_type, SessionOut.model_validate(chat).model_dump(mode="json"), chat.user_id)
+
     # ---- sessions ---------------------------------------------------------------------------
 
     async def create_chat_session(
@@ -131,6 +142,7 @@ class ChatService:
         with not_found_on_refusal("no such member in this tenant"):
             await self.db.flush()
         await self.db.refresh(chat)
+        self._emit_session("session.created", chat)
         return chat
 
     def _owned(self, user_id: str) -> ColumnElement[bool]:
@@ -240,6 +252,10 @@ class ChatService:
         self._raise_if_metadata_too_large(row[1])
         chat: ChatSession = row[0]
         await self.db.refresh(chat)
+        event_type = "session.updated"
+        if "status" in values:
+            event_type = "session.archived" if status == SessionStatus.archived else "session.unarchived"
+        self._emit_session(event_type, chat)
         return chat
 
     async def archive_chat_session(self, session_id: uuid.UUID, user_id: str) -> ChatSession:
@@ -267,6 +283,7 @@ class ChatService:
         deleted = await self.db.scalar(statement.execution_options(synchronize_session=False))
         if deleted is None:
             raise NotFound(SESSION_NOT_FOUND)
+        self._emit("session.deleted", {"id": str(session_id), "purged": purge}, user_id)
 
     async def open_chat_for_member(
         self,
@@ -325,7 +342,9 @@ class ChatService:
             )
         except (asyncpg.NoDataFoundError, asyncpg.InsufficientPrivilegeError) as exc:
             raise NotFound(SESSION_NOT_FOUND) from exc
-        return StoredMessage(**dict(row))
+        message = StoredMessage(**dict(row))
+        self._emit("message.created", MessageOut.model_validate(message).model_dump(mode="json"))
+        return message
 
     async def get_messages(
         self,
@@ -410,6 +429,8 @@ class ChatService:
         self._raise_if_metadata_too_large(row[1])
         message: Message = row[0]
         await self.db.refresh(message)
+        payload = MessageOut.model_validate(message).model_dump(mode="json")
+        self._emit("message.status_changed" if status is not None else "message.updated", payload)
         return message
 
     async def update_message_status(self, message_id: uuid.UUID, status: MessageStatus) -> None:
@@ -418,11 +439,14 @@ class ChatService:
             update(Message)
             .where(Message.tenant_id == self.principal.tenant_id, Message.id == message_id)
             .values(status=status)
-            .returning(Message.id)
+            .returning(Message.session_id)
             .execution_options(synchronize_session=False)
         )
         if updated is None:
             raise NotFound(MESSAGE_NOT_FOUND)
+        self._emit(
+            "message.status_changed", {"id": str(message_id), "session_id": str(updated), "status": status.value}
+        )
 
 
 async def purge_deleted_sessions(db: AsyncSession, older_than_days: int) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -29,6 +29,16 @@ class RlsContext:
     tenant_id: uuid.UUID | None
     user_id: str | None
     role: str | None
+
+
+# session.info key: coroutines run as the transaction's last statements (the realtime outbox).
+BEFORE_COMMIT = "before_commit"
+
+
+def before_commit(session: AsyncSession, hook: Callable[[AsyncSession], Awaitable[None]]) -> None:
+    hooks: list[Callable[[AsyncSession], Awaitable[None]]] = session.info.setdefault(BEFORE_COMMIT, [])
+    if hook not in hooks:
+        hooks.append(hook)
 
 
 def driver(session: AsyncSession) -> asyncpg.Connection:
@@ -89,6 +99,8 @@ class Database:
                         await apply_context(session, context)
                     yield session
                     await session.flush()
+                    for hook in session.info.get(BEFORE_COMMIT, ()):
+                        await hook(session)
                 finally:
                     await session.close()
 

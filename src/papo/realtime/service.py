@@ -1,0 +1,111 @@
+"""The outbox: events recorded with the change that caused them, published at commit, read in order.
+
+See migration 0004 for why ids follow commit order. Services call `emit()`; the unit of work
+publishes everything emitted, once, as its last statement before COMMIT, so rolled-back work
+leaves no event and a transaction sends one NOTIFY at most.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from papo.db.engine import before_commit, driver
+
+PENDING = "pending_events"
+STAFF_ROLES = frozenset({"owner", "admin", "agent"})
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    tenant_id: uuid.UUID
+    audience: str
+    user_id: str | None
+    type: str
+    data: dict[str, Any]
+
+    def visible_to(self, tenant_id: uuid.UUID, user_id: str | None, role: str) -> bool:
+        """The RLS rule of the events table, for the relay that reads across tenants."""
+        if self.tenant_id != tenant_id:
+            return False
+        if self.audience == "user":
+            return user_id is not None and self.user_id == user_id
+        return role in STAFF_ROLES
+
+    def wire(self) -> dict[str, Any]:
+        return {"type": "event", "id": self.id, "event": self.type, "data": self.data}
+
+
+def emit(
+    session: AsyncSession,
+    event_type: str,
+    data: dict[str, Any],
+    *,
+    tenant_id: uuid.UUID,
+    user_id: str | None,
+) -> None:
+    """Record an event for `user_id`'s stream (or, with user_id None, the tenant staff's)."""
+    pending: list[dict[str, Any]] = session.info.setdefault(PENDING, [])
+    pending.append(
+        {
+            "tenant_id": str(tenant_id),
+            "audience": "user" if user_id is not None else "staff",
+            "user_id": user_id,
+            "type": event_type,
+            "payload": data,
+        }
+    )
+    before_commit(session, _publish)
+
+
+async def _publish(session: AsyncSession) -> None:
+    pending = session.info.pop(PENDING, None)
+    if pending:
+        await driver(session).fetchval(
+            "SELECT papo_publish_events($1::jsonb)", json.dumps(pending, default=str, separators=(",", ":"))
+        )
+
+
+def _event(row: Any) -> Event:
+    return Event(
+        id=row["event_id"],
+        tenant_id=row["event_tenant_id"],
+        audience=row["event_audience"],
+        user_id=row["event_user_id"],
+        type=row["event_type"],
+        data=row["event_payload"],
+    )
+
+
+async def read_own_events(session: AsyncSession, after: int, limit: int) -> list[Event]:
+    """Replay for the caller: its stream after `after`, through row-level security."""
+    rows = await driver(session).fetch(
+        "SELECT tenant_id AS event_tenant_id, id AS event_id, audience AS event_audience, "
+        "user_id AS event_user_id, type AS event_type, payload AS event_payload "
+        "FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+        after,
+        limit,
+    )
+    return [_event(row) for row in rows]
+
+
+async def read_all_events(session: AsyncSession, after: int, limit: int) -> list[Event]:
+    """The relay's read: every tenant's events after `after` (route them with Event.visible_to)."""
+    rows = await driver(session).fetch("SELECT * FROM papo_events_after($1, $2)", after, limit)
+    return [_event(row) for row in rows]
+
+
+async def bounds(session: AsyncSession) -> tuple[int, int]:
+    """(pruned_through, head): a resume must start at or after the first, at or before the second."""
+    row = await driver(session).fetchrow("SELECT pruned_through, head FROM papo_events_bounds()")
+    return int(row["pruned_through"]), int(row["head"])
+
+
+async def prune_events(session: AsyncSession, older_than_days: int) -> int:
+    removed = await driver(session).fetchval("SELECT papo_prune_events(make_interval(days => $1))", older_than_days)
+    return int(removed or 0)
