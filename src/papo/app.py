@@ -19,6 +19,8 @@ from papo.chat.legacy_api import router as legacy_chat_router
 from papo.db.engine import Database, locate_database
 from papo.errors import install_error_handlers
 from papo.ops.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from papo.realtime.api import router as realtime_router
+from papo.realtime.hub import EventHub
 from papo.settings import Settings, get_settings
 from papo.state import AppState
 
@@ -45,15 +47,24 @@ def create_app(
         location = locate_database(settings)
         db = Database(location.app_url, pool_size=settings.db_pool_size)
         http = httpx.AsyncClient()
+        hub = EventHub(
+            db,
+            location.app_url.set(drivername="postgresql").render_as_string(hide_password=False),
+            poll_seconds=settings.realtime_poll_seconds,
+            queue_size=settings.realtime_queue_size,
+        )
         try:
             await db.verify_runtime_role()
             signing_key = SigningKey.load(settings)
-            state = AppState(settings, db, signing_key, TokenVerifier(settings, signing_key, http), http)
+            verifier = TokenVerifier(settings, signing_key, http)
+            state = AppState(settings, db, signing_key, verifier, http, hub)
             app.state.papo = state
+            await hub.start()
             if on_ready is not None:
                 await on_ready(state)
             yield
         finally:
+            await hub.stop()
             await http.aclose()
             await db.dispose()
             location.stop()
@@ -70,6 +81,7 @@ def create_app(
     app.include_router(auth_router)
     app.include_router(chat_router)
     app.include_router(legacy_chat_router)
+    app.include_router(realtime_router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

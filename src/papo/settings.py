@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = 16 * 1024
     max_title_chars: int = 200
 
+    # Realtime: how long events stay replayable, and how much a slow client may fall behind.
+    realtime_retention_days: int = 7
+    realtime_queue_size: int = 1000
+    realtime_heartbeat_seconds: float = 15.0
+    realtime_poll_seconds: float = 5.0
+    realtime_auth_timeout_seconds: float = 10.0
+    realtime_max_frame_bytes: int = 16 * 1024
+
     # Soft-deleted sessions are removed for good after this many days (`papo purge-deleted`).
     deleted_retention_days: int = 30
 

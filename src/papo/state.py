@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.db.engine import Database
+from papo.realtime.hub import EventHub
 from papo.settings import Settings
 
 
@@ -19,6 +20,7 @@ class AppState:
     signing_key: SigningKey
     verifier: TokenVerifier
     http: httpx.AsyncClient
+    hub: EventHub
 
 
 async def app_state(connection: HTTPConnection) -> AppState:

@@ -40,6 +40,8 @@ class Principal:
     user_id: str | None
     role: str
     api_key_id: uuid.UUID | None = None
+    # When the credential stops being valid (token `exp`); None for API keys, checked per request.
+    expires_at: float | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -54,7 +56,7 @@ class Principal:
 
     def acting_as(self, user_id: str) -> Principal:
         """An API key acting for one member of its own tenant (RLS still pins the tenant)."""
-        return Principal(self.tenant_id, user_id, self.role, self.api_key_id)
+        return Principal(self.tenant_id, user_id, self.role, self.api_key_id, self.expires_at)
 
     def require_user(self) -> str:
         if self.user_id is None:
@@ -95,7 +97,12 @@ async def authenticate(session: AsyncSession, verifier: TokenVerifier, credentia
     )
     if subject is None:
         raise Unauthorized("no such member: the account or its membership no longer exists")
-    return Principal(subject["subject_tenant_id"], subject["subject_user_id"], subject["subject_role"])
+    return Principal(
+        subject["subject_tenant_id"],
+        subject["subject_user_id"],
+        subject["subject_role"],
+        expires_at=identity.expires_at,
+    )
 
 
 def hash_password(password: str) -> str:

@@ -113,6 +113,7 @@ class VerifiedIdentity:
     role: str | None
     email: str | None
     name: str | None
+    expires_at: float
 
 
 class RemoteKeySet:
@@ -231,7 +232,8 @@ class TokenVerifier:
             raise Unauthorized("token not yet valid") from exc
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from exc
-        return self._identity(claims, own), float(claims["exp"])
+        identity = self._identity(claims, own)
+        return identity, identity.expires_at
 
     def _identity(self, claims: dict[str, Any], own: bool) -> VerifiedIdentity:
         if claims.get("sts") == "pending":
@@ -264,6 +266,7 @@ class TokenVerifier:
             role=role,
             email=_str_claim(claims, "email"),
             name=_str_claim(claims, "name"),
+            expires_at=float(claims["exp"]),
         )
 
 

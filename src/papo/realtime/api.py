@@ -1,0 +1,249 @@
+"""Realtime endpoints: WebSocket /api/v1/realtime and SSE /api/v1/events, with replay.
+
+A stream subscribes to the process's hub *first*, then replays the outbox from the client's cursor
+through RLS, then serves live events, skipping any id it already sent: nothing is lost or repeated
+at the seam between replay and live."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import StreamingResponse
+
+from papo.auth.deps import CurrentPrincipal
+from papo.auth.service import Principal, authenticate
+from papo.errors import BadRequest, DomainError, Forbidden
+from papo.realtime.hub import Subscriber
+from papo.realtime.service import bounds, read_own_events
+from papo.state import AppState
+
+log = structlog.get_logger(__name__)
+router = APIRouter(prefix="/api/v1", tags=["realtime"])
+
+# WebSocket close codes (4000-4999 are the application's).
+CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_BIG = 1009
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_FORBIDDEN = 4003
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_BAD_REQUEST = 4400
+REPLAY_BATCH = 500
+HEARTBEAT: dict[str, Any] = {"type": "heartbeat"}
+
+
+class StreamEnded(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+async def event_stream(state: AppState, subscriber: Subscriber, since: int | None) -> AsyncIterator[dict[str, Any]]:
+    """Replay from `since`, then live events, as wire messages. `subscriber` must already be subscribed."""
+    context = subscriber.principal.context()
+    async with state.db.transaction(context) as session:
+        pruned_through, head = await bounds(session)
+    if since is None:
+        last = head
+    elif since < pruned_through:
+        yield {"type": "resync", "detail": "events this old are no longer kept; refetch state", "id": head}
+        last = head
+    elif since > head:
+        raise StreamEnded(CLOSE_BAD_REQUEST, f"since={since} is ahead of the newest event ({head})")
+    else:
+        last = since
+    while True:
+        async with state.db.transaction(context) as session:
+            replayed = await read_own_events(session, last, REPLAY_BATCH)
+        for event in replayed:
+            yield event.wire()
+            last = event.id
+        if len(replayed) < REPLAY_BATCH:
+            break
+    yield {"type": "ready", "id": last}
+    heartbeat = state.settings.realtime_heartbeat_seconds
+    quiet_since = time.monotonic()
+    while True:
+        if subscriber.closing.is_set():
+            raise StreamEnded(CLOSE_GOING_AWAY, "server shutting down")
+        if subscriber.overflowed.is_set() and subscriber.queue.empty():
+            raise StreamEnded(CLOSE_SLOW_CONSUMER, "too far behind; reconnect with your last id to resume")
+        expires_at = subscriber.principal.expires_at
+        if expires_at is not None and time.time() > expires_at + state.settings.auth_leeway_seconds:
+            raise StreamEnded(CLOSE_UNAUTHORIZED, "token expired; reconnect (or send a fresh token) to resume")
+        try:
+            event = await asyncio.wait_for(subscriber.queue.get(), timeout=min(heartbeat, 1.0))
+        except TimeoutError:
+            if time.monotonic() - quiet_since >= heartbeat:
+                quiet_since = time.monotonic()
+                yield HEARTBEAT  # lets SSE keep proxies from closing an idle stream
+            continue
+        if event.id > last:
+            yield event.wire()
+            last = event.id
+            quiet_since = time.monotonic()
+
+
+def _parse_since(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequest("`since` must be a non-negative integer event id, or null")
+    return value
+
+
+@router.get("/events", response_class=StreamingResponse)
+async def server_sent_events(
+    request: Request,
+    principal: CurrentPrincipal,
+    since: int | None = Query(default=None, ge=0, description="Last event id seen (or send Last-Event-ID)."),
+    last_event_id: str | None = Header(default=None),
+) -> StreamingResponse:
+    """Server-sent events: the same stream as the WebSocket, resumable with Last-Event-ID."""
+    principal.require_user()
+    if last_event_id is not None:
+        if not last_event_id.isdigit():
+            raise BadRequest("Last-Event-ID must be an event id")
+        since = int(last_event_id)
+    state: AppState = request.app.state.papo
+
+    async def body() -> AsyncIterator[str]:
+        subscriber = state.hub.subscribe(principal)
+        try:
+            async for message in event_stream(state, subscriber, since):
+                if message is HEARTBEAT:
+                    yield ": keep-alive\n\n"
+                    continue
+                prefix = f"id: {message['id']}\n" if message["type"] == "event" else ""
+                name = message["event"] if message["type"] == "event" else message["type"]
+                yield f"{prefix}event: {name}\ndata: {json.dumps(message, separators=(',', ':'))}\n\n"
+        except StreamEnded as ended:
+            yield f"event: error\ndata: {json.dumps({'type': 'error', 'detail': ended.reason})}\n\n"
+        finally:
+            state.hub.unsubscribe(subscriber)
+
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.websocket("/realtime")
+async def realtime_socket(websocket: WebSocket) -> None:
+    """First frame: {"type": "auth", "token": "…", "since": <last event id or null>}; later
+    {"type": "auth", "token": "…"} refreshes the token and {"type": "ping"} is answered."""
+    state: AppState = websocket.app.state.papo
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol="papo.v1" if "papo.v1" in offered else None)
+    try:
+        frame = await asyncio.wait_for(_receive(websocket, state), timeout=state.settings.realtime_auth_timeout_seconds)
+        if frame.get("type") != "auth":
+            raise StreamEnded(CLOSE_UNAUTHORIZED, 'the first frame must be {"type": "auth", "token": …}')
+        principal = await _authenticate(state, frame)
+        since = _parse_since(frame.get("since"))
+    except TimeoutError:
+        await _close(websocket, CLOSE_UNAUTHORIZED, "no auth frame received in time")
+        return
+    except StreamEnded as ended:
+        await _close(websocket, ended.code, ended.reason)
+        return
+    except DomainError as exc:
+        code = CLOSE_UNAUTHORIZED if exc.status == 401 else CLOSE_FORBIDDEN if exc.status == 403 else CLOSE_BAD_REQUEST
+        await _close(websocket, code, exc.detail)
+        return
+    except WebSocketDisconnect:
+        return
+
+    subscriber = state.hub.subscribe(principal)
+    sender = asyncio.create_task(_send_events(websocket, state, subscriber, since))
+    receiver = asyncio.create_task(_receive_controls(websocket, state, subscriber))
+    try:
+        done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        failure = next(iter(done)).exception()
+        if isinstance(failure, StreamEnded):
+            await _close(websocket, failure.code, failure.reason)
+        elif failure is not None and not isinstance(failure, WebSocketDisconnect):
+            log.error("realtime socket failed", exc_info=failure)
+            await _close(websocket, 1011, "internal error")
+    finally:
+        for task in (sender, receiver):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        state.hub.unsubscribe(subscriber)
+
+
+async def _send_events(websocket: WebSocket, state: AppState, subscriber: Subscriber, since: int | None) -> None:
+    async for message in event_stream(state, subscriber, since):
+        if message is not HEARTBEAT:  # WebSocket liveness is the protocol's ping/pong
+            await websocket.send_text(json.dumps(message, separators=(",", ":")))
+
+
+async def _receive_controls(websocket: WebSocket, state: AppState, subscriber: Subscriber) -> None:
+    while True:
+        try:
+            frame = await _receive(websocket, state)
+        except StreamEnded as ended:
+            if ended.code == CLOSE_TOO_BIG:
+                raise
+            await websocket.send_text(json.dumps({"type": "error", "detail": ended.reason}))
+            continue
+        kind = frame.get("type")
+        if kind == "ping":
+            await websocket.send_text('{"type":"pong"}')
+        elif kind == "auth":
+            try:
+                fresh = await _authenticate(state, frame)
+            except DomainError as exc:
+                await websocket.send_text(json.dumps({"type": "error", "detail": exc.detail}))
+                continue
+            current = subscriber.principal
+            if (fresh.tenant_id, fresh.user_id) != (current.tenant_id, current.user_id):
+                raise StreamEnded(CLOSE_FORBIDDEN, "a refreshed token must belong to the same user and tenant")
+            subscriber.principal = fresh
+            await websocket.send_text('{"type":"auth_ok"}')
+        else:
+            await websocket.send_text(json.dumps({"type": "error", "detail": f"unknown message type {kind!r}"}))
+
+
+async def _receive(websocket: WebSocket, state: AppState) -> dict[str, Any]:
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    raw = message.get("text") if message.get("text") is not None else message.get("bytes")
+    if raw is None:
+        raise StreamEnded(CLOSE_BAD_REQUEST, "empty frame")
+    if len(raw) > state.settings.realtime_max_frame_bytes:
+        raise StreamEnded(CLOSE_TOO_BIG, f"frames are limited to {state.settings.realtime_max_frame_bytes} bytes")
+    try:
+        frame = json.loads(raw)
+    except ValueError as exc:
+        raise StreamEnded(CLOSE_BAD_REQUEST, "frames must be JSON objects") from exc
+    if not isinstance(frame, dict):
+        raise StreamEnded(CLOSE_BAD_REQUEST, "frames must be JSON objects")
+    return frame
+
+
+async def _authenticate(state: AppState, frame: dict[str, Any]) -> Principal:
+    token = frame.get("token")
+    if not isinstance(token, str) or not token or len(token) > 8192:
+        raise StreamEnded(CLOSE_UNAUTHORIZED, "auth frame needs a `token` string")
+    async with state.db.transaction() as session:
+        principal = await authenticate(session, state.verifier, token)
+    if principal.user_id is None:
+        raise Forbidden("realtime streams belong to users; API keys cannot subscribe")
+    return principal
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.send_text(json.dumps({"type": "error", "detail": reason}))
+        await websocket.close(code=code, reason=reason[:120])

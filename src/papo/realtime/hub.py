@@ -1,0 +1,128 @@
+"""Per-process fan-out: one LISTEN connection wakes a relay that reads new events from the outbox and
+hands each to the local subscribers allowed to see it.
+
+NOTIFY carries only the newest id, as a wake-up; bodies always come from the outbox, so a lost or
+coalesced notification costs nothing. A periodic poll covers a listening connection that died
+silently, and after a reconnect the relay simply reads on from the last id it handled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+
+from papo.auth.service import Principal
+from papo.db.engine import Database
+from papo.realtime.service import Event, bounds, read_all_events
+
+log = structlog.get_logger(__name__)
+CHANNEL = "papo_events"
+BATCH = 500
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One open WebSocket or SSE stream. Its queue is bounded: a consumer that falls behind is
+    told so and disconnected (it resumes by replay) instead of growing memory without limit."""
+
+    principal: Principal
+    capacity: int
+    queue: asyncio.Queue[Event] = field(init=False)
+    overflowed: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.queue = asyncio.Queue(maxsize=self.capacity)
+
+    def offer(self, event: Event) -> None:
+        p = self.principal
+        if self.overflowed.is_set() or not event.visible_to(p.tenant_id, p.user_id, p.role):
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed.set()
+
+
+class EventHub:
+    def __init__(self, db: Database, listen_dsn: str, *, poll_seconds: float, queue_size: int) -> None:
+        self.db = db
+        self.listen_dsn = listen_dsn
+        self.poll_seconds = poll_seconds
+        self.queue_size = queue_size
+        self.subscribers: set[Subscriber] = set()
+        self.last_id = 0
+        self.wake = asyncio.Event()
+        self.listener: asyncpg.Connection | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        async with self.db.transaction() as session:
+            _, self.last_id = await bounds(session)
+        await self._listen()
+        self.task = asyncio.create_task(self._run(), name="papo-event-relay")
+
+    async def stop(self) -> None:
+        for subscriber in self.subscribers:
+            subscriber.closing.set()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.listener is not None:
+            with contextlib.suppress(Exception):
+                await self.listener.close()
+
+    def subscribe(self, principal: Principal) -> Subscriber:
+        subscriber = Subscriber(principal, self.queue_size)
+        self.subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.discard(subscriber)
+
+    async def _listen(self) -> None:
+        try:
+            self.listener = await asyncpg.connect(self.listen_dsn)
+            await self.listener.add_listener(CHANNEL, self._notified)
+            self.listener.add_termination_listener(self._terminated)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("realtime listener could not connect; polling until it can", error=str(exc))
+            self.listener = None
+        self.wake.set()  # catch up on whatever was committed while not listening
+
+    def _notified(self, *_: Any) -> None:
+        self.wake.set()
+
+    def _terminated(self, *_: Any) -> None:
+        log.warning("realtime listener connection lost; reconnecting")
+        self.listener = None
+        self.wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=self.poll_seconds)
+            self.wake.clear()
+            try:
+                if self.listener is None or self.listener.is_closed():
+                    await self._listen()
+                await self._relay()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("realtime relay failed; retrying", error=str(exc))
+                await asyncio.sleep(1)
+
+    async def _relay(self) -> None:
+        while True:
+            async with self.db.transaction() as session:
+                events = await read_all_events(session, self.last_id, BATCH)
+            for event in events:
+                for subscriber in list(self.subscribers):
+                    subscriber.offer(event)
+                self.last_id = event.id
+            if len(events) < BATCH:
+                return
