@@ -3,6 +3,7 @@ named by PAPO_TEST_DATABASE_URL. Each test builds its own tenants, so tests neve
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.engine import URL
 
@@ -105,6 +107,21 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://papo.test") as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+async def live_url(app: FastAPI) -> AsyncIterator[str]:
+    """The test app behind a real uvicorn socket, for WebSocket and streaming clients."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_config=None, access_log=False)
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110  (uvicorn exposes a flag, not an event)
+        await asyncio.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.chat.api import router as chat_router
 from papo.chat.legacy_api import router as legacy_chat_router
 from papo.db.engine import Database, locate_database
+from papo.db.migrate import head_revision
 from papo.errors import install_error_handlers
 from papo.ops.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from papo.realtime.api import router as realtime_router
@@ -55,6 +56,7 @@ def create_app(
         )
         try:
             await db.verify_runtime_role()
+            await db.verify_schema(head_revision())
             signing_key = SigningKey.load(settings)
             verifier = TokenVerifier(settings, signing_key, http)
             state = AppState(settings, db, signing_key, verifier, http, hub)

@@ -118,5 +118,14 @@ class Database:
                 "an ordinary role (set PAPO_APP_DATABASE_URL, or leave it unset for papo_app)"
             )
 
+    async def verify_schema(self, expected: str) -> None:
+        async with self.engine.connect() as connection:
+            try:
+                revision = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+            except Exception as exc:  # missing table or no privilege: never migrated
+                raise RuntimeError("the database has no papo schema yet: run `papo migrate`") from exc
+        if revision != expected:
+            raise RuntimeError(f"the database schema is at {revision}, papo needs {expected}: run `papo migrate`")
+
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -62,10 +62,22 @@ async def migrate(owner_url: URL, app_url: URL, *, revision: str = "head", creat
                     )
                 )
             await connection.execute(text(f"GRANT papo_runtime TO {_quote_ident(role)}"))
+            # Lets a starting server tell "run papo migrate" apart from a broken database.
+            await connection.execute(text("GRANT SELECT ON alembic_version TO papo_runtime"))
             await connection.commit()
     finally:
         await engine.dispose()
     log.info("migrations applied", revision=revision, app_role=app_url.username)
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
 
 
 async def downgrade(owner_url: URL, revision: str) -> None:
