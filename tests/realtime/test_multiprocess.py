@@ -1,0 +1,119 @@
+"""Two real server processes on one database: events cross processes, and a client whose server is
+killed with SIGKILL resumes on the other one with every event exactly once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from papo.auth.models import Role
+from papo.client import RealtimeClient, RealtimeEvent
+from papo.settings import Settings
+from tests.support import Member
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def start_server(settings: Settings, port: int) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "PAPO_DATABASE_URL": settings.database_url or "",
+        "PAPO_APP_DATABASE_URL": settings.app_database_url or "",
+        "PAPO_DATA_DIR": str(settings.data_dir),
+        "PAPO_PUBLIC_URL": settings.public_url or "",
+        "PAPO_LOG_LEVEL": "WARNING",
+        "PAPO_REALTIME_POLL_SECONDS": "1",
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "papo"),
+        "serve",
+        "--port",
+        str(port),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    async with httpx.AsyncClient() as http:
+        for _ in range(300):
+            assert process.returncode is None, "server exited during start-up"
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                    return process
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"server on port {port} did not start")
+
+
+@pytest.fixture
+async def two_servers(settings: Settings) -> AsyncIterator[tuple[str, str, asyncio.subprocess.Process]]:
+    port_a, port_b = free_port(), free_port()
+    server_a = await start_server(settings, port_a)
+    server_b = await start_server(settings, port_b)
+    yield f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}", server_a
+    for process in (server_a, server_b):
+        if process.returncode is None:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 10)
+
+
+async def test_cross_process_delivery_and_failover(
+    two_servers: tuple[str, str, asyncio.subprocess.Process], make_tenant: Any
+) -> None:
+    url_a, url_b, server_a = two_servers
+    alice: Member = await (await make_tenant()).member(Role.member)
+    realtime = RealtimeClient([url_a, url_b], alice.token)
+    stream = realtime.events()
+    received: list[RealtimeEvent] = []
+    messages = 40
+    first_in, all_in = asyncio.Event(), asyncio.Event()
+
+    async def consume() -> None:
+        async for item in stream:
+            assert isinstance(item, RealtimeEvent)
+            received.append(item)
+            first_in.set()
+            if len(received) >= 1 + messages:
+                all_in.set()
+
+    consumer = asyncio.create_task(consume())
+    await asyncio.wait_for(realtime.connected.wait(), 10)
+
+    async with httpx.AsyncClient(base_url=url_b, headers=alice.headers, timeout=10) as via_b:
+        session = (await via_b.post("/api/v1/sessions", json={"title": "failover"})).json()
+        # Within a second, from process B to a client on process A.
+        await asyncio.wait_for(first_in.wait(), 1.0)
+        assert received[0].event == "session.created"
+
+        sent = []
+        for i in range(messages):
+            content = f"m{i}"
+            response = await via_b.post(f"/api/v1/sessions/{session['id']}/messages", json={"content": content})
+            assert response.status_code == 201
+            sent.append(content)
+            if i == 15:
+                server_a.send_signal(signal.SIGKILL)  # the client's server dies mid-stream
+            await asyncio.sleep(0.02)
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_in.wait(), 15)
+    consumer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await consumer
+    await stream.aclose()
+
+    ids = [event.id for event in received]
+    assert ids == sorted(set(ids)), "events repeated or out of order"
+    assert [event.data["content"] for event in received[1:]] == sent, "events lost across the failover"
