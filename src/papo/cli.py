@@ -18,6 +18,7 @@ from papo.auth import service as auth_service
 from papo.auth.models import Role
 from papo.auth.tokens import SigningKey, issue_token
 from papo.chat.service import purge_deleted_sessions
+from papo.realtime.service import prune_events
 from papo.db.engine import Database, RlsContext, locate_database
 from papo.db.migrate import ensure_database, migrate
 from papo.errors import DomainError, NotFound
@@ -209,6 +210,20 @@ def purge_deleted(
     settings = _settings()
     days = settings.deleted_retention_days if older_than_days is None else older_than_days
     count = _run_in_tenant(settings, None, lambda s: purge_deleted_sessions(s, days))
+    typer.echo(str(count))
+
+
+@app.command("prune-events")
+def prune_events_command(
+    older_than_days: Annotated[
+        int | None, typer.Option(help="Replay window in days (PAPO_REALTIME_RETENTION_DAYS)", min=0)
+    ] = None,
+) -> None:
+    """Drop realtime events older than the replay window; prints the count. Clients resuming from
+    before it are told to resync."""
+    settings = _settings()
+    days = settings.realtime_retention_days if older_than_days is None else older_than_days
+    count = _run_in_tenant(settings, None, lambda s: prune_events(s, days))
     typer.echo(str(count))
 
 

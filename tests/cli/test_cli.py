@@ -68,6 +68,13 @@ async def test_operator_flow(settings: Settings, client: httpx.AsyncClient) -> N
     assert signed_in.status_code == 200
 
 
+def test_retention_commands_print_counts(settings: Settings) -> None:
+    for command in ("purge-deleted", "prune-events"):
+        result = papo(settings, command, "--older-than-days", "365")
+        assert result.stdout.strip().isdigit()
+    assert papo(settings, "prune-events", "--older-than-days", "-1", check=False).returncode != 0
+
+
 def test_errors_go_to_stderr_with_nonzero_exit(settings: Settings) -> None:
     missing = papo(settings, "token", "--tenant", str(uuid.uuid4()), "--user", "nobody", check=False)
     assert missing.returncode == 1
