@@ -152,10 +152,12 @@ def verdict(ok: bool, text: str) -> str:
     return f"  verdict: {'PASS' if ok else 'MISS'} — {text}"
 
 
-async def wait_healthy(port: int, process: subprocess.Popen[bytes]) -> None:
+async def wait_healthy(port: int, process: Any) -> None:
+    """Wait for /healthz; `process` is a subprocess.Popen or an asyncio subprocess."""
     async with httpx.AsyncClient() as client:
         for _ in range(200):
-            if process.poll() is not None:
+            exited = process.poll() if hasattr(process, "poll") else process.returncode
+            if exited is not None:
                 raise RuntimeError(f"server on {port} exited with {process.returncode}")
             try:
                 if (await client.get(f"http://{HOST}:{port}/healthz")).status_code == 200:

@@ -1,0 +1,256 @@
+"""Realtime fan-out: 1,000 WebSocket subscribers on one server process, messages at steady rates.
+
+papo (auth, outbox in the message's transaction, NOTIFY wake-up, relay, per-subscriber routing) is
+measured beside a bare baseline: one asyncpg LISTEN connection forwarding NOTIFY payloads to the
+same number of WebSockets. Subscribers are 10 users x 100 connections; each message goes to its
+user's 100. Latency runs from the write (papo: the message's created_at, stamped in its transaction just before
+it commits; baseline: just before pg_notify is sent) to the moment a subscriber has the event.
+Run: `make bench-realtime` (or python bench/realtime.py --help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from papo.auth import service as auth_service
+from papo.auth.models import Role
+from papo.auth.tokens import SigningKey, issue_token
+from papo.db.engine import Database, locate_database
+from papo.db.migrate import ensure_database, migrate
+from papo.settings import Settings
+from run import HOST, plain_dsn, verdict, wait_healthy
+
+BENCH_DIR = Path(__file__).resolve().parent
+PAPO_PORT = 8721
+BASE_PORT = 8722
+USERS = 10
+SUPABASE = "Supabase Realtime broadcast-from-database (published, on a cluster): p50 46 ms, p99 159 ms"
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+class Subscribers:
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.sockets: list[Any] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def reader(self, socket: Any, extract: Any) -> None:
+        async for raw in socket:
+            sent = extract(json.loads(raw))
+            if sent is not None:
+                self.latencies.append((time.time() - sent) * 1000)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for socket in self.sockets:
+            await socket.close()
+
+
+async def papo_subscribers(tokens: list[str], per_user: int) -> Subscribers:
+    subscribers = Subscribers()
+
+    def extract(message: dict[str, Any]) -> float | None:
+        # created_at is stamped inside the writing transaction, just before it publishes and commits.
+        if message.get("type") == "event" and message.get("event") == "message.created":
+            return datetime.fromisoformat(message["data"]["created_at"]).timestamp()
+        return None
+
+    for token in tokens:
+        for _ in range(per_user):
+            socket = await websockets.connect(f"ws://{HOST}:{PAPO_PORT}/api/v1/realtime", max_queue=None)
+            await socket.send(json.dumps({"type": "auth", "token": token, "since": None}))
+            assert json.loads(await socket.recv())["type"] == "ready"
+            subscribers.sockets.append(socket)
+            subscribers.tasks.append(asyncio.create_task(subscribers.reader(socket, extract)))
+    return subscribers
+
+
+async def baseline_subscribers(per_user: int) -> Subscribers:
+    subscribers = Subscribers()
+    for user in range(USERS):
+        for _ in range(per_user):
+            socket = await websockets.connect(f"ws://{HOST}:{BASE_PORT}/ws/u{user}", max_queue=None)
+            subscribers.sockets.append(socket)
+            subscribers.tasks.append(asyncio.create_task(subscribers.reader(socket, lambda m: m["sent"])))
+    await asyncio.sleep(0.5)
+    return subscribers
+
+
+async def drive(rate: float, seconds: float, send: Any) -> None:
+    interval = 1 / rate
+    started = time.perf_counter()
+    n = 0
+    pending: set[asyncio.Task[None]] = set()
+    while time.perf_counter() - started < seconds:
+        task = asyncio.create_task(send(n))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        n += 1
+        await asyncio.sleep(max(0, started + n * interval - time.perf_counter()))
+    await asyncio.gather(*pending)
+    await asyncio.sleep(1.0)  # let the tail arrive
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rates", default="5,10,20,40,80", help="messages per second, comma-separated")
+    args = parser.parse_args()
+    per_user = args.subscribers // USERS
+    rates = [float(r) for r in args.rates.split(",")]
+    workdir = Path(tempfile.mkdtemp(prefix="papo-bench-rt-"))
+    settings = Settings(data_dir=workdir / "data", port=PAPO_PORT, log_level="WARNING", _env_file=None)  # type: ignore[call-arg]
+    location = locate_database(settings)
+    processes: list[Any] = []
+    print(
+        f"papo realtime benchmark — {os.cpu_count()} cores, {args.subscribers} subscribers "
+        f"({USERS} users x {per_user}), {args.seconds:.0f} s per rate"
+    )
+    try:
+        await ensure_database(location.owner_url)
+        await migrate(location.owner_url, location.app_url, create_app_role=True)
+        db = Database(location.app_url, pool_size=2)
+        async with db.transaction() as session:
+            tenant = await auth_service.create_tenant(session, "Bench RT")
+            users = [
+                (
+                    await auth_service.add_member(
+                        session, email=f"rt{i}@papo.local", name=None, password=None, role=Role.member
+                    )
+                )[0]
+                for i in range(USERS)
+            ]
+        key = SigningKey.load(settings)
+        tokens = [
+            issue_token(settings, key, tenant_id=tenant.id, user_id=u, role="member", ttl_seconds=3600)[0]
+            for u in users
+        ]
+        env = {
+            **os.environ,
+            "PAPO_DATABASE_URL": location.owner_url.render_as_string(hide_password=False),
+            "PAPO_DATA_DIR": str(settings.data_dir),
+            "PAPO_LOG_LEVEL": "WARNING",
+            "PAPO_PORT": str(PAPO_PORT),
+            "PAPO_REALTIME_QUEUE_SIZE": "100000",
+        }
+        processes.append(
+            await asyncio.create_subprocess_exec(str(Path(sys.executable).parent / "papo"), "serve", env=env)
+        )
+        processes.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "realtime_baseline_app:app",
+                "--host",
+                HOST,
+                "--port",
+                str(BASE_PORT),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                env={**os.environ, "BENCH_DSN": plain_dsn(location.owner_url)},
+                cwd=BENCH_DIR,
+            )
+        )
+        await wait_healthy(PAPO_PORT, processes[0])
+        await wait_healthy(BASE_PORT, processes[1])
+
+        async with httpx.AsyncClient(
+            base_url=f"http://{HOST}:{PAPO_PORT}", timeout=30, limits=httpx.Limits(max_connections=50)
+        ) as http:
+            sessions = []
+            for token in tokens:
+                response = await http.post(
+                    "/api/v1/sessions", json={"title": "rt"}, headers={"Authorization": f"Bearer {token}"}
+                )
+                sessions.append(response.json()["id"])
+
+            async def papo_send(n: int) -> None:
+                user = n % USERS
+                await http.post(
+                    f"/api/v1/sessions/{sessions[user]}/messages",
+                    json={"content": repr(time.time())},
+                    headers={"Authorization": f"Bearer {tokens[user]}"},
+                )
+
+            notifier = await asyncpg.connect(plain_dsn(location.owner_url))
+
+            async def baseline_send(n: int) -> None:
+                payload = json.dumps({"user": f"u{n % USERS}", "sent": time.time()})
+                await notifier.execute("SELECT pg_notify('bench', $1)", payload)
+
+            results: dict[str, dict[float, tuple[float, float, float, int]]] = {"papo": {}, "baseline": {}}
+            for name, subscribe, send in (
+                ("papo", lambda: papo_subscribers(tokens, per_user), papo_send),
+                ("baseline", lambda: baseline_subscribers(per_user), baseline_send),
+            ):
+                subscribers = await subscribe()
+                for rate in rates:
+                    subscribers.latencies.clear()
+                    await drive(rate, args.seconds, send)
+                    lat = subscribers.latencies
+                    results[name][rate] = (percentile(lat, 0.5), percentile(lat, 0.95), percentile(lat, 0.99), len(lat))
+                await subscribers.close()
+            await notifier.close()
+
+        print(
+            f"\n  {'rate/s':>7} {'deliveries':>11} | {'papo p50':>9} {'p95':>7} {'p99':>7} | "
+            f"{'baseline p50':>12} {'p95':>7} {'p99':>7} | {'p99 ratio':>9}"
+        )
+        best = {"papo": 0.0, "baseline": 0.0}
+        for rate in rates:
+            p, b = results["papo"][rate], results["baseline"][rate]
+            for name, row in (("papo", p), ("baseline", b)):
+                if row[2] < 250 and row[3] >= 0.95 * rate * args.seconds * per_user:
+                    best[name] = max(best[name], rate)
+            print(
+                f"  {rate:7.0f} {p[3]:11d} | {p[0]:9.1f} {p[1]:7.1f} {p[2]:7.1f} | "
+                f"{b[0]:12.1f} {b[1]:7.1f} {b[2]:7.1f} | {p[2] / b[2]:9.2f}"
+            )
+        print(
+            f"\n  highest rate with p99 < 250 ms and ≥95% delivered: papo {best['papo']:.0f} msg/s "
+            f"({best['papo'] * per_user:.0f} deliveries/s), baseline {best['baseline']:.0f} msg/s"
+        )
+        print(f"  outside reference: {SUPABASE}")
+        low = rates[0]
+        print(
+            verdict(
+                results["papo"][low][2] < 250,
+                f"p99 at {low:.0f} msg/s is {results['papo'][low][2]:.0f} ms "
+                f"(baseline {results['baseline'][low][2]:.0f} ms)",
+            )
+        )
+        await db.dispose()
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.terminate()
+                await process.wait()
+        location.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
