@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench lock clean
+.PHONY: install run test lint bench bench-core bench-realtime lock clean
 
 install: $(STAMP)
 
@@ -26,8 +26,13 @@ lint: install
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-bench: install
+bench: bench-core bench-realtime
+
+bench-core: install
 	$(BIN)/python bench/run.py
+
+bench-realtime: install
+	$(BIN)/python bench/realtime.py
 
 # Regenerate the lock file (needs pip-tools); no index URLs are written into it.
 lock:

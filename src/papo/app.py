@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,6 +21,7 @@ from papo.chat.legacy_api import router as legacy_chat_router
 from papo.db.engine import Database, locate_database
 from papo.db.migrate import head_revision
 from papo.errors import install_error_handlers
+from papo.ops.maintenance import maintenance_loop
 from papo.ops.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from papo.realtime.api import router as realtime_router
 from papo.realtime.hub import EventHub
@@ -54,6 +57,7 @@ def create_app(
             poll_seconds=settings.realtime_poll_seconds,
             queue_size=settings.realtime_queue_size,
         )
+        housekeeping: asyncio.Task[None] | None = None
         try:
             await db.verify_runtime_role()
             await db.verify_schema(head_revision())
@@ -62,10 +66,15 @@ def create_app(
             state = AppState(settings, db, signing_key, verifier, http, hub)
             app.state.papo = state
             await hub.start()
+            housekeeping = asyncio.create_task(maintenance_loop(db, settings), name="papo-maintenance")
             if on_ready is not None:
                 await on_ready(state)
             yield
         finally:
+            if housekeeping is not None:
+                housekeeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await housekeeping
             await hub.stop()
             await http.aclose()
             await db.dispose()

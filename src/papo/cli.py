@@ -18,11 +18,11 @@ from papo.auth import service as auth_service
 from papo.auth.models import Role
 from papo.auth.tokens import SigningKey, issue_token
 from papo.chat.service import purge_deleted_sessions
-from papo.realtime.service import prune_events
 from papo.db.engine import Database, RlsContext, locate_database
 from papo.db.migrate import ensure_database, migrate
 from papo.errors import DomainError, NotFound
 from papo.ops.logging import configure_logging
+from papo.realtime.service import prune_events
 from papo.settings import Settings, get_settings
 
 T = TypeVar("T")

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     realtime_auth_timeout_seconds: float = 10.0
     realtime_max_frame_bytes: int = 16 * 1024
 
+    # How often each process tries the housekeeping sweep (event pruning, deleted-chat purge).
+    maintenance_interval_seconds: float = 3600.0
+
     # Soft-deleted sessions are removed for good after this many days (`papo purge-deleted`).
     deleted_retention_days: int = 30
 

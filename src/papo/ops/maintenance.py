@@ -1,0 +1,38 @@
+"""Periodic housekeeping in every server process: realtime events past the replay window and chats
+deleted longer ago than the retention period. Each round runs in one process at a time (a try-lock),
+and both sweeps are idempotent, so any number of processes can carry this loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from papo.chat.service import purge_deleted_sessions
+from papo.db.engine import Database, driver
+from papo.realtime.service import prune_events
+from papo.settings import Settings
+
+log = structlog.get_logger(__name__)
+MAINTENANCE_LOCK = 7070707071
+
+
+async def run_once(db: Database, settings: Settings) -> tuple[int, int] | None:
+    """One sweep; None when another process holds the lock."""
+    async with db.transaction() as session:
+        if not await driver(session).fetchval("SELECT pg_try_advisory_xact_lock($1)", MAINTENANCE_LOCK):
+            return None
+        events = await prune_events(session, settings.realtime_retention_days)
+        sessions = await purge_deleted_sessions(session, settings.deleted_retention_days)
+    if events or sessions:
+        log.info("maintenance", events_pruned=events, sessions_purged=sessions)
+    return events, sessions
+
+
+async def maintenance_loop(db: Database, settings: Settings) -> None:
+    while True:
+        try:
+            await run_once(db, settings)
+        except Exception as exc:  # the next round tries again; a failed sweep must not stop the server
+            log.warning("maintenance failed", error=str(exc))
+        await asyncio.sleep(settings.maintenance_interval_seconds)
