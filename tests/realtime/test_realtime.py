@@ -15,9 +15,13 @@ import pytest
 import websockets
 
 from papo.auth.models import Role
+from papo.auth.service import Principal
+from papo.auth.tokens import SigningKey, issue_token
 from papo.client import RealtimeClient, RealtimeClosed, RealtimeEvent, Resync
 from papo.db.engine import Database
-from papo.realtime.service import bounds, prune_events
+from papo.realtime.api import StreamEnded, event_stream
+from papo.realtime.hub import Subscriber
+from papo.realtime.service import Event, bounds, prune_events
 from papo.settings import Settings
 from tests.conftest import ProvisionedDatabase, plain_dsn
 from tests.support import Member, create_session, send
@@ -269,3 +273,42 @@ class TestServerSentEvents:
             bad = await http.get("/api/v1/events", headers={"Last-Event-ID": "yesterday"})
             assert bad.status_code == 400
             assert (await http.get("/api/v1/events", headers={"Authorization": "Bearer nope"})).status_code == 401
+
+
+class TestResilience:
+    async def test_slow_consumer_is_cut_off_after_what_it_had(self, app: Any, pair: tuple[Member, Member]) -> None:
+        alice, _ = pair
+        state = app.state.papo
+        principal = Principal(alice.tenant_id, alice.user_id, "member")
+        subscriber = Subscriber(principal, capacity=2)
+        stream = event_stream(state, subscriber, None)
+        ready = await anext(stream)
+        assert ready["type"] == "ready"
+        base = ready["id"] + 10**9
+        for offset in range(3):
+            subscriber.offer(Event(base + offset, alice.tenant_id, "user", alice.user_id, "test.tick", {}))
+        assert subscriber.overflowed.is_set()
+        delivered = [await anext(stream), await anext(stream)]
+        assert [m["id"] for m in delivered] == [base, base + 1]
+        with pytest.raises(StreamEnded) as ended:
+            await anext(stream)
+        assert ended.value.code == 4008
+
+    async def test_expired_token_closes_the_socket(self, live_url: str, make_tenant: Any, settings: Settings) -> None:
+        tenant = await make_tenant()
+        member = await tenant.member()
+        short, _ = issue_token(
+            settings,
+            SigningKey.load(settings),
+            tenant_id=tenant.id,
+            user_id=member.user_id,
+            role="member",
+            ttl_seconds=1,
+        )
+        async with websockets.connect(ws_url(live_url)) as socket:
+            await socket.send(json.dumps({"type": "auth", "token": short, "since": None}))
+            assert json.loads(await socket.recv())["type"] == "ready"
+            started = time.monotonic()
+            code = await asyncio.wait_for(closing_code(socket), settings.auth_leeway_seconds + 5)
+        assert code == 4001
+        assert time.monotonic() - started >= 1
