@@ -312,3 +312,23 @@ class TestResilience:
             code = await asyncio.wait_for(closing_code(socket), settings.auth_leeway_seconds + 5)
         assert code == 4001
         assert time.monotonic() - started >= 1
+
+    async def test_relay_survives_losing_its_listening_connection(
+        self, client: httpx.AsyncClient, pair: tuple[Member, Member], live_url: str, database: ProvisionedDatabase
+    ) -> None:
+        alice, _ = pair
+        stream, first = await subscribed(live_url, alice.token)
+        owner = await asyncpg.connect(plain_dsn(database.owner_url))
+        try:
+            killed = await owner.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'LISTEN%papo_events%'"
+            )
+        finally:
+            await owner.close()
+        assert killed, "no listening connection found"
+        await create_session(client, alice, "after the cut")
+        event = await asyncio.wait_for(first, 10)
+        assert isinstance(event, RealtimeEvent)
+        assert event.data["title"] == "after the cut"
+        await stream.aclose()
