@@ -14,6 +14,9 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from papo import __version__
+from papo.assistants.api import router as assistants_router
+from papo.assistants.replies import ReplyManager
+from papo.assistants.service import KeyBox
 from papo.auth.api import router as auth_router
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.chat.api import router as chat_router
@@ -58,15 +61,19 @@ def create_app(
             queue_size=settings.realtime_queue_size,
         )
         housekeeping: asyncio.Task[None] | None = None
+        replies: ReplyManager | None = None
         try:
             await db.verify_runtime_role()
             await db.verify_schema(head_revision())
             signing_key = SigningKey.load(settings)
             verifier = TokenVerifier(settings, signing_key, http)
-            state = AppState(settings, db, signing_key, verifier, http, hub)
+            keys = KeyBox(settings)
+            replies = ReplyManager(db, settings, keys)
+            state = AppState(settings, db, signing_key, verifier, http, hub, keys, replies)
             app.state.papo = state
             await hub.start()
-            housekeeping = asyncio.create_task(maintenance_loop(db, settings), name="papo-maintenance")
+            await replies.sweep()
+            housekeeping = asyncio.create_task(maintenance_loop(db, settings, replies), name="papo-maintenance")
             if on_ready is not None:
                 await on_ready(state)
             yield
@@ -75,6 +82,8 @@ def create_app(
                 housekeeping.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await housekeeping
+            if replies is not None:
+                await replies.shutdown()
             await hub.stop()
             await http.aclose()
             await db.dispose()
@@ -93,6 +102,7 @@ def create_app(
     app.include_router(chat_router)
     app.include_router(legacy_chat_router)
     app.include_router(realtime_router)
+    app.include_router(assistants_router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

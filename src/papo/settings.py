@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -55,6 +56,20 @@ class Settings(BaseSettings):
     realtime_auth_timeout_seconds: float = 10.0
     realtime_max_frame_bytes: int = 16 * 1024
 
+    # AI assistants. Defaults for tenants without their own assistant settings; without a base URL
+    # or key, papo answers with its built-in, clearly labelled demo assistant.
+    openai_base_url: str | None = None
+    openai_api_key: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    # Key that encrypts provider API keys at rest (Fernet, url-safe base64 of 32 bytes); generated
+    # under data_dir when unset. Keep it with your backups: encrypted keys are useless without it.
+    secret_key: str | None = None
+    reply_flush_seconds: float = 0.1
+    reply_deadline_seconds: float = 120.0
+    reply_max_attempts: int = 3
+    reply_stale_seconds: float = 60.0
+    demo_tokens_per_second: float = 40.0
+
     # How often each process tries the housekeeping sweep (event pruning, deleted-chat purge).
     maintenance_interval_seconds: float = 3600.0
 
@@ -67,6 +82,10 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def environment_secret(self, name: str) -> str | None:
+        """A secret an admin referenced by environment-variable name (e.g. an assistant's API key)."""
+        return os.environ.get(name) or None
 
     @property
     def issuer(self) -> str:

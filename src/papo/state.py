@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import httpx
 from starlette.requests import HTTPConnection
 
+from papo.assistants.replies import ReplyManager
+from papo.assistants.service import KeyBox
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.db.engine import Database
 from papo.realtime.hub import EventHub
@@ -21,6 +23,8 @@ class AppState:
     verifier: TokenVerifier
     http: httpx.AsyncClient
     hub: EventHub
+    keys: KeyBox
+    replies: ReplyManager
 
 
 async def app_state(connection: HTTPConnection) -> AppState:

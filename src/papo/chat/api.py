@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Response, status
 from fastapi.responses import StreamingResponse
 
+from papo.assistants.api import Assistants, resolve_assistant
 from papo.auth.deps import CurrentPrincipal, DbSession, State
 from papo.auth.service import Principal
 from papo.chat.export import MEDIA_TYPES, ExportFormat, stream_export
 from papo.chat.export import filename as export_filename
-from papo.chat.models import SessionStatus
+from papo.chat.models import MessageRole, SessionStatus
 from papo.chat.schemas import (
     ChatCreate,
     MessageCreate,
@@ -29,8 +31,8 @@ from papo.chat.schemas import (
     SupportSessionPage,
 )
 from papo.chat.search import search_messages
-from papo.chat.service import MAX_PAGE, ChatService, message_cursor
-from papo.errors import BadRequest
+from papo.chat.service import MAX_PAGE, ChatService, StoredMessage, message_cursor
+from papo.errors import BadRequest, Conflict
 from papo.state import AppState
 
 router = APIRouter(prefix="/api/v1", tags=["chat"])
@@ -45,9 +47,15 @@ Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 
 
 @router.post("/sessions", status_code=status.HTTP_201_CREATED, response_model=SessionOut)
-async def create_session(body: SessionCreate, chat: Chat, principal: CurrentPrincipal) -> SessionOut:
+async def create_session(
+    body: SessionCreate, chat: Chat, principal: CurrentPrincipal, assistants: Assistants
+) -> SessionOut:
     created = await chat.create_chat_session(
-        principal.require_user(), body.title, metadata=body.metadata, channel=body.channel
+        principal.require_user(),
+        body.title,
+        metadata=body.metadata,
+        channel=body.channel,
+        assistant_id=await resolve_assistant(assistants, body.assistant_id),
     )
     return SessionOut.model_validate(created)
 
@@ -73,7 +81,7 @@ async def get_session(session_id: uuid.UUID, chat: Chat, principal: CurrentPrinc
 
 @router.patch("/sessions/{session_id}", response_model=SessionOut)
 async def patch_session(
-    session_id: uuid.UUID, body: SessionPatch, chat: Chat, principal: CurrentPrincipal
+    session_id: uuid.UUID, body: SessionPatch, chat: Chat, principal: CurrentPrincipal, assistants: Assistants
 ) -> SessionOut:
     updated = await chat.update_chat_session(
         session_id,
@@ -82,6 +90,7 @@ async def patch_session(
         metadata=body.metadata,
         status=body.status,
         fields=body.model_fields_set,
+        assistant_id=await resolve_assistant(assistants, body.assistant_id),
     )
     return SessionOut.model_validate(updated)
 
@@ -106,11 +115,56 @@ async def delete_session(
 
 @router.post("/sessions/{session_id}/messages", status_code=status.HTTP_201_CREATED, response_model=MessageOut)
 async def send_message(
-    session_id: uuid.UUID, body: MessageCreate, chat: Chat, principal: CurrentPrincipal
+    session_id: uuid.UUID,
+    body: MessageCreate,
+    chat: Chat,
+    principal: CurrentPrincipal,
+    state: State,
+    response: Response,
+    background: BackgroundTasks,
 ) -> MessageOut:
+    """Store a message. In a chat with an assistant, a user message also starts the assistant's reply:
+    its id is in the `X-Reply-Id` header, and it streams through the realtime events (`reply.delta`).
+    While a reply is being written, another user message is refused with 409: stop it or wait."""
     principal.require_user()
-    message = await chat.add_message(session_id, body.role, body.content, metadata=body.metadata)
-    return MessageOut.model_validate(message)
+    message = await post_message(chat, state, background, session_id, body.role, body.content, body.metadata)
+    if message.reply_id is not None:
+        response.headers["X-Reply-Id"] = str(message.reply_id)
+    return MessageOut.model_validate(message.stored)
+
+
+@dataclass
+class Posted:
+    stored: StoredMessage
+    reply_id: uuid.UUID | None
+
+
+async def post_message(
+    chat: ChatService,
+    state: AppState,
+    background: BackgroundTasks,
+    session_id: uuid.UUID,
+    role: MessageRole,
+    content: str,
+    metadata: dict[str, Any] | None,
+) -> Posted:
+    stored = await chat.add_message(session_id, role, content, metadata=metadata)
+    if role != MessageRole.user or stored.assistant_id is None:
+        return Posted(stored, None)
+    if await chat.streaming_reply(session_id) is not None:
+        raise Conflict("the assistant is still writing its reply; stop it or wait, then send again")
+    reply = await chat.add_reply_placeholder(session_id, {"assistant_id": str(stored.assistant_id)})
+    # Background tasks run after the response, i.e. after this request's transaction committed.
+    background.add_task(state.replies.spawn, chat.principal, session_id, reply.id, stored.assistant_id)
+    return Posted(stored, reply.id)
+
+
+@router.post("/sessions/{session_id}/messages/{message_id}/stop", response_model=MessageOut, tags=["assistants"])
+async def stop_reply(
+    session_id: uuid.UUID, message_id: uuid.UUID, chat: Chat, principal: CurrentPrincipal
+) -> MessageOut:
+    """Stop a reply mid-stream; it keeps what was already written and is marked stopped."""
+    return MessageOut.model_validate(await chat.stop_reply(session_id, message_id, principal.require_user()))
 
 
 @router.get("/sessions/{session_id}/messages", response_model=MessagePage)
@@ -155,7 +209,7 @@ async def patch_message(
 
 
 @router.post("/chats", status_code=status.HTTP_201_CREATED, response_model=SessionOut, tags=["back-office"])
-async def create_chat_for_user(body: ChatCreate, chat: Chat) -> SessionOut:
+async def create_chat_for_user(body: ChatCreate, chat: Chat, assistants: Assistants) -> SessionOut:
     """Open a chat for a member of the caller's tenant, by user id or e-mail (tenant API key or admin)."""
     created = await chat.open_chat_for_member(
         user_id=body.user.id,
@@ -163,6 +217,7 @@ async def create_chat_for_user(body: ChatCreate, chat: Chat) -> SessionOut:
         title=body.title,
         metadata=body.metadata,
         create_user=body.create_user,
+        assistant_id=await resolve_assistant(assistants, body.assistant_id),
     )
     return SessionOut.model_validate(created)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, BackgroundTasks, status
 
-from papo.auth.deps import CurrentPrincipal
-from papo.chat.api import Chat
+from papo.auth.deps import CurrentPrincipal, State
+from papo.chat.api import Chat, post_message
 from papo.chat.models import Channel, MessageRole
 from papo.chat.schemas import LegacyDeleted, LegacyMessageCreate, LegacySessionCreate, MessageOut, SessionOut
 
@@ -36,10 +36,12 @@ async def delete_session(id: uuid.UUID, chat: Chat, principal: CurrentPrincipal)
 
 
 @router.post("/message", status_code=status.HTTP_201_CREATED, response_model=MessageOut)
-async def send_message(body: LegacyMessageCreate, chat: Chat, principal: CurrentPrincipal) -> MessageOut:
+async def send_message(
+    body: LegacyMessageCreate, chat: Chat, principal: CurrentPrincipal, state: State, background: BackgroundTasks
+) -> MessageOut:
     principal.require_user()
-    message = await chat.add_message(body.sessionId, MessageRole.user, body.message)
-    return MessageOut.model_validate(message)
+    posted = await post_message(chat, state, background, body.sessionId, MessageRole.user, body.message, None)
+    return MessageOut.model_validate(posted.stored)
 
 
 @router.get("/message", response_model=list[MessageOut])

@@ -69,6 +69,7 @@ class ChatSession(Timestamps, Base):
         "metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    assistant_id: Mapped[uuid.UUID | None] = mapped_column()
     activity_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), Computed("coalesce(last_message_at, created_at)", persisted=True)
     )
@@ -103,6 +104,7 @@ class Message(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
+    reply_state: Mapped[str | None] = mapped_column(Text)
     # Both set by the insert trigger: created_at is commit-ordered within a session (see migration 0001).
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())

@@ -27,6 +27,7 @@ class SessionOut(BaseModel):
     channel: Channel
     last_message_at: datetime | None
     metadata: dict[str, Any] = Field(validation_alias=AliasChoices("metadata_", "metadata"))
+    assistant_id: uuid.UUID | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -59,6 +60,9 @@ class MessageOut(BaseModel):
     content: str
     status: MessageStatus
     metadata: dict[str, Any] = Field(validation_alias=AliasChoices("metadata_", "metadata"))
+    reply_state: str | None = Field(
+        default=None, description="Assistant replies: streaming, complete, stopped, failed or interrupted."
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -67,6 +71,9 @@ class SessionCreate(Strict):
     title: str | None = None
     metadata: dict[str, Any] | None = None
     channel: Literal[Channel.web, Channel.api] = Channel.api
+    assistant_id: uuid.UUID | Literal["default"] | None = Field(
+        default=None, description='An assistant answers user messages; "default" is the tenant\'s. None: plain chat.'
+    )
 
 
 class SessionPatch(Strict):
@@ -75,6 +82,7 @@ class SessionPatch(Strict):
         default=None, description="Merged into the stored metadata (JSON merge patch: null removes a key)."
     )
     status: Literal[SessionStatus.active, SessionStatus.archived] | None = None
+    assistant_id: uuid.UUID | Literal["default"] | None = None
 
 
 class MessageCreate(Strict):
@@ -122,6 +130,7 @@ class ChatCreate(Strict):
     title: str | None = None
     metadata: dict[str, Any] | None = None
     create_user: bool = Field(default=False, description="Invite the e-mail as a new member when unknown.")
+    assistant_id: uuid.UUID | Literal["default"] | None = "default"
 
 
 class SearchHit(BaseModel):

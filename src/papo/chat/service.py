@@ -26,7 +26,7 @@ from papo.chat.schemas import MessageOut, SessionOut
 from papo.db.base import new_id
 from papo.db.engine import apply_context, driver
 from papo.db.errors import not_found_on_refusal
-from papo.errors import Forbidden, InvalidInput, NotFound
+from papo.errors import Conflict, Forbidden, InvalidInput, NotFound
 from papo.pagination import decode_cursor, encode_cursor
 from papo.realtime.service import emit
 from papo.settings import Settings
@@ -38,7 +38,9 @@ MAX_PAGE = 200
 INSERT_MESSAGE = """
     INSERT INTO messages (tenant_id, id, session_id, role, content, status, metadata)
     VALUES ($1, $2, $3, $4, $5, $6, $7)
-    RETURNING id, session_id, role, content, status, metadata, created_at, updated_at
+    RETURNING id, session_id, role, content, status, metadata, reply_state, created_at, updated_at,
+              (SELECT s.assistant_id FROM chat_sessions s
+                WHERE s.tenant_id = messages.tenant_id AND s.id = messages.session_id) AS assistant_id
 """
 
 
@@ -54,6 +56,9 @@ class StoredMessage:
     metadata: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    reply_state: str | None = None
+    # The session's assistant, when the insert reports it (it answers user messages).
+    assistant_id: uuid.UUID | None = None
 
 
 T = TypeVar("T")
@@ -129,8 +134,10 @@ class ChatService:
         *,
         metadata: dict[str, Any] | None = None,
         channel: Channel = Channel.api,
+        assistant_id: uuid.UUID | None = None,
     ) -> ChatSession:
         chat = ChatSession(
+            assistant_id=assistant_id,
             tenant_id=self.principal.tenant_id,
             user_id=user_id,
             title=self._clean_title(title),
@@ -224,10 +231,13 @@ class ChatService:
         metadata: dict[str, Any] | None = None,
         status: SessionStatus | None = None,
         fields: set[str] | None = None,
+        assistant_id: uuid.UUID | None = None,
     ) -> ChatSession:
         """Apply the given changes; `fields` names which were sent (so an explicit null title clears it)."""
         sent = fields if fields is not None else {"title", "metadata", "status"}
         values: dict[str, Any] = {}
+        if "assistant_id" in sent:
+            values["assistant_id"] = assistant_id
         if "title" in sent:
             values["title"] = self._clean_title(title)
         if "metadata" in sent and metadata is not None:
@@ -293,6 +303,7 @@ class ChatService:
         title: str | None,
         metadata: dict[str, Any] | None,
         create_user: bool,
+        assistant_id: uuid.UUID | None = None,
     ) -> ChatSession:
         """Seed 003's back-office call: a tenant API key (or admin) opens a chat for a member.
 
@@ -312,7 +323,9 @@ class ChatService:
                 member_id, _ = await auth_service.add_member(self.db, email=email, name=None, password=None, role=None)
         self.principal = self.principal.acting_as(member_id)
         await apply_context(self.db, self.principal.context())
-        return await self.create_chat_session(member_id, title, metadata=metadata, channel=Channel.web)
+        return await self.create_chat_session(
+            member_id, title, metadata=metadata, channel=Channel.web, assistant_id=assistant_id
+        )
 
     # ---- messages ---------------------------------------------------------------------------
 
@@ -345,6 +358,118 @@ class ChatService:
         message = StoredMessage(**dict(row))
         self._emit("message.created", MessageOut.model_validate(message).model_dump(mode="json"))
         return message
+
+    # ---- assistant replies (driven by papo.assistants.replies) --------------------------------
+
+    async def streaming_reply(self, session_id: uuid.UUID) -> uuid.UUID | None:
+        return await self.db.scalar(
+            select(Message.id).where(
+                Message.tenant_id == self.principal.tenant_id,
+                Message.session_id == session_id,
+                Message.reply_state == "streaming",
+            )
+        )
+
+    async def add_reply_placeholder(self, session_id: uuid.UUID, metadata: dict[str, Any]) -> StoredMessage:
+        """The assistant's message, empty and `streaming`, so a reload shows the reply as it grows."""
+        row = await driver(self.db).fetchrow(
+            """
+            INSERT INTO messages (tenant_id, id, session_id, role, content, status, metadata, reply_state)
+            VALUES ($1, $2, $3, 'assistant', '', 'sent', $4, 'streaming')
+            RETURNING id, session_id, role, content, status, metadata, reply_state, created_at, updated_at
+            """,
+            self.principal.tenant_id,
+            new_id(),
+            session_id,
+            json.dumps(metadata),
+        )
+        message = StoredMessage(**dict(row))
+        self._emit("message.created", MessageOut.model_validate(message).model_dump(mode="json") | {"streaming": True})
+        return message
+
+    async def save_reply_progress(self, message: uuid.UUID, session_id: uuid.UUID, content: str, delta: str) -> bool:
+        """Store what is written so far and stream the new part; False once the reply was stopped."""
+        still_streaming = await driver(self.db).fetchval(
+            "UPDATE messages SET content = $3 WHERE tenant_id = $1 AND id = $2 AND reply_state = 'streaming' "
+            "RETURNING true",
+            self.principal.tenant_id,
+            message,
+            content,
+        )
+        if still_streaming:
+            offset = len(content) - len(delta)
+            self._emit(
+                "reply.delta", {"id": str(message), "session_id": str(session_id), "offset": offset, "delta": delta}
+            )
+        return bool(still_streaming)
+
+    async def finish_reply(
+        self, message: uuid.UUID, content: str, *, failed: bool, metadata: dict[str, Any], state: str | None = None
+    ) -> bool:
+        """Close a streaming reply: delivered and complete, or error and failed. False if it was stopped."""
+        reply_state = state or ("failed" if failed else "complete")
+        row = await driver(self.db).fetchrow(
+            """
+            UPDATE messages SET content = $3, status = $4, reply_state = $5, metadata = metadata || $6::jsonb
+             WHERE tenant_id = $1 AND id = $2 AND reply_state = 'streaming'
+            RETURNING id, session_id, role, content, status, metadata, reply_state, created_at, updated_at
+            """,
+            self.principal.tenant_id,
+            message,
+            content,
+            "error" if failed else "delivered",
+            reply_state,
+            json.dumps(metadata),
+        )
+        if row is None:
+            return False
+        self._emit("message.updated", MessageOut.model_validate(StoredMessage(**dict(row))).model_dump(mode="json"))
+        return True
+
+    async def stop_reply(self, session_id: uuid.UUID, message_id: uuid.UUID, user_id: str) -> Message:
+        """Stop a reply mid-stream: it keeps what was written, marked stopped."""
+        await self.require_chat_session(session_id, user_id)
+        row = await driver(self.db).fetchrow(
+            """
+            UPDATE messages SET status = 'delivered', reply_state = 'stopped',
+                   metadata = metadata || '{"stopped": true}'::jsonb
+             WHERE tenant_id = $1 AND session_id = $2 AND id = $3 AND reply_state = 'streaming'
+            RETURNING id
+            """,
+            self.principal.tenant_id,
+            session_id,
+            message_id,
+        )
+        message = await self.get_message(session_id, message_id, user_id)
+        if row is None and message.reply_state != "stopped":
+            raise Conflict("this message is not a reply being written")
+        if row is not None:
+            self._emit("message.updated", MessageOut.model_validate(message).model_dump(mode="json"))
+        return message
+
+    async def history_for_model(self, session_id: uuid.UUID, token_budget: int, estimate: Any) -> list[dict[str, str]]:
+        """The newest messages that fit the budget, oldest first; replies still being written or that
+        failed are left out."""
+        rows = await driver(self.db).fetch(
+            """
+            SELECT role, content FROM messages
+             WHERE tenant_id = $1 AND session_id = $2
+               AND (reply_state IS NULL OR reply_state IN ('complete', 'stopped')) AND content <> ''
+             ORDER BY created_at DESC, id DESC LIMIT 500
+            """,
+            self.principal.tenant_id,
+            session_id,
+        )
+        picked: list[dict[str, str]] = []
+        spent = 0
+        for row in rows:
+            cost = estimate(row["content"])
+            if picked and spent + cost > token_budget:
+                break
+            picked.append({"role": row["role"], "content": row["content"]})
+            spent += cost
+        picked.reverse()
+        return picked
 
     async def get_messages(
         self,

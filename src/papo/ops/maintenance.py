@@ -8,6 +8,7 @@ import asyncio
 
 import structlog
 
+from papo.assistants.replies import ReplyManager
 from papo.chat.service import purge_deleted_sessions
 from papo.db.engine import Database, driver
 from papo.realtime.service import prune_events
@@ -29,10 +30,11 @@ async def run_once(db: Database, settings: Settings) -> tuple[int, int] | None:
     return events, sessions
 
 
-async def maintenance_loop(db: Database, settings: Settings) -> None:
+async def maintenance_loop(db: Database, settings: Settings, replies: ReplyManager) -> None:
     while True:
         try:
             await run_once(db, settings)
+            await replies.sweep()
         except Exception as exc:  # the next round tries again; a failed sweep must not stop the server
             log.warning("maintenance failed", error=str(exc))
         await asyncio.sleep(settings.maintenance_interval_seconds)

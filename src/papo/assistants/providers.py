@@ -1,0 +1,103 @@
+"""Model providers: any OpenAI-compatible endpoint through the official SDK, and the built-in demo.
+
+A provider turns a chat history into a stream of text deltas followed by one `Finished` record."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+
+from papo.assistants.service import ProviderTarget
+
+DEMO_NOTICE = "papo demo assistant (no AI provider is configured)"
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+class ProviderError(Exception):
+    """A failure worth showing the user: what went wrong, in a sentence."""
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough count without downloading a tokenizer: ~4 characters per token, plus per-message overhead."""
+    return len(text) // 4 + 4
+
+
+async def stream_openai(
+    target: ProviderTarget, history: list[dict[str, str]], *, max_attempts: int, request_timeout: float
+) -> AsyncGenerator[str | Finished, None]:
+    client = openai.AsyncOpenAI(
+        base_url=target.base_url,
+        api_key=target.api_key or "not-needed",  # local servers (Ollama, vLLM) accept any key
+        max_retries=max(0, max_attempts - 1),  # the SDK retries 408/409/429/5xx and timeouts with backoff
+        timeout=request_timeout,
+    )
+    finish_reason = None
+    usage: Any = None
+    try:
+        # The SDK's overloads type every message shape; ours are plain role/content dicts.
+        create: Any = client.chat.completions.create
+        stream = await create(
+            model=target.model,
+            messages=history,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body=target.parameters or None,  # temperature, top_p, max_tokens…, validated on input
+        )
+        async for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                if choice.delta and choice.delta.content:
+                    yield choice.delta.content
+                if choice.finish_reason:
+                    finish_reason = choice.finish_reason
+    except openai.AuthenticationError as exc:
+        raise ProviderError("the AI provider rejected the API key (401)") from exc
+    except openai.NotFoundError as exc:
+        raise ProviderError(f"the AI provider does not know model {target.model!r}") from exc
+    except openai.RateLimitError as exc:
+        raise ProviderError("the AI provider kept answering 429 (rate limited)") from exc
+    except openai.APITimeoutError as exc:
+        raise ProviderError("the AI provider did not answer in time") from exc
+    except openai.APIConnectionError as exc:
+        raise ProviderError("could not reach the AI provider, or it closed the stream early") from exc
+    except openai.APIStatusError as exc:
+        raise ProviderError(f"the AI provider failed ({exc.status_code})") from exc
+    except (openai.APIError, ValueError) as exc:
+        raise ProviderError(f"the AI provider sent a malformed response: {exc}") from exc
+    finally:
+        await client.close()
+    yield Finished(
+        finish_reason,
+        getattr(usage, "prompt_tokens", None),
+        getattr(usage, "completion_tokens", None),
+    )
+
+
+async def stream_demo(
+    target: ProviderTarget, history: list[dict[str, str]], *, tokens_per_second: float
+) -> AsyncGenerator[str | Finished, None]:
+    """A deterministic answer at a realistic pace, so papo works offline. Always says what it is."""
+    question = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
+    excerpt = " ".join(question.split()[:30])
+    answer = (
+        f"({DEMO_NOTICE}.) You wrote: “{excerpt}”. "
+        "Set PAPO_OPENAI_BASE_URL and PAPO_OPENAI_API_KEY, or give this assistant its own provider, "
+        "and a real model will answer here, streamed just like this."
+    )
+    words = answer.split(" ")
+    for index, word in enumerate(words):
+        yield word if index == 0 else " " + word
+        await asyncio.sleep(1 / tokens_per_second)
+    prompt = sum(estimate_tokens(m["content"]) for m in history)
+    yield Finished("stop", prompt, estimate_tokens(answer))

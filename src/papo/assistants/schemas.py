@@ -1,0 +1,72 @@
+"""API shapes for assistants. The provider key is write-only: responses only say whether one is set."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+
+class Parameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=200_000)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+
+
+ENV_NAME = r"^[A-Z_][A-Z0-9_]{0,127}$"
+
+
+class AssistantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    instructions: str = Field(default="", max_length=32_000)
+    provider: Literal["openai", "demo"] = "openai"
+    model: str = Field(min_length=1, max_length=200)
+    base_url: HttpUrl | None = None
+    api_key: str | None = Field(
+        default=None, min_length=1, max_length=1000, description="Stored encrypted; never returned."
+    )
+    api_key_env: str | None = Field(
+        default=None, pattern=ENV_NAME, description="Or: the server environment variable holding the key."
+    )
+    parameters: Parameters = Field(default_factory=Parameters)
+    context_token_budget: int = Field(default=8000, ge=256, le=2_000_000)
+    is_default: bool = False
+
+
+class AssistantPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    instructions: str | None = Field(default=None, max_length=32_000)
+    provider: Literal["openai", "demo"] | None = None
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    base_url: HttpUrl | None = None
+    api_key: str | None = Field(default=None, max_length=1000, description="Empty string removes the stored key.")
+    api_key_env: str | None = Field(default=None, pattern=ENV_NAME)
+    parameters: Parameters | None = None
+    context_token_budget: int | None = Field(default=None, ge=256, le=2_000_000)
+    is_default: bool | None = None
+
+
+class AssistantOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    instructions: str
+    provider: str
+    model: str
+    base_url: str | None
+    api_key_env: str | None
+    has_api_key: bool
+    parameters: dict[str, float | int]
+    context_token_budget: int
+    is_default: bool
+    created_at: datetime
+    updated_at: datetime

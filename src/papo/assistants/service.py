@@ -1,0 +1,191 @@
+"""Assistants: CRUD for tenant admins, key encryption, and what a reply needs to reach its provider."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from papo.assistants.models import Assistant
+from papo.assistants.schemas import AssistantCreate, AssistantOut, AssistantPatch
+from papo.auth.service import Principal
+from papo.db.base import new_id
+from papo.db.engine import driver
+from papo.errors import InvalidInput, NotFound
+from papo.settings import Settings
+
+DEMO_MODEL = "papo-demo"
+ASSISTANT_NOT_FOUND = "assistant not found"
+
+
+class KeyBox:
+    """Encrypts provider keys at rest with the server's secret key (Fernet: AES-128-CBC + HMAC)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.fernet = Fernet(self._load(settings))
+
+    @staticmethod
+    def _load(settings: Settings) -> bytes:
+        if settings.secret_key:
+            return settings.secret_key.encode()
+        path: Path = settings.data_dir / "keys" / "secret.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(Fernet.generate_key())
+            path.chmod(0o600)
+        return path.read_bytes().strip()
+
+    def seal(self, plaintext: str) -> str:
+        return self.fernet.encrypt(plaintext.encode()).decode()
+
+    def open(self, token: str) -> str:
+        try:
+            return self.fernet.decrypt(token.encode()).decode()
+        except InvalidToken as exc:
+            raise RuntimeError("stored provider key cannot be decrypted: was PAPO_SECRET_KEY changed?") from exc
+
+
+@dataclass(frozen=True)
+class ProviderTarget:
+    """Everything a reply needs to call the model, resolved from the assistant and the server settings."""
+
+    assistant_id: uuid.UUID
+    name: str
+    provider: str
+    model: str
+    instructions: str
+    base_url: str | None
+    api_key: str | None
+    parameters: dict[str, Any]
+    context_token_budget: int
+
+
+def to_out(assistant: Assistant) -> AssistantOut:
+    return AssistantOut(
+        id=assistant.id,
+        name=assistant.name,
+        instructions=assistant.instructions,
+        provider=assistant.provider,
+        model=assistant.model,
+        base_url=assistant.base_url,
+        api_key_env=assistant.api_key_env,
+        has_api_key=assistant.api_key_encrypted is not None,
+        parameters=assistant.parameters,
+        context_token_budget=assistant.context_token_budget,
+        is_default=assistant.is_default,
+        created_at=assistant.created_at,
+        updated_at=assistant.updated_at,
+    )
+
+
+class AssistantService:
+    def __init__(self, db: AsyncSession, principal: Principal, settings: Settings, keys: KeyBox) -> None:
+        self.db = db
+        self.principal = principal
+        self.settings = settings
+        self.keys = keys
+
+    async def list(self) -> list[Assistant]:
+        query = select(Assistant).where(Assistant.tenant_id == self.principal.tenant_id)
+        return list((await self.db.scalars(query.order_by(Assistant.created_at))).all())
+
+    async def get(self, assistant_id: uuid.UUID) -> Assistant:
+        assistant = await self.db.scalar(
+            select(Assistant).where(Assistant.tenant_id == self.principal.tenant_id, Assistant.id == assistant_id)
+        )
+        if assistant is None:
+            raise NotFound(ASSISTANT_NOT_FOUND)
+        return assistant
+
+    async def _clear_default(self) -> None:
+        await self.db.execute(
+            update(Assistant)
+            .where(Assistant.tenant_id == self.principal.tenant_id, Assistant.is_default.is_(True))
+            .values(is_default=False)
+            .execution_options(synchronize_session=False)
+        )
+
+    async def create(self, body: AssistantCreate) -> Assistant:
+        self.principal.require_admin()
+        if body.is_default:
+            await self._clear_default()
+        assistant = Assistant(
+            tenant_id=self.principal.tenant_id,
+            id=new_id(),
+            name=body.name.strip(),
+            instructions=body.instructions,
+            provider=body.provider,
+            model=body.model,
+            base_url=str(body.base_url) if body.base_url else None,
+            api_key_encrypted=self.keys.seal(body.api_key) if body.api_key else None,
+            api_key_env=body.api_key_env,
+            parameters=body.parameters.model_dump(exclude_none=True),
+            context_token_budget=body.context_token_budget,
+            is_default=body.is_default,
+        )
+        self.db.add(assistant)
+        await self.db.flush()
+        await self.db.refresh(assistant)
+        return assistant
+
+    async def update(self, assistant_id: uuid.UUID, body: AssistantPatch) -> Assistant:
+        self.principal.require_admin()
+        assistant = await self.get(assistant_id)
+        sent = body.model_fields_set
+        if body.is_default:
+            await self._clear_default()
+        for field in ("name", "instructions", "provider", "model", "api_key_env", "context_token_budget", "is_default"):
+            if field in sent:
+                value = getattr(body, field)
+                if value is None and field not in ("api_key_env",):
+                    raise InvalidInput(f"{field} cannot be null", field=field)
+                setattr(assistant, field, value)
+        if "base_url" in sent:
+            assistant.base_url = str(body.base_url) if body.base_url else None
+        if "api_key" in sent:
+            assistant.api_key_encrypted = self.keys.seal(body.api_key) if body.api_key else None
+        if "parameters" in sent and body.parameters is not None:
+            assistant.parameters = body.parameters.model_dump(exclude_none=True)
+        await self.db.flush()
+        await self.db.refresh(assistant)
+        return assistant
+
+    async def delete(self, assistant_id: uuid.UUID) -> None:
+        self.principal.require_admin()
+        assistant = await self.get(assistant_id)
+        await self.db.delete(assistant)
+        await self.db.flush()
+
+    async def default_id(self) -> uuid.UUID:
+        """The tenant's default assistant, created from the server settings on first use."""
+        configured = bool(self.settings.openai_base_url or self.settings.openai_api_key)
+        provider, model = ("openai", self.settings.openai_model) if configured else ("demo", DEMO_MODEL)
+        found = await driver(self.db).fetchval("SELECT papo_default_assistant($1, $2, $3)", new_id(), provider, model)
+        return uuid.UUID(str(found))
+
+    async def target(self, assistant_id: uuid.UUID) -> ProviderTarget:
+        assistant = await self.get(assistant_id)
+        api_key = None
+        if assistant.api_key_encrypted:
+            api_key = self.keys.open(assistant.api_key_encrypted)
+        elif assistant.api_key_env:
+            api_key = self.settings.environment_secret(assistant.api_key_env)
+        base_url = assistant.base_url
+        if assistant.provider == "openai" and base_url is None and api_key is None:
+            base_url, api_key = self.settings.openai_base_url, self.settings.openai_api_key
+        return ProviderTarget(
+            assistant_id=assistant.id,
+            name=assistant.name,
+            provider=assistant.provider,
+            model=assistant.model,
+            instructions=assistant.instructions,
+            base_url=base_url,
+            api_key=api_key,
+            parameters=dict(assistant.parameters),
+            context_token_budget=assistant.context_token_budget,
+        )
