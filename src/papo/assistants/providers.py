@@ -77,6 +77,10 @@ async def stream_openai(
         raise ProviderError(f"the AI provider sent a malformed response: {exc}") from exc
     finally:
         await client.close()
+    if finish_reason is None:
+        # Every OpenAI-compatible server ends a stream with a finish_reason; without one the answer
+        # was cut short (a dropped connection, or a chunk the SDK could not parse).
+        raise ProviderError("the AI provider closed the stream early or sent a malformed response")
     yield Finished(
         finish_reason,
         getattr(usage, "prompt_tokens", None),

@@ -37,8 +37,11 @@ class ReplyManager:
         self.keys = keys
         self.running: dict[uuid.UUID, asyncio.Task[None]] = {}
 
-    def spawn(self, principal: Principal, session_id: uuid.UUID, reply_id: uuid.UUID, assistant_id: uuid.UUID) -> None:
-        """Start generating; call after the request that created the reply has committed."""
+    async def spawn(
+        self, principal: Principal, session_id: uuid.UUID, reply_id: uuid.UUID, assistant_id: uuid.UUID
+    ) -> None:
+        """Start generating (and return at once); call after the request that created the reply committed.
+        Async so that FastAPI's background tasks run it on the event loop, not in a worker thread."""
         task = asyncio.create_task(
             self._generate(principal, session_id, reply_id, assistant_id), name=f"reply-{reply_id}"
         )

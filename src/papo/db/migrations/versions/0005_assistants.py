@@ -98,7 +98,8 @@ GRANT UPDATE (content, reply_state) ON messages TO papo_runtime;
 
 -- Start-up/periodic sweep across tenants: replies left streaming by a dead process become
 -- 'interrupted' errors that can be retried. Only such rows are visible to, and changed by, it.
-CREATE POLICY stale_reply_read ON messages FOR SELECT TO papo_auth USING (reply_state = 'streaming');
+-- (RETURNING must see the row after the change too, hence 'interrupted' in the read policy.)
+CREATE POLICY stale_reply_read ON messages FOR SELECT TO papo_auth USING (reply_state IN ('streaming', 'interrupted'));
 CREATE POLICY stale_reply_update ON messages FOR UPDATE TO papo_auth
   USING (reply_state = 'streaming') WITH CHECK (reply_state = 'interrupted');
 GRANT SELECT (tenant_id, id, session_id, user_id, reply_state, updated_at, metadata) ON messages TO papo_auth;

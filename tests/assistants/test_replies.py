@@ -1,0 +1,264 @@
+"""Assistants and streamed replies through the real openai SDK against a fake provider over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from papo.auth.models import Role
+from papo.client import RealtimeClient, RealtimeEvent
+from papo.db.engine import Database
+from tests.conftest import ProvisionedDatabase, plain_dsn
+from tests.fake_openai import API_KEY, FakeOpenAI
+from tests.support import Member
+
+
+@pytest.fixture
+async def team(make_tenant: Any) -> tuple[Member, Member]:
+    tenant = await make_tenant("AI")
+    return await tenant.member(Role.admin), await tenant.member(Role.member)
+
+
+async def make_assistant(client: httpx.AsyncClient, admin: Member, base_url: str, model: str, **extra: Any) -> str:
+    body = {"name": f"Bot {model}", "model": model, "base_url": base_url, "api_key": API_KEY, **extra}
+    response = await client.post("/api/v1/assistants", json=body, headers=admin.headers)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def ai_chat(client: httpx.AsyncClient, who: Member, assistant_id: str) -> str:
+    response = await client.post(
+        "/api/v1/sessions", json={"title": "ai", "assistant_id": assistant_id}, headers=who.headers
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["assistant_id"] == assistant_id
+    return str(response.json()["id"])
+
+
+async def ask(client: httpx.AsyncClient, who: Member, sid: str, text: str) -> str:
+    response = await client.post(f"/api/v1/sessions/{sid}/messages", json={"content": text}, headers=who.headers)
+    assert response.status_code == 201, response.text
+    return response.headers["x-reply-id"]
+
+
+async def settled(client: httpx.AsyncClient, who: Member, sid: str, reply_id: str) -> dict[str, Any]:
+    """Wait until the reply leaves `streaming`; returns it."""
+    async with asyncio.timeout(15):
+        while True:
+            message = (await client.get(f"/api/v1/sessions/{sid}/messages/{reply_id}", headers=who.headers)).json()
+            if message["reply_state"] != "streaming":
+                return dict(message)
+            await asyncio.sleep(0.05)
+
+
+async def written(client: httpx.AsyncClient, who: Member, sid: str, reply_id: str) -> None:
+    """Wait until the reply has some saved text (it is being streamed)."""
+    async with asyncio.timeout(10):
+        while True:
+            reply = (await client.get(f"/api/v1/sessions/{sid}/messages/{reply_id}", headers=who.headers)).json()
+            if reply["content"]:
+                return
+            await asyncio.sleep(0.05)
+
+
+class TestAssistants:
+    async def test_admins_manage_members_use_keys_stay_secret(
+        self,
+        client: httpx.AsyncClient,
+        team: tuple[Member, Member],
+        make_tenant: Any,
+        fake_openai: tuple[FakeOpenAI, str],
+    ) -> None:
+        admin, member = team
+        _, base_url = fake_openai
+        assistant_id = await make_assistant(client, admin, base_url, "fake-echo", instructions="Be kind.")
+        listed = (await client.get("/api/v1/assistants", headers=member.headers)).json()
+        assert [a["id"] for a in listed] == [assistant_id]
+        assert listed[0]["has_api_key"] is True
+        assert API_KEY not in str(listed)
+        assert (
+            await client.post("/api/v1/assistants", json={"name": "x", "model": "m"}, headers=member.headers)
+        ).status_code == 403
+        patched = await client.patch(f"/api/v1/assistants/{assistant_id}", json={"api_key": ""}, headers=admin.headers)
+        assert patched.json()["has_api_key"] is False
+        bad = await client.post(
+            "/api/v1/assistants",
+            json={"name": "x", "model": "m", "parameters": {"temperature": 9}, "api_key_env": "lower case"},
+            headers=admin.headers,
+        )
+        assert bad.status_code == 422
+        assert {e["field"] for e in bad.json()["errors"]} == {"body.parameters.temperature", "body.api_key_env"}
+        outsider = await (await make_tenant()).member(Role.admin)
+        assert (await client.get(f"/api/v1/assistants/{assistant_id}", headers=outsider.headers)).status_code == 404
+        chat = await client.post("/api/v1/sessions", json={"assistant_id": assistant_id}, headers=outsider.headers)
+        assert chat.status_code == 404
+
+
+class TestReplies:
+    async def test_streamed_reply_with_usage_and_realtime_deltas(
+        self, client: httpx.AsyncClient, team: tuple[Member, Member], fake_openai: tuple[FakeOpenAI, str], live_url: str
+    ) -> None:
+        admin, member = team
+        fake, base_url = fake_openai
+        assistant_id = await make_assistant(client, admin, base_url, "fake-echo", instructions="Answer briefly.")
+        sid = await ai_chat(client, member, assistant_id)
+        realtime = RealtimeClient(live_url, member.token)
+        stream = realtime.events()
+        first = asyncio.create_task(anext(stream))
+        await asyncio.wait_for(realtime.connected.wait(), 5)
+        reply_id = await ask(client, member, sid, "quanto custa o plano anual")
+        reply = await settled(client, member, sid, reply_id)
+        assert reply["content"] == "Echo: quanto custa o plano anual"
+        assert reply["status"] == "delivered"
+        assert reply["reply_state"] == "complete"
+        meta = reply["metadata"]
+        assert meta["model"] == "fake-echo"
+        assert meta["usage"] == {"prompt_tokens": 11, "completion_tokens": 6}
+        assert meta["finish_reason"] == "stop"
+        assert meta["time_to_first_token_ms"] <= meta["total_ms"]
+        sent = fake.requests[-1]["messages"]
+        assert sent[0] == {"role": "system", "content": "Answer briefly."}
+        assert sent[-1] == {"role": "user", "content": "quanto custa o plano anual"}
+
+        events = [await asyncio.wait_for(first, 5)]
+        async with asyncio.timeout(5):
+            while not (events[-1].event == "message.updated" and events[-1].data["id"] == reply_id):
+                events.append(await anext(stream))
+        await stream.aclose()
+        assert all(isinstance(e, RealtimeEvent) for e in events)
+        deltas = "".join(e.data["delta"] for e in events if e.event == "reply.delta")
+        assert reply["content"].startswith(deltas)
+        assert events[-1].data["content"] == reply["content"]
+        types = [e.event for e in events]
+        assert types.index("message.created") < types.index("message.updated")
+
+    @pytest.mark.parametrize(
+        ("model", "state", "reason"),
+        [
+            ("fake-429-once", "complete", None),
+            ("fake-500", "failed", "(500)"),
+            ("fake-401", "failed", "rejected the API key"),
+            ("fake-unknown", "failed", "does not know model"),
+            ("fake-malformed", "failed", "malformed"),
+            ("fake-early-close", "failed", "closed the stream early"),
+            ("fake-empty", "failed", "empty answer"),
+        ],
+    )
+    async def test_provider_failures_leave_a_clear_state(
+        self,
+        client: httpx.AsyncClient,
+        team: tuple[Member, Member],
+        fake_openai: tuple[FakeOpenAI, str],
+        model: str,
+        state: str,
+        reason: str | None,
+    ) -> None:
+        admin, member = team
+        _, base_url = fake_openai
+        sid = await ai_chat(client, member, await make_assistant(client, admin, base_url, model))
+        reply_id = await ask(client, member, sid, "olá")
+        reply = await settled(client, member, sid, reply_id)
+        assert reply["reply_state"] == state
+        if reason is None:
+            assert reply["status"] == "delivered"
+        else:
+            assert reply["status"] == "error"
+            assert reason in reply["metadata"]["error"]
+        history = (await client.get(f"/api/v1/sessions/{sid}/messages", headers=member.headers)).json()["items"]
+        assert history[0]["content"] == "olá"  # the user's message is never lost
+        assert history[0]["status"] == "sent"
+
+    async def test_stop_keeps_what_was_written_and_busy_chat_refuses_new_messages(
+        self, client: httpx.AsyncClient, team: tuple[Member, Member], fake_openai: tuple[FakeOpenAI, str]
+    ) -> None:
+        admin, member = team
+        _, base_url = fake_openai
+        sid = await ai_chat(client, member, await make_assistant(client, admin, base_url, "fake-slow"))
+        reply_id = await ask(client, member, sid, "conte uma história longa")
+        busy = await client.post(f"/api/v1/sessions/{sid}/messages", json={"content": "e aí?"}, headers=member.headers)
+        assert busy.status_code == 409
+        await written(client, member, sid, reply_id)
+        stopped = await client.post(f"/api/v1/sessions/{sid}/messages/{reply_id}/stop", headers=member.headers)
+        assert stopped.status_code == 200
+        assert stopped.json()["reply_state"] == "stopped"
+        kept = stopped.json()["content"]
+        assert kept.startswith("Echo:")
+        await asyncio.sleep(0.6)  # the generator notices at its next save and gives up
+        final = (await client.get(f"/api/v1/sessions/{sid}/messages/{reply_id}", headers=member.headers)).json()
+        assert final["content"] == kept
+        assert final["reply_state"] == "stopped"
+        items = (await client.get(f"/api/v1/sessions/{sid}/messages", headers=member.headers)).json()["items"]
+        assert [m["content"] for m in items if m["role"] == "user"] == ["conte uma história longa"]
+        again = await client.post(
+            f"/api/v1/sessions/{sid}/messages", json={"content": "obrigado"}, headers=member.headers
+        )
+        assert again.status_code == 201
+
+    async def test_history_fits_the_token_budget(
+        self, client: httpx.AsyncClient, team: tuple[Member, Member], fake_openai: tuple[FakeOpenAI, str]
+    ) -> None:
+        admin, member = team
+        fake, base_url = fake_openai
+        sid = await ai_chat(
+            client, member, await make_assistant(client, admin, base_url, "fake-echo", context_token_budget=300)
+        )
+        for index in range(4):
+            reply_id = await ask(client, member, sid, f"pergunta {index} " + "palavra " * 60)
+            await settled(client, member, sid, reply_id)
+        sent = fake.requests[-1]["messages"]
+        total = sum(len(m["content"]) // 4 + 4 for m in sent)
+        assert total <= 300
+        assert sent[-1]["content"].startswith("pergunta 3")
+        assert not any(m["content"].startswith("pergunta 0") for m in sent)  # oldest dropped first
+
+    async def test_default_assistant_is_the_labelled_demo(
+        self, client: httpx.AsyncClient, team: tuple[Member, Member]
+    ) -> None:
+        _, member = team
+        created = await client.post("/api/v1/sessions", json={"assistant_id": "default"}, headers=member.headers)
+        sid = created.json()["id"]
+        reply = await settled(client, member, sid, await ask(client, member, sid, "Oi, tudo bem?"))
+        assert reply["reply_state"] == "complete"
+        assert "demo assistant" in reply["content"]
+        assert "Oi, tudo bem?" in reply["content"]
+        assistants = (await client.get("/api/v1/assistants", headers=member.headers)).json()
+        assert [(a["provider"], a["is_default"]) for a in assistants] == [("demo", True)]
+
+    async def test_sweep_finishes_replies_abandoned_by_a_dead_process(
+        self,
+        client: httpx.AsyncClient,
+        team: tuple[Member, Member],
+        app: Any,
+        database: ProvisionedDatabase,
+        db: Database,
+    ) -> None:
+        _, member = team
+        sid = (await client.post("/api/v1/sessions", json={"assistant_id": "default"}, headers=member.headers)).json()[
+            "id"
+        ]
+        owner = await asyncpg.connect(plain_dsn(database.owner_url))
+        try:
+            # What a killed process leaves behind: a reply still `streaming`, untouched for minutes.
+            await owner.execute("ALTER TABLE messages DISABLE TRIGGER USER")
+            reply_id = await owner.fetchval(
+                "INSERT INTO messages (tenant_id, id, session_id, user_id, channel, role, content, reply_state, "
+                "created_at, updated_at) VALUES ($1, gen_random_uuid(), $2, $3, 'api', 'assistant', 'half an ans', "
+                "'streaming', now() - interval '10 minutes', now() - interval '10 minutes') RETURNING id",
+                member.tenant_id,
+                uuid.UUID(sid),
+                member.user_id,
+            )
+            await owner.execute("ALTER TABLE messages ENABLE TRIGGER USER")
+        finally:
+            await owner.close()
+        assert await app.state.papo.replies.sweep() >= 1
+        reply = (await client.get(f"/api/v1/sessions/{sid}/messages/{reply_id}", headers=member.headers)).json()
+        assert reply["reply_state"] == "interrupted"
+        assert reply["status"] == "error"
+        assert reply["content"] == "half an ans"
+        assert "interrupted" in reply["metadata"]["error"]

@@ -1,0 +1,84 @@
+"""A local OpenAI-compatible server speaking the real wire format (SSE chunks, usage in the last
+chunk, [DONE]), with faults chosen by the model name. Used through the real `openai` SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+API_KEY = "sk-fake-key"
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.calls: Counter[str] = Counter()
+        self.app = Starlette(routes=[Route("/v1/chat/completions", self.completions, methods=["POST"])])
+
+    @staticmethod
+    def chunk(content: str | None = None, finish: str | None = None) -> str:
+        delta = {"content": content} if content is not None else {}
+        body = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": "fake",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(body)}\n\n"
+
+    @staticmethod
+    def usage_chunk(prompt: int, completion: int) -> str:
+        body = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": "fake",
+            "choices": [],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        }
+        return f"data: {json.dumps(body)}\n\n"
+
+    async def completions(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append(body)
+        model: str = body["model"]
+        self.calls[model] += 1
+        if request.headers.get("authorization") != f"Bearer {API_KEY}" or model == "fake-401":
+            return JSONResponse({"error": {"message": "Incorrect API key", "type": "invalid_request_error"}}, 401)
+        if model == "fake-429-once" and self.calls[model] == 1:
+            return JSONResponse({"error": {"message": "slow down"}}, 429, headers={"retry-after-ms": "10"})
+        if model == "fake-500":
+            return JSONResponse({"error": {"message": "boom"}}, 500)
+        if model == "fake-unknown":
+            return JSONResponse({"error": {"message": "The model does not exist"}}, 404)
+        question = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+        words = f"Echo: {question}".split(" ")
+        return StreamingResponse(self.stream(model, words), media_type="text/event-stream")
+
+    async def stream(self, model: str, words: list[str]) -> AsyncIterator[str]:
+        pace = 0.15 if model == "fake-slow" else 0.005
+        if model == "fake-slow":
+            words = [*words, *(f"w{i}" for i in range(60))]
+        if model == "fake-empty":
+            words = []
+        for index, word in enumerate(words):
+            if model == "fake-malformed" and index == 1:
+                yield "data: {this is not json\n\n"
+                return
+            if model == "fake-early-close" and index == 1:
+                raise ConnectionResetError("provider went away")
+            yield self.chunk(word if index == 0 else " " + word)
+            await asyncio.sleep(pace)
+        yield self.chunk(finish="stop")
+        yield self.usage_chunk(prompt=11, completion=len(words))
+        yield "data: [DONE]\n\n"
