@@ -262,3 +262,82 @@ class TestReplies:
         assert reply["status"] == "error"
         assert reply["content"] == "half an ans"
         assert "interrupted" in reply["metadata"]["error"]
+
+
+class TestBranches:
+    async def test_regenerate_keeps_the_old_reply_and_retries_failures(
+        self, client: httpx.AsyncClient, team: tuple[Member, Member], fake_openai: tuple[FakeOpenAI, str]
+    ) -> None:
+        admin, member = team
+        fake, base_url = fake_openai
+        assistant_id = await make_assistant(client, admin, base_url, "fake-500")
+        sid = await ai_chat(client, member, assistant_id)
+        failed = await settled(client, member, sid, await ask(client, member, sid, "resuma o contrato"))
+        assert failed["reply_state"] == "failed"
+        await client.patch(f"/api/v1/assistants/{assistant_id}", json={"model": "fake-echo"}, headers=admin.headers)
+
+        retried = await client.post(f"/api/v1/sessions/{sid}/regenerate", headers=member.headers)
+        assert retried.status_code == 202, retried.text
+        assert retried.json()["branch_of"] == failed["id"]
+        second = await settled(client, member, sid, retried.json()["id"])
+        assert second["content"] == "Echo: resuma o contrato"
+
+        third_id = (await client.post(f"/api/v1/sessions/{sid}/regenerate", headers=member.headers)).json()["id"]
+        await settled(client, member, sid, third_id)
+        # The model saw the question once, and none of the replaced replies.
+        assert [m["content"] for m in fake.requests[-1]["messages"]] == ["resuma o contrato"]
+
+        url = f"/api/v1/sessions/{sid}/messages"
+        current = (await client.get(url, headers=member.headers)).json()["items"]
+        assert [m["id"] for m in current if m["role"] == "assistant"] == [third_id]
+        everything = (await client.get(url, params={"include_superseded": True}, headers=member.headers)).json()[
+            "items"
+        ]
+        replies = [m for m in everything if m["role"] == "assistant"]
+        assert [m["id"] for m in replies] == [failed["id"], second["id"], third_id]
+        assert replies[0]["superseded_at"] is not None
+        assert replies[1]["superseded_at"] is not None
+
+    async def test_edit_and_resend_branches_from_the_edited_message(
+        self, client: httpx.AsyncClient, team: tuple[Member, Member], fake_openai: tuple[FakeOpenAI, str]
+    ) -> None:
+        admin, member = team
+        fake, base_url = fake_openai
+        sid = await ai_chat(client, member, await make_assistant(client, admin, base_url, "fake-echo"))
+        await settled(client, member, sid, await ask(client, member, sid, "primeira pergunta"))
+        await settled(client, member, sid, await ask(client, member, sid, "segunda pergunta"))
+        items = (await client.get(f"/api/v1/sessions/{sid}/messages", headers=member.headers)).json()["items"]
+        first_question = items[0]
+
+        edited = await client.post(
+            f"/api/v1/sessions/{sid}/messages/{first_question['id']}/edit",
+            json={"content": "pergunta corrigida"},
+            headers=member.headers,
+        )
+        assert edited.status_code == 201, edited.text
+        assert edited.json()["branch_of"] == first_question["id"]
+        await settled(client, member, sid, edited.headers["x-reply-id"])
+        assert [m["content"] for m in fake.requests[-1]["messages"]] == ["pergunta corrigida"]
+
+        current = (await client.get(f"/api/v1/sessions/{sid}/messages", headers=member.headers)).json()["items"]
+        assert [m["content"] for m in current] == ["pergunta corrigida", "Echo: pergunta corrigida"]
+        old_branch = (
+            await client.get(f"/api/v1/sessions/{sid}/messages?include_superseded=true", headers=member.headers)
+        ).json()["items"]
+        assert [m["content"] for m in old_branch if m["superseded_at"]] == [
+            "primeira pergunta",
+            "Echo: primeira pergunta",
+            "segunda pergunta",
+            "Echo: segunda pergunta",
+        ]
+        reply_id = current[1]["id"]
+        not_mine = await client.post(
+            f"/api/v1/sessions/{sid}/messages/{reply_id}/edit", json={"content": "x"}, headers=member.headers
+        )
+        assert not_mine.status_code == 409
+        old = await client.post(
+            f"/api/v1/sessions/{sid}/messages/{first_question['id']}/edit",
+            json={"content": "x"},
+            headers=member.headers,
+        )
+        assert old.status_code == 409

@@ -18,6 +18,7 @@ from papo.chat.models import MessageRole, SessionStatus
 from papo.chat.schemas import (
     ChatCreate,
     MessageCreate,
+    MessageEdit,
     MessageOut,
     MessagePage,
     MessagePatch,
@@ -147,16 +148,89 @@ async def post_message(
     role: MessageRole,
     content: str,
     metadata: dict[str, Any] | None,
+    branch_of: uuid.UUID | None = None,
 ) -> Posted:
-    stored = await chat.add_message(session_id, role, content, metadata=metadata)
+    stored = await chat.add_message(session_id, role, content, metadata=metadata, branch_of=branch_of)
     if role != MessageRole.user or stored.assistant_id is None:
         return Posted(stored, None)
+    reply = await start_reply(chat, state, background, session_id, stored.assistant_id)
+    return Posted(stored, reply.id)
+
+
+async def start_reply(
+    chat: ChatService,
+    state: AppState,
+    background: BackgroundTasks,
+    session_id: uuid.UUID,
+    assistant_id: uuid.UUID,
+    branch_of: uuid.UUID | None = None,
+) -> StoredMessage:
     if await chat.streaming_reply(session_id) is not None:
         raise Conflict("the assistant is still writing its reply; stop it or wait, then send again")
-    reply = await chat.add_reply_placeholder(session_id, {"assistant_id": str(stored.assistant_id)})
+    reply = await chat.add_reply_placeholder(session_id, {"assistant_id": str(assistant_id)}, branch_of)
     # Background tasks run after the response, i.e. after this request's transaction committed.
-    background.add_task(state.replies.spawn, chat.principal, session_id, reply.id, stored.assistant_id)
-    return Posted(stored, reply.id)
+    background.add_task(state.replies.spawn, chat.principal, session_id, reply.id, assistant_id)
+    return reply
+
+
+@router.post(
+    "/sessions/{session_id}/regenerate",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=MessageOut,
+    tags=["assistants"],
+)
+async def regenerate(
+    session_id: uuid.UUID, chat: Chat, principal: CurrentPrincipal, state: State, background: BackgroundTasks
+) -> MessageOut:
+    """Write the last reply again (also: retry one that failed). The previous reply is kept, superseded."""
+    session = await chat.require_chat_session(session_id, principal.require_user())
+    if session.assistant_id is None:
+        raise Conflict("this chat has no assistant")
+    previous = await chat.last_on_line(session_id, MessageRole.assistant)
+    last_user = await chat.last_on_line(session_id, MessageRole.user)
+    if (
+        previous is None
+        or last_user is None
+        or (previous.created_at, previous.id) < (last_user.created_at, last_user.id)
+    ):
+        raise Conflict("there is no reply to regenerate")
+    if previous.reply_state == "streaming":
+        raise Conflict("the assistant is still writing its reply; stop it first")
+    await chat.retire_from(session_id, previous)
+    reply = await start_reply(chat, state, background, session_id, session.assistant_id, branch_of=previous.id)
+    return MessageOut.model_validate(reply)
+
+
+@router.post(
+    "/sessions/{session_id}/messages/{message_id}/edit",
+    status_code=status.HTTP_201_CREATED,
+    response_model=MessageOut,
+    tags=["assistants"],
+)
+async def edit_and_resend(
+    session_id: uuid.UUID,
+    message_id: uuid.UUID,
+    body: MessageEdit,
+    chat: Chat,
+    principal: CurrentPrincipal,
+    state: State,
+    response: Response,
+    background: BackgroundTasks,
+) -> MessageOut:
+    """Replace one of your messages with a new version and continue from it. The old version and what
+    followed it stay readable as a superseded branch (`?include_superseded=true`)."""
+    original = await chat.get_message(session_id, message_id, principal.require_user())
+    if original.role != MessageRole.user or original.superseded_at is not None:
+        raise Conflict("only a current message you wrote can be edited")
+    if await chat.streaming_reply(session_id) is not None:
+        raise Conflict("the assistant is still writing its reply; stop it first")
+    await chat.retire_from(session_id, original)
+    posted = await post_message(
+        chat, state, background, session_id, MessageRole.user, body.content, original.metadata_, branch_of=original.id
+    )
+    if posted.reply_id is not None:
+        response.headers["X-Reply-Id"] = str(posted.reply_id)
+    return MessageOut.model_validate(posted.stored)
 
 
 @router.post("/sessions/{session_id}/messages/{message_id}/stop", response_model=MessageOut, tags=["assistants"])
@@ -175,12 +249,21 @@ async def list_messages(
     after: str | None = None,
     before: str | None = None,
     latest: Annotated[bool, Query(description="Without a cursor, start from the newest page.")] = False,
+    include_superseded: Annotated[
+        bool, Query(description="Also the versions replaced by regenerate or edit (older branches).")
+    ] = False,
     limit: Limit = 50,
 ) -> MessagePage:
     if after is not None and before is not None:
         raise BadRequest("give `after` or `before`, not both")
     page = await chat.get_messages(
-        session_id, principal.require_user(), after=after, before=before, latest=latest, limit=limit
+        session_id,
+        principal.require_user(),
+        after=after,
+        before=before,
+        latest=latest,
+        limit=limit,
+        include_superseded=include_superseded,
     )
     items = [MessageOut.model_validate(m) for m in page.items]
     return MessagePage(

@@ -105,6 +105,8 @@ class Message(Base):
         "metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
     reply_state: Mapped[str | None] = mapped_column(Text)
+    superseded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    branch_of: Mapped[uuid.UUID | None] = mapped_column()
     # Both set by the insert trigger: created_at is commit-ordered within a session (see migration 0001).
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())

@@ -63,8 +63,14 @@ class MessageOut(BaseModel):
     reply_state: str | None = Field(
         default=None, description="Assistant replies: streaming, complete, stopped, failed or interrupted."
     )
+    superseded_at: datetime | None = Field(default=None, description="Set when a regenerate or edit replaced it.")
+    branch_of: uuid.UUID | None = Field(default=None, description="The message this one is a new version of.")
     created_at: datetime
     updated_at: datetime
+
+
+class MessageEdit(Strict):
+    content: str
 
 
 class SessionCreate(Strict):

@@ -36,9 +36,9 @@ MESSAGE_NOT_FOUND = "message not found"
 MAX_PAGE = 200
 # The hottest statement goes straight to asyncpg (see papo.db.engine.driver and bench/).
 INSERT_MESSAGE = """
-    INSERT INTO messages (tenant_id, id, session_id, role, content, status, metadata)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
-    RETURNING id, session_id, role, content, status, metadata, reply_state, created_at, updated_at,
+    INSERT INTO messages (tenant_id, id, session_id, role, content, status, metadata, branch_of)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    RETURNING id, session_id, role, content, status, metadata, reply_state, branch_of, created_at, updated_at,
               (SELECT s.assistant_id FROM chat_sessions s
                 WHERE s.tenant_id = messages.tenant_id AND s.id = messages.session_id) AS assistant_id
 """
@@ -57,6 +57,7 @@ class StoredMessage:
     created_at: datetime
     updated_at: datetime
     reply_state: str | None = None
+    branch_of: uuid.UUID | None = None
     # The session's assistant, when the insert reports it (it answers user messages).
     assistant_id: uuid.UUID | None = None
 
@@ -337,6 +338,7 @@ class ChatService:
         *,
         metadata: dict[str, Any] | None = None,
         status: MessageStatus = MessageStatus.sent,
+        branch_of: uuid.UUID | None = None,
     ) -> StoredMessage:
         """One INSERT: the trigger checks the session is writable, stamps created_at and bumps
         the session's last_message_at."""
@@ -352,6 +354,7 @@ class ChatService:
                 content,
                 status.value,
                 metadata_json,
+                branch_of,
             )
         except (asyncpg.NoDataFoundError, asyncpg.InsufficientPrivilegeError) as exc:
             raise NotFound(SESSION_NOT_FOUND) from exc
@@ -370,18 +373,21 @@ class ChatService:
             )
         )
 
-    async def add_reply_placeholder(self, session_id: uuid.UUID, metadata: dict[str, Any]) -> StoredMessage:
+    async def add_reply_placeholder(
+        self, session_id: uuid.UUID, metadata: dict[str, Any], branch_of: uuid.UUID | None = None
+    ) -> StoredMessage:
         """The assistant's message, empty and `streaming`, so a reload shows the reply as it grows."""
         row = await driver(self.db).fetchrow(
             """
-            INSERT INTO messages (tenant_id, id, session_id, role, content, status, metadata, reply_state)
-            VALUES ($1, $2, $3, 'assistant', '', 'sent', $4, 'streaming')
-            RETURNING id, session_id, role, content, status, metadata, reply_state, created_at, updated_at
+            INSERT INTO messages (tenant_id, id, session_id, role, content, status, metadata, reply_state, branch_of)
+            VALUES ($1, $2, $3, 'assistant', '', 'sent', $4, 'streaming', $5)
+            RETURNING id, session_id, role, content, status, metadata, reply_state, branch_of, created_at, updated_at
             """,
             self.principal.tenant_id,
             new_id(),
             session_id,
             json.dumps(metadata),
+            branch_of,
         )
         message = StoredMessage(**dict(row))
         self._emit("message.created", MessageOut.model_validate(message).model_dump(mode="json") | {"streaming": True})
@@ -447,13 +453,43 @@ class ChatService:
             self._emit("message.updated", MessageOut.model_validate(message).model_dump(mode="json"))
         return message
 
+    async def retire_from(self, session_id: uuid.UUID, message: Message) -> int:
+        """Retire `message` and everything after it on the current line (kept, no longer current)."""
+        retired = await driver(self.db).fetch(
+            """
+            UPDATE messages SET superseded_at = now()
+             WHERE tenant_id = $1 AND session_id = $2 AND superseded_at IS NULL AND (created_at, id) >= ($3, $4)
+            RETURNING id
+            """,
+            self.principal.tenant_id,
+            session_id,
+            message.created_at,
+            message.id,
+        )
+        for row in retired:
+            self._emit("message.superseded", {"id": str(row["id"]), "session_id": str(session_id)})
+        return len(retired)
+
+    async def last_on_line(self, session_id: uuid.UUID, role: MessageRole) -> Message | None:
+        return await self.db.scalar(
+            select(Message)
+            .where(
+                Message.tenant_id == self.principal.tenant_id,
+                Message.session_id == session_id,
+                Message.superseded_at.is_(None),
+                Message.role == role.value,
+            )
+            .order_by(Message.created_at.desc(), Message.id.desc())
+            .limit(1)
+        )
+
     async def history_for_model(self, session_id: uuid.UUID, token_budget: int, estimate: Any) -> list[dict[str, str]]:
         """The newest messages that fit the budget, oldest first; replies still being written or that
         failed are left out."""
         rows = await driver(self.db).fetch(
             """
             SELECT role, content FROM messages
-             WHERE tenant_id = $1 AND session_id = $2
+             WHERE tenant_id = $1 AND session_id = $2 AND superseded_at IS NULL
                AND (reply_state IS NULL OR reply_state IN ('complete', 'stopped')) AND content <> ''
              ORDER BY created_at DESC, id DESC LIMIT 500
             """,
@@ -480,10 +516,14 @@ class ChatService:
         before: str | None = None,
         latest: bool = False,
         limit: int | None = 50,
+        include_superseded: bool = False,
     ) -> Page[Message]:
-        """A page of a session's history in (created_at, id) order; `limit=None` is the whole history."""
+        """A page of a session's history in (created_at, id) order; `limit=None` is the whole history.
+        Messages replaced by a regenerate or an edit are left out unless `include_superseded`."""
         await self.require_chat_session(session_id, user_id)
         query = select(Message).where(Message.tenant_id == self.principal.tenant_id, Message.session_id == session_id)
+        if not include_superseded:
+            query = query.where(Message.superseded_at.is_(None))
         key = tuple_(Message.created_at, Message.id)
         backwards = before is not None or (latest and after is None)
         if after is not None:
