@@ -10,6 +10,7 @@ import asyncpg
 import httpx
 import pytest
 
+from papo.assistants.replies import fallback_title
 from papo.auth.models import Role
 from papo.client import RealtimeClient, RealtimeEvent
 from papo.db.engine import Database
@@ -341,3 +342,51 @@ class TestBranches:
             headers=member.headers,
         )
         assert old.status_code == 409
+
+
+class TestTitles:
+    async def titled(self, client: httpx.AsyncClient, who: Member, sid: str) -> str:
+        async with asyncio.timeout(10):
+            while True:
+                title = (await client.get(f"/api/v1/sessions/{sid}", headers=who.headers)).json()["title"]
+                if title:
+                    return str(title)
+                await asyncio.sleep(0.05)
+
+    async def test_first_exchange_names_the_chat(
+        self, client: httpx.AsyncClient, team: tuple[Member, Member], fake_openai: tuple[FakeOpenAI, str]
+    ) -> None:
+        admin, member = team
+        fake, base_url = fake_openai
+        assistant_id = await make_assistant(client, admin, base_url, "fake-echo")
+        sid = (
+            await client.post("/api/v1/sessions", json={"assistant_id": assistant_id}, headers=member.headers)
+        ).json()["id"]
+        await settled(client, member, sid, await ask(client, member, sid, "como exporto meus dados"))
+        title = await self.titled(client, member, sid)
+        # The fake provider echoes the titling prompt: proof the model was asked, and the answer used.
+        assert title.startswith("Echo: User: como exporto meus dados")
+        assert len(title) <= 80
+        assert fake.requests[-1]["messages"][0]["content"].startswith("Write a short title")
+
+        # A title the user set is never overwritten, and later exchanges do not rename.
+        await client.patch(f"/api/v1/sessions/{sid}", json={"title": "Exportação"}, headers=member.headers)
+        await settled(client, member, sid, await ask(client, member, sid, "e em CSV?"))
+        assert (await client.get(f"/api/v1/sessions/{sid}", headers=member.headers)).json()["title"] == "Exportação"
+
+    async def test_demo_falls_back_to_the_first_words(
+        self, client: httpx.AsyncClient, team: tuple[Member, Member]
+    ) -> None:
+        _, member = team
+        sid = (await client.post("/api/v1/sessions", json={"assistant_id": "default"}, headers=member.headers)).json()[
+            "id"
+        ]
+        await settled(
+            client, member, sid, await ask(client, member, sid, "Preciso de ajuda com a fatura de outubro por favor")
+        )
+        assert await self.titled(client, member, sid) == "Preciso de ajuda com a fatura…"
+
+    def test_fallback_title(self) -> None:
+        assert fallback_title("  curto  ") == "curto"
+        assert fallback_title("") == "New chat"
+        assert fallback_title("um dois três quatro cinco seis sete") == "um dois três quatro cinco seis…"

@@ -28,6 +28,18 @@ from papo.db.engine import Database, driver
 from papo.settings import Settings
 
 log = structlog.get_logger(__name__)
+TITLE_INSTRUCTIONS = (
+    "Write a short title (at most six words) for this conversation, in the language the user wrote in. "
+    "Answer with the title only, no quotes."
+)
+TITLE_MAX_CHARS = 80
+
+
+def fallback_title(question: str) -> str:
+    """The first words of the question, when the model cannot suggest a title."""
+    words = question.split()
+    title = " ".join(words[:6])
+    return (title + "…" if len(words) > 6 else title)[:TITLE_MAX_CHARS] or "New chat"
 
 
 class ReplyManager:
@@ -128,7 +140,45 @@ class ReplyManager:
             "time_to_first_token_ms": round(((first_token_at or started) - started) * 1000, 1),
             "total_ms": round((time.monotonic() - started) * 1000, 1),
         }
-        await self._finish(principal, reply_id, text, meta, "complete")
+        if await self._finish(principal, reply_id, text, meta, "complete"):
+            await self._title(principal, session_id, target, history, text)
+
+    async def _title(
+        self,
+        principal: Principal,
+        session_id: uuid.UUID,
+        target: ProviderTarget,
+        history: list[dict[str, str]],
+        reply: str,
+    ) -> None:
+        """After the first exchange, name the chat: the model's suggestion, or the first words."""
+        questions = [m["content"] for m in history if m["role"] == "user"]
+        if len(questions) != 1 or principal.user_id is None:
+            return
+        async with self.db.transaction(principal.context()) as session:
+            chat = await self._chat(session, principal).get_chat_session(session_id, principal.user_id)
+        if chat is None or chat.title is not None:
+            return
+        title = fallback_title(questions[0])
+        if target.provider != "demo":
+            prompt = [
+                {"role": "system", "content": TITLE_INSTRUCTIONS},
+                {"role": "user", "content": f"User: {questions[0][:1000]}\nAssistant: {reply[:1000]}"},
+            ]
+            titling = ProviderTarget(**{**vars(target), "parameters": {"max_tokens": 24, "temperature": 0.2}})
+            suggested = ""
+            try:
+                async with asyncio.timeout(15):
+                    async for piece in self._stream(titling, prompt):
+                        if isinstance(piece, str):
+                            suggested += piece
+            except (ProviderError, TimeoutError):
+                suggested = ""
+            cleaned = " ".join(suggested.strip().strip('"').split())
+            if cleaned:
+                title = cleaned[:TITLE_MAX_CHARS]
+        async with self.db.transaction(principal.context()) as session:
+            await self._chat(session, principal).set_title_if_unset(session_id, principal.user_id, title)
 
     def _stream(self, target: ProviderTarget, history: list[dict[str, str]]) -> AsyncGenerator[str | Finished, None]:
         if target.provider == "demo":
@@ -148,8 +198,8 @@ class ReplyManager:
 
     async def _finish(
         self, principal: Principal, reply_id: uuid.UUID, text: str, meta: dict[str, Any], state: str
-    ) -> None:
+    ) -> bool:
         async with self.db.transaction(principal.context()) as session:
-            await self._chat(session, principal).finish_reply(
+            return await self._chat(session, principal).finish_reply(
                 reply_id, text, failed=state != "complete", metadata=meta, state=state
             )

@@ -269,6 +269,21 @@ class ChatService:
         self._emit_session(event_type, chat)
         return chat
 
+    async def set_title_if_unset(self, session_id: uuid.UUID, user_id: str, title: str) -> bool:
+        """Name an untitled chat (auto-title); a title the user chose meanwhile is left alone."""
+        chat = await self.db.scalar(
+            update(ChatSession)
+            .where(self._owned(user_id), ChatSession.id == session_id, ChatSession.title.is_(None))
+            .values(title=self._clean_title(title[: self.settings.max_title_chars]))
+            .returning(ChatSession)
+            .execution_options(synchronize_session=False)
+        )
+        if chat is None:
+            return False
+        await self.db.refresh(chat)
+        self._emit_session("session.updated", chat)
+        return True
+
     async def archive_chat_session(self, session_id: uuid.UUID, user_id: str) -> ChatSession:
         return await self.update_chat_session(session_id, user_id, status=SessionStatus.archived, fields={"status"})
 
