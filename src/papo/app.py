@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from papo import __version__
 from papo.assistants.api import router as assistants_router
+from papo.assistants.api import usage_router
 from papo.assistants.replies import ReplyManager
 from papo.assistants.service import KeyBox
 from papo.auth.api import router as auth_router
@@ -103,6 +104,7 @@ def create_app(
     app.include_router(legacy_chat_router)
     app.include_router(realtime_router)
     app.include_router(assistants_router)
+    app.include_router(usage_router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

@@ -50,6 +50,10 @@ class Conflict(DomainError):
     status, slug, title = 409, "conflict", "Conflict"
 
 
+class QuotaExceeded(DomainError):
+    status, slug, title = 429, "quota-exceeded", "Quota exceeded"
+
+
 class PayloadTooLarge(DomainError):
     status, slug, title = 413, "payload-too-large", "Payload too large"
 

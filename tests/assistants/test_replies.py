@@ -390,3 +390,56 @@ class TestTitles:
         assert fallback_title("  curto  ") == "curto"
         assert fallback_title("") == "New chat"
         assert fallback_title("um dois três quatro cinco seis sete") == "um dois três quatro cinco seis…"
+
+
+class TestUsage:
+    async def test_usage_report_and_daily_quota(
+        self,
+        client: httpx.AsyncClient,
+        team: tuple[Member, Member],
+        make_tenant: Any,
+        fake_openai: tuple[FakeOpenAI, str],
+    ) -> None:
+        admin, member = team
+        _, base_url = fake_openai
+        sid = await ai_chat(client, member, await make_assistant(client, admin, base_url, "fake-echo"))
+        assert (
+            await client.put("/api/v1/usage/quota", json={"daily_tokens_per_user": 20}, headers=member.headers)
+        ).status_code == 403
+        assert (
+            await client.put("/api/v1/usage/quota", json={"daily_tokens_per_user": 0}, headers=admin.headers)
+        ).status_code == 422
+        assert (
+            await client.put("/api/v1/usage/quota", json={"daily_tokens_per_user": 10}, headers=admin.headers)
+        ).status_code == 204
+
+        await settled(client, member, sid, await ask(client, member, sid, "um dois três"))
+        refused = await client.post(
+            f"/api/v1/sessions/{sid}/messages", json={"content": "mais uma"}, headers=member.headers
+        )
+        assert refused.status_code == 429
+        assert refused.json()["type"] == "urn:papo:problem:quota-exceeded"
+        contents = [
+            m["content"]
+            for m in (await client.get(f"/api/v1/sessions/{sid}/messages", headers=member.headers)).json()["items"]
+        ]
+        assert "mais uma" not in contents  # refused means nothing was written
+
+        report = (await client.get("/api/v1/usage", headers=admin.headers)).json()
+        assert [(r["user_id"], r["replies"], r["prompt_tokens"], r["completion_tokens"]) for r in report] == [
+            (member.user_id, 1, 11, 4)
+        ]
+        assert (await client.get("/api/v1/usage", headers=member.headers)).json() == report  # their own row
+        assert (await client.get(f"/api/v1/usage?user_id={admin.user_id}", headers=admin.headers)).json() == []
+        outsider = await (await make_tenant()).member(Role.admin)
+        assert (await client.get("/api/v1/usage", headers=outsider.headers)).json() == []
+        assert (
+            await client.get("/api/v1/usage?from=2026-02-01&to=2026-01-01", headers=admin.headers)
+        ).status_code == 400
+
+        assert (
+            await client.put("/api/v1/usage/quota", json={"daily_tokens_per_user": None}, headers=admin.headers)
+        ).status_code == 204
+        assert (
+            await client.post(f"/api/v1/sessions/{sid}/messages", json={"content": "agora sim"}, headers=member.headers)
+        ).status_code == 201

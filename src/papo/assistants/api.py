@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Depends, Query, Response, status
+from pydantic import BaseModel, ConfigDict, Field
 
+from papo.assistants import usage
 from papo.assistants.schemas import AssistantCreate, AssistantOut, AssistantPatch
 from papo.assistants.service import AssistantService, to_out
 from papo.auth.deps import CurrentPrincipal, DbSession, State
+from papo.errors import BadRequest
 
 router = APIRouter(prefix="/api/v1/assistants", tags=["assistants"])
+usage_router = APIRouter(prefix="/api/v1/usage", tags=["usage"])
 
 
 async def assistant_service(session: DbSession, principal: CurrentPrincipal, state: State) -> AssistantService:
@@ -55,4 +60,42 @@ async def update_assistant(assistant_id: uuid.UUID, body: AssistantPatch, assist
 @router.delete("/{assistant_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_assistant(assistant_id: uuid.UUID, assistants: Assistants) -> Response:
     await assistants.delete(assistant_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+class UsageOut(BaseModel):
+    user_id: str
+    day: date
+    replies: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class QuotaIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    daily_tokens_per_user: int | None = Field(ge=1, le=10**12, description="null removes the quota")
+
+
+@usage_router.get("", response_model=list[UsageOut])
+async def usage_report(
+    session: DbSession,
+    principal: CurrentPrincipal,
+    since: Annotated[date | None, Query(alias="from")] = None,
+    until: Annotated[date | None, Query(alias="to")] = None,
+    user_id: str | None = None,
+) -> list[UsageOut]:
+    """Tokens per member and day (UTC). Admins see every member; members see themselves."""
+    until = until or datetime.now(UTC).date()
+    since = since or until - timedelta(days=30)
+    if since > until:
+        raise BadRequest("`from` is after `to`")
+    rows = await usage.report(session, principal, since, until, user_id)
+    return [UsageOut(**vars(row)) for row in rows]
+
+
+@usage_router.put("/quota", status_code=status.HTTP_204_NO_CONTENT)
+async def set_usage_quota(body: QuotaIn, session: DbSession, principal: CurrentPrincipal) -> Response:
+    """Tenant admins: a daily token allowance per member; past it, new replies get 429 until 00:00 UTC."""
+    await usage.set_quota(session, principal, body.daily_tokens_per_user)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -22,6 +22,7 @@ import structlog
 
 from papo.assistants.providers import Finished, ProviderError, estimate_tokens, stream_demo, stream_openai
 from papo.assistants.service import AssistantService, KeyBox, ProviderTarget
+from papo.assistants.usage import record as record_usage
 from papo.auth.service import Principal
 from papo.chat.service import ChatService
 from papo.db.engine import Database, driver
@@ -97,7 +98,11 @@ class ReplyManager:
                 )
             if target.instructions:
                 history.insert(0, {"role": "system", "content": target.instructions})
-            meta |= {"model": target.model, "provider": target.provider}
+            meta |= {
+                "model": target.model,
+                "provider": target.provider,
+                "prompt_estimate": sum(estimate_tokens(m["content"]) for m in history),
+            }
             async with asyncio.timeout(self.settings.reply_deadline_seconds):
                 last_flush = time.monotonic()
                 async with contextlib.aclosing(self._stream(target, history)) as stream:
@@ -200,6 +205,15 @@ class ReplyManager:
         self, principal: Principal, reply_id: uuid.UUID, text: str, meta: dict[str, Any], state: str
     ) -> bool:
         async with self.db.transaction(principal.context()) as session:
-            return await self._chat(session, principal).finish_reply(
+            finished = await self._chat(session, principal).finish_reply(
                 reply_id, text, failed=state != "complete", metadata=meta, state=state
             )
+            if finished and state == "complete":
+                usage = meta.get("usage") or {}
+                await record_usage(
+                    session,
+                    principal,
+                    usage.get("prompt_tokens") or meta.get("prompt_estimate", 0),
+                    usage.get("completion_tokens") or estimate_tokens(text),
+                )
+            return bool(finished)

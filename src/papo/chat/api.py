@@ -10,6 +10,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from papo.assistants.api import Assistants, resolve_assistant
+from papo.assistants.usage import check_quota
 from papo.auth.deps import CurrentPrincipal, DbSession, State
 from papo.auth.service import Principal
 from papo.chat.export import MEDIA_TYPES, ExportFormat, stream_export
@@ -167,6 +168,7 @@ async def start_reply(
 ) -> StoredMessage:
     if await chat.streaming_reply(session_id) is not None:
         raise Conflict("the assistant is still writing its reply; stop it or wait, then send again")
+    await check_quota(chat.db, chat.principal)
     reply = await chat.add_reply_placeholder(session_id, {"assistant_id": str(assistant_id)}, branch_of)
     # Background tasks run after the response, i.e. after this request's transaction committed.
     background.add_task(state.replies.spawn, chat.principal, session_id, reply.id, assistant_id)
