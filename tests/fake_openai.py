@@ -68,7 +68,7 @@ class FakeOpenAI:
     async def stream(self, model: str, words: list[str]) -> AsyncIterator[str]:
         pace = 0.15 if model == "fake-slow" else 0.005
         if model == "fake-slow":
-            words = [*words, *(f"w{i}" for i in range(60))]
+            words = [*words, *(f"w{i}" for i in range(30))]
         if model == "fake-empty":
             words = []
         for index, word in enumerate(words):

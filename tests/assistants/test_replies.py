@@ -443,3 +443,38 @@ class TestUsage:
         assert (
             await client.post(f"/api/v1/sessions/{sid}/messages", json={"content": "agora sim"}, headers=member.headers)
         ).status_code == 201
+
+
+class TestReload:
+    async def test_a_reload_mid_stream_sees_the_text_so_far_then_the_rest(
+        self,
+        client: httpx.AsyncClient,
+        team: tuple[Member, Member],
+        fake_openai: tuple[FakeOpenAI, str],
+        live_url: str,
+    ) -> None:
+        admin, member = team
+        _, base_url = fake_openai
+        sid = await ai_chat(client, member, await make_assistant(client, admin, base_url, "fake-slow"))
+        reply_id = await ask(client, member, sid, "escreva bastante")
+        await written(client, member, sid, reply_id)
+        # The reloaded page: subscribe first, then read what is already there.
+        realtime = RealtimeClient(live_url, member.token)
+        stream = realtime.events()
+        first = asyncio.create_task(anext(stream))
+        await asyncio.wait_for(realtime.connected.wait(), 5)
+        so_far = (await client.get(f"/api/v1/sessions/{sid}/messages/{reply_id}", headers=member.headers)).json()
+        assert so_far["reply_state"] == "streaming"
+        text = so_far["content"]
+        event = await asyncio.wait_for(first, 10)
+        async with asyncio.timeout(20):
+            while not (event.event == "message.updated" and event.data["id"] == reply_id):
+                if event.event == "reply.delta" and event.data["id"] == reply_id:
+                    offset, delta = event.data["offset"], event.data["delta"]
+                    if offset + len(delta) > len(text):  # skip what the page already had
+                        text = text[:offset] + delta
+                event = await anext(stream)
+        await stream.aclose()
+        assert event.data["reply_state"] == "complete"
+        assert text == event.data["content"]
+        assert len(text) > len(so_far["content"])

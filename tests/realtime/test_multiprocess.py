@@ -28,7 +28,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def start_server(settings: Settings, port: int) -> asyncio.subprocess.Process:
+async def start_server(settings: Settings, port: int, **extra_env: str) -> asyncio.subprocess.Process:
     env = {
         **os.environ,
         "PAPO_DATABASE_URL": settings.database_url or "",
@@ -37,6 +37,7 @@ async def start_server(settings: Settings, port: int) -> asyncio.subprocess.Proc
         "PAPO_PUBLIC_URL": settings.public_url or "",
         "PAPO_LOG_LEVEL": "WARNING",
         "PAPO_REALTIME_POLL_SECONDS": "1",
+        **extra_env,
     }
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "papo"),

@@ -56,7 +56,7 @@ class ReplyManager:
         """Start generating (and return at once); call after the request that created the reply committed.
         Async so that FastAPI's background tasks run it on the event loop, not in a worker thread."""
         task = asyncio.create_task(
-            self._generate(principal, session_id, reply_id, assistant_id), name=f"reply-{reply_id}"
+            self._generate_alive(principal, session_id, reply_id, assistant_id), name=f"reply-{reply_id}"
         )
         self.running[reply_id] = task
         task.add_done_callback(lambda _: self.running.pop(reply_id, None))
@@ -77,6 +77,27 @@ class ReplyManager:
         if rows:
             log.warning("interrupted replies finished as errors", count=len(rows))
         return len(rows)
+
+    async def _generate_alive(
+        self, principal: Principal, session_id: uuid.UUID, reply_id: uuid.UUID, assistant_id: uuid.UUID
+    ) -> None:
+        """Generate, while a heartbeat keeps the reply from looking abandoned (a slow first token
+        must not let another process's sweep end it)."""
+        heartbeat = asyncio.create_task(self._heartbeat(principal, reply_id))
+        try:
+            await self._generate(principal, session_id, reply_id, assistant_id)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _heartbeat(self, principal: Principal, reply_id: uuid.UUID) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reply_stale_seconds / 3)
+            with contextlib.suppress(Exception):
+                async with self.db.transaction(principal.context()) as session:
+                    if not await self._chat(session, principal).touch_reply(reply_id):
+                        return
 
     def _chat(self, session: Any, principal: Principal) -> ChatService:
         return ChatService(session, principal, self.settings)

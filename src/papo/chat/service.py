@@ -424,6 +424,16 @@ class ChatService:
             )
         return bool(still_streaming)
 
+    async def touch_reply(self, message: uuid.UUID) -> bool:
+        """Show the reply is still alive (updated_at moves), so no sweep takes it for abandoned."""
+        alive = await driver(self.db).fetchval(
+            "UPDATE messages SET reply_state = reply_state WHERE tenant_id = $1 AND id = $2 "
+            "AND reply_state = 'streaming' RETURNING true",
+            self.principal.tenant_id,
+            message,
+        )
+        return bool(alive)
+
     async def finish_reply(
         self, message: uuid.UUID, content: str, *, failed: bool, metadata: dict[str, Any], state: str | None = None
     ) -> bool:

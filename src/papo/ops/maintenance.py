@@ -5,6 +5,7 @@ and both sweeps are idempotent, so any number of processes can carry this loop."
 from __future__ import annotations
 
 import asyncio
+import time
 
 import structlog
 
@@ -31,10 +32,16 @@ async def run_once(db: Database, settings: Settings) -> tuple[int, int] | None:
 
 
 async def maintenance_loop(db: Database, settings: Settings, replies: ReplyManager) -> None:
+    """Retention sweeps every `maintenance_interval_seconds`; abandoned replies far more often, so
+    one never looks `streaming` for long after its process died."""
+    tick = max(1.0, min(settings.reply_stale_seconds, settings.maintenance_interval_seconds))
+    next_retention = 0.0
     while True:
         try:
-            await run_once(db, settings)
+            if time.monotonic() >= next_retention:
+                await run_once(db, settings)
+                next_retention = time.monotonic() + settings.maintenance_interval_seconds
             await replies.sweep()
         except Exception as exc:  # the next round tries again; a failed sweep must not stop the server
             log.warning("maintenance failed", error=str(exc))
-        await asyncio.sleep(settings.maintenance_interval_seconds)
+        await asyncio.sleep(tick)
