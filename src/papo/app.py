@@ -25,6 +25,7 @@ from papo.chat.legacy_api import router as legacy_chat_router
 from papo.db.engine import Database, locate_database
 from papo.db.migrate import head_revision
 from papo.errors import install_error_handlers
+from papo.ops.looplag import LoopLagMonitor
 from papo.ops.maintenance import maintenance_loop
 from papo.ops.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from papo.realtime.api import router as realtime_router
@@ -62,6 +63,7 @@ def create_app(
             queue_size=settings.realtime_queue_size,
         )
         housekeeping: asyncio.Task[None] | None = None
+        lag_watch: asyncio.Task[None] | None = None
         replies: ReplyManager | None = None
         try:
             await db.verify_runtime_role()
@@ -75,14 +77,16 @@ def create_app(
             await hub.start()
             await replies.sweep()
             housekeeping = asyncio.create_task(maintenance_loop(db, settings, replies), name="papo-maintenance")
+            lag_watch = asyncio.create_task(loop_lag.run(), name="papo-loop-lag")
             if on_ready is not None:
                 await on_ready(state)
             yield
         finally:
-            if housekeeping is not None:
-                housekeeping.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await housekeeping
+            for background in (housekeeping, lag_watch):
+                if background is not None:
+                    background.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await background
             if replies is not None:
                 await replies.shutdown()
             await hub.stop()
@@ -106,9 +110,12 @@ def create_app(
     app.include_router(assistants_router)
     app.include_router(usage_router)
 
+    loop_lag = LoopLagMonitor()
+
     @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> dict[str, Any]:
+        """Liveness, with the event loop's lag over the last minute (ms)."""
+        return {"status": "ok", "loop_lag_ms": loop_lag.summary()}
 
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> dict[str, str]:

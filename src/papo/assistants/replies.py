@@ -125,7 +125,7 @@ class ReplyManager:
                 "prompt_estimate": sum(estimate_tokens(m["content"]) for m in history),
             }
             async with asyncio.timeout(self.settings.reply_deadline_seconds):
-                last_flush = time.monotonic()
+                last_flush = 0.0  # the first token goes out at once; later ones are coalesced
                 async with contextlib.aclosing(self._stream(target, history)) as stream:
                     async for piece in stream:
                         if isinstance(piece, Finished):

@@ -1,0 +1,215 @@
+"""Time to first token: what papo adds between an AI provider and a chat client.
+
+A fake OpenAI-compatible provider streams at a fixed pace. Measured side by side, 1 and N concurrent
+streams: (a) straight from the provider with the openai SDK (request to first chunk), and (b) through
+papo (POST the user message to first `reply.delta` on a realtime WebSocket). Prints p50/p99 of both,
+the added latency, and papo's event-loop lag during the run (from its /healthz).
+Run: `make bench-assistants`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import uvicorn
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+sys.path.insert(0, str(BENCH_DIR.parent))
+from tests.fake_openai import API_KEY, FakeOpenAI  # noqa: E402
+
+from papo.auth import service as auth_service  # noqa: E402
+from papo.auth.models import Role  # noqa: E402
+from papo.auth.tokens import SigningKey, issue_token  # noqa: E402
+from papo.client import RealtimeClient, RealtimeEvent  # noqa: E402
+from papo.db.engine import Database, locate_database  # noqa: E402
+from papo.db.migrate import ensure_database, migrate  # noqa: E402
+from papo.settings import Settings  # noqa: E402
+from run import HOST, verdict, wait_healthy  # noqa: E402
+
+PAPO_PORT = 8731
+USERS = 10
+
+
+def pct(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def direct_ttft(base_url: str, streams: int) -> list[float]:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=API_KEY, max_retries=0)
+
+    async def one(n: int) -> float:
+        started = time.perf_counter()
+        stream: Any = await client.chat.completions.create(
+            model="fake-echo", messages=[{"role": "user", "content": f"pergunta {n}"}], stream=True
+        )
+        first = None
+        async for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = (time.perf_counter() - started) * 1000
+        assert first is not None
+        return first
+
+    results = list(await asyncio.gather(*(one(n) for n in range(streams))))
+    await client.close()
+    return results
+
+
+async def papo_ttft(tokens: list[str], sessions: list[tuple[int, str]], streams: int) -> list[float]:
+    base = f"http://{HOST}:{PAPO_PORT}"
+    first_delta: dict[str, float] = {}
+    waiters: dict[str, asyncio.Event] = {}
+    clients = [RealtimeClient(base, token) for token in tokens]
+
+    async def listen(client: RealtimeClient) -> None:
+        async for item in client.events():
+            if isinstance(item, RealtimeEvent) and item.event == "reply.delta":
+                reply = item.data["id"]
+                if reply not in first_delta:
+                    first_delta[reply] = time.perf_counter()
+                    waiters.setdefault(reply, asyncio.Event()).set()
+
+    listeners = [asyncio.create_task(listen(c)) for c in clients]
+    for client in clients:
+        await asyncio.wait_for(client.connected.wait(), 10)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=streams)) as http:
+
+        async def one(index: int) -> float:
+            user, sid = sessions[index]
+            started = time.perf_counter()
+            response = await http.post(
+                f"/api/v1/sessions/{sid}/messages",
+                json={"content": f"pergunta {index}"},
+                headers={"Authorization": f"Bearer {tokens[user]}"},
+            )
+            reply = response.headers["x-reply-id"]
+            await asyncio.wait_for(waiters.setdefault(reply, asyncio.Event()).wait(), 30)
+            return (first_delta[reply] - started) * 1000
+
+        results = list(await asyncio.gather(*(one(i) for i in range(streams))))
+        # let the replies finish before the next round reuses the sessions
+        await asyncio.sleep(1.0)
+    for task in listeners:
+        task.cancel()
+    return results
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    fake = FakeOpenAI()
+    provider = uvicorn.Server(uvicorn.Config(fake.app, host=HOST, port=0, log_config=None, access_log=False))
+    provider_task = asyncio.create_task(provider.serve())
+    while not provider.started:  # noqa: ASYNC110  (uvicorn exposes a flag)
+        await asyncio.sleep(0.02)
+    base_url = f"http://{HOST}:{provider.servers[0].sockets[0].getsockname()[1]}/v1"
+
+    workdir = Path(tempfile.mkdtemp(prefix="papo-bench-ai-"))
+    settings = Settings(data_dir=workdir / "data", port=PAPO_PORT, log_level="WARNING", _env_file=None)  # type: ignore[call-arg]
+    location = locate_database(settings)
+    process = None
+    print(f"papo assistants benchmark — {os.cpu_count()} cores, fake provider, {args.rounds} rounds per size")
+    try:
+        await ensure_database(location.owner_url)
+        await migrate(location.owner_url, location.app_url, create_app_role=True)
+        db = Database(location.app_url, pool_size=2)
+        async with db.transaction() as session:
+            tenant = await auth_service.create_tenant(session, "Bench AI")
+            admin, _ = await auth_service.add_member(
+                session, email="ai-admin@papo.local", name=None, password=None, role=Role.admin
+            )
+            users = [
+                (
+                    await auth_service.add_member(
+                        session, email=f"ai{i}@papo.local", name=None, password=None, role=Role.member
+                    )
+                )[0]
+                for i in range(USERS)
+            ]
+        await db.dispose()
+        key = SigningKey.load(settings)
+        admin_token = issue_token(settings, key, tenant_id=tenant.id, user_id=admin, role="admin", ttl_seconds=3600)[0]
+        tokens = [
+            issue_token(settings, key, tenant_id=tenant.id, user_id=u, role="member", ttl_seconds=3600)[0]
+            for u in users
+        ]
+        env = {
+            **os.environ,
+            "PAPO_DATABASE_URL": location.owner_url.render_as_string(hide_password=False),
+            "PAPO_DATA_DIR": str(settings.data_dir),
+            "PAPO_LOG_LEVEL": "WARNING",
+            "PAPO_PORT": str(PAPO_PORT),
+            "PAPO_DB_POOL_SIZE": "20",
+        }
+        process = await asyncio.create_subprocess_exec(str(Path(sys.executable).parent / "papo"), "serve", env=env)
+        await wait_healthy(PAPO_PORT, process)
+        async with httpx.AsyncClient(base_url=f"http://{HOST}:{PAPO_PORT}", timeout=30) as http:
+            created = await http.post(
+                "/api/v1/assistants",
+                headers={"Authorization": f"Bearer {admin_token}"},
+                json={"name": "bench", "model": "fake-echo", "base_url": base_url, "api_key": API_KEY},
+            )
+            assistant_id = created.json()["id"]
+            sessions = []
+            for index in range(args.streams):
+                user = index % USERS
+                response = await http.post(
+                    "/api/v1/sessions",
+                    json={"title": "b", "assistant_id": assistant_id},
+                    headers={"Authorization": f"Bearer {tokens[user]}"},
+                )
+                sessions.append((user, response.json()["id"]))
+
+            print(
+                f"\n  {'streams':>7} | {'direct p50':>10} {'p99':>7} | {'papo p50':>9} {'p99':>7} | {'added p50':>9} {'p99':>7}"
+            )
+            added_at_max = 0.0
+            for streams in (1, args.streams):
+                direct: list[float] = []
+                through: list[float] = []
+                for _ in range(args.rounds):
+                    direct += await direct_ttft(base_url, streams)
+                    through += await papo_ttft(tokens, sessions, streams)
+                added50 = statistics.median(through) - statistics.median(direct)
+                added99 = pct(through, 0.99) - pct(direct, 0.99)
+                added_at_max = added50
+                print(
+                    f"  {streams:7d} | {statistics.median(direct):10.1f} {pct(direct, 0.99):7.1f} | "
+                    f"{statistics.median(through):9.1f} {pct(through, 0.99):7.1f} | {added50:9.1f} {added99:7.1f}"
+                )
+            lag = (await http.get("/healthz")).json()["loop_lag_ms"]
+        print(
+            f"\n  papo event-loop lag over the run (last minute): p50 {lag['p50']} ms, p99 {lag['p99']} ms, max {lag['max']} ms"
+        )
+        print(
+            verdict(
+                added_at_max < 20,
+                f"added time to first token at {args.streams} streams: {added_at_max:.1f} ms p50 (target < 20 ms)",
+            )
+        )
+    finally:
+        if process is not None and process.returncode is None:
+            process.terminate()
+            await process.wait()
+        provider.should_exit = True
+        await provider_task
+        location.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
