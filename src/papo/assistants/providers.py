@@ -32,15 +32,34 @@ def estimate_tokens(text: str) -> int:
     return len(text) // 4 + 4
 
 
+class ProviderClients:
+    """One SDK client (and so one pool of kept-alive connections) per endpoint and key."""
+
+    def __init__(self, *, max_attempts: int, request_timeout: float) -> None:
+        self.max_attempts = max_attempts
+        self.request_timeout = request_timeout
+        self.clients: dict[tuple[str | None, str | None], openai.AsyncOpenAI] = {}
+
+    def get(self, target: ProviderTarget) -> openai.AsyncOpenAI:
+        key = (target.base_url, target.api_key)
+        if key not in self.clients:
+            self.clients[key] = openai.AsyncOpenAI(
+                base_url=target.base_url,
+                api_key=target.api_key or "not-needed",  # local servers (Ollama, vLLM) accept any key
+                max_retries=max(0, self.max_attempts - 1),  # the SDK retries 408/409/429/5xx and timeouts
+                timeout=self.request_timeout,
+            )
+        return self.clients[key]
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.close()
+        self.clients.clear()
+
+
 async def stream_openai(
-    target: ProviderTarget, history: list[dict[str, str]], *, max_attempts: int, request_timeout: float
+    client: openai.AsyncOpenAI, target: ProviderTarget, history: list[dict[str, str]]
 ) -> AsyncGenerator[str | Finished, None]:
-    client = openai.AsyncOpenAI(
-        base_url=target.base_url,
-        api_key=target.api_key or "not-needed",  # local servers (Ollama, vLLM) accept any key
-        max_retries=max(0, max_attempts - 1),  # the SDK retries 408/409/429/5xx and timeouts with backoff
-        timeout=request_timeout,
-    )
     finish_reason = None
     usage: Any = None
     try:
@@ -75,8 +94,6 @@ async def stream_openai(
         raise ProviderError(f"the AI provider failed ({exc.status_code})") from exc
     except (openai.APIError, ValueError) as exc:
         raise ProviderError(f"the AI provider sent a malformed response: {exc}") from exc
-    finally:
-        await client.close()
     if finish_reason is None:
         # Every OpenAI-compatible server ends a stream with a finish_reason; without one the answer
         # was cut short (a dropped connection, or a chunk the SDK could not parse).

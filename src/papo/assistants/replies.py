@@ -20,7 +20,14 @@ from typing import Any
 
 import structlog
 
-from papo.assistants.providers import Finished, ProviderError, estimate_tokens, stream_demo, stream_openai
+from papo.assistants.providers import (
+    Finished,
+    ProviderClients,
+    ProviderError,
+    estimate_tokens,
+    stream_demo,
+    stream_openai,
+)
 from papo.assistants.service import AssistantService, KeyBox, ProviderTarget
 from papo.assistants.usage import record as record_usage
 from papo.auth.service import Principal
@@ -49,6 +56,9 @@ class ReplyManager:
         self.settings = settings
         self.keys = keys
         self.running: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self.clients = ProviderClients(
+            max_attempts=settings.reply_max_attempts, request_timeout=settings.reply_deadline_seconds
+        )
 
     async def spawn(
         self, principal: Principal, session_id: uuid.UUID, reply_id: uuid.UUID, assistant_id: uuid.UUID
@@ -67,6 +77,7 @@ class ReplyManager:
         for task in list(self.running.values()):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.clients.close()
 
     async def sweep(self) -> int:
         """Replies left `streaming` by a process that died become retryable `interrupted` errors."""
@@ -209,12 +220,7 @@ class ReplyManager:
     def _stream(self, target: ProviderTarget, history: list[dict[str, str]]) -> AsyncGenerator[str | Finished, None]:
         if target.provider == "demo":
             return stream_demo(target, history, tokens_per_second=self.settings.demo_tokens_per_second)
-        return stream_openai(
-            target,
-            history,
-            max_attempts=self.settings.reply_max_attempts,
-            request_timeout=self.settings.reply_deadline_seconds,
-        )
+        return stream_openai(self.clients.get(target), target, history)
 
     async def _save(
         self, principal: Principal, session_id: uuid.UUID, reply_id: uuid.UUID, text: str, delta: str
