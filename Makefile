@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-core bench-realtime lock clean
+.PHONY: install run test lint bench bench-core bench-realtime bench-assistants lock clean
 
 install: $(STAMP)
 
@@ -26,13 +26,16 @@ lint: install
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-bench: bench-core bench-realtime
+bench: bench-core bench-realtime bench-assistants
 
 bench-core: install
 	$(BIN)/python bench/run.py
 
 bench-realtime: install
 	$(BIN)/python bench/realtime.py
+
+bench-assistants: install
+	$(BIN)/python bench/assistants.py
 
 # Regenerate the lock file (needs pip-tools); no index URLs are written into it.
 lock:
