@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,10 +61,6 @@ def app_role_password(data_dir: Path) -> str:
 
 def derive_app_url(owner_url: URL, role: str, password: str) -> URL:
     return owner_url.set(username=role, password=password)
-
-
-def throwaway_pgdata() -> Path:
-    return Path(tempfile.mkdtemp(prefix="papo-pg-")) / "pgdata"
 
 
 def remove_tree(path: Path) -> None:
