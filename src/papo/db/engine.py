@@ -91,18 +91,31 @@ class Database:
         async with self.engine.connect() as connection:
             raw = await connection.get_raw_connection()
             asyncpg_connection: asyncpg.Connection = raw.driver_connection
-            async with asyncpg_connection.transaction():
-                session = AsyncSession(bind=connection, expire_on_commit=False, autoflush=True)
-                session.info["driver"] = asyncpg_connection
-                try:
-                    if context is not None:
-                        await apply_context(session, context)
-                    yield session
-                    await session.flush()
-                    for hook in session.info.get(BEFORE_COMMIT, ()):
-                        await hook(session)
-                finally:
-                    await session.close()
+            # SQLAlchemy's pool cannot see transactions it did not open, so it would hand back a
+            # connection whose unit of work was cancelled mid-COMMIT with that transaction still
+            # open; the next unit would then only nest a savepoint in it and never commit.
+            if asyncpg_connection.is_in_transaction():
+                await asyncpg_connection.execute("ROLLBACK")
+            try:
+                async with asyncpg_connection.transaction():
+                    session = AsyncSession(bind=connection, expire_on_commit=False, autoflush=True)
+                    session.info["driver"] = asyncpg_connection
+                    try:
+                        if context is not None:
+                            await apply_context(session, context)
+                        yield session
+                        await session.flush()
+                        for hook in session.info.get(BEFORE_COMMIT, ()):
+                            await hook(session)
+                    finally:
+                        await session.close()
+            finally:
+                if asyncpg_connection.is_in_transaction():
+                    try:
+                        await asyncpg_connection.execute("ROLLBACK")
+                    except BaseException:
+                        await connection.invalidate()
+                        raise
 
     async def verify_runtime_role(self) -> None:
         """Refuse to serve through a role that row-level security would not bind."""
