@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from papo.assistants.api import Assistants, resolve_assistant
-from papo.assistants.usage import check_quota
+from papo.assistants.conversation import Conversation, PendingReply
 from papo.auth.deps import CurrentPrincipal, DbSession, State
 from papo.auth.service import Principal
 from papo.chat.export import MEDIA_TYPES, ExportFormat, stream_export
 from papo.chat.export import filename as export_filename
-from papo.chat.models import MessageRole, SessionStatus
+from papo.chat.models import SessionStatus
 from papo.chat.schemas import (
     ChatCreate,
     MessageCreate,
@@ -33,8 +32,8 @@ from papo.chat.schemas import (
     SupportSessionPage,
 )
 from papo.chat.search import search_messages
-from papo.chat.service import MAX_PAGE, ChatService, StoredMessage, message_cursor
-from papo.errors import BadRequest, Conflict
+from papo.chat.service import MAX_PAGE, ChatService, message_cursor
+from papo.errors import BadRequest
 from papo.state import AppState
 
 router = APIRouter(prefix="/api/v1", tags=["chat"])
@@ -115,6 +114,12 @@ async def delete_session(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+def schedule(background: BackgroundTasks, state: AppState, principal: Principal, reply: PendingReply | None) -> None:
+    """Generate a reply created by this request; background tasks run after its transaction committed."""
+    if reply is not None:
+        background.add_task(state.replies.spawn, principal, reply.session_id, reply.reply_id, reply.assistant_id)
+
+
 @router.post("/sessions/{session_id}/messages", status_code=status.HTTP_201_CREATED, response_model=MessageOut)
 async def send_message(
     session_id: uuid.UUID,
@@ -129,50 +134,11 @@ async def send_message(
     its id is in the `X-Reply-Id` header, and it streams through the realtime events (`reply.delta`).
     While a reply is being written, another user message is refused with 409: stop it or wait."""
     principal.require_user()
-    message = await post_message(chat, state, background, session_id, body.role, body.content, body.metadata)
-    if message.reply_id is not None:
-        response.headers["X-Reply-Id"] = str(message.reply_id)
-    return MessageOut.model_validate(message.stored)
-
-
-@dataclass
-class Posted:
-    stored: StoredMessage
-    reply_id: uuid.UUID | None
-
-
-async def post_message(
-    chat: ChatService,
-    state: AppState,
-    background: BackgroundTasks,
-    session_id: uuid.UUID,
-    role: MessageRole,
-    content: str,
-    metadata: dict[str, Any] | None,
-    branch_of: uuid.UUID | None = None,
-) -> Posted:
-    stored = await chat.add_message(session_id, role, content, metadata=metadata, branch_of=branch_of)
-    if role != MessageRole.user or stored.assistant_id is None:
-        return Posted(stored, None)
-    reply = await start_reply(chat, state, background, session_id, stored.assistant_id)
-    return Posted(stored, reply.id)
-
-
-async def start_reply(
-    chat: ChatService,
-    state: AppState,
-    background: BackgroundTasks,
-    session_id: uuid.UUID,
-    assistant_id: uuid.UUID,
-    branch_of: uuid.UUID | None = None,
-) -> StoredMessage:
-    if await chat.streaming_reply(session_id) is not None:
-        raise Conflict("the assistant is still writing its reply; stop it or wait, then send again")
-    await check_quota(chat.db, chat.principal)
-    reply = await chat.add_reply_placeholder(session_id, {"assistant_id": str(assistant_id)}, branch_of)
-    # Background tasks run after the response, i.e. after this request's transaction committed.
-    background.add_task(state.replies.spawn, chat.principal, session_id, reply.id, assistant_id)
-    return reply
+    posted = await Conversation(chat).post(session_id, body.role, body.content, body.metadata)
+    schedule(background, state, principal, posted.reply)
+    if posted.reply is not None:
+        response.headers["X-Reply-Id"] = str(posted.reply.reply_id)
+    return MessageOut.model_validate(posted.message)
 
 
 @router.post(
@@ -185,22 +151,9 @@ async def regenerate(
     session_id: uuid.UUID, chat: Chat, principal: CurrentPrincipal, state: State, background: BackgroundTasks
 ) -> MessageOut:
     """Write the last reply again (also: retry one that failed). The previous reply is kept, superseded."""
-    session = await chat.require_chat_session(session_id, principal.require_user())
-    if session.assistant_id is None:
-        raise Conflict("this chat has no assistant")
-    previous = await chat.last_on_line(session_id, MessageRole.assistant)
-    last_user = await chat.last_on_line(session_id, MessageRole.user)
-    if (
-        previous is None
-        or last_user is None
-        or (previous.created_at, previous.id) < (last_user.created_at, last_user.id)
-    ):
-        raise Conflict("there is no reply to regenerate")
-    if previous.reply_state == "streaming":
-        raise Conflict("the assistant is still writing its reply; stop it first")
-    await chat.retire_from(session_id, previous)
-    reply = await start_reply(chat, state, background, session_id, session.assistant_id, branch_of=previous.id)
-    return MessageOut.model_validate(reply)
+    placeholder, reply = await Conversation(chat).regenerate(session_id, principal.require_user())
+    schedule(background, state, principal, reply)
+    return MessageOut.model_validate(placeholder)
 
 
 @router.post(
@@ -221,18 +174,11 @@ async def edit_and_resend(
 ) -> MessageOut:
     """Replace one of your messages with a new version and continue from it. The old version and what
     followed it stay readable as a superseded branch (`?include_superseded=true`)."""
-    original = await chat.get_message(session_id, message_id, principal.require_user())
-    if original.role != MessageRole.user or original.superseded_at is not None:
-        raise Conflict("only a current message you wrote can be edited")
-    if await chat.streaming_reply(session_id) is not None:
-        raise Conflict("the assistant is still writing its reply; stop it first")
-    await chat.retire_from(session_id, original)
-    posted = await post_message(
-        chat, state, background, session_id, MessageRole.user, body.content, original.metadata_, branch_of=original.id
-    )
-    if posted.reply_id is not None:
-        response.headers["X-Reply-Id"] = str(posted.reply_id)
-    return MessageOut.model_validate(posted.stored)
+    posted = await Conversation(chat).edit_and_resend(session_id, message_id, principal.require_user(), body.content)
+    schedule(background, state, principal, posted.reply)
+    if posted.reply is not None:
+        response.headers["X-Reply-Id"] = str(posted.reply.reply_id)
+    return MessageOut.model_validate(posted.message)
 
 
 @router.post("/sessions/{session_id}/messages/{message_id}/stop", response_model=MessageOut, tags=["assistants"])

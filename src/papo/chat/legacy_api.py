@@ -6,8 +6,9 @@ import uuid
 
 from fastapi import APIRouter, BackgroundTasks, status
 
+from papo.assistants.conversation import Conversation
 from papo.auth.deps import CurrentPrincipal, State
-from papo.chat.api import Chat, post_message
+from papo.chat.api import Chat, schedule
 from papo.chat.models import Channel, MessageRole
 from papo.chat.schemas import LegacyDeleted, LegacyMessageCreate, LegacySessionCreate, MessageOut, SessionOut
 
@@ -40,8 +41,9 @@ async def send_message(
     body: LegacyMessageCreate, chat: Chat, principal: CurrentPrincipal, state: State, background: BackgroundTasks
 ) -> MessageOut:
     principal.require_user()
-    posted = await post_message(chat, state, background, body.sessionId, MessageRole.user, body.message, None)
-    return MessageOut.model_validate(posted.stored)
+    posted = await Conversation(chat).post(body.sessionId, MessageRole.user, body.message, None)
+    schedule(background, state, principal, posted.reply)
+    return MessageOut.model_validate(posted.message)
 
 
 @router.get("/message", response_model=list[MessageOut])
