@@ -232,6 +232,7 @@ class TestReplies:
 
     async def test_sweep_finishes_replies_abandoned_by_a_dead_process(
         self,
+        live_url: str,
         client: httpx.AsyncClient,
         team: tuple[Member, Member],
         app: Any,
@@ -257,7 +258,19 @@ class TestReplies:
             await owner.execute("ALTER TABLE messages ENABLE TRIGGER USER")
         finally:
             await owner.close()
+        realtime = RealtimeClient(live_url, member.token)
+        stream = realtime.events()
+        announced = asyncio.create_task(anext(stream))
+        await asyncio.wait_for(realtime.connected.wait(), 5)
         assert await app.state.papo.replies.sweep() >= 1
+        event = await asyncio.wait_for(announced, 5)
+        await stream.aclose()
+        assert isinstance(event, RealtimeEvent)
+        assert (event.event, event.data["id"], event.data["reply_state"]) == (
+            "message.updated",
+            str(reply_id),
+            "interrupted",
+        )
         reply = (await client.get(f"/api/v1/sessions/{sid}/messages/{reply_id}", headers=member.headers)).json()
         assert reply["reply_state"] == "interrupted"
         assert reply["status"] == "error"

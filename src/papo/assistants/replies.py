@@ -87,6 +87,12 @@ class ReplyManager:
             )
         if rows:
             log.warning("interrupted replies finished as errors", count=len(rows))
+        for row in rows:  # tell each owner's open pages, in the owner's own context
+            if row["stale_user_id"] is None:
+                continue
+            owner = Principal(row["stale_tenant_id"], row["stale_user_id"], "member")
+            async with self.db.transaction(owner.context()) as session:
+                await self._chat(session, owner).announce_update(row["stale_id"])
         return len(rows)
 
     async def _generate_alive(

@@ -424,6 +424,14 @@ class ChatService:
             )
         return bool(still_streaming)
 
+    async def announce_update(self, message_id: uuid.UUID) -> None:
+        """Publish a message's current state (after a change made outside this service's calls)."""
+        message = await self.db.scalar(
+            select(Message).where(Message.tenant_id == self.principal.tenant_id, Message.id == message_id)
+        )
+        if message is not None:
+            self._emit("message.updated", MessageOut.model_validate(message).model_dump(mode="json"))
+
     async def touch_reply(self, message: uuid.UUID) -> bool:
         """Show the reply is still alive (updated_at moves), so no sweep takes it for abandoned."""
         alive = await driver(self.db).fetchval(
