@@ -262,7 +262,8 @@ class TestReplies:
         stream = realtime.events()
         announced = asyncio.create_task(anext(stream))
         await asyncio.wait_for(realtime.connected.wait(), 5)
-        assert await app.state.papo.replies.sweep() >= 1
+        # The server's own periodic sweep may get there first; either way the outcome is the same.
+        await app.state.papo.replies.sweep()
         event = await asyncio.wait_for(announced, 5)
         await stream.aclose()
         assert isinstance(event, RealtimeEvent)
