@@ -209,8 +209,7 @@ def purge_deleted(
     """Remove sessions deleted longer ago than the retention period, with their messages; prints the count."""
     settings = _settings()
     days = settings.deleted_retention_days if older_than_days is None else older_than_days
-    count = _run_in_tenant(settings, None, lambda s: purge_deleted_sessions(s, days))
-    typer.echo(str(count))
+    typer.echo(str(_run_in_tenant(settings, None, lambda s: purge_deleted_sessions(s, days))))
 
 
 @app.command("prune-events")
@@ -223,8 +222,7 @@ def prune_events_command(
     before it are told to resync."""
     settings = _settings()
     days = settings.realtime_retention_days if older_than_days is None else older_than_days
-    count = _run_in_tenant(settings, None, lambda s: prune_events(s, days))
-    typer.echo(str(count))
+    typer.echo(str(_run_in_tenant(settings, None, lambda s: prune_events(s, days))))
 
 
 @app.command("serve")

@@ -114,10 +114,20 @@ async def delete_session(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def schedule(background: BackgroundTasks, state: AppState, principal: Principal, reply: PendingReply | None) -> None:
-    """Generate a reply created by this request; background tasks run after its transaction committed."""
-    if reply is not None:
-        background.add_task(state.replies.spawn, principal, reply.session_id, reply.reply_id, reply.assistant_id)
+def schedule(
+    background: BackgroundTasks,
+    state: AppState,
+    principal: Principal,
+    reply: PendingReply | None,
+    response: Response | None = None,
+) -> None:
+    """Generate a reply created by this request (background tasks run after its transaction committed),
+    and name it in the `X-Reply-Id` header."""
+    if reply is None:
+        return
+    background.add_task(state.replies.spawn, principal, reply.session_id, reply.reply_id, reply.assistant_id)
+    if response is not None:
+        response.headers["X-Reply-Id"] = str(reply.reply_id)
 
 
 @router.post("/sessions/{session_id}/messages", status_code=status.HTTP_201_CREATED, response_model=MessageOut)
@@ -135,9 +145,7 @@ async def send_message(
     While a reply is being written, another user message is refused with 409: stop it or wait."""
     principal.require_user()
     posted = await Conversation(chat).post(session_id, body.role, body.content, body.metadata)
-    schedule(background, state, principal, posted.reply)
-    if posted.reply is not None:
-        response.headers["X-Reply-Id"] = str(posted.reply.reply_id)
+    schedule(background, state, principal, posted.reply, response)
     return MessageOut.model_validate(posted.message)
 
 
@@ -175,9 +183,7 @@ async def edit_and_resend(
     """Replace one of your messages with a new version and continue from it. The old version and what
     followed it stay readable as a superseded branch (`?include_superseded=true`)."""
     posted = await Conversation(chat).edit_and_resend(session_id, message_id, principal.require_user(), body.content)
-    schedule(background, state, principal, posted.reply)
-    if posted.reply is not None:
-        response.headers["X-Reply-Id"] = str(posted.reply.reply_id)
+    schedule(background, state, principal, posted.reply, response)
     return MessageOut.model_validate(posted.message)
 
 
