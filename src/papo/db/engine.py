@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from papo.db.server import (
     DatabaseLocation,
@@ -91,31 +91,37 @@ class Database:
         async with self.engine.connect() as connection:
             raw = await connection.get_raw_connection()
             asyncpg_connection: asyncpg.Connection = raw.driver_connection
-            # SQLAlchemy's pool cannot see transactions it did not open, so it would hand back a
-            # connection whose unit of work was cancelled mid-COMMIT with that transaction still
-            # open; the next unit would then only nest a savepoint in it and never commit.
+            # SQLAlchemy's pool cannot see transactions it did not open. A connection must never go
+            # back to it with a transaction open, or with asyncpg unsure whether one is: the next
+            # unit of work would nest a savepoint in it and never commit. So a COMMIT or ROLLBACK
+            # that fails or is cancelled (a client leaving mid-stream) discards the connection.
             if asyncpg_connection.is_in_transaction():
                 await asyncpg_connection.execute("ROLLBACK")
+            transaction = asyncpg_connection.transaction()
+            await transaction.start()
+            session = AsyncSession(bind=connection, expire_on_commit=False, autoflush=True)
+            session.info["driver"] = asyncpg_connection
             try:
-                async with asyncpg_connection.transaction():
-                    session = AsyncSession(bind=connection, expire_on_commit=False, autoflush=True)
-                    session.info["driver"] = asyncpg_connection
-                    try:
-                        if context is not None:
-                            await apply_context(session, context)
-                        yield session
-                        await session.flush()
-                        for hook in session.info.get(BEFORE_COMMIT, ()):
-                            await hook(session)
-                    finally:
-                        await session.close()
-            finally:
-                if asyncpg_connection.is_in_transaction():
-                    try:
-                        await asyncpg_connection.execute("ROLLBACK")
-                    except BaseException:
-                        await connection.invalidate()
-                        raise
+                if context is not None:
+                    await apply_context(session, context)
+                yield session
+                await session.flush()
+                for hook in session.info.get(BEFORE_COMMIT, ()):
+                    await hook(session)
+            except BaseException:
+                await session.close()
+                await self._end(connection, transaction.rollback())
+                raise
+            await session.close()
+            await self._end(connection, transaction.commit())
+
+    @staticmethod
+    async def _end(connection: AsyncConnection, ending: Awaitable[None]) -> None:
+        try:
+            await ending
+        except BaseException:
+            await connection.invalidate()
+            raise
 
     async def verify_runtime_role(self) -> None:
         """Refuse to serve through a role that row-level security would not bind."""
