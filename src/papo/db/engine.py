@@ -109,10 +109,16 @@ class Database:
                 for hook in session.info.get(BEFORE_COMMIT, ()):
                     await hook(session)
             except BaseException:
+                try:
+                    await session.close()
+                finally:
+                    await self._end(connection, transaction.rollback())
+                raise
+            try:
                 await session.close()
+            except BaseException:
                 await self._end(connection, transaction.rollback())
                 raise
-            await session.close()
             await self._end(connection, transaction.commit())
 
     @staticmethod
