@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from papo.db.server import (
     DatabaseLocation,
@@ -93,41 +93,37 @@ class Database:
             asyncpg_connection: asyncpg.Connection = raw.driver_connection
             # SQLAlchemy's pool cannot see transactions it did not open. A connection must never go
             # back to it with a transaction open, or with asyncpg unsure whether one is: the next
-            # unit of work would nest a savepoint in it and never commit. So a COMMIT or ROLLBACK
-            # that fails or is cancelled (a client leaving mid-stream) discards the connection.
-            if asyncpg_connection.is_in_transaction():
-                await asyncpg_connection.execute("ROLLBACK")
-            transaction = asyncpg_connection.transaction()
-            await transaction.start()
-            session = AsyncSession(bind=connection, expire_on_commit=False, autoflush=True)
-            session.info["driver"] = asyncpg_connection
+            # unit of work would nest a savepoint in it and never commit. So unless this unit ends
+            # with a COMMIT or ROLLBACK that went through, the connection is discarded, whatever
+            # interrupted it (a client leaving mid-stream cancels at any await, BEGIN included).
+            ended_cleanly = False
             try:
-                if context is not None:
-                    await apply_context(session, context)
-                yield session
-                await session.flush()
-                for hook in session.info.get(BEFORE_COMMIT, ()):
-                    await hook(session)
-            except BaseException:
+                if asyncpg_connection.is_in_transaction():
+                    await asyncpg_connection.execute("ROLLBACK")
+                transaction = asyncpg_connection.transaction()
+                await transaction.start()
+                session = AsyncSession(bind=connection, expire_on_commit=False, autoflush=True)
+                session.info["driver"] = asyncpg_connection
                 try:
-                    await session.close()
-                finally:
-                    await self._end(connection, transaction.rollback())
-                raise
-            try:
+                    if context is not None:
+                        await apply_context(session, context)
+                    yield session
+                    await session.flush()
+                    for hook in session.info.get(BEFORE_COMMIT, ()):
+                        await hook(session)
+                except BaseException:
+                    try:
+                        await session.close()
+                    finally:
+                        await transaction.rollback()
+                        ended_cleanly = True
+                    raise
                 await session.close()
-            except BaseException:
-                await self._end(connection, transaction.rollback())
-                raise
-            await self._end(connection, transaction.commit())
-
-    @staticmethod
-    async def _end(connection: AsyncConnection, ending: Awaitable[None]) -> None:
-        try:
-            await ending
-        except BaseException:
-            await connection.invalidate()
-            raise
+                await transaction.commit()
+                ended_cleanly = True
+            finally:
+                if not ended_cleanly:
+                    await connection.invalidate()
 
     async def verify_runtime_role(self) -> None:
         """Refuse to serve through a role that row-level security would not bind."""
