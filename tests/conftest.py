@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,14 @@ def plain_dsn(url: URL) -> str:
 
 
 @pytest.fixture(scope="session")
-def tmp_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("papo-data")
+def tmp_data_dir() -> Iterator[Path]:
+    """A private directory for this run (not pytest's numbered temp area, whose clean-up of older runs
+    can delete a concurrent run's live database)."""
+    root = Path(tempfile.mkdtemp(prefix="papo-test-"))
+    data = root / "data"
+    data.mkdir()
+    yield data
+    remove_tree(root)
 
 
 @pytest.fixture(scope="session")

@@ -158,6 +158,9 @@ class ReplyManager:
                             unsaved, last_flush = "", time.monotonic()
             if not text.strip():
                 raise ProviderError("the AI provider returned an empty answer")
+            # The tail goes out as a delta too, so following the deltas alone gives the whole reply.
+            if unsaved and not await self._save(principal, session_id, reply_id, text, unsaved):
+                return
         except asyncio.CancelledError:
             await self._finish(
                 principal, reply_id, text, meta | {"error": "interrupted: the server shut down"}, "interrupted"
