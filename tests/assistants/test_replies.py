@@ -47,24 +47,25 @@ async def ask(client: httpx.AsyncClient, who: Member, sid: str, text: str) -> st
     return response.headers["x-reply-id"]
 
 
+async def poll(client: httpx.AsyncClient, who: Member, url: str, ready: Any, seconds: float) -> dict[str, Any]:
+    """GET `url` until `ready(body)` holds; returns that body."""
+    async with asyncio.timeout(seconds):
+        while True:
+            body: dict[str, Any] = (await client.get(url, headers=who.headers)).json()
+            if ready(body):
+                return body
+            await asyncio.sleep(0.05)
+
+
 async def settled(client: httpx.AsyncClient, who: Member, sid: str, reply_id: str) -> dict[str, Any]:
     """Wait until the reply leaves `streaming`; returns it."""
-    async with asyncio.timeout(15):
-        while True:
-            message = (await client.get(f"/api/v1/sessions/{sid}/messages/{reply_id}", headers=who.headers)).json()
-            if message["reply_state"] != "streaming":
-                return dict(message)
-            await asyncio.sleep(0.05)
+    url = f"/api/v1/sessions/{sid}/messages/{reply_id}"
+    return await poll(client, who, url, lambda m: m["reply_state"] != "streaming", 15)
 
 
 async def written(client: httpx.AsyncClient, who: Member, sid: str, reply_id: str) -> None:
     """Wait until the reply has some saved text (it is being streamed)."""
-    async with asyncio.timeout(10):
-        while True:
-            reply = (await client.get(f"/api/v1/sessions/{sid}/messages/{reply_id}", headers=who.headers)).json()
-            if reply["content"]:
-                return
-            await asyncio.sleep(0.05)
+    await poll(client, who, f"/api/v1/sessions/{sid}/messages/{reply_id}", lambda m: bool(m["content"]), 10)
 
 
 class TestAssistants:
@@ -360,12 +361,7 @@ class TestBranches:
 
 class TestTitles:
     async def titled(self, client: httpx.AsyncClient, who: Member, sid: str) -> str:
-        async with asyncio.timeout(10):
-            while True:
-                title = (await client.get(f"/api/v1/sessions/{sid}", headers=who.headers)).json()["title"]
-                if title:
-                    return str(title)
-                await asyncio.sleep(0.05)
+        return str((await poll(client, who, f"/api/v1/sessions/{sid}", lambda s: bool(s["title"]), 10))["title"])
 
     async def test_first_exchange_names_the_chat(
         self, client: httpx.AsyncClient, team: tuple[Member, Member], fake_openai: tuple[FakeOpenAI, str]
