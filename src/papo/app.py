@@ -71,7 +71,7 @@ def create_app(
             signing_key = SigningKey.load(settings)
             verifier = TokenVerifier(settings, signing_key, http)
             keys = KeyBox(settings)
-            replies = ReplyManager(db, settings, keys)
+            replies = ReplyManager(db, settings, keys, hub)
             state = AppState(settings, db, signing_key, verifier, http, hub, keys, replies)
             app.state.papo = state
             await hub.start()

@@ -27,7 +27,9 @@ FATAL_CLOSE_CODES = {4001, 4003, 4400}
 
 @dataclass(frozen=True)
 class RealtimeEvent:
-    id: int
+    """`id` is None for live-only events (reply deltas): they are not replayed after a reconnect."""
+
+    id: int | None
     event: str
     data: dict[str, Any]
 
@@ -37,6 +39,42 @@ class Resync:
     """The server no longer has every event since our cursor: refetch state, then carry on."""
 
     id: int
+
+
+class GrowingReply:
+    """A streaming reply's text as a reader rebuilds it: the stored text, then `reply.delta` events
+    placed by offset. Deltas are live-only and the stored text is saved about once a second, so a
+    reader that starts mid-reply can see a gap: those deltas wait in `pending` until `rebase()` is
+    given a fresher stored text (refetch the message while `needs_refetch`)."""
+
+    def __init__(self, content: str = "") -> None:
+        self.text = content
+        self.pending: dict[int, str] = {}
+
+    @property
+    def needs_refetch(self) -> bool:
+        return bool(self.pending)
+
+    def apply(self, offset: int, delta: str) -> None:
+        if offset > len(self.text):
+            self.pending[offset] = delta
+            return
+        if offset + len(delta) > len(self.text):
+            self.text = self.text[:offset] + delta
+        self._drain()
+
+    def rebase(self, content: str) -> None:
+        if len(content) > len(self.text):
+            self.text = content
+        self._drain()
+
+    def _drain(self) -> None:
+        for offset in sorted(self.pending):
+            if offset > len(self.text):
+                return
+            delta = self.pending.pop(offset)
+            if offset + len(delta) > len(self.text):
+                self.text = self.text[:offset] + delta
 
 
 class RealtimeClosed(Exception):
@@ -83,6 +121,8 @@ class RealtimeClient:
                         if kind == "event":
                             self.last_id = message["id"]
                             yield RealtimeEvent(message["id"], message["event"], message["data"])
+                        elif kind == "live":
+                            yield RealtimeEvent(None, message["event"], message["data"])
                         elif kind == "ready":
                             if self.last_id is None:
                                 self.last_id = message["id"]

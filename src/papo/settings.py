@@ -64,7 +64,9 @@ class Settings(BaseSettings):
     # Key that encrypts provider API keys at rest (Fernet, url-safe base64 of 32 bytes); generated
     # under data_dir when unset. Keep it with your backups: encrypted keys are useless without it.
     secret_key: str | None = None
-    reply_flush_seconds: float = 0.1
+    # Reply text goes to open pages every flush (live events, no write) and is saved every save.
+    reply_flush_seconds: float = 0.05
+    reply_save_seconds: float = 1.0
     reply_deadline_seconds: float = 120.0
     reply_max_attempts: int = 3
     reply_stale_seconds: float = 60.0

@@ -118,3 +118,32 @@ async def test_cross_process_delivery_and_failover(
     ids = [event.id for event in received]
     assert ids == sorted(set(ids)), "events repeated or out of order"
     assert [event.data["content"] for event in received[1:]] == sent, "events lost across the failover"
+
+
+async def test_live_reply_deltas_reach_a_client_on_another_process(
+    two_servers: tuple[str, str, asyncio.subprocess.Process], make_tenant: Any
+) -> None:
+    """Deltas skip the outbox; the process generating the reply NOTIFYs them to the others."""
+    url_a, url_b, _ = two_servers
+    alice: Member = await (await make_tenant()).member(Role.member)
+    realtime = RealtimeClient(url_a, alice.token)
+    stream = realtime.events()
+    first = asyncio.create_task(anext(stream))
+    await asyncio.wait_for(realtime.connected.wait(), 10)
+    async with httpx.AsyncClient(base_url=url_b, headers=alice.headers, timeout=10) as via_b:
+        chat = (await via_b.post("/api/v1/sessions", json={"assistant_id": "default"})).json()
+        posted = await via_b.post(f"/api/v1/sessions/{chat['id']}/messages", json={"content": "oi"})
+        assert posted.status_code == 201
+        reply_id = posted.headers["x-reply-id"]
+        event = await asyncio.wait_for(first, 10)
+        text = ""
+        async with asyncio.timeout(30):
+            while not (event.event == "message.updated" and event.data["id"] == reply_id):
+                if event.event == "reply.delta":
+                    assert event.id is None and event.data["offset"] == len(text)
+                    text += event.data["delta"]
+                event = await anext(stream)
+        await stream.aclose()
+        stored = (await via_b.get(f"/api/v1/sessions/{chat['id']}/messages/{reply_id}")).json()
+    assert stored["reply_state"] == "complete"
+    assert text == stored["content"] != ""

@@ -1,12 +1,17 @@
 """Assistant replies, generated in the background of the process that received the user's message.
 
 The user's message and an empty `streaming` reply are committed by the request itself, so neither
-can be lost. The reply then grows in its own short transactions: every `reply_flush_seconds` the text
-so far is saved and the new part published as a `reply.delta` event (coalesced: not a write per
-token). A client that reloads reads the saved text, then follows the deltas. Stopping is a write to the
-row (from any process): the generator notices at its next save and quits without overwriting.
-If the process dies, the sweep turns replies nobody has touched for `reply_stale_seconds` into
-`interrupted` errors that can be retried.
+can be lost. The reply then grows in two ways: every `reply_flush_seconds` the new text goes out as
+a live `reply.delta` event (coalesced, no database write: the first one leaves at once, which is what
+the time to first token is made of), and every `reply_save_seconds` the text so far is saved, so a
+reader arriving mid-reply starts from it (see papo.client.GrowingReply). Stopping is a write to the
+row (from any process): the generator here quits at once, one elsewhere at its next save, and either
+way the stopped reply keeps all the text that was shown. If the process dies, the sweep turns replies
+nobody has touched for `reply_stale_seconds` into `interrupted` errors that can be retried.
+
+Why not a job queue: a reply is a stream that a person is watching, its latency is the product, and
+its only durable state is the row; an extra hop through a queue would add to the first token and
+buy nothing the sweep and retry do not already give.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -33,6 +39,8 @@ from papo.assistants.usage import record as record_usage
 from papo.auth.service import Principal
 from papo.chat.service import ChatService
 from papo.db.engine import Database, driver
+from papo.realtime.hub import EventHub
+from papo.realtime.service import Event
 from papo.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -41,6 +49,16 @@ TITLE_INSTRUCTIONS = (
     "Answer with the title only, no quotes."
 )
 TITLE_MAX_CHARS = 80
+DELTA_MAX_CHARS = 1000  # keeps a live event far below PostgreSQL's NOTIFY payload limit
+
+
+@dataclass
+class LiveReply:
+    """What the generator knows that the database may not yet: all the text, and how much was sent."""
+
+    text: str = ""
+    sent: int = 0
+    halted: bool = False
 
 
 def fallback_title(question: str) -> str:
@@ -51,11 +69,13 @@ def fallback_title(question: str) -> str:
 
 
 class ReplyManager:
-    def __init__(self, db: Database, settings: Settings, keys: KeyBox) -> None:
+    def __init__(self, db: Database, settings: Settings, keys: KeyBox, hub: EventHub) -> None:
         self.db = db
         self.settings = settings
         self.keys = keys
+        self.hub = hub
         self.running: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self.live: dict[uuid.UUID, LiveReply] = {}
         self.clients = ProviderClients(
             max_attempts=settings.reply_max_attempts, request_timeout=settings.reply_deadline_seconds
         )
@@ -70,6 +90,18 @@ class ReplyManager:
         )
         self.running[reply_id] = task
         task.add_done_callback(lambda _: self.running.pop(reply_id, None))
+
+    def text_so_far(self, reply_id: uuid.UUID) -> str | None:
+        """The reply's whole text, if this process is generating it (None: ask the database)."""
+        live = self.live.get(reply_id)
+        return live.text if live is not None else None
+
+    async def halt(self, reply_id: uuid.UUID) -> None:
+        """Stop generating a reply whose stop was committed (no-op if another process generates it:
+        that one notices at its next save)."""
+        live = self.live.get(reply_id)
+        if live is not None:
+            live.halted = True
 
     async def shutdown(self) -> None:
         for task in list(self.running.values()):
@@ -124,8 +156,7 @@ class ReplyManager:
     ) -> None:
         started = time.monotonic()
         first_token_at: float | None = None
-        text = ""
-        unsaved = ""
+        live = self.live[reply_id] = LiveReply()
         finished: Finished | None = None
         meta: dict[str, Any] = {"assistant_id": str(assistant_id)}
         try:
@@ -142,41 +173,46 @@ class ReplyManager:
                 "prompt_estimate": sum(estimate_tokens(m["content"]) for m in history),
             }
             async with asyncio.timeout(self.settings.reply_deadline_seconds):
-                last_flush = 0.0  # the first token goes out at once; later ones are coalesced
+                last_flush = last_save = 0.0  # the first token goes out at once; later ones are coalesced
                 async with contextlib.aclosing(self._stream(target, history)) as stream:
                     async for piece in stream:
                         if isinstance(piece, Finished):
                             finished = piece
                             break
+                        if live.halted:
+                            return await self._keep_stopped(principal, reply_id, live.text)
                         if first_token_at is None:
-                            first_token_at = time.monotonic()
-                        text += piece
-                        unsaved += piece
-                        if time.monotonic() - last_flush >= self.settings.reply_flush_seconds:
-                            if not await self._save(principal, session_id, reply_id, text, unsaved):
-                                return  # stopped by the user: keep what they saw
-                            unsaved, last_flush = "", time.monotonic()
-            if not text.strip():
+                            first_token_at = last_save = time.monotonic()
+                        live.text += piece
+                        now = time.monotonic()
+                        if now - last_flush >= self.settings.reply_flush_seconds:
+                            self._publish_delta(principal, session_id, reply_id, live)
+                            last_flush = now
+                        if now - last_save >= self.settings.reply_save_seconds:
+                            if not await self._save(principal, reply_id, live.text):
+                                return await self._keep_stopped(principal, reply_id, live.text)
+                            last_save = time.monotonic()
+            if not live.text.strip():
                 raise ProviderError("the AI provider returned an empty answer")
             # The tail goes out as a delta too, so following the deltas alone gives the whole reply.
-            if unsaved and not await self._save(principal, session_id, reply_id, text, unsaved):
-                return
+            self._publish_delta(principal, session_id, reply_id, live)
         except asyncio.CancelledError:
             await self._finish(
-                principal, reply_id, text, meta | {"error": "interrupted: the server shut down"}, "interrupted"
+                principal, reply_id, live.text, meta | {"error": "interrupted: the server shut down"}, "interrupted"
             )
             raise
         except (ProviderError, TimeoutError) as exc:
             reason = str(exc) if isinstance(exc, ProviderError) else "the reply took longer than the deadline"
-            await self._finish(principal, reply_id, text, meta | {"error": reason}, "failed")
+            await self._finish(principal, reply_id, live.text, meta | {"error": reason}, "failed")
             return
         except Exception:
             log.exception("reply failed", reply_id=str(reply_id))
             await self._finish(
-                principal, reply_id, text, meta | {"error": "internal error while writing the reply"}, "failed"
+                principal, reply_id, live.text, meta | {"error": "internal error while writing the reply"}, "failed"
             )
             return
-        assert finished is not None or text
+        finally:
+            self.live.pop(reply_id, None)
         meta |= {
             "finish_reason": finished.finish_reason if finished else None,
             "usage": {
@@ -186,8 +222,19 @@ class ReplyManager:
             "time_to_first_token_ms": round(((first_token_at or started) - started) * 1000, 1),
             "total_ms": round((time.monotonic() - started) * 1000, 1),
         }
-        if await self._finish(principal, reply_id, text, meta, "complete"):
-            await self._title(principal, session_id, target, history, text)
+        if await self._finish(principal, reply_id, live.text, meta, "complete"):
+            await self._title(principal, session_id, target, history, live.text)
+        else:  # stopped after the last token
+            await self._keep_stopped(principal, reply_id, live.text)
+
+    def _publish_delta(self, principal: Principal, session_id: uuid.UUID, reply_id: uuid.UUID, live: LiveReply) -> None:
+        """Send the text not yet sent, in pieces small enough for a NOTIFY payload."""
+        while live.sent < len(live.text):
+            piece = live.text[live.sent : live.sent + DELTA_MAX_CHARS]
+            data = {"id": str(reply_id), "session_id": str(session_id), "offset": live.sent, "delta": piece}
+            audience = "user" if principal.user_id is not None else "staff"
+            self.hub.publish_live(Event(None, principal.tenant_id, audience, principal.user_id, "reply.delta", data))
+            live.sent += len(piece)
 
     async def _title(
         self,
@@ -231,11 +278,13 @@ class ReplyManager:
             return stream_demo(target, history, tokens_per_second=self.settings.demo_tokens_per_second)
         return stream_openai(self.clients.get(target), target, history)
 
-    async def _save(
-        self, principal: Principal, session_id: uuid.UUID, reply_id: uuid.UUID, text: str, delta: str
-    ) -> bool:
+    async def _save(self, principal: Principal, reply_id: uuid.UUID, text: str) -> bool:
         async with self.db.transaction(principal.context()) as session:
-            return await self._chat(session, principal).save_reply_progress(reply_id, session_id, text, delta)
+            return await self._chat(session, principal).save_reply_progress(reply_id, text)
+
+    async def _keep_stopped(self, principal: Principal, reply_id: uuid.UUID, text: str) -> None:
+        async with self.db.transaction(principal.context()) as session:
+            await self._chat(session, principal).keep_stopped_text(reply_id, text)
 
     async def _finish(
         self, principal: Principal, reply_id: uuid.UUID, text: str, meta: dict[str, Any], state: str

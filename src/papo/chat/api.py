@@ -189,10 +189,18 @@ async def edit_and_resend(
 
 @router.post("/sessions/{session_id}/messages/{message_id}/stop", response_model=MessageOut, tags=["assistants"])
 async def stop_reply(
-    session_id: uuid.UUID, message_id: uuid.UUID, chat: Chat, principal: CurrentPrincipal
+    session_id: uuid.UUID,
+    message_id: uuid.UUID,
+    chat: Chat,
+    principal: CurrentPrincipal,
+    state: State,
+    background: BackgroundTasks,
 ) -> MessageOut:
     """Stop a reply mid-stream; it keeps what was already written and is marked stopped."""
-    return MessageOut.model_validate(await chat.stop_reply(session_id, message_id, principal.require_user()))
+    live_text = state.replies.text_so_far(message_id)
+    stopped = await chat.stop_reply(session_id, message_id, principal.require_user(), live_text)
+    background.add_task(state.replies.halt, message_id)  # after the stop committed (and was authorised)
+    return MessageOut.model_validate(stopped)
 
 
 @router.get("/sessions/{session_id}/messages", response_model=MessagePage)

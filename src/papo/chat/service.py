@@ -408,8 +408,9 @@ class ChatService:
         self._emit("message.created", MessageOut.model_validate(message).model_dump(mode="json") | {"streaming": True})
         return message
 
-    async def save_reply_progress(self, message: uuid.UUID, session_id: uuid.UUID, content: str, delta: str) -> bool:
-        """Store what is written so far and stream the new part; False once the reply was stopped."""
+    async def save_reply_progress(self, message: uuid.UUID, content: str) -> bool:
+        """Store what is written so far (readers who arrive later start from it); False once stopped.
+        The text itself reaches open pages as live `reply.delta` events, not through here."""
         still_streaming = await driver(self.db).fetchval(
             "UPDATE messages SET content = $3 WHERE tenant_id = $1 AND id = $2 AND reply_state = 'streaming' "
             "RETURNING true",
@@ -417,12 +418,23 @@ class ChatService:
             message,
             content,
         )
-        if still_streaming:
-            offset = len(content) - len(delta)
-            self._emit(
-                "reply.delta", {"id": str(message), "session_id": str(session_id), "offset": offset, "delta": delta}
-            )
         return bool(still_streaming)
+
+    async def keep_stopped_text(self, message: uuid.UUID, content: str) -> None:
+        """A stopped reply keeps everything its reader was shown, including the text generated after
+        the last save and before the generator noticed the stop."""
+        row = await driver(self.db).fetchrow(
+            """
+            UPDATE messages SET content = $3
+             WHERE tenant_id = $1 AND id = $2 AND reply_state = 'stopped' AND length(content) < length($3)
+            RETURNING id, session_id, role, content, status, metadata, reply_state, created_at, updated_at
+            """,
+            self.principal.tenant_id,
+            message,
+            content,
+        )
+        if row is not None:
+            self._emit("message.updated", MessageOut.model_validate(StoredMessage(**dict(row))).model_dump(mode="json"))
 
     async def announce_update(self, message_id: uuid.UUID) -> None:
         """Publish a message's current state (after a change made outside this service's calls)."""
@@ -465,12 +477,16 @@ class ChatService:
         self._emit("message.updated", MessageOut.model_validate(StoredMessage(**dict(row))).model_dump(mode="json"))
         return True
 
-    async def stop_reply(self, session_id: uuid.UUID, message_id: uuid.UUID, user_id: str) -> Message:
-        """Stop a reply mid-stream: it keeps what was written, marked stopped."""
+    async def stop_reply(
+        self, session_id: uuid.UUID, message_id: uuid.UUID, user_id: str, live_text: str | None = None
+    ) -> Message:
+        """Stop a reply mid-stream: it keeps what was written (`live_text`, when this process is
+        generating it and knows more than the last save), marked stopped."""
         await self.require_chat_session(session_id, user_id)
         row = await driver(self.db).fetchrow(
             """
             UPDATE messages SET status = 'delivered', reply_state = 'stopped',
+                   content = CASE WHEN length(coalesce($4, '')) > length(content) THEN $4 ELSE content END,
                    metadata = metadata || '{"stopped": true}'::jsonb
              WHERE tenant_id = $1 AND session_id = $2 AND id = $3 AND reply_state = 'streaming'
             RETURNING id
@@ -478,6 +494,7 @@ class ChatService:
             self.principal.tenant_id,
             session_id,
             message_id,
+            live_text,
         )
         message = await self.get_message(session_id, message_id, user_id)
         if row is None and message.reply_state != "stopped":

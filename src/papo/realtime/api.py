@@ -2,7 +2,8 @@
 
 A stream subscribes to the process's hub *first*, then replays the outbox from the client's cursor
 through RLS, then serves live events, skipping any id it already sent: nothing is lost or repeated
-at the seam between replay and live."""
+at the seam between replay and live. Live-only events (`{"type": "live"}`, e.g. reply deltas) carry
+no id and are never replayed; SSE sends them without an `id:` line, so Last-Event-ID is unchanged."""
 
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ async def event_stream(state: AppState, subscriber: Subscriber, since: int | Non
         async with state.db.transaction(context) as session:
             replayed = await read_own_events(session, last, REPLAY_BATCH)
         for event in replayed:
+            assert event.id is not None  # the outbox numbers every event
             yield event.wire()
             last = event.id
         if len(replayed) < REPLAY_BATCH:
@@ -85,7 +87,10 @@ async def event_stream(state: AppState, subscriber: Subscriber, since: int | Non
                 quiet_since = time.monotonic()
                 yield HEARTBEAT  # lets SSE keep proxies from closing an idle stream
             continue
-        if event.id > last:
+        if event.id is None:  # live: never replayed, so never a duplicate
+            yield event.wire()
+            quiet_since = time.monotonic()
+        elif event.id > last:
             yield event.wire()
             last = event.id
             quiet_since = time.monotonic()
@@ -122,7 +127,7 @@ async def server_sent_events(
                     yield ": keep-alive\n\n"
                     continue
                 prefix = f"id: {message['id']}\n" if message["type"] == "event" else ""
-                name = message["event"] if message["type"] == "event" else message["type"]
+                name = message.get("event") or message["type"]
                 yield f"{prefix}event: {name}\ndata: {json.dumps(message, separators=(',', ':'))}\n\n"
         except StreamEnded as ended:
             yield f"event: error\ndata: {json.dumps({'type': 'error', 'detail': ended.reason})}\n\n"

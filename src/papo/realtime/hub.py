@@ -3,12 +3,18 @@ hands each to the local subscribers allowed to see it.
 
 NOTIFY carries only the newest id, as a wake-up; bodies always come from the outbox, so a lost or
 coalesced notification costs nothing. A periodic poll covers a listening connection that died
-silently, and after a reconnect the relay simply reads on from the last id it handled."""
+silently, and after a reconnect the relay simply reads on from the last id it handled.
+
+Live events (reply deltas) skip the outbox: the process that makes one hands it to its own
+subscribers at once, and NOTIFYs the other processes with the event itself as payload, batched.
+Losing one costs a reader nothing it cannot refetch: the durable state lands in the outbox too."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +27,11 @@ from papo.realtime.service import Event, bounds, read_all_events
 
 log = structlog.get_logger(__name__)
 CHANNEL = "papo_events"
+LIVE_CHANNEL = "papo_live"
+LISTENER_NAME = "papo-realtime-listener"  # how operators (and tests) spot it in pg_stat_activity
 BATCH = 500
+# PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; publishers keep live events well under.
+MAX_LIVE_PAYLOAD_BYTES = 7900
 
 
 @dataclass(eq=False)
@@ -59,20 +69,27 @@ class EventHub:
         self.wake = asyncio.Event()
         self.listener: asyncpg.Connection | None = None
         self.task: asyncio.Task[None] | None = None
+        # Live events made here, waiting for the notifier; tagged so this process skips its own.
+        self.origin = uuid.uuid4().hex
+        self.outgoing: list[str] = []
+        self.outgoing_ready = asyncio.Event()
+        self.notifier: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         async with self.db.transaction() as session:
             _, self.last_id = await bounds(session)
         await self._listen()
         self.task = asyncio.create_task(self._run(), name="papo-event-relay")
+        self.notifier = asyncio.create_task(self._notify_others(), name="papo-live-notifier")
 
     async def stop(self) -> None:
         for subscriber in self.subscribers:
             subscriber.closing.set()
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        for task in (self.task, self.notifier):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.listener is not None:
             with contextlib.suppress(Exception):
                 await self.listener.close()
@@ -85,10 +102,68 @@ class EventHub:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.subscribers.discard(subscriber)
 
+    def publish_live(self, event: Event) -> None:
+        """Fan a live event out now to this process's subscribers, and soon to the other processes'."""
+        self._deliver(event)
+        payload = json.dumps(
+            {
+                "origin": self.origin,
+                "tenant_id": str(event.tenant_id),
+                "audience": event.audience,
+                "user_id": event.user_id,
+                "type": event.type,
+                "data": event.data,
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        if len(payload.encode()) > MAX_LIVE_PAYLOAD_BYTES:
+            log.warning("live event too large to share with other processes", type=event.type)
+            return
+        self.outgoing.append(payload)
+        self.outgoing_ready.set()
+
+    def _deliver(self, event: Event) -> None:
+        for subscriber in list(self.subscribers):
+            subscriber.offer(event)
+
+    async def _notify_others(self) -> None:
+        """One NOTIFY statement carries everything published since the last one went out."""
+        while True:
+            await self.outgoing_ready.wait()
+            self.outgoing_ready.clear()
+            batch, self.outgoing = self.outgoing, []
+            listener = self.listener
+            if listener is None or listener.is_closed():
+                continue  # live events are best effort; the relay reconnects the listener
+            try:
+                await listener.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", LIVE_CHANNEL, batch)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("could not share live events with other processes", error=str(exc))
+
+    def _live_notified(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            message = json.loads(payload)
+            if message["origin"] == self.origin:
+                return
+            event = Event(
+                id=None,
+                tenant_id=uuid.UUID(message["tenant_id"]),
+                audience=message["audience"],
+                user_id=message["user_id"],
+                type=message["type"],
+                data=message["data"],
+            )
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed live event notification")
+            return
+        self._deliver(event)
+
     async def _listen(self) -> None:
         try:
-            self.listener = await asyncpg.connect(self.listen_dsn)
+            self.listener = await asyncpg.connect(self.listen_dsn, server_settings={"application_name": LISTENER_NAME})
             await self.listener.add_listener(CHANNEL, self._notified)
+            await self.listener.add_listener(LIVE_CHANNEL, self._live_notified)
             self.listener.add_termination_listener(self._terminated)
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("realtime listener could not connect; polling until it can", error=str(exc))
@@ -121,8 +196,8 @@ class EventHub:
             async with self.db.transaction() as session:
                 events = await read_all_events(session, self.last_id, BATCH)
             for event in events:
-                for subscriber in list(self.subscribers):
-                    subscriber.offer(event)
+                self._deliver(event)
+                assert event.id is not None
                 self.last_id = event.id
             if len(events) < BATCH:
                 return

@@ -22,7 +22,10 @@ STAFF_ROLES = frozenset({"owner", "admin", "agent"})
 
 @dataclass(frozen=True)
 class Event:
-    id: int
+    """An event for subscribers. Outbox events have an id and can be replayed; live events (id None,
+    e.g. reply deltas) are only fanned out to whoever is connected, and never stored."""
+
+    id: int | None
     tenant_id: uuid.UUID
     audience: str
     user_id: str | None
@@ -38,6 +41,8 @@ class Event:
         return role in STAFF_ROLES
 
     def wire(self) -> dict[str, Any]:
+        if self.id is None:
+            return {"type": "live", "event": self.type, "data": self.data}
         return {"type": "event", "id": self.id, "event": self.type, "data": self.data}
 
 
