@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     # Reply text goes to open pages every flush (live events, no write) and is saved every save.
     reply_flush_seconds: float = 0.05
     reply_save_seconds: float = 1.0
+    # What tenant admins may point an assistant at. Hosts: empty = any (a single-company install
+    # talking to a local Ollama); list the providers' hosts ("api.openai.com", "*.openai.azure.com")
+    # when tenants are not trusted with the server's network. Key variables: the only environment
+    # variable names an assistant may take its API key from.
+    assistant_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    assistant_key_envs: Annotated[list[str], NoDecode] = Field(default_factory=list)
     reply_deadline_seconds: float = 120.0
     reply_max_attempts: int = 3
     reply_stale_seconds: float = 60.0
@@ -78,9 +84,9 @@ class Settings(BaseSettings):
     # Soft-deleted sessions are removed for good after this many days (`papo purge-deleted`).
     deleted_retention_days: int = 30
 
-    @field_validator("auth_authorized_parties", mode="before")
+    @field_validator("auth_authorized_parties", "assistant_allowed_hosts", "assistant_key_envs", mode="before")
     @classmethod
-    def _split_parties(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

@@ -14,6 +14,7 @@ from papo.assistants.replies import fallback_title
 from papo.auth.models import Role
 from papo.client import GrowingReply, RealtimeClient, RealtimeEvent
 from papo.db.engine import Database
+from papo.settings import Settings
 from tests.conftest import ProvisionedDatabase, plain_dsn
 from tests.fake_openai import API_KEY, FakeOpenAI
 from tests.support import Member
@@ -99,6 +100,49 @@ class TestAssistants:
         assert (await client.get(f"/api/v1/assistants/{assistant_id}", headers=outsider.headers)).status_code == 404
         chat = await client.post("/api/v1/sessions", json={"assistant_id": assistant_id}, headers=outsider.headers)
         assert chat.status_code == 404
+
+    async def test_admins_cannot_reach_into_the_server(
+        self,
+        client: httpx.AsyncClient,
+        team: tuple[Member, Member],
+        settings: Settings,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A tenant admin may not point an assistant at internal hosts, nor borrow the server's secrets."""
+        admin, _ = team
+        monkeypatch.setattr(settings, "assistant_allowed_hosts", ["api.openai.com", "*.openai.azure.com"])
+        monkeypatch.setattr(settings, "assistant_key_envs", ["SHARED_PROVIDER_KEY"])
+        before = (await client.get("/api/v1/assistants", headers=admin.headers)).json()
+        for body, field in (
+            ({"base_url": "http://169.254.169.254/latest/"}, "base_url"),
+            ({"base_url": "https://evil.example/v1"}, "base_url"),
+            ({"api_key_env": "PAPO_SECRET_KEY"}, "api_key_env"),
+        ):
+            refused = await client.post(
+                "/api/v1/assistants", json={"name": "x", "model": "m", **body}, headers=admin.headers
+            )
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["errors"][0]["field"] == field
+        for body in (
+            {"base_url": "https://api.openai.com/v1", "api_key_env": "SHARED_PROVIDER_KEY"},
+            {"base_url": "https://acme.openai.azure.com/openai/v1"},
+        ):
+            created = await client.post(
+                "/api/v1/assistants", json={"name": "ok", "model": "m", **body}, headers=admin.headers
+            )
+            assert created.status_code == 201, created.text
+            patched = await client.patch(
+                f"/api/v1/assistants/{created.json()['id']}",
+                json={"base_url": "http://10.0.0.5:8080/v1"},
+                headers=admin.headers,
+            )
+            assert patched.status_code == 422
+        after = (await client.get("/api/v1/assistants", headers=admin.headers)).json()
+        assert len(after) == len(before) + 2
+        assert {a["base_url"] for a in after} >= {
+            "https://api.openai.com/v1",
+            "https://acme.openai.azure.com/openai/v1",
+        }
 
 
 class TestReplies:

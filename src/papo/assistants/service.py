@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import select, update
@@ -110,8 +111,27 @@ class AssistantService:
             .execution_options(synchronize_session=False)
         )
 
+    def _check_provider_settings(self, base_url: str | None, api_key_env: str | None) -> None:
+        """Tenant admins must not reach into the server: provider URLs only to allowed hosts (when the
+        operator lists them), keys only from environment variables the operator shared."""
+        allowed_hosts = [h.lower() for h in self.settings.assistant_allowed_hosts]
+        if base_url and allowed_hosts:
+            host = (urlsplit(base_url).hostname or "").lower()
+            if not any(host == h or (h.startswith("*.") and host.endswith(h[1:])) for h in allowed_hosts):
+                raise InvalidInput(
+                    f"provider host {host!r} is not allowed on this server (PAPO_ASSISTANT_ALLOWED_HOSTS)",
+                    field="base_url",
+                )
+        if api_key_env and api_key_env not in self.settings.assistant_key_envs:
+            raise InvalidInput(
+                f"{api_key_env} is not an environment variable this server shares with assistants "
+                "(PAPO_ASSISTANT_KEY_ENVS)",
+                field="api_key_env",
+            )
+
     async def create(self, body: AssistantCreate) -> Assistant:
         self.principal.require_admin()
+        self._check_provider_settings(str(body.base_url) if body.base_url else None, body.api_key_env)
         if body.is_default:
             await self._clear_default()
         assistant = Assistant(
@@ -137,6 +157,10 @@ class AssistantService:
         self.principal.require_admin()
         assistant = await self.get(assistant_id)
         sent = body.model_fields_set
+        self._check_provider_settings(
+            str(body.base_url) if "base_url" in sent and body.base_url else None,
+            body.api_key_env if "api_key_env" in sent else None,
+        )
         if body.is_default:
             await self._clear_default()
         for field in ("name", "instructions", "provider", "model", "api_key_env", "context_token_budget", "is_default"):
