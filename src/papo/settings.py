@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     assistant_key_envs: Annotated[list[str], NoDecode] = Field(default_factory=list)
     reply_deadline_seconds: float = 120.0
     reply_max_attempts: int = 3
-    reply_stale_seconds: float = 60.0
+    reply_stale_seconds: float = 20.0
     demo_tokens_per_second: float = 40.0
 
     # How often each process tries the housekeeping sweep (event pruning, deleted-chat purge).

@@ -34,7 +34,7 @@ async def run_once(db: Database, settings: Settings) -> tuple[int, int] | None:
 async def maintenance_loop(db: Database, settings: Settings, replies: ReplyManager) -> None:
     """Retention sweeps every `maintenance_interval_seconds`; abandoned replies far more often, so
     one never looks `streaming` for long after its process died."""
-    tick = max(1.0, min(settings.reply_stale_seconds, settings.maintenance_interval_seconds))
+    tick = max(1.0, min(settings.reply_stale_seconds / 2, settings.maintenance_interval_seconds))
     next_retention = 0.0
     while True:
         try:
