@@ -20,6 +20,7 @@ from papo.assistants.replies import ReplyManager
 from papo.assistants.service import KeyBox
 from papo.auth.api import router as auth_router
 from papo.auth.tokens import SigningKey, TokenVerifier
+from papo.auth.web_sessions import CsrfGuard
 from papo.chat.api import router as chat_router
 from papo.chat.legacy_api import router as legacy_chat_router
 from papo.db.engine import Database, locate_database
@@ -32,6 +33,7 @@ from papo.realtime.api import router as realtime_router
 from papo.realtime.hub import EventHub
 from papo.settings import Settings, get_settings
 from papo.state import AppState
+from papo.web.api import router as web_router
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +74,7 @@ def create_app(
             verifier = TokenVerifier(settings, signing_key, http)
             keys = KeyBox(settings)
             replies = ReplyManager(db, settings, keys, hub)
-            state = AppState(settings, db, signing_key, verifier, http, hub, keys, replies)
+            state = AppState(settings, db, signing_key, verifier, http, hub, keys, replies, CsrfGuard(keys.secret))
             app.state.papo = state
             await hub.start()
             await replies.sweep()
@@ -109,6 +111,7 @@ def create_app(
     app.include_router(realtime_router)
     app.include_router(assistants_router)
     app.include_router(usage_router)
+    app.include_router(web_router)
 
     loop_lag = LoopLagMonitor()
 

@@ -44,6 +44,7 @@ async def ensure_demo(settings: Settings, db: Database) -> DemoAccount:
     email = f"demo+{secrets.token_hex(3)}@papo.local"
     async with db.transaction() as session:
         tenant = await auth_service.create_tenant(session, "Demo company")
+        tenant.settings = {"signup_open": True}  # so a newcomer can also try signing up in the browser
         user_id, _ = await auth_service.add_member(
             session, email=email, name="Demo User", password=password, role=Role.owner
         )
@@ -71,7 +72,8 @@ def format_banner(settings: Settings, account: DemoAccount) -> str:
             f"  URL        {url}   (API docs: {url}/docs)",
             f"  tenant     {account.tenant_id}",
             f"  user       {account.user_id}",
-            f"  sign in    {account.email} / {account.password}",
+            f"  sign in    {account.email} / {account.password}   ({url}/login)",
+            f"  sign up    {url}/signup?tenant={account.tenant_id}",
             f"  token      {token}",
             f"             (valid {ttl // 3600} h; try: curl -H 'Authorization: Bearer <token>' {url}/api/v1/me)",
             "",

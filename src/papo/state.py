@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 from papo.assistants.replies import ReplyManager
 from papo.assistants.service import KeyBox
 from papo.auth.tokens import SigningKey, TokenVerifier
+from papo.auth.web_sessions import CsrfGuard
 from papo.db.engine import Database
 from papo.realtime.hub import EventHub
 from papo.settings import Settings
@@ -25,6 +26,7 @@ class AppState:
     hub: EventHub
     keys: KeyBox
     replies: ReplyManager
+    csrf: CsrfGuard
 
 
 async def app_state(connection: HTTPConnection) -> AppState:

@@ -28,7 +28,8 @@ class KeyBox:
     """Encrypts provider keys at rest with the server's secret key (Fernet: AES-128-CBC + HMAC)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.fernet = Fernet(self._load(settings))
+        self.secret = self._load(settings)  # also the root of other server-side keys (CSRF)
+        self.fernet = Fernet(self.secret)
 
     @staticmethod
     def _load(settings: Settings) -> bytes:

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from papo.auth import web_sessions
 from papo.auth.service import Principal, authenticate
 from papo.errors import Unauthorized
 from papo.state import AppState, app_state
@@ -35,7 +36,17 @@ def bearer_credential(request: Request) -> str:
 
 
 async def current_principal(request: Request, session: DbSession, state: State) -> Principal:
-    principal = await authenticate(session, state.verifier, bearer_credential(request))
+    """A bearer token or API key; else the browser's session cookie (with CSRF on writes), so the
+    web app's script calls the same API as everyone else."""
+    cookie = request.cookies.get(web_sessions.SESSION_COOKIE)
+    if "authorization" not in request.headers and cookie:
+        principal, _ = await web_sessions.authenticate(session, cookie)
+        if request.method not in web_sessions.SAFE_METHODS:
+            state.csrf.check(
+                request.cookies.get(web_sessions.CSRF_COOKIE), request.headers.get(web_sessions.CSRF_HEADER)
+            )
+    else:
+        principal = await authenticate(session, state.verifier, bearer_credential(request))
     request.state.principal = principal
     return principal
 

@@ -72,7 +72,9 @@ async def list_sessions(
     if status == SessionStatus.deleted:
         raise BadRequest("deleted sessions are not listed")
     rows, next_cursor = await chat.get_chat_sessions(principal.require_user(), status, limit=limit, cursor=cursor)
-    return SessionPage(items=[SessionOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+    previews = await chat.previews([r.id for r in rows])
+    items = [SessionOut.model_validate(r).model_copy(update={"preview": previews.get(r.id)}) for r in rows]
+    return SessionPage(items=items, next_cursor=next_cursor)
 
 
 @router.get("/sessions/{session_id}", response_model=SessionOut)

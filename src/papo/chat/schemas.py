@@ -30,6 +30,7 @@ class SessionOut(BaseModel):
     assistant_id: uuid.UUID | None = None
     created_at: datetime
     updated_at: datetime
+    preview: str | None = Field(default=None, description="Start of the newest message (in session lists).")
 
 
 class SupportSessionOut(BaseModel):

@@ -34,6 +34,7 @@ from papo.settings import Settings
 SESSION_NOT_FOUND = "chat session not found"
 MESSAGE_NOT_FOUND = "message not found"
 MAX_PAGE = 200
+PREVIEW_CHARS = 140
 # The hottest statement goes straight to asyncpg (see papo.db.engine.driver and bench/).
 INSERT_MESSAGE = """
     INSERT INTO messages (tenant_id, id, session_id, role, content, status, metadata, branch_of)
@@ -184,6 +185,23 @@ class ChatService:
             rows = rows[:limit]
             next_cursor = encode_cursor(rows[-1].activity_at, rows[-1].id)
         return rows, next_cursor
+
+    async def previews(self, session_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """The start of each session's newest current message (for chat lists), one query per page."""
+        rows = await driver(self.db).fetch(
+            """
+            SELECT s.id, left(m.content, $3) AS preview
+              FROM unnest($2::uuid[]) AS s(id)
+              CROSS JOIN LATERAL (
+                SELECT content FROM messages
+                 WHERE tenant_id = $1 AND session_id = s.id AND superseded_at IS NULL AND content <> ''
+                 ORDER BY created_at DESC, id DESC LIMIT 1) AS m
+            """,
+            self.principal.tenant_id,
+            session_ids,
+            PREVIEW_CHARS,
+        )
+        return {row["id"]: " ".join(row["preview"].split()) for row in rows}
 
     async def list_tenant_sessions(
         self,

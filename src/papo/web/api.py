@@ -1,0 +1,506 @@
+"""The web app's pages: sign-in, sign-up, the chat dashboard and the chat view.
+
+Pages are rendered on the server (Jinja2, autoescaped); one script (static/app.js) adds streaming,
+live updates and actions by calling the same /api/v1 endpoints as any client, with the session
+cookie and the CSRF header. Forms post with the CSRF token as a hidden field."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Form, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
+
+from papo.assistants.service import AssistantService
+from papo.auth import service as auth_service
+from papo.auth import web_sessions
+from papo.auth.deps import CurrentPrincipal, DbSession, State
+from papo.auth.service import Principal
+from papo.auth.tokens import issue_token
+from papo.chat.models import Channel, SessionStatus
+from papo.chat.schemas import MessageOut
+from papo.chat.service import ChatService
+from papo.errors import Conflict, DomainError, Forbidden, NotFound, Unauthorized
+from papo.state import AppState
+from papo.web import brand, markdown
+from papo.web.i18n import LANG_COOKIE, LANGUAGES, Translator, pick_language
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")
+router = APIRouter(include_in_schema=False)
+THEME_COOKIE = "papo_theme"
+THEMES = ("system", "light", "dark")
+SESSION_TTL_SECONDS = 14 * 24 * 3600
+REALTIME_TOKEN_SECONDS = 300
+MIN_PASSWORD = 10
+PAGE_SIZE = 50
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: https:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
+class StaticAssets:
+    """Files under static/, served with a content hash in the URL so they can be cached for a year."""
+
+    def __init__(self, directory: Path) -> None:
+        self.files = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+        self.versions = {name: hashlib.sha256(body).hexdigest()[:12] for name, body in self.files.items()}
+
+    def url(self, name: str) -> str:
+        return f"/static/{name}?v={self.versions[name]}"
+
+
+assets = StaticAssets(HERE / "static")
+MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+
+
+class LoginThrottle:
+    """Failed sign-ins per address and per e-mail in a sliding window: after `limit` failures, wait.
+    Per process; the shared limiter of the operations work replaces it."""
+
+    def __init__(self, limit: int = 5, window_seconds: float = 300.0) -> None:
+        self.limit = limit
+        self.window = window_seconds
+        self.failures: dict[str, deque[float]] = defaultdict(deque)
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        times = self.failures[key]
+        while times and times[0] < now - self.window:
+            times.popleft()
+        return times
+
+    def wait_seconds(self, *keys: str) -> int:
+        now = time.monotonic()
+        waits = [
+            int(times[0] + self.window - now) + 1 for key in keys if len(times := self._recent(key, now)) >= self.limit
+        ]
+        return max(waits, default=0)
+
+    def failed(self, *keys: str) -> None:
+        now = time.monotonic()
+        for key in keys:
+            self._recent(key, now).append(now)
+
+    def succeeded(self, *keys: str) -> None:
+        for key in keys:
+            self.failures.pop(key, None)
+
+
+throttle = LoginThrottle()
+
+
+@dataclass
+class Page:
+    """What every template gets."""
+
+    request: Request
+    t: Translator
+    csrf_cookie: str
+    csrf_token: str
+    theme: str
+    principal: Principal | None = None
+    user_email: str | None = None
+    tenant_id: uuid.UUID | None = None
+    tenant_name: str = "papo"
+    brand: dict[str, str] = field(default_factory=dict)
+    new_csrf_cookie: bool = False
+
+    @property
+    def member(self) -> Principal:
+        """The signed-in member (only after `signed_in` returned True)."""
+        assert self.principal is not None
+        return self.principal
+
+    @property
+    def user_id(self) -> str:
+        return self.member.require_user()
+
+    def context(self, **values: Any) -> dict[str, Any]:
+        return {
+            "page": self,
+            "t": self.t,
+            "lang": self.t.language,
+            "languages": LANGUAGES,
+            "themes": THEMES,
+            "asset": assets.url,
+            **values,
+        }
+
+
+def _page(request: Request, state: AppState) -> Page:
+    csrf_cookie = request.cookies.get(web_sessions.CSRF_COOKIE)
+    fresh = not csrf_cookie
+    if not csrf_cookie:
+        csrf_cookie = web_sessions.CsrfGuard.new_cookie()
+    theme = request.cookies.get(THEME_COOKIE, "system")
+    return Page(
+        request=request,
+        t=Translator(pick_language(request.cookies.get(LANG_COOKIE), request.headers.get("accept-language"))),
+        csrf_cookie=csrf_cookie,
+        csrf_token=state.csrf.token_for(csrf_cookie),
+        theme=theme if theme in THEMES else "system",
+        new_csrf_cookie=fresh,
+    )
+
+
+def _secure(request: Request, state: AppState) -> bool:
+    public = state.settings.public_url or ""
+    return request.url.scheme == "https" or public.startswith("https://")
+
+
+def _finish(response: Response, page: Page, state: AppState) -> Response:
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["Cache-Control"] = "no-store"
+    if page.new_csrf_cookie:
+        response.set_cookie(
+            web_sessions.CSRF_COOKIE,
+            page.csrf_cookie,
+            httponly=True,
+            samesite="strict",
+            secure=_secure(page.request, state),
+            max_age=SESSION_TTL_SECONDS,
+        )
+    return response
+
+
+def render(page: Page, state: AppState, template: str, status_code: int = 200, **values: Any) -> Response:
+    response = templates.TemplateResponse(page.request, template, page.context(**values), status_code=status_code)
+    return _finish(response, page, state)
+
+
+def redirect(page: Page, state: AppState, to: str) -> Response:
+    return _finish(RedirectResponse(to, status_code=303), page, state)
+
+
+def local_path(value: str | None, default: str = "/") -> str:
+    """Only same-site paths (no open redirects)."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return default
+    return value
+
+
+async def signed_in(page: Page, session: Any, state: AppState) -> bool:
+    """Resolve the session cookie into the page (and the transaction's RLS context)."""
+    cookie = page.request.cookies.get(web_sessions.SESSION_COOKIE)
+    if not cookie:
+        return False
+    try:
+        principal, _ = await web_sessions.authenticate(session, cookie)
+    except Unauthorized:
+        return False
+    assert principal.user_id is not None
+    user = await auth_service.get_user(session, principal.user_id)
+    public = await web_sessions.public_tenant(session, principal.tenant_id)
+    page.principal, page.user_email, page.tenant_id = principal, user.email, principal.tenant_id
+    if public is not None:
+        page.tenant_name, page.brand = public.name, public.brand
+    return True
+
+
+def to_sign_in(page: Page, state: AppState) -> Response:
+    target = page.request.url.path + (f"?{page.request.url.query}" if page.request.url.query else "")
+    return redirect(page, state, f"/login?next={target}")
+
+
+def check_form_csrf(page: Page, state: AppState, token: str) -> None:
+    state.csrf.check(page.request.cookies.get(web_sessions.CSRF_COOKIE), token)
+
+
+def chat_service(session: Any, page: Page, state: AppState) -> ChatService:
+    return ChatService(session, page.member, state.settings)
+
+
+def message_view(message: Any) -> dict[str, Any]:
+    out = MessageOut.model_validate(message).model_dump(mode="json")
+    # nh3 has removed every tag, attribute and scheme that could run script
+    out["html"] = Markup(markdown.render(message.content)) if message.role == "assistant" else None  # noqa: S704
+    return out
+
+
+# ---- static files, brand, preferences --------------------------------------------------------
+
+
+@router.get("/static/{name}")
+async def static_file(name: str, request: Request) -> Response:
+    body = assets.files.get(name)
+    if body is None:
+        raise NotFound("no such file")
+    etag = f'"{assets.versions[name]}"'
+    cache = "public, max-age=31536000, immutable" if request.query_params.get("v") else "public, max-age=300"
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache})
+    media_type = MEDIA_TYPES.get(Path(name).suffix, "application/octet-stream")
+    return Response(body, media_type=media_type, headers={"ETag": etag, "Cache-Control": cache})
+
+
+@router.get("/web/brand.css")
+async def brand_css(session: DbSession, tenant: uuid.UUID | None = None) -> Response:
+    public = await web_sessions.public_tenant(session, tenant) if tenant else None
+    css = brand.stylesheet(public.brand if public else {})
+    return Response(css, media_type="text/css; charset=utf-8", headers={"Cache-Control": "public, max-age=300"})
+
+
+@router.post("/web/preferences")
+async def set_preferences(
+    request: Request,
+    state: State,
+    csrf_token: str = Form(""),
+    lang: str | None = Form(None),
+    theme: str | None = Form(None),
+    next: str | None = Form(None),
+) -> Response:
+    page = _page(request, state)
+    check_form_csrf(page, state, csrf_token)
+    response = redirect(page, state, local_path(next))
+    year = 365 * 24 * 3600
+    if lang in LANGUAGES:
+        response.set_cookie(LANG_COOKIE, lang, max_age=year, samesite="lax", secure=_secure(request, state))
+    if theme in THEMES:
+        response.set_cookie(THEME_COOKIE, theme, max_age=year, samesite="lax", secure=_secure(request, state))
+    return response
+
+
+# ---- sign-in, sign-up, sign-out --------------------------------------------------------------
+
+
+async def _sign_in_page(
+    page: Page, state: AppState, session: Any, template: str, tenant: uuid.UUID | None, **values: Any
+) -> Response:
+    public = await web_sessions.public_tenant(session, tenant) if tenant else None
+    if public is not None:
+        page.tenant_name, page.brand, page.tenant_id = public.name, public.brand, public.id
+    return render(page, state, template, public=public, tenant=tenant, **values)
+
+
+@router.get("/login")
+async def login_page(
+    request: Request, state: State, session: DbSession, next: str | None = None, tenant: uuid.UUID | None = None
+) -> Response:
+    page = _page(request, state)
+    if await signed_in(page, session, state):
+        return redirect(page, state, local_path(next))
+    return await _sign_in_page(page, state, session, "login.html", tenant, next=local_path(next), error=None)
+
+
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def _open_session(page: Page, state: AppState, session: Any, principal: Principal, next_path: str) -> Response:
+    token, _ = await web_sessions.start(
+        session, principal, ttl_seconds=SESSION_TTL_SECONDS, user_agent=page.request.headers.get("user-agent")
+    )
+    response = redirect(page, state, next_path)
+    response.set_cookie(
+        web_sessions.SESSION_COOKIE,
+        token,
+        httponly=True,
+        samesite="lax",
+        secure=_secure(page.request, state),
+        max_age=SESSION_TTL_SECONDS,
+    )
+    return response
+
+
+@router.post("/login")
+async def login_submit(
+    request: Request,
+    state: State,
+    session: DbSession,
+    email: str = Form(..., max_length=320),
+    password: str = Form(..., max_length=1024),
+    csrf_token: str = Form(""),
+    next: str | None = Form(None),
+    tenant: uuid.UUID | None = Form(None),
+) -> Response:
+    page = _page(request, state)
+    check_form_csrf(page, state, csrf_token)
+    keys = (f"ip:{_client_address(request)}", f"email:{email.strip().lower()}")
+    wait = throttle.wait_seconds(*keys)
+    values = {"next": local_path(next), "email": email}
+    if wait:
+        error = page.t("auth.throttled", seconds=wait)
+        return await _sign_in_page(page, state, session, "login.html", tenant, status_code=429, error=error, **values)
+    try:
+        principal = await auth_service.login(session, email.strip(), password, tenant)
+    except Unauthorized:
+        throttle.failed(*keys)
+        error = page.t("auth.wrong")
+        return await _sign_in_page(page, state, session, "login.html", tenant, status_code=401, error=error, **values)
+    except DomainError as exc:
+        return await _sign_in_page(
+            page, state, session, "login.html", tenant, status_code=exc.status, error=exc.detail, **values
+        )
+    throttle.succeeded(keys[1])
+    return await _open_session(page, state, session, principal, local_path(next))
+
+
+@router.get("/signup")
+async def signup_page(request: Request, state: State, session: DbSession, tenant: uuid.UUID | None = None) -> Response:
+    page = _page(request, state)
+    tenant = tenant or await default_tenant(session, state)
+    return await _sign_in_page(page, state, session, "signup.html", tenant, error=None, email="", name="")
+
+
+async def default_tenant(session: Any, state: AppState) -> uuid.UUID | None:
+    """Sign-up without a workspace in the link goes to the configured default workspace."""
+    ref = state.settings.auth_default_tenant
+    try:
+        return uuid.UUID(ref) if ref else None
+    except ValueError:
+        return None
+
+
+@router.post("/signup")
+async def signup_submit(
+    request: Request,
+    state: State,
+    session: DbSession,
+    email: str = Form(..., max_length=320),
+    password: str = Form(..., max_length=1024),
+    name: str = Form("", max_length=200),
+    csrf_token: str = Form(""),
+    tenant: uuid.UUID | None = Form(None),
+) -> Response:
+    page = _page(request, state)
+    check_form_csrf(page, state, csrf_token)
+    tenant = tenant or await default_tenant(session, state)
+    values = {"email": email, "name": name}
+    error = None
+    if "@" not in email or len(email.strip()) < 3:
+        error = page.t("auth.email")
+    elif len(password) < MIN_PASSWORD:
+        error = page.t("auth.password_rule")
+    elif tenant is None:
+        error = page.t("auth.signup_closed")
+    if error is not None:
+        return await _sign_in_page(page, state, session, "signup.html", tenant, status_code=422, error=error, **values)
+    assert tenant is not None
+    try:
+        principal = await web_sessions.sign_up(
+            session, tenant, email=email.strip(), name=name.strip() or None, password=password
+        )
+    except (Conflict, Forbidden) as exc:
+        message = page.t("auth.exists") if isinstance(exc, Conflict) else page.t("auth.signup_closed")
+        status_code = exc.status
+        return await _sign_in_page(
+            page, state, session, "signup.html", tenant, status_code=status_code, error=message, **values
+        )
+    return await _open_session(page, state, session, principal, "/")
+
+
+@router.post("/logout")
+async def logout(
+    request: Request, state: State, session: DbSession, csrf_token: str = Form(""), everywhere: bool = Form(False)
+) -> Response:
+    page = _page(request, state)
+    check_form_csrf(page, state, csrf_token)
+    cookie = request.cookies.get(web_sessions.SESSION_COOKIE)
+    if cookie and await signed_in(page, session, state):
+        if everywhere:
+            await web_sessions.end_all(session, page.member)
+        else:
+            await web_sessions.end(session, cookie)
+    response = redirect(page, state, "/login")
+    response.delete_cookie(web_sessions.SESSION_COOKIE)
+    return response
+
+
+@router.post("/web/realtime-token")
+async def realtime_token(principal: CurrentPrincipal, state: State) -> JSONResponse:
+    """A short-lived bearer token for the realtime socket's auth frame (the cookie is HttpOnly)."""
+    user_id = principal.require_user()
+    token, ttl = issue_token(
+        state.settings,
+        state.signing_key,
+        tenant_id=principal.tenant_id,
+        user_id=user_id,
+        role=principal.role,
+        ttl_seconds=REALTIME_TOKEN_SECONDS,
+    )
+    return JSONResponse({"token": token, "expires_in": ttl}, headers={"Cache-Control": "no-store"})
+
+
+# ---- the app ---------------------------------------------------------------------------------
+
+
+async def chat_list(page: Page, chat: ChatService, status: str, cursor: str | None = None) -> dict[str, Any]:
+    listing = SessionStatus.archived if status == "archived" else SessionStatus.active
+    rows, next_cursor = await chat.get_chat_sessions(page.user_id, listing, limit=PAGE_SIZE, cursor=cursor)
+    previews = await chat.previews([r.id for r in rows])
+    now = datetime.now(UTC)
+    chats = [
+        {
+            "id": r.id,
+            "title": r.title,
+            "preview": previews.get(r.id, ""),
+            "when": page.t.ago(r.last_message_at or r.created_at, now),
+            "when_iso": (r.last_message_at or r.created_at).isoformat(),
+        }
+        for r in rows
+    ]
+    return {"chats": chats, "next_cursor": next_cursor, "status": listing.value}
+
+
+@router.get("/")
+async def dashboard(
+    request: Request, state: State, session: DbSession, status: str = "active", cursor: str | None = None
+) -> Response:
+    page = _page(request, state)
+    if not await signed_in(page, session, state):
+        return to_sign_in(page, state)
+    listing = await chat_list(page, chat_service(session, page, state), status, cursor)
+    return render(page, state, "dashboard.html", current=None, **listing)
+
+
+@router.post("/chats")
+async def new_chat(request: Request, state: State, session: DbSession, csrf_token: str = Form("")) -> Response:
+    page = _page(request, state)
+    check_form_csrf(page, state, csrf_token)
+    if not await signed_in(page, session, state):
+        return to_sign_in(page, state)
+    assistant_id = await AssistantService(session, page.member, state.settings, state.keys).default_id()
+    created = await chat_service(session, page, state).create_chat_session(
+        page.user_id, channel=Channel.web, assistant_id=assistant_id
+    )
+    return redirect(page, state, f"/chats/{created.id}")
+
+
+@router.get("/chats/{session_id}")
+async def chat_page(session_id: uuid.UUID, request: Request, state: State, session: DbSession) -> Response:
+    page = _page(request, state)
+    if not await signed_in(page, session, state):
+        return to_sign_in(page, state)
+    chat = chat_service(session, page, state)
+    found = await chat.get_chat_session(session_id, page.user_id)
+    if found is None:
+        return render(page, state, "error.html", status_code=404, message=page.t("error.not_found"))
+    history = await chat.get_messages(session_id, page.user_id, latest=True, limit=100)
+    messages = [message_view(m) for m in history.items]
+    listing = await chat_list(page, chat, "active")
+    return render(
+        page, state, "chat.html", chat=found, messages=messages, has_more=history.has_more, current=found.id, **listing
+    )
+
+
+@router.get("/web/chats/{session_id}/messages/{message_id}")
+async def message_fragment(
+    session_id: uuid.UUID, message_id: uuid.UUID, principal: CurrentPrincipal, session: DbSession, state: State
+) -> JSONResponse:
+    """A message with its safe HTML, for the script to swap in once a streamed reply is complete."""
+    chat = ChatService(session, principal, state.settings)
+    message = await chat.get_message(session_id, message_id, principal.require_user())
+    view = message_view(message)
+    view["html"] = str(view["html"]) if view["html"] is not None else None
+    return JSONResponse(view, headers={"Cache-Control": "no-store"})

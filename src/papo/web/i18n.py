@@ -1,0 +1,216 @@
+"""Two languages, Portuguese (Brazil) and English, for every string of the web app.
+
+The language comes from the `papo_lang` cookie (the switch) or else Accept-Language; dates and
+numbers are formatted for it with Babel."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from babel.dates import format_datetime, format_timedelta
+from babel.numbers import format_decimal
+
+LANGUAGES = {"pt-BR": "Português", "en": "English"}
+DEFAULT_LANGUAGE = "pt-BR"
+LANG_COOKIE = "papo_lang"
+
+MESSAGES: dict[str, dict[str, str]] = {
+    "en": {
+        "app.tagline": "Chat with your assistant",
+        "nav.chats": "Chats",
+        "nav.settings": "Settings",
+        "nav.skip": "Skip to content",
+        "nav.menu": "Menu",
+        "auth.sign_in": "Sign in",
+        "auth.sign_up": "Create account",
+        "auth.sign_out": "Sign out",
+        "auth.sign_out_all": "Sign out everywhere",
+        "auth.email": "E-mail",
+        "auth.password": "Password",
+        "auth.name": "Name",
+        "auth.no_account": "No account yet?",
+        "auth.have_account": "Already have an account?",
+        "auth.wrong": "Wrong e-mail or password. Check them and try again.",
+        "auth.throttled": "Too many attempts. Wait {seconds} seconds and try again.",
+        "auth.signup_closed": "This workspace does not accept new accounts. Ask an admin for an invitation.",
+        "auth.exists": "An account with this e-mail already exists. Sign in instead.",
+        "auth.password_rule": "At least 10 characters.",
+        "auth.session_ended": "Your session ended. Sign in again; your draft is kept.",
+        "auth.pick_workspace": "This account belongs to several workspaces. Choose one:",
+        "auth.or": "or",
+        "auth.with_google": "Sign in with Google",
+        "dash.new_chat": "New chat",
+        "dash.search": "Search your chats",
+        "dash.active": "Active",
+        "dash.archived": "Archived",
+        "dash.empty": "No chats yet. Start one!",
+        "dash.load_more": "Load more",
+        "dash.untitled": "New chat",
+        "dash.rename": "Rename",
+        "dash.archive": "Archive",
+        "dash.unarchive": "Restore",
+        "dash.delete": "Delete",
+        "dash.deleted": "Chat deleted.",
+        "dash.undo": "Undo",
+        "dash.export": "Export",
+        "dash.no_results": "Nothing found.",
+        "dash.results": "Search results",
+        "chat.placeholder": "Write a message…",
+        "chat.send": "Send",
+        "chat.stop": "Stop",
+        "chat.regenerate": "Regenerate",
+        "chat.edit": "Edit",
+        "chat.copy": "Copy",
+        "chat.copied": "Copied",
+        "chat.retry": "Retry",
+        "chat.save_resend": "Save and send",
+        "chat.cancel": "Cancel",
+        "chat.versions": "Earlier versions",
+        "chat.status.sending": "Sending…",
+        "chat.status.sent": "Sent",
+        "chat.status.delivered": "Delivered",
+        "chat.status.error": "Not delivered",
+        "chat.status.streaming": "Writing…",
+        "chat.status.stopped": "Stopped",
+        "chat.status.interrupted": "Interrupted",
+        "chat.hint": "Enter sends, Shift+Enter adds a line, Esc stops the reply.",
+        "chat.you": "You",
+        "chat.assistant": "Assistant",
+        "chat.empty": "Ask anything to start.",
+        "rt.reconnecting": "Reconnecting…",
+        "theme.label": "Theme",
+        "theme.system": "System",
+        "theme.light": "Light",
+        "theme.dark": "Dark",
+        "lang.label": "Language",
+        "error.title": "Something went wrong",
+        "error.back": "Back to your chats",
+        "error.not_found": "This page does not exist, or it is not yours.",
+    },
+    "pt-BR": {
+        "app.tagline": "Converse com seu assistente",
+        "nav.chats": "Conversas",
+        "nav.settings": "Configurações",
+        "nav.skip": "Pular para o conteúdo",
+        "nav.menu": "Menu",
+        "auth.sign_in": "Entrar",
+        "auth.sign_up": "Criar conta",
+        "auth.sign_out": "Sair",
+        "auth.sign_out_all": "Sair de todos os dispositivos",
+        "auth.email": "E-mail",
+        "auth.password": "Senha",
+        "auth.name": "Nome",
+        "auth.no_account": "Ainda não tem conta?",
+        "auth.have_account": "Já tem uma conta?",
+        "auth.wrong": "E-mail ou senha incorretos. Confira e tente de novo.",
+        "auth.throttled": "Muitas tentativas. Aguarde {seconds} segundos e tente de novo.",
+        "auth.signup_closed": "Este espaço não aceita novas contas. Peça um convite a um administrador.",
+        "auth.exists": "Já existe uma conta com este e-mail. Entre com ela.",
+        "auth.password_rule": "No mínimo 10 caracteres.",
+        "auth.session_ended": "Sua sessão terminou. Entre de novo; seu rascunho foi guardado.",
+        "auth.pick_workspace": "Esta conta pertence a vários espaços. Escolha um:",
+        "auth.or": "ou",
+        "auth.with_google": "Entrar com o Google",
+        "dash.new_chat": "Nova conversa",
+        "dash.search": "Buscar nas conversas",
+        "dash.active": "Ativas",
+        "dash.archived": "Arquivadas",
+        "dash.empty": "Nenhuma conversa ainda. Comece uma!",
+        "dash.load_more": "Carregar mais",
+        "dash.untitled": "Nova conversa",
+        "dash.rename": "Renomear",
+        "dash.archive": "Arquivar",
+        "dash.unarchive": "Restaurar",
+        "dash.delete": "Excluir",
+        "dash.deleted": "Conversa excluída.",
+        "dash.undo": "Desfazer",
+        "dash.export": "Exportar",
+        "dash.no_results": "Nada encontrado.",
+        "dash.results": "Resultados da busca",
+        "chat.placeholder": "Escreva uma mensagem…",
+        "chat.send": "Enviar",
+        "chat.stop": "Parar",
+        "chat.regenerate": "Gerar de novo",
+        "chat.edit": "Editar",
+        "chat.copy": "Copiar",
+        "chat.copied": "Copiado",
+        "chat.retry": "Tentar de novo",
+        "chat.save_resend": "Salvar e enviar",
+        "chat.cancel": "Cancelar",
+        "chat.versions": "Versões anteriores",
+        "chat.status.sending": "Enviando…",
+        "chat.status.sent": "Enviada",
+        "chat.status.delivered": "Entregue",
+        "chat.status.error": "Não entregue",
+        "chat.status.streaming": "Escrevendo…",
+        "chat.status.stopped": "Interrompida por você",
+        "chat.status.interrupted": "Interrompida",
+        "chat.hint": "Enter envia, Shift+Enter quebra a linha, Esc para a resposta.",
+        "chat.you": "Você",
+        "chat.assistant": "Assistente",
+        "chat.empty": "Pergunte qualquer coisa para começar.",
+        "rt.reconnecting": "Reconectando…",
+        "theme.label": "Tema",
+        "theme.system": "Sistema",
+        "theme.light": "Claro",
+        "theme.dark": "Escuro",
+        "lang.label": "Idioma",
+        "error.title": "Algo deu errado",
+        "error.back": "Voltar às conversas",
+        "error.not_found": "Esta página não existe, ou não é sua.",
+    },
+}
+
+
+def babel_locale(language: str) -> str:
+    return "pt_BR" if language == "pt-BR" else "en"
+
+
+def pick_language(cookie: str | None, accept_language: str | None) -> str:
+    """The switch's choice, else the first supported language the browser asks for."""
+    if cookie in LANGUAGES:
+        return cookie
+    ranked: list[tuple[float, str]] = []
+    for part in (accept_language or "").split(","):
+        tag, _, params = part.strip().partition(";")
+        quality = 1.0
+        if params.strip().startswith("q="):
+            try:
+                quality = float(params.strip()[2:])
+            except ValueError:
+                quality = 0.0
+        ranked.append((quality, tag.strip().lower()))
+    for _, tag in sorted(ranked, key=lambda item: -item[0]):
+        if tag.startswith("pt"):
+            return "pt-BR"
+        if tag.startswith("en"):
+            return "en"
+    return DEFAULT_LANGUAGE
+
+
+class Translator:
+    def __init__(self, language: str) -> None:
+        self.language = language
+        self.messages = MESSAGES[language]
+        self.locale = babel_locale(language)
+
+    def __call__(self, key: str, **values: object) -> str:
+        text = self.messages.get(key) or MESSAGES["en"].get(key) or key
+        return text.format(**values) if values else text
+
+    def moment(self, value: datetime | None) -> str:
+        if value is None:
+            return ""
+        return format_datetime(value, "short", locale=self.locale)
+
+    def ago(self, value: datetime | None, now: datetime) -> str:
+        if value is None:
+            return ""
+        return format_timedelta(value - now, add_direction=True, locale=self.locale)
+
+    def number(self, value: float) -> str:
+        return format_decimal(value, locale=self.locale)
+
+    def catalog(self) -> dict[str, str]:
+        """The strings the page script needs (sent as JSON in the page)."""
+        return {k: v for k, v in self.messages.items() if k.split(".")[0] in {"chat", "dash", "rt", "auth"}}

@@ -1,0 +1,552 @@
+// papo web app: one module, no build. Pages are rendered on the server; this adds live updates,
+// streaming replies and actions through the same /api/v1 endpoints every client uses.
+// Every piece of user or model text reaches the DOM through textContent, or as HTML the server
+// sanitised (nh3): nothing here builds markup from strings.
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const $$ = (selector, root = document) => [...root.querySelectorAll(selector)];
+const csrf = $('meta[name="csrf-token"]')?.content ?? "";
+const strings = JSON.parse($("#papo-i18n")?.textContent || "{}");
+const t = (key) => strings[key] ?? key;
+const DRAFT_KEY = "papo:draft:" + location.pathname;
+
+function element(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "text") node.textContent = value;
+    else if (name === "class") node.className = value;
+    else node.setAttribute(name, value === true ? "" : value);
+  }
+  node.append(...children.filter((child) => child !== null && child !== undefined));
+  return node;
+}
+
+// ---- the API, with the session cookie and the CSRF header -----------------------------------
+
+class SessionEnded extends Error {}
+
+async function api(method, url, body) {
+  const response = await fetch(url, {
+    method,
+    credentials: "same-origin",
+    headers: { "X-CSRF-Token": csrf, ...(body !== undefined ? { "Content-Type": "application/json" } : {}) },
+    body: body !== undefined ? JSON.stringify(body) : undefined,
+  });
+  if (response.status === 401) {
+    sessionEnded();
+    throw new SessionEnded();
+  }
+  return response;
+}
+
+function sessionEnded() {
+  // keep what was being typed; sign-in brings the person back here
+  const input = $("#composer-input");
+  if (input?.value) localStorage.setItem(DRAFT_KEY, input.value);
+  location.assign("/login?next=" + encodeURIComponent(location.pathname));
+}
+
+// ---- preferences: theme applies at once, both are remembered by the server ---------------------
+
+for (const select of $$("select[data-autosubmit]")) {
+  select.addEventListener("change", () => {
+    if (select.name === "theme") document.documentElement.dataset.theme = select.value;
+    select.form.requestSubmit();
+  });
+}
+
+// ---- realtime: one socket, resumed after drops, with a small "reconnecting" notice -----------
+
+const handlers = new Set();
+let lastEventId = null;
+
+async function realtimeToken() {
+  const response = await api("POST", "/web/realtime-token");
+  if (!response.ok) throw new Error("no realtime token");
+  return (await response.json()).token;
+}
+
+function connectRealtime() {
+  if (!$("[data-page]")) return;
+  const status = $("#rt-status");
+  let attempt = 0;
+  let refresh = null;
+  const open = async () => {
+    let token;
+    try {
+      token = await realtimeToken();
+    } catch (error) {
+      if (error instanceof SessionEnded) return;
+      return retry();
+    }
+    const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/v1/realtime`);
+    socket.addEventListener("open", () => socket.send(JSON.stringify({ type: "auth", token, since: lastEventId })));
+    socket.addEventListener("message", (raw) => {
+      const message = JSON.parse(raw.data);
+      if (message.type === "ready") {
+        attempt = 0;
+        status.hidden = true;
+        if (lastEventId === null) lastEventId = message.id;
+      } else if (message.type === "event" || message.type === "live") {
+        if (message.type === "event") lastEventId = message.id;
+        for (const handle of handlers) handle(message.event, message.data);
+      } else if (message.type === "resync") {
+        location.reload();
+      }
+    });
+    refresh = setInterval(async () => {
+      try {
+        socket.send(JSON.stringify({ type: "auth", token: await realtimeToken() }));
+      } catch {
+        /* the next reconnect gets a fresh token */
+      }
+    }, 240_000);
+    socket.addEventListener("close", (event) => {
+      clearInterval(refresh);
+      if (event.code === 4001 || event.code === 4003) {
+        api("GET", "/api/v1/me").catch(() => {}); // a 401 here leads to sign-in
+      }
+      retry();
+    });
+  };
+  const retry = () => {
+    status.hidden = false;
+    attempt += 1;
+    setTimeout(open, Math.min(5000, 200 * 2 ** Math.min(attempt, 5)) * (0.5 + Math.random() / 2));
+  };
+  open();
+}
+
+// ---- the chat list (dashboard and sidebar) ------------------------------------------------------
+
+function chatItem(chat) {
+  const link = element(
+    "a",
+    { href: `/chats/${chat.id}` },
+    element("span", { class: "title", text: chat.title || t("dash.untitled") }),
+    element("span", { class: "preview", text: chat.preview || "" }),
+    element("time", { datetime: chat.last_message_at || chat.created_at, text: shortTime(chat.last_message_at || chat.created_at) }),
+  );
+  return element("li", { class: "chat-item", "data-id": chat.id }, link);
+}
+
+function shortTime(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  const sameDay = date.toDateString() === new Date().toDateString();
+  return new Intl.DateTimeFormat(document.documentElement.lang, sameDay ? { timeStyle: "short" } : { dateStyle: "short" }).format(date);
+}
+
+function setupChatList() {
+  const list = $("#chats");
+  if (!list) return;
+  const listing = list.dataset.status;
+  const empty = $("#chats-empty");
+  const refreshEmpty = () => (empty.hidden = list.children.length > 0);
+  const find = (id) => $(`.chat-item[data-id="${CSS.escape(id)}"]`, list);
+  const toTop = (item) => list.prepend(item);
+
+  handlers.add((event, data) => {
+    if (event === "session.created" && listing === "active") {
+      if (!find(data.id)) toTop(chatItem(data));
+    } else if (event === "session.updated") {
+      const title = find(data.id)?.querySelector(".title");
+      if (title) title.textContent = data.title || t("dash.untitled");
+    } else if (event === "session.archived" || event === "session.unarchived" || event === "session.deleted") {
+      const belongs = (event === "session.archived" && listing === "archived") || (event === "session.unarchived" && listing === "active");
+      const item = find(data.id);
+      if (belongs && !item) toTop(chatItem(data));
+      else if (!belongs) item?.remove();
+    } else if (event === "message.created") {
+      const item = find(data.session_id);
+      if (item) {
+        if (data.content) item.querySelector(".preview").textContent = data.content.slice(0, 140);
+        const time = item.querySelector("time");
+        time.dateTime = data.created_at;
+        time.textContent = shortTime(data.created_at);
+        toTop(item);
+      }
+    }
+    refreshEmpty();
+  });
+
+  $("#load-more")?.addEventListener("click", async (event) => {
+    const button = event.currentTarget;
+    const response = await api("GET", `/api/v1/sessions?status=${listing}&limit=50&cursor=${encodeURIComponent(button.dataset.cursor)}`);
+    if (!response.ok) return;
+    const page = await response.json();
+    for (const chat of page.items) if (!find(chat.id)) list.append(chatItem(chat));
+    if (page.next_cursor) button.dataset.cursor = page.next_cursor;
+    else button.remove();
+  });
+
+  setupSearch();
+}
+
+function highlighted(snippet, ranges) {
+  const parts = [];
+  let at = 0;
+  for (const [start, end] of ranges) {
+    if (start > at) parts.push(document.createTextNode(snippet.slice(at, start)));
+    parts.push(element("mark", { text: snippet.slice(start, end) }));
+    at = end;
+  }
+  parts.push(document.createTextNode(snippet.slice(at)));
+  return parts;
+}
+
+function setupSearch() {
+  const form = $("[data-search]");
+  const results = $("#search-results");
+  if (!form) return;
+  const input = form.elements.q;
+  let timer = null;
+  let asked = 0;
+  const run = async () => {
+    const q = input.value.trim();
+    const ticket = ++asked;
+    if (!q) {
+      results.hidden = true;
+      results.replaceChildren();
+      return;
+    }
+    const response = await api("GET", `/api/v1/search?q=${encodeURIComponent(q)}&limit=20`);
+    if (ticket !== asked || !response.ok) return;
+    const page = await response.json();
+    const items = page.items.map((hit) =>
+      element(
+        "li",
+        {},
+        element(
+          "a",
+          { href: `/chats/${hit.session_id}#m-${hit.message_id}` },
+          element("span", { class: "title", text: hit.session_title || t("dash.untitled") }),
+          element("span", { class: "preview" }, ...highlighted(hit.snippet, hit.highlights)),
+        ),
+      ),
+    );
+    results.replaceChildren(
+      element("h2", { class: "sr-only", text: t("dash.results") }),
+      items.length ? element("ul", { class: "chats" }, ...items) : element("p", { class: "muted", text: t("dash.no_results") }),
+    );
+    results.hidden = false;
+  };
+  input.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(run, 200);
+  });
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    run();
+  });
+}
+
+// ---- the chat view ---------------------------------------------------------------------------
+
+// A streaming reply rebuilt from its saved text plus live deltas placed by offset (see
+// papo.client.GrowingReply): deltas past the end wait until a fresher saved text arrives.
+class GrowingReply {
+  constructor(text = "") {
+    this.text = text;
+    this.pending = new Map();
+  }
+  apply(offset, delta) {
+    if (offset > this.text.length) this.pending.set(offset, delta);
+    else if (offset + delta.length > this.text.length) this.text = this.text.slice(0, offset) + delta;
+    this.drain();
+  }
+  rebase(content) {
+    if (content.length > this.text.length) this.text = content;
+    this.drain();
+  }
+  drain() {
+    for (const offset of [...this.pending.keys()].sort((a, b) => a - b)) {
+      if (offset > this.text.length) return;
+      const delta = this.pending.get(offset);
+      this.pending.delete(offset);
+      if (offset + delta.length > this.text.length) this.text = this.text.slice(0, offset) + delta;
+    }
+  }
+}
+
+const STATUS_KEYS = { streaming: "chat.status.streaming", stopped: "chat.status.stopped", interrupted: "chat.status.interrupted", failed: "chat.status.error" };
+
+function setupChat() {
+  const layout = $('[data-page="chat"]');
+  if (!layout) return;
+  const sessionId = layout.dataset.session;
+  const list = $("#messages");
+  const input = $("#composer-input");
+  const form = $("#composer");
+  const stopButton = $("#stop");
+  const sendButton = $("#send");
+  const live = $("#live");
+  const replies = new Map(); // reply id -> GrowingReply, while streaming
+  const refetching = new Set();
+
+  const find = (id) => $(`#m-${CSS.escape(id)}`);
+  const streaming = () => $$('.msg[data-state="streaming"]', list);
+
+  function statusOf(node) {
+    const state = node.dataset.state;
+    if (node.dataset.role === "assistant" && state && state !== "complete") return t(STATUS_KEYS[state] || "chat.status.error");
+    return t("chat.status." + (node.dataset.status || "sent"));
+  }
+
+  function decorate(node) {
+    const meta = node.querySelector(".meta");
+    meta.querySelector("[data-status-label]").textContent = statusOf(node);
+    meta.querySelectorAll("button").forEach((button) => button.remove());
+    const role = node.dataset.role;
+    const state = node.dataset.state;
+    meta.append(element("button", { type: "button", class: "link", "data-action": "copy", text: t("chat.copy") }));
+    if (role === "user" && node.dataset.status !== "sending") {
+      meta.append(element("button", { type: "button", class: "link", "data-action": "edit", text: t("chat.edit") }));
+    }
+    if (role === "user" && node.dataset.status === "error") {
+      meta.append(element("button", { type: "button", class: "link", "data-action": "resend", text: t("chat.retry") }));
+    }
+    const isLast = node === $$(".msg.assistant", list).at(-1);
+    if (role === "assistant" && isLast && state && state !== "streaming") {
+      const retry = state === "failed" || state === "interrupted";
+      meta.append(element("button", { type: "button", class: "link", "data-action": "regenerate", text: t(retry ? "chat.retry" : "chat.regenerate") }));
+    }
+    for (const block of node.querySelectorAll(".md pre")) {
+      if (!block.querySelector(".copy-code")) block.prepend(element("button", { type: "button", class: "copy-code", "data-action": "copy-code", text: t("chat.copy") }));
+    }
+  }
+
+  function refreshControls() {
+    const busy = streaming().length > 0;
+    stopButton.hidden = !busy;
+    sendButton.disabled = busy;
+    $$(".msg", list).forEach(decorate);
+    $("#chat-empty").hidden = list.children.length > 0;
+  }
+
+  function messageNode(message) {
+    const node = element(
+      "li",
+      { class: `msg ${message.role}`, id: `m-${message.id}`, "data-id": message.id, "data-role": message.role, "data-state": message.reply_state || "", "data-status": message.status },
+      element("div", { class: "who", text: message.role === "user" ? t("chat.you") : t("chat.assistant") }),
+      element("div", { class: "body plain", text: message.content }),
+      element("div", { class: "meta" }, element("span", { class: "status", "data-status-label": true })),
+    );
+    return node;
+  }
+
+  function upsert(message) {
+    let node = find(message.id);
+    if (!node) {
+      node = messageNode(message);
+      list.append(node);
+      node.scrollIntoView({ block: "end" });
+    }
+    node.dataset.state = message.reply_state || "";
+    node.dataset.status = message.status;
+    if (message.reply_state === "streaming" && !replies.has(message.id)) replies.set(message.id, new GrowingReply(message.content));
+    return node;
+  }
+
+  async function showFinal(id) {
+    const response = await api("GET", `/web/chats/${sessionId}/messages/${id}`);
+    if (!response.ok) return;
+    const message = await response.json();
+    const node = upsert(message);
+    replies.delete(id);
+    const body = node.querySelector(".body");
+    if (message.html !== null) {
+      const rendered = element("div", { class: "body md" });
+      rendered.innerHTML = message.html; // sanitised on the server by nh3
+      body.replaceWith(rendered);
+      live.textContent = message.content.slice(0, 500);
+    } else {
+      body.textContent = message.content;
+    }
+    refreshControls();
+  }
+
+  async function refetchSaved(id) {
+    if (refetching.has(id)) return;
+    refetching.add(id);
+    try {
+      const response = await api("GET", `/api/v1/sessions/${sessionId}/messages/${id}`);
+      if (response.ok) {
+        const message = await response.json();
+        replies.get(id)?.rebase(message.content);
+        paint(id);
+      }
+    } finally {
+      setTimeout(() => refetching.delete(id), 500);
+    }
+  }
+
+  function paint(id) {
+    const reply = replies.get(id);
+    const node = find(id);
+    if (!reply || !node) return;
+    const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+    node.querySelector(".body").textContent = reply.text;
+    if (stick) node.scrollIntoView({ block: "end" });
+  }
+
+  // replies that were streaming when the page was rendered continue from the saved text
+  for (const node of streaming()) replies.set(node.dataset.id, new GrowingReply(node.querySelector(".body").textContent));
+
+  handlers.add((event, data) => {
+    if (data.session_id !== sessionId && data.id !== sessionId) return;
+    if (event === "reply.delta") {
+      if (!replies.has(data.id)) {
+        upsert({ id: data.id, role: "assistant", content: "", status: "sent", reply_state: "streaming" });
+        refreshControls();
+      }
+      const reply = replies.get(data.id);
+      reply.apply(data.offset, data.delta);
+      if (reply.pending.size) refetchSaved(data.id);
+      paint(data.id);
+    } else if (event === "message.created") {
+      if (data.role === "user" && $(`.msg[data-status="sending"]`, list)) return; // our own, being confirmed
+      upsert(data);
+      refreshControls();
+    } else if (event === "message.updated") {
+      if (data.role === "assistant" && data.reply_state !== "streaming") showFinal(data.id);
+      else if (find(data.id)) {
+        find(data.id).dataset.status = data.status;
+        refreshControls();
+      }
+    } else if (event === "message.superseded") {
+      find(data.id)?.remove();
+      refreshControls();
+    } else if (event === "session.updated" && data.id === sessionId) {
+      const title = $("#chat-title");
+      title.textContent = data.title || title.dataset.untitled;
+      document.title = title.textContent;
+    }
+  });
+
+  async function send(content, existing) {
+    const node = existing || messageNode({ id: "pending-" + Date.now(), role: "user", content, status: "sending" });
+    node.dataset.status = "sending";
+    if (!existing) list.append(node);
+    node.scrollIntoView({ block: "end" });
+    refreshControls();
+    let response;
+    try {
+      response = await api("POST", `/api/v1/sessions/${sessionId}/messages`, { content });
+    } catch (error) {
+      if (error instanceof SessionEnded) return;
+      response = null;
+    }
+    if (!response || !response.ok) {
+      node.dataset.status = "error";
+      node.dataset.content = content;
+      refreshControls();
+      return;
+    }
+    const message = await response.json();
+    if (find(message.id)) node.remove(); // the realtime event was faster
+    else {
+      node.id = `m-${message.id}`;
+      node.dataset.id = message.id;
+      node.dataset.status = message.status;
+    }
+    localStorage.removeItem(DRAFT_KEY);
+    const replyId = response.headers.get("X-Reply-Id");
+    if (replyId) upsert({ id: replyId, role: "assistant", content: "", status: "sent", reply_state: "streaming" });
+    refreshControls();
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const content = input.value.trim();
+    if (!content || streaming().length) return;
+    input.value = "";
+    autosize();
+    send(content);
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && streaming().length) stop();
+  });
+  const autosize = () => {
+    input.style.height = "auto";
+    input.style.height = Math.min(input.scrollHeight, 240) + "px";
+  };
+  input.addEventListener("input", autosize);
+  input.value = localStorage.getItem(DRAFT_KEY) || "";
+  input.addEventListener("input", () => localStorage.setItem(DRAFT_KEY, input.value));
+
+  async function stop() {
+    for (const node of streaming()) await api("POST", `/api/v1/sessions/${sessionId}/messages/${node.dataset.id}/stop`);
+  }
+  stopButton.addEventListener("click", stop);
+
+  list.addEventListener("click", async (event) => {
+    const button = event.target.closest("button[data-action]");
+    if (!button) return;
+    const node = button.closest(".msg");
+    const action = button.dataset.action;
+    if (action === "copy" || action === "copy-code") {
+      const text = action === "copy" ? (replies.get(node.dataset.id)?.text ?? node.querySelector(".body").innerText) : button.parentElement.querySelector("code").innerText;
+      await navigator.clipboard?.writeText(text);
+      button.textContent = t("chat.copied");
+      setTimeout(() => (button.textContent = t("chat.copy")), 1500);
+    } else if (action === "regenerate") {
+      const response = await api("POST", `/api/v1/sessions/${sessionId}/regenerate`);
+      if (response.ok) {
+        node.remove();
+        upsert(await response.json());
+        refreshControls();
+      }
+    } else if (action === "resend") {
+      send(node.dataset.content || node.querySelector(".body").textContent, node);
+    } else if (action === "edit") {
+      editInPlace(node);
+    }
+  });
+
+  function editInPlace(node) {
+    const body = node.querySelector(".body");
+    const original = body.textContent;
+    const area = element("textarea", { class: "edit", rows: 3, "aria-label": t("chat.edit") });
+    area.value = original;
+    const save = element("button", { type: "button", class: "primary small", text: t("chat.save_resend") });
+    const cancel = element("button", { type: "button", class: "ghost small", text: t("chat.cancel") });
+    const editor = element("div", { class: "editor" }, area, element("div", { class: "row" }, save, cancel));
+    body.replaceWith(editor);
+    area.focus();
+    cancel.addEventListener("click", () => editor.replaceWith(body));
+    save.addEventListener("click", async () => {
+      const content = area.value.trim();
+      if (!content) return;
+      const response = await api("POST", `/api/v1/sessions/${sessionId}/messages/${node.dataset.id}/edit`, { content });
+      if (!response.ok) return;
+      const message = await response.json();
+      // the old version and what followed are kept on the server (an earlier branch)
+      let after = node;
+      while (after) {
+        const next = after.nextElementSibling;
+        after.remove();
+        after = next;
+      }
+      upsert(message);
+      const replyId = response.headers.get("X-Reply-Id");
+      if (replyId) upsert({ id: replyId, role: "assistant", content: "", status: "sent", reply_state: "streaming" });
+      refreshControls();
+    });
+  }
+
+  refreshControls();
+  list.lastElementChild?.scrollIntoView({ block: "end" });
+  if (location.hash) document.getElementById(location.hash.slice(1))?.scrollIntoView({ block: "center" });
+}
+
+setupChatList();
+setupChat();
+connectRealtime();
