@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install run test lint bench bench-core bench-realtime bench-assistants lock clean
 
@@ -18,8 +20,12 @@ run: install
 	$(BIN)/papo migrate
 	$(BIN)/papo serve --demo
 
-test: install
+test: install $(CHROMIUM)
 	$(BIN)/pytest
+
+# The browser tests drive Debian's Chromium (Playwright cannot download its own here).
+$(CHROMIUM):
+	$(SUDO) apt-get install -y -q chromium || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -25,6 +25,7 @@ from papo.db.engine import Database
 from papo.db.migrate import ensure_database, migrate
 from papo.db.server import app_role_password, async_url, derive_app_url, remove_tree, start_embedded
 from papo.settings import Settings
+from tests.fake_openai import FakeOpenAI
 from tests.support import CLERK_WEBHOOK_SECRET, EXTERNAL_ISSUER, FakeIdentityProvider, TenantHandle
 
 
@@ -154,6 +155,20 @@ async def make_tenant(db: Database, settings: Settings) -> Any:
         return TenantHandle(tenant.id, db, settings)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+async def fake_openai() -> AsyncIterator[tuple[FakeOpenAI, str]]:
+    """The fake provider on a real port; yields it and its base URL (…/v1)."""
+    fake = FakeOpenAI()
+    server = uvicorn.Server(uvicorn.Config(fake.app, host="127.0.0.1", port=0, log_config=None, access_log=False))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110  (uvicorn exposes a flag, not an event)
+        await asyncio.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield fake, f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    await task
 
 
 def _env_marker() -> None:

@@ -119,13 +119,17 @@ async def sign_up(
     """Join a tenant that allows self sign-up, as a member with a password."""
     user_id = str(new_id())
     password_hash = await asyncio.to_thread(hash_password, password)
+    connection = driver(session)
+    # a savepoint, so the page that explains a refusal can still read (the brand) in this transaction
+    await connection.execute("SAVEPOINT sign_up")
     try:
-        await driver(session).fetchval(
+        await connection.fetchval(
             "SELECT papo_sign_up($1, $2, $3, $4, $5)", tenant_id, user_id, email, name, password_hash
         )
-    except asyncpg.UniqueViolationError as exc:
-        raise Conflict("an account with this e-mail already exists; sign in instead") from exc
-    except asyncpg.InsufficientPrivilegeError as exc:
+    except (asyncpg.UniqueViolationError, asyncpg.InsufficientPrivilegeError) as exc:
+        await connection.execute("ROLLBACK TO SAVEPOINT sign_up")
+        if isinstance(exc, asyncpg.UniqueViolationError):
+            raise Conflict("an account with this e-mail already exists; sign in instead") from exc
         raise Forbidden("this workspace does not accept new accounts; ask an admin for an invitation") from exc
     principal = Principal(tenant_id, user_id, "member")
     await apply_context(session, RlsContext(tenant_id, user_id, "member"))

@@ -66,11 +66,12 @@ MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; chars
 
 
 class LoginThrottle:
-    """Failed sign-ins per address and per e-mail in a sliding window: after `limit` failures, wait.
-    Per process; the shared limiter of the operations work replaces it."""
+    """Failed sign-ins per e-mail and per address in a sliding window: after the limit, wait. An
+    address gets more tries than an e-mail (offices share one). Per process for now; the shared
+    limiter of the operations work replaces it."""
 
-    def __init__(self, limit: int = 5, window_seconds: float = 300.0) -> None:
-        self.limit = limit
+    def __init__(self, limits: dict[str, int], window_seconds: float = 300.0) -> None:
+        self.limits = limits  # by key prefix: "email", "ip"
         self.window = window_seconds
         self.failures: dict[str, deque[float]] = defaultdict(deque)
 
@@ -83,7 +84,9 @@ class LoginThrottle:
     def wait_seconds(self, *keys: str) -> int:
         now = time.monotonic()
         waits = [
-            int(times[0] + self.window - now) + 1 for key in keys if len(times := self._recent(key, now)) >= self.limit
+            int(times[0] + self.window - now) + 1
+            for key in keys
+            if len(times := self._recent(key, now)) >= self.limits[key.partition(":")[0]]
         ]
         return max(waits, default=0)
 
@@ -97,7 +100,7 @@ class LoginThrottle:
             self.failures.pop(key, None)
 
 
-throttle = LoginThrottle()
+throttle = LoginThrottle({"email": 5, "ip": 30})
 
 
 @dataclass

@@ -1,0 +1,272 @@
+"""The web app in a real browser (Debian's Chromium through Playwright), against the test app."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+from playwright.async_api import BrowserContext, Page, expect
+
+from papo.auth.models import Role
+from papo.web.brand import contrast
+from tests.fake_openai import FakeOpenAI
+from tests.support import Member, TenantHandle
+from tests.web.conftest import default_assistant, screenshot, set_tenant_settings, sign_in, watch_errors
+
+STREAMING = '.msg.assistant[data-state="streaming"]'
+
+
+async def open_new_chat(page: Page, base: str) -> str:
+    await page.goto(f"{base}/")
+    await page.click("main form[action='/chats'] button")
+    await page.wait_for_url(re.compile(r".*/chats/[0-9a-f-]{36}$"))
+    return page.url.rsplit("/", 1)[-1]
+
+
+async def send(page: Page, text: str) -> None:
+    await page.fill("#composer-input", text)
+    await page.keyboard.press("Enter")
+
+
+async def stored_reply(client: httpx.AsyncClient, member: Member, session_id: str) -> dict[str, Any]:
+    items = (await client.get(f"/api/v1/sessions/{session_id}/messages", headers=member.headers)).json()["items"]
+    replies = [m for m in items if m["role"] == "assistant"]
+    return replies[-1]
+
+
+class TestSignIn:
+    async def test_sign_up_sign_out_wrong_password_and_sign_in(
+        self, context: BrowserContext, live_url: str, make_tenant: Any
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Open")
+        await set_tenant_settings(tenant, {"signup_open": True})
+        page = await context.new_page()
+        errors = watch_errors(page)
+        await page.goto(f"{live_url}/signup?tenant={tenant.id}")
+        await page.fill("input[name=name]", "Ana")
+        await page.fill("input[name=email]", f"ana-{tenant.id.hex[:8]}@example.com")
+        await page.fill("input[name=password]", "uma senha boa")
+        await page.click("form[action='/signup'] button[type=submit]")
+        await page.wait_for_url(f"{live_url}/")
+        await expect(page.locator("#chats-empty")).to_be_visible()
+        await expect(page.locator("html")).to_have_attribute("lang", "pt-BR")
+
+        await page.click("details.account summary")
+        await page.click("details.account form:not(:has(input[name=everywhere])) button")
+        await page.wait_for_url(f"{live_url}/login")
+        await page.goto(f"{live_url}/")
+        await page.wait_for_url(re.compile(r".*/login\?next=/$"))  # signed out for real
+
+        await page.fill("input[name=email]", f"ana-{tenant.id.hex[:8]}@example.com")
+        await page.fill("input[name=password]", "not the password")
+        await page.click("form[action='/login'] button[type=submit]")
+        await expect(page.locator(".alert")).to_contain_text("E-mail ou senha incorretos")
+        await expect(page.locator("input[name=email]")).to_have_value(f"ana-{tenant.id.hex[:8]}@example.com")
+        await page.fill("input[name=password]", "uma senha boa")
+        await page.click("form[action='/login'] button[type=submit]")
+        await page.wait_for_url(f"{live_url}/")
+        assert errors == []
+
+    async def test_closed_sign_up_and_throttled_guessing(
+        self, context: BrowserContext, live_url: str, make_tenant: Any
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Closed")
+        member = await tenant.member()
+        page = await context.new_page()
+        await page.goto(f"{live_url}/signup?tenant={tenant.id}")
+        await expect(page.locator(".alert")).to_contain_text("não aceita novas contas")
+        await page.fill("input[name=email]", "intruder@example.com")
+        await page.fill("input[name=password]", "tentando entrar")
+        await page.click("form[action='/signup'] button[type=submit]")
+        await expect(page.locator(".alert").first).to_contain_text("não aceita novas contas")
+
+        await page.goto(f"{live_url}/login")
+        for _ in range(5):
+            await page.fill("input[name=email]", member.email)
+            await page.fill("input[name=password]", "wrong guess")
+            await page.click("form[action='/login'] button[type=submit]")
+            await expect(page.locator(".alert")).to_contain_text("incorretos")
+        await page.fill("input[name=email]", member.email)
+        await page.fill("input[name=password]", member.password)  # even the right one waits now
+        await page.click("form[action='/login'] button[type=submit]")
+        await expect(page.locator(".alert")).to_contain_text("Muitas tentativas")
+        assert page.url.startswith(f"{live_url}/login")
+
+
+class TestChat:
+    async def test_streamed_reply_survives_a_reload_then_stop_and_regenerate(
+        self,
+        context: BrowserContext,
+        live_url: str,
+        client: httpx.AsyncClient,
+        make_tenant: Any,
+        fake_openai: tuple[FakeOpenAI, str],
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Stream")
+        await default_assistant(client, tenant, fake_openai[1], "fake-slow")
+        member = await tenant.member()
+        page = await context.new_page()
+        errors = watch_errors(page)
+        await sign_in(page, live_url, member)
+        session_id = await open_new_chat(page, live_url)
+        await send(page, "conte uma história")
+        await expect(page.locator(".msg.user .body")).to_have_text("conte uma história")
+        await expect(page.locator(f"{STREAMING} .body")).to_contain_text("w1", timeout=10_000)
+        await expect(page.locator("#stop")).to_be_visible()
+        await screenshot(page, "chat-streaming-light")
+
+        await page.reload()  # mid-stream: the saved text, then the live rest
+        await expect(page.locator(f"{STREAMING} .body")).to_contain_text("Echo:")
+        done = page.locator('.msg.assistant[data-state="complete"] .body')
+        await expect(done).to_contain_text("w29", timeout=15_000)
+        reply = await stored_reply(client, member, session_id)
+        assert reply["reply_state"] == "complete"
+        assert (await done.inner_text()).strip() == reply["content"]
+        await expect(page.locator("#chat-title")).to_contain_text("conte uma história", timeout=15_000)  # auto-title
+
+        await send(page, "outra")
+        await expect(page.locator(f"{STREAMING} .body")).to_contain_text("w2", timeout=10_000)
+        await page.keyboard.press("Escape")
+        await expect(page.locator('.msg.assistant[data-state="stopped"]')).to_have_count(1)
+        await expect(page.locator('.msg.assistant[data-state="stopped"] .status')).to_have_text("Interrompida por você")
+        kept = (await stored_reply(client, member, session_id))["content"]
+        assert kept.startswith("Echo: outra")
+        assert "w29" not in kept
+
+        await page.click('.msg.assistant[data-state="stopped"] button[data-action="regenerate"]')
+        await expect(page.locator(f"{STREAMING}")).to_have_count(1)
+        await expect(page.locator('.msg.assistant[data-state="complete"]')).to_have_count(2, timeout=15_000)
+        assert errors == []
+
+
+class TestDashboard:
+    async def test_a_chat_opened_by_the_back_office_appears_live(
+        self, browser: Any, live_url: str, client: httpx.AsyncClient, make_tenant: Any
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Live")
+        member = await tenant.member()
+        key = await tenant.api_key()
+        watcher = await browser.new_context(locale="en-US")
+        try:
+            page = await watcher.new_page()
+            await sign_in(page, live_url, member)
+            await expect(page.locator("#chats-empty")).to_have_text("No chats yet. Start one!")
+            await page.wait_for_function("document.getElementById('rt-status').hidden")
+            await page.wait_for_timeout(300)  # the socket has replayed and is live
+            created = await client.post(
+                "/api/v1/chats",
+                json={"user": {"email": member.email}, "title": "Pedido 4471"},
+                headers=key.headers,
+            )
+            assert created.status_code == 201, created.text
+            item = page.locator(f'.chat-item[data-id="{created.json()["id"]}"]')
+            await expect(item.locator(".title")).to_have_text("Pedido 4471")
+            await expect(page.locator("#chats-empty")).to_be_hidden()
+            renamed = await client.patch(
+                f"/api/v1/sessions/{created.json()['id']}", json={"title": "Pedido 4471 (pago)"}, headers=member.headers
+            )
+            assert renamed.status_code == 200
+            await expect(item.locator(".title")).to_have_text("Pedido 4471 (pago)")
+        finally:
+            await watcher.close()
+
+
+class TestSafety:
+    async def test_script_payloads_render_inert(
+        self,
+        context: BrowserContext,
+        live_url: str,
+        client: httpx.AsyncClient,
+        make_tenant: Any,
+        fake_openai: tuple[FakeOpenAI, str],
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Xss")
+        await default_assistant(client, tenant, fake_openai[1], "fake-echo")
+        member = await tenant.member()
+        page = await context.new_page()
+        errors = watch_errors(page)
+        await sign_in(page, live_url, member)
+        await open_new_chat(page, live_url)
+        payload = (
+            '<script>window.pwned=1</script> <img src=x onerror="window.pwned=2"> '
+            '[clique](javascript:window.pwned=3) <a href="javascript:alert(1)">x</a> **ok**'
+        )
+        await send(page, payload)
+        await expect(page.locator('.msg.assistant[data-state="complete"]')).to_have_count(1, timeout=10_000)
+        answer = page.locator('.msg.assistant[data-state="complete"] .body')
+        await expect(answer.locator("strong")).to_have_text("ok")  # markdown still works
+        for selector in ("script:not([src]):not([type])", "img", "[onerror]", 'a[href^="javascript"]'):
+            assert await page.locator(f"#messages {selector}").count() == 0, selector
+        await send(page, "# título\n\n" + "**negrito** `code` " * 300 + "x" * 20_000)  # huge markdown
+        await expect(page.locator('.msg.assistant[data-state="complete"]')).to_have_count(2, timeout=15_000)
+        await expect(page.locator("#composer-input")).to_be_editable()
+        assert await page.evaluate("window.pwned") is None
+        assert errors == []
+
+
+class TestLook:
+    async def test_themes_brand_language_and_phone(
+        self, browser: Any, live_url: str, client: httpx.AsyncClient, make_tenant: Any
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Brand")
+        # a colour that is hard to read on white: papo keeps text on it and links in it readable
+        await set_tenant_settings(
+            tenant, {"brand": {"name": "Amarelo S.A.", "primary": "#ffee00", "accent": "#00bcd4"}}
+        )
+        member = await tenant.member(Role.admin)
+        chat = await client.post(
+            "/api/v1/sessions", json={"title": "Plano anual", "channel": "web"}, headers=member.headers
+        )
+        sid = chat.json()["id"]
+        await client.post(
+            f"/api/v1/sessions/{sid}/messages",
+            json={"content": "Qual o preço?", "role": "user"},
+            headers=member.headers,
+        )
+        context = await browser.new_context(locale="pt-BR", viewport={"width": 1280, "height": 800})
+        try:
+            page = await context.new_page()
+            errors = watch_errors(page)
+            await sign_in(page, live_url, member)
+            await expect(page.locator(".brand")).to_contain_text("Amarelo S.A.")
+            on_brand = await page.evaluate("getComputedStyle(document.querySelector('button.primary')).color")
+            assert on_brand == "rgb(0, 0, 0)"  # black text on yellow
+            brand_text = await page.evaluate(
+                "getComputedStyle(document.documentElement).getPropertyValue('--brand-text')"
+            )
+            assert contrast(brand_text.strip(), "#ffffff") >= 4.5
+            await screenshot(page, "dashboard-light")
+            await page.goto(f"{live_url}/chats/{sid}")
+            await screenshot(page, "chat-light")
+
+            await page.select_option("#pref-theme", "dark")
+            await page.wait_for_load_state("load")
+            await expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+            background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+            assert background == "rgb(17, 20, 23)"
+            await screenshot(page, "chat-dark")
+            await page.goto(f"{live_url}/")
+            await expect(page.locator("html")).to_have_attribute("data-theme", "dark")  # remembered
+            await screenshot(page, "dashboard-dark")
+
+            await page.select_option("#pref-lang", "en")
+            await page.wait_for_load_state("load")
+            await expect(page.locator("html")).to_have_attribute("lang", "en")
+            await expect(page.locator("main button.primary")).to_have_text("New chat")
+            assert errors == []
+        finally:
+            await context.close()
+
+        phone = await browser.new_context(locale="pt-BR", viewport={"width": 375, "height": 740}, is_mobile=True)
+        try:
+            page = await phone.new_page()
+            await sign_in(page, live_url, member)
+            for path in ("/", f"/chats/{sid}"):
+                await page.goto(f"{live_url}{path}")
+                width = await page.evaluate("document.scrollingElement.scrollWidth")
+                assert width <= 375, f"{path} scrolls sideways on a phone ({width}px)"
+            await expect(page.locator("#composer-input")).to_be_visible()
+            await screenshot(page, "chat-phone")
+        finally:
+            await phone.close()
