@@ -17,8 +17,18 @@ log = structlog.get_logger("papo.access")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+# On every response; pages add their Content-Security-Policy themselves (the API docs need CDN scripts).
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"strict-origin-when-cross-origin"),
+    (b"x-frame-options", b"DENY"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+]
+
+
 class RequestContextMiddleware:
-    """Gives every request an X-Request-ID (the caller's, if sane) and logs one line per request."""
+    """Gives every request an X-Request-ID (the caller's, if sane) and the security headers, and
+    logs one line per request."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -38,7 +48,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status_code = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode()), *SECURITY_HEADERS]
             await send(message)
 
         try:
