@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from papo.auth.models import Role
 from papo.web import brand, markdown
 from papo.web.i18n import MESSAGES, pick_language
 from tests.support import TenantHandle
@@ -161,3 +162,32 @@ def test_any_brand_colour_stays_readable(colour: str) -> None:
     assert brand.contrast(colour, brand.text_on(colour)) >= 3.0  # the best of black or white
     assert brand.contrast(brand.readable_on(colour, brand.LIGHT_BACKGROUND), brand.LIGHT_BACKGROUND) >= brand.AA
     assert brand.contrast(brand.readable_on(colour, brand.DARK_BACKGROUND), brand.DARK_BACKGROUND) >= brand.AA
+
+
+async def test_tenant_settings_api_checks_its_input(client: httpx.AsyncClient, make_tenant: Any) -> None:
+    tenant = await make_tenant()
+    admin, member = await tenant.member(Role.admin), await tenant.member()
+    url = "/api/v1/tenant/settings"
+    for body in (
+        {"brand": {"primary": "red"}},
+        {"brand": {"logo_url": "javascript:alert(1)"}},
+        {"brand": {"name": "x" * 81}},
+        {"tenant_id": str(tenant.id)},
+    ):
+        refused = await client.patch(url, json=body, headers=admin.headers)
+        assert refused.status_code == 422, body
+    assert (await client.patch(url, json={"signup_open": True}, headers=member.headers)).status_code == 403
+    ok = await client.patch(url, json={"brand": {"name": "Acme", "primary": "#ABCDEF"}}, headers=admin.headers)
+    assert ok.status_code == 204
+    css = (await client.get(f"/web/brand.css?tenant={tenant.id}")).text
+    assert "--brand:#abcdef" in css
+    assert (
+        await client.patch(f"/api/v1/members/{admin.user_id}", json={"role": "member"}, headers=admin.headers)
+    ).status_code == 403
+    assert (
+        await client.patch(f"/api/v1/members/{member.user_id}", json={"role": "owner"}, headers=admin.headers)
+    ).status_code == 403
+    other = await (await make_tenant()).member()
+    assert (
+        await client.patch(f"/api/v1/members/{other.user_id}", json={"role": "agent"}, headers=admin.headers)
+    ).status_code == 404

@@ -171,6 +171,103 @@ class TestDashboard:
         finally:
             await watcher.close()
 
+    async def test_rename_archive_delete_with_undo_export_and_search(
+        self, context: BrowserContext, live_url: str, client: httpx.AsyncClient, make_tenant: Any
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Actions")
+        member = await tenant.member()
+        chat = await client.post(
+            "/api/v1/sessions", json={"title": "Orçamento", "channel": "web"}, headers=member.headers
+        )
+        sid = chat.json()["id"]
+        for text in ("precisamos revisar o orçamento de marketing", "e a planilha do trimestre"):
+            await client.post(f"/api/v1/sessions/{sid}/messages", json={"content": text}, headers=member.headers)
+        page = await context.new_page()
+        errors = watch_errors(page)
+        await sign_in(page, live_url, member)
+
+        await page.fill("#search-q", "orcamento marketing")  # accents folded
+        hit = page.locator("#search-results a").first
+        await expect(hit.locator("mark").first).to_be_visible()
+        await hit.click()
+        await page.wait_for_url(re.compile(rf".*/chats/{sid}#m-.*"))
+
+        await page.click("[data-chat-action=rename]")
+        await page.fill(".rename input", "Orçamento 2027")
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#chat-title")).to_have_text("Orçamento 2027")
+        await expect(page.locator(f'.chat-item[data-id="{sid}"] .title')).to_have_text("Orçamento 2027")  # live
+
+        await page.click("details.export summary")
+        async with page.expect_download() as download_info:
+            await page.click("details.export a:text('CSV')")
+        download = await download_info.value
+        assert download.suggested_filename.endswith(".csv")
+
+        await page.click("[data-chat-action=delete]")
+        await page.wait_for_url(f"{live_url}/")
+        await expect(page.locator("#toast")).to_be_visible()
+        await expect(page.locator(f'.chat-item[data-id="{sid}"]')).to_have_count(0)
+        await page.click("#undo-delete")
+        await page.wait_for_url(f"{live_url}/chats/{sid}")
+        await expect(page.locator(".msg.user")).to_have_count(2)
+
+        await page.click("[data-chat-action=archive]")
+        await page.wait_for_url(f"{live_url}/")
+        await expect(page.locator(f'.chat-item[data-id="{sid}"]')).to_have_count(0)
+        await page.click(".filters a[href='/?status=archived']")
+        await expect(page.locator(f'.chat-item[data-id="{sid}"]')).to_have_count(1)
+        assert errors == []
+
+
+class TestAdmin:
+    async def test_settings_brand_sign_up_roles_and_api_keys(
+        self, context: BrowserContext, live_url: str, client: httpx.AsyncClient, make_tenant: Any
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Admin")
+        admin = await tenant.member(Role.admin)
+        member = await tenant.member()
+        page = await context.new_page()
+        errors = watch_errors(page)
+        await sign_in(page, live_url, admin)
+        await page.click("details.account summary")
+        await page.click("a[href='/settings']")
+        await page.wait_for_url(f"{live_url}/settings")
+        await page.fill("input[name=name]", "Loja Azul")
+        await page.fill("input[name=primary]", "#1d4ed8")
+        await page.check("input[name=signup_open]")
+        await page.click("form[action='/settings/brand'] button[type=submit]")
+        await expect(page.locator(".notice")).to_have_text("Salvo.")
+        await expect(page.locator(".brand")).to_contain_text("Loja Azul")
+        background = await page.evaluate("getComputedStyle(document.querySelector('button.primary')).backgroundColor")
+        assert background == "rgb(29, 78, 216)"
+        assert (await client.get(f"/login?tenant={tenant.id}")).text.count("Loja Azul") >= 1
+
+        row = page.locator("tr", has_text=member.email)
+        await row.locator("select").select_option("agent")
+        await expect(page.locator(".notice")).to_have_text("Salvo.")
+        members = (await client.get("/api/v1/members", headers=admin.headers)).json()
+        assert {m["email"]: m["role"] for m in members}[member.email] == "agent"
+
+        await page.fill("#key-name", "crm")
+        await page.click("form[action='/settings/api-keys'] button")
+        key = (await page.locator("#new-key").inner_text()).strip()
+        assert key.startswith("papo_sk_")
+        assert (await client.get("/api/v1/me", headers={"Authorization": f"Bearer {key}"})).status_code == 200
+        await page.goto(f"{live_url}/settings")
+        assert key not in await page.content()  # shown once
+        await page.locator("tr", has_text="crm").locator("button").click()
+        await expect(page.locator("tr", has_text="crm")).to_contain_text("Revogada")
+        assert (await client.get("/api/v1/me", headers={"Authorization": f"Bearer {key}"})).status_code == 401
+        assert errors == []
+
+        await context.clear_cookies()
+        outsider = await context.new_page()
+        await sign_in(outsider, live_url, member)
+        response = await outsider.goto(f"{live_url}/settings")
+        assert response is not None
+        assert response.status == 404
+
 
 class TestSafety:
     async def test_script_payloads_render_inert(

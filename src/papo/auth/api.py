@@ -7,9 +7,20 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 
-from papo.auth import clerk, service
+from papo.auth import clerk, service, tenant_settings
 from papo.auth.deps import AdminPrincipal, CurrentPrincipal, DbSession, State
-from papo.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Me, TokenRequest, TokenResponse
+from papo.auth.models import Role
+from papo.auth.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyOut,
+    Me,
+    MemberOut,
+    MemberPatch,
+    TenantSettingsPatch,
+    TokenRequest,
+    TokenResponse,
+)
 from papo.auth.tokens import issue_token
 
 router = APIRouter(tags=["identity"])
@@ -63,6 +74,26 @@ async def list_api_keys(principal: AdminPrincipal, session: DbSession) -> list[A
 @router.delete("/api/v1/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def revoke_api_key(key_id: uuid.UUID, principal: AdminPrincipal, session: DbSession) -> Response:
     await service.revoke_api_key(session, key_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/api/v1/members", response_model=list[MemberOut], tags=["admin"])
+async def list_members(principal: AdminPrincipal, session: DbSession) -> list[MemberOut]:
+    rows = await tenant_settings.members(session, principal)
+    return [MemberOut(user_id=r.user_id, email=r.email, name=r.name, role=Role(r.role)) for r in rows]
+
+
+@router.patch("/api/v1/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["admin"])
+async def change_role(user_id: str, body: MemberPatch, principal: AdminPrincipal, session: DbSession) -> Response:
+    await tenant_settings.set_role(session, principal, user_id, body.role)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.patch("/api/v1/tenant/settings", status_code=status.HTTP_204_NO_CONTENT, tags=["admin"])
+async def update_tenant_settings(body: TenantSettingsPatch, principal: AdminPrincipal, session: DbSession) -> Response:
+    """Brand (name, logo, primary and accent colours) and whether people may sign themselves up."""
+    brand = body.brand.model_dump(exclude_none=True) if body.brand is not None else None
+    await tenant_settings.update(session, principal, brand=brand, signup_open=body.signup_open)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

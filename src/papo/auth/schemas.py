@@ -7,6 +7,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from papo.auth.models import Role
+
 
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -53,3 +55,32 @@ class ApiKeyOut(BaseModel):
 
 class ApiKeyCreated(ApiKeyOut):
     key: str = Field(description="The secret itself. Shown only in this response; store it now.")
+
+
+class MemberOut(BaseModel):
+    user_id: str
+    email: str | None
+    name: str | None
+    role: Role
+
+
+class MemberPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+
+
+class BrandIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, max_length=80)
+    logo_url: str | None = Field(default=None, max_length=500)
+    primary: str | None = Field(default=None, pattern=r"^#[0-9a-fA-F]{6}$")
+    accent: str | None = Field(default=None, pattern=r"^#[0-9a-fA-F]{6}$")
+
+
+class TenantSettingsPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    brand: BrandIn | None = None
+    signup_open: bool | None = None

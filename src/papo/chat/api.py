@@ -108,6 +108,12 @@ async def unarchive_session(session_id: uuid.UUID, chat: Chat, principal: Curren
     return SessionOut.model_validate(await chat.unarchive_chat_session(session_id, principal.require_user()))
 
 
+@router.post("/sessions/{session_id}/restore", response_model=SessionOut)
+async def restore_session(session_id: uuid.UUID, chat: Chat, principal: CurrentPrincipal) -> SessionOut:
+    """Undo a delete: a soft-deleted chat comes back as active until the retention purge."""
+    return SessionOut.model_validate(await chat.restore_chat_session(session_id, principal.require_user()))
+
+
 @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_session(
     session_id: uuid.UUID, chat: Chat, principal: CurrentPrincipal, purge: bool = False

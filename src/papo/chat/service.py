@@ -329,6 +329,25 @@ class ChatService:
             raise NotFound(SESSION_NOT_FOUND)
         self._emit("session.deleted", {"id": str(session_id), "purged": purge}, user_id)
 
+    async def restore_chat_session(self, session_id: uuid.UUID, user_id: str) -> ChatSession:
+        """Undo a soft delete (until the retention purge removes it for good)."""
+        restored = await self.db.scalar(
+            update(ChatSession)
+            .where(
+                ChatSession.tenant_id == self.principal.tenant_id,
+                ChatSession.user_id == user_id,
+                ChatSession.id == session_id,
+                ChatSession.status == SessionStatus.deleted,
+            )
+            .values(status=SessionStatus.active, deleted_at=None)
+            .returning(ChatSession)
+            .execution_options(synchronize_session=False)
+        )
+        if restored is None:
+            raise NotFound(SESSION_NOT_FOUND)
+        self._emit_session("session.restored", restored)
+        return restored
+
     async def open_chat_for_member(
         self,
         *,

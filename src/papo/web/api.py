@@ -7,11 +7,12 @@ cookie and the CSRF header. Forms post with the CSRF token as a hidden field."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,12 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
+from papo.assistants import usage
 from papo.assistants.service import AssistantService
 from papo.auth import service as auth_service
-from papo.auth import web_sessions
+from papo.auth import tenant_settings, web_sessions
 from papo.auth.deps import CurrentPrincipal, DbSession, State
+from papo.auth.models import Role
 from papo.auth.service import Principal
 from papo.auth.tokens import issue_token
 from papo.chat.models import Channel, SessionStatus
@@ -118,6 +121,11 @@ class Page:
     tenant_name: str = "papo"
     brand: dict[str, str] = field(default_factory=dict)
     new_csrf_cookie: bool = False
+
+    @property
+    def brand_version(self) -> str:
+        """Part of the brand stylesheet's URL, so a changed brand is fetched at once."""
+        return hashlib.sha256(json.dumps(self.brand, sort_keys=True).encode()).hexdigest()[:10]
 
     @property
     def member(self) -> Principal:
@@ -507,3 +515,125 @@ async def message_fragment(
     view = message_view(message)
     view["html"] = str(view["html"]) if view["html"] is not None else None
     return JSONResponse(view, headers={"Cache-Control": "no-store"})
+
+
+# ---- tenant admins' settings ---------------------------------------------------------------------
+
+
+async def _admin_page(request: Request, state: AppState, session: Any) -> tuple[Page, Response | None]:
+    page = _page(request, state)
+    if not await signed_in(page, session, state):
+        return page, to_sign_in(page, state)
+    if not page.member.is_admin:
+        return page, render(page, state, "error.html", status_code=404, message=page.t("error.not_found"))
+    return page, None
+
+
+async def _settings(page: Page, state: AppState, session: Any, status_code: int = 200, **values: Any) -> Response:
+    principal = page.member
+    public = await web_sessions.public_tenant(session, principal.tenant_id)
+    members = await tenant_settings.members(session, principal)
+    emails = {m.user_id: m.email or m.user_id for m in members}
+    until = datetime.now(UTC).date()
+    rows = await usage.report(session, principal, until - timedelta(days=30), until, None)
+    usage_rows = [
+        {
+            "day": r.day.isoformat(),
+            "email": emails.get(r.user_id, r.user_id),
+            "replies": r.replies,
+            "tokens": r.prompt_tokens + r.completion_tokens,
+        }
+        for r in reversed(rows)
+    ]
+    base = str(page.request.base_url).rstrip("/")
+    return render(
+        page,
+        state,
+        "settings.html",
+        status_code=status_code,
+        members=members,
+        roles=[role.value for role in Role],
+        keys=await auth_service.list_api_keys(session),
+        assistants=await AssistantService(session, principal, state.settings, state.keys).list(),
+        usage=usage_rows,
+        signup_open=public.signup_open if public else False,
+        signup_link=f"{base}/signup?tenant={principal.tenant_id}",
+        **{"notice": None, "error": None, "new_key": None, **values},
+    )
+
+
+@router.get("/settings")
+async def settings_page(request: Request, state: State, session: DbSession) -> Response:
+    page, refused = await _admin_page(request, state, session)
+    notice = page.t("settings.saved") if request.query_params.get("saved") else None
+    return refused or await _settings(page, state, session, notice=notice)
+
+
+@router.post("/settings/brand")
+async def save_brand(
+    request: Request,
+    state: State,
+    session: DbSession,
+    csrf_token: str = Form(""),
+    name: str = Form("", max_length=200),
+    logo_url: str = Form("", max_length=1000),
+    primary: str = Form(""),
+    accent: str = Form(""),
+    signup_open: bool = Form(False),
+) -> Response:
+    page, refused = await _admin_page(request, state, session)
+    check_form_csrf(page, state, csrf_token)
+    if refused:
+        return refused
+    brand_values = {"name": name, "logo_url": logo_url, "primary": primary, "accent": accent}
+    try:
+        await tenant_settings.update(session, page.member, brand=brand_values, signup_open=signup_open)
+    except DomainError as exc:
+        return await _settings(page, state, session, status_code=exc.status, error=exc.detail)
+    return redirect(page, state, "/settings?saved=1")
+
+
+@router.post("/settings/members/{user_id}")
+async def save_role(
+    user_id: str, request: Request, state: State, session: DbSession, csrf_token: str = Form(""), role: str = Form("")
+) -> Response:
+    page, refused = await _admin_page(request, state, session)
+    check_form_csrf(page, state, csrf_token)
+    if refused:
+        return refused
+    try:
+        await tenant_settings.set_role(session, page.member, user_id, Role(role))
+    except (DomainError, ValueError) as exc:
+        detail = exc.detail if isinstance(exc, DomainError) else "unknown role"
+        return await _settings(page, state, session, status_code=getattr(exc, "status", 422), error=detail)
+    return redirect(page, state, "/settings?saved=1")
+
+
+@router.post("/settings/api-keys")
+async def create_key(
+    request: Request,
+    state: State,
+    session: DbSession,
+    csrf_token: str = Form(""),
+    name: str = Form(..., max_length=100),
+) -> Response:
+    page, refused = await _admin_page(request, state, session)
+    check_form_csrf(page, state, csrf_token)
+    if refused:
+        return refused
+    _, plaintext = await auth_service.create_api_key(
+        session, page.member.tenant_id, name.strip() or "key", page.user_id
+    )
+    return await _settings(page, state, session, status_code=201, new_key=plaintext)
+
+
+@router.post("/settings/api-keys/{key_id}/revoke")
+async def revoke_key(
+    key_id: uuid.UUID, request: Request, state: State, session: DbSession, csrf_token: str = Form("")
+) -> Response:
+    page, refused = await _admin_page(request, state, session)
+    check_form_csrf(page, state, csrf_token)
+    if refused:
+        return refused
+    await auth_service.revoke_api_key(session, key_id)
+    return redirect(page, state, "/settings?saved=1")

@@ -153,8 +153,8 @@ function setupChatList() {
     } else if (event === "session.updated") {
       const title = find(data.id)?.querySelector(".title");
       if (title) title.textContent = data.title || t("dash.untitled");
-    } else if (event === "session.archived" || event === "session.unarchived" || event === "session.deleted") {
-      const belongs = (event === "session.archived" && listing === "archived") || (event === "session.unarchived" && listing === "active");
+    } else if (["session.archived", "session.unarchived", "session.restored", "session.deleted"].includes(event)) {
+      const belongs = (event === "session.archived" && listing === "archived") || (event !== "session.archived" && event !== "session.deleted" && listing === "active");
       const item = find(data.id);
       if (belongs && !item) toTop(chatItem(data));
       else if (!belongs) item?.remove();
@@ -182,6 +182,62 @@ function setupChatList() {
   });
 
   setupSearch();
+  setupUndo();
+}
+
+function setupUndo() {
+  // a chat deleted from its page lands here with ?deleted=<id>: offer to bring it back
+  const deleted = new URLSearchParams(location.search).get("deleted");
+  const toast = $("#toast");
+  if (!deleted || !toast) return;
+  toast.hidden = false;
+  history.replaceState(null, "", location.pathname);
+  const hide = setTimeout(() => (toast.hidden = true), 10_000);
+  $("#undo-delete").addEventListener("click", async () => {
+    clearTimeout(hide);
+    const response = await api("POST", `/api/v1/sessions/${deleted}/restore`);
+    if (response.ok) location.assign(`/chats/${deleted}`);
+  });
+}
+
+function setupChatActions(sessionId) {
+  const title = $("#chat-title");
+  const actions = {
+    rename: () => {
+      const form = element("form", { class: "rename" });
+      const input = element("input", { type: "text", maxlength: 200, "aria-label": t("dash.rename") });
+      input.value = title.textContent;
+      form.append(input);
+      title.replaceChildren(form);
+      input.focus();
+      input.select();
+      const done = async (save) => {
+        const value = input.value.trim();
+        if (save && value) {
+          const response = await api("PATCH", `/api/v1/sessions/${sessionId}`, { title: value });
+          if (response.ok) title.textContent = (await response.json()).title;
+          return;
+        }
+        title.textContent = document.title.split(" · ")[0];
+      };
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        done(true);
+      });
+      input.addEventListener("keydown", (event) => event.key === "Escape" && done(false));
+      input.addEventListener("blur", () => done(true));
+    },
+    archive: async () => {
+      if ((await api("POST", `/api/v1/sessions/${sessionId}/archive`)).ok) location.assign("/");
+    },
+    unarchive: async () => {
+      if ((await api("POST", `/api/v1/sessions/${sessionId}/unarchive`)).ok) location.reload();
+    },
+    delete: async () => {
+      if ((await api("DELETE", `/api/v1/sessions/${sessionId}`)).ok) location.assign(`/?deleted=${sessionId}`);
+    },
+  };
+  for (const button of $$("[data-chat-action]")) button.addEventListener("click", () => actions[button.dataset.chatAction]());
 }
 
 function highlighted(snippet, ranges) {
@@ -284,6 +340,7 @@ function setupChat() {
   const live = $("#live");
   const replies = new Map(); // reply id -> GrowingReply, while streaming
   const refetching = new Set();
+  setupChatActions(sessionId);
 
   const find = (id) => $(`#m-${CSS.escape(id)}`);
   const streaming = () => $$('.msg[data-state="streaming"]', list);

@@ -1,0 +1,90 @@
+"""A tenant's own settings: brand, open sign-up, and its members' roles (tenant admins only)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from papo.auth.models import Role
+from papo.auth.service import Principal
+from papo.db.engine import driver
+from papo.errors import Forbidden, InvalidInput, NotFound
+from papo.web.brand import valid_colour
+
+MAX_BRAND_NAME = 80
+
+
+@dataclass(frozen=True)
+class MemberRow:
+    user_id: str
+    email: str | None
+    name: str | None
+    role: str
+
+
+def clean_brand(brand: dict[str, Any]) -> dict[str, str]:
+    """Only known keys, colours as #rrggbb, the logo only over https; blank values are dropped."""
+    cleaned: dict[str, str] = {}
+    name = str(brand.get("name") or "").strip()
+    if len(name) > MAX_BRAND_NAME:
+        raise InvalidInput(f"the brand name is limited to {MAX_BRAND_NAME} characters", field="brand.name")
+    if name:
+        cleaned["name"] = name
+    for key in ("primary", "accent"):
+        value = str(brand.get(key) or "").strip()
+        if value and not valid_colour(value):
+            raise InvalidInput("colours are #rrggbb", field=f"brand.{key}")
+        if value:
+            cleaned[key] = value.lower()
+    logo = str(brand.get("logo_url") or "").strip()
+    if logo and (not logo.startswith("https://") or len(logo) > 500 or any(c in logo for c in "\"'<> ")):
+        raise InvalidInput("the logo must be an https:// image URL", field="brand.logo_url")
+    if logo:
+        cleaned["logo_url"] = logo
+    return cleaned
+
+
+async def update(
+    session: AsyncSession, principal: Principal, *, brand: dict[str, Any] | None, signup_open: bool | None
+) -> None:
+    principal.require_admin()
+    patch: dict[str, Any] = {}
+    if brand is not None:
+        patch["brand"] = clean_brand(brand)
+    if signup_open is not None:
+        patch["signup_open"] = signup_open
+    await driver(session).execute(
+        "UPDATE tenants SET settings = settings || $2::jsonb WHERE id = $1", principal.tenant_id, json.dumps(patch)
+    )
+
+
+async def members(session: AsyncSession, principal: Principal) -> list[MemberRow]:
+    principal.require_admin()
+    rows = await driver(session).fetch(
+        "SELECT u.id, u.email, u.name, m.role::text AS role FROM memberships m JOIN users u ON u.id = m.user_id "
+        "WHERE m.tenant_id = $1 ORDER BY lower(coalesce(u.email, u.id))",
+        principal.tenant_id,
+    )
+    return [MemberRow(r["id"], r["email"], r["name"], r["role"]) for r in rows]
+
+
+async def set_role(session: AsyncSession, principal: Principal, user_id: str, role: Role) -> None:
+    principal.require_admin()
+    if user_id == principal.user_id:
+        raise Forbidden("you cannot change your own role; ask another admin")
+    current = await driver(session).fetchval(
+        "SELECT role::text FROM memberships WHERE tenant_id = $1 AND user_id = $2", principal.tenant_id, user_id
+    )
+    if current is None:
+        raise NotFound("no such member in this tenant")
+    if Role.owner.value in (role.value, current) and principal.role != Role.owner.value:
+        raise Forbidden("only owners grant or take the owner role")
+    await driver(session).execute(
+        "UPDATE memberships SET role = $3::membership_role WHERE tenant_id = $1 AND user_id = $2",
+        principal.tenant_id,
+        user_id,
+        role.value,
+    )
