@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import secrets
+import time
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from typing import Any
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 from papo.auth.models import Role
 from papo.web import brand, markdown
 from papo.web.i18n import MESSAGES, pick_language
-from tests.support import TenantHandle
+from tests.support import EXTERNAL_ISSUER, FakeIdentityProvider, TenantHandle
 
 
 @pytest.fixture
@@ -191,3 +193,32 @@ async def test_tenant_settings_api_checks_its_input(client: httpx.AsyncClient, m
     assert (
         await client.patch(f"/api/v1/members/{other.user_id}", json={"role": "agent"}, headers=admin.headers)
     ).status_code == 404
+
+
+async def test_clerk_session_cookie_signs_the_browser_in(
+    browser_like: httpx.AsyncClient, identity_provider: FakeIdentityProvider
+) -> None:
+    """With Clerk configured, its `__session` cookie opens the pages and the API (writes still need CSRF)."""
+    now = int(time.time())
+    claims = {
+        "iss": EXTERNAL_ISSUER,
+        "sub": "user_" + secrets.token_hex(6),
+        "iat": now,
+        "nbf": now,
+        "exp": now + 120,
+        "azp": "https://app.example.com",
+        "v": 2,
+        "o": {"id": "org_" + secrets.token_hex(6), "rol": "member"},
+    }
+    http = browser_like
+    http.cookies.set("__session", identity_provider.token(claims))
+    page = await http.get("/")
+    assert page.status_code == 200
+    token = re.search(r'name="csrf-token" content="([0-9a-f]+)"', page.text)
+    assert token is not None
+    assert (await http.post("/api/v1/sessions", json={"title": "x"})).status_code == 403
+    made = await http.post("/api/v1/sessions", json={"title": "via Clerk"}, headers={"X-CSRF-Token": token.group(1)})
+    assert made.status_code == 201
+    assert made.json()["user_id"] == claims["sub"]
+    http.cookies.set("__session", identity_provider.token({**claims, "exp": now - 600}))
+    assert (await http.get("/")).headers["location"] == "/login?next=/"

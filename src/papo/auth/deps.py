@@ -13,6 +13,8 @@ from papo.auth.service import Principal, authenticate
 from papo.errors import Unauthorized
 from papo.state import AppState, app_state
 
+CLERK_SESSION_COOKIE = "__session"
+
 
 async def request_tx(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed when the handler returns, rolled back if it raises."""
@@ -35,12 +37,21 @@ def bearer_credential(request: Request) -> str:
     return credential.strip()
 
 
+async def cookie_principal(request: Request, session: AsyncSession, state: AppState) -> Principal | None:
+    """The browser's member: papo's own session cookie, else Clerk's `__session` token (verified
+    like a bearer token). None when neither is there."""
+    if cookie := request.cookies.get(web_sessions.SESSION_COOKIE):
+        principal, _ = await web_sessions.authenticate(session, cookie)
+        return principal
+    if clerk_token := request.cookies.get(CLERK_SESSION_COOKIE):
+        return await authenticate(session, state.verifier, clerk_token)
+    return None
+
+
 async def current_principal(request: Request, session: DbSession, state: State) -> Principal:
     """A bearer token or API key; else the browser's session cookie (with CSRF on writes), so the
     web app's script calls the same API as everyone else."""
-    cookie = request.cookies.get(web_sessions.SESSION_COOKIE)
-    if "authorization" not in request.headers and cookie:
-        principal, _ = await web_sessions.authenticate(session, cookie)
+    if "authorization" not in request.headers and (principal := await cookie_principal(request, session, state)):
         if request.method not in web_sessions.SAFE_METHODS:
             state.csrf.check(
                 request.cookies.get(web_sessions.CSRF_COOKIE), request.headers.get(web_sessions.CSRF_HEADER)

@@ -25,7 +25,7 @@ from papo.assistants import usage
 from papo.assistants.service import AssistantService
 from papo.auth import service as auth_service
 from papo.auth import tenant_settings, web_sessions
-from papo.auth.deps import CurrentPrincipal, DbSession, State
+from papo.auth.deps import CurrentPrincipal, DbSession, State, cookie_principal
 from papo.auth.models import Role
 from papo.auth.service import Principal
 from papo.auth.tokens import issue_token
@@ -202,15 +202,13 @@ def local_path(value: str | None, default: str = "/") -> str:
 
 
 async def signed_in(page: Page, session: Any, state: AppState) -> bool:
-    """Resolve the session cookie into the page (and the transaction's RLS context)."""
-    cookie = page.request.cookies.get(web_sessions.SESSION_COOKIE)
-    if not cookie:
-        return False
+    """Resolve the browser's session (papo's cookie or Clerk's) into the page and the RLS context."""
     try:
-        principal, _ = await web_sessions.authenticate(session, cookie)
+        principal = await cookie_principal(page.request, session, state)
     except Unauthorized:
         return False
-    assert principal.user_id is not None
+    if principal is None or principal.user_id is None:
+        return False
     user = await auth_service.get_user(session, principal.user_id)
     public = await web_sessions.public_tenant(session, principal.tenant_id)
     page.principal, page.user_email, page.tenant_id = principal, user.email, principal.tenant_id
