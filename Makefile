@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint bench bench-core bench-realtime bench-assistants lock clean
+.PHONY: install run test lint bench bench-core bench-realtime bench-assistants bench-web lock clean
 
 install: $(STAMP)
 
@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-bench: bench-core bench-realtime bench-assistants
+bench: bench-core bench-realtime bench-assistants bench-web
 
 bench-core: install
 	$(BIN)/python bench/run.py
@@ -42,6 +42,9 @@ bench-realtime: install
 
 bench-assistants: install
 	$(BIN)/python bench/assistants.py
+
+bench-web: install $(CHROMIUM)
+	$(BIN)/python bench/web.py
 
 # Regenerate the lock file (needs pip-tools); no index URLs are written into it.
 lock:

@@ -152,7 +152,7 @@ class TestDashboard:
             page = await watcher.new_page()
             await sign_in(page, live_url, member)
             await expect(page.locator("#chats-empty")).to_have_text("No chats yet. Start one!")
-            await page.wait_for_function("document.getElementById('rt-status').hidden")
+            await page.wait_for_selector("#rt-status[hidden]", state="attached")
             await page.wait_for_timeout(300)  # the socket has replayed and is live
             created = await client.post(
                 "/api/v1/chats",
