@@ -137,6 +137,9 @@ class TestChat:
         await page.click('.msg.assistant[data-state="stopped"] button[data-action="regenerate"]')
         await expect(page.locator(f"{STREAMING}")).to_have_count(1)
         await expect(page.locator('.msg.assistant[data-state="complete"]')).to_have_count(2, timeout=15_000)
+        await page.goto(f"{live_url}/chats/{session_id}?versions=1")  # the older branch is kept and reachable
+        await expect(page.locator(".msg.superseded")).to_have_count(1)
+        await expect(page.locator(".msg.superseded .body")).to_contain_text("Echo: outra")
         assert errors == []
 
 

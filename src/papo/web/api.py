@@ -487,7 +487,10 @@ async def new_chat(request: Request, state: State, session: DbSession, csrf_toke
 
 
 @router.get("/chats/{session_id}")
-async def chat_page(session_id: uuid.UUID, request: Request, state: State, session: DbSession) -> Response:
+async def chat_page(
+    session_id: uuid.UUID, request: Request, state: State, session: DbSession, versions: bool = False
+) -> Response:
+    """The conversation; with `versions=1`, earlier versions (regenerated or edited) are shown too."""
     page = _page(request, state)
     if not await signed_in(page, session, state):
         return to_sign_in(page, state)
@@ -495,11 +498,19 @@ async def chat_page(session_id: uuid.UUID, request: Request, state: State, sessi
     found = await chat.get_chat_session(session_id, page.user_id)
     if found is None:
         return render(page, state, "error.html", status_code=404, message=page.t("error.not_found"))
-    history = await chat.get_messages(session_id, page.user_id, latest=True, limit=100)
+    history = await chat.get_messages(session_id, page.user_id, latest=True, limit=100, include_superseded=versions)
     messages = [message_view(m) for m in history.items]
     listing = await chat_list(page, chat, "active")
     return render(
-        page, state, "chat.html", chat=found, messages=messages, has_more=history.has_more, current=found.id, **listing
+        page,
+        state,
+        "chat.html",
+        chat=found,
+        messages=messages,
+        has_more=history.has_more,
+        current=found.id,
+        versions=versions,
+        **listing,
     )
 
 

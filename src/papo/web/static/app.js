@@ -358,13 +358,14 @@ function setupChat() {
     const role = node.dataset.role;
     const state = node.dataset.state;
     meta.append(element("button", { type: "button", class: "link", "data-action": "copy", text: t("chat.copy") }));
+    if (node.classList.contains("superseded")) return; // an earlier version: read-only
     if (role === "user" && node.dataset.status !== "sending") {
       meta.append(element("button", { type: "button", class: "link", "data-action": "edit", text: t("chat.edit") }));
     }
     if (role === "user" && node.dataset.status === "error") {
       meta.append(element("button", { type: "button", class: "link", "data-action": "resend", text: t("chat.retry") }));
     }
-    const isLast = node === $$(".msg.assistant", list).at(-1);
+    const isLast = node === $$(".msg.assistant:not(.superseded)", list).at(-1);
     if (role === "assistant" && isLast && state && state !== "streaming") {
       const retry = state === "failed" || state === "interrupted";
       meta.append(element("button", { type: "button", class: "link", "data-action": "regenerate", text: t(retry ? "chat.retry" : "chat.regenerate") }));
@@ -473,7 +474,9 @@ function setupChat() {
         refreshControls();
       }
     } else if (event === "message.superseded") {
-      find(data.id)?.remove();
+      const gone = find(data.id);
+      if (gone && new URLSearchParams(location.search).get("versions")) gone.classList.add("superseded");
+      else gone?.remove();
       refreshControls();
     } else if (event === "session.updated" && data.id === sessionId) {
       const title = $("#chat-title");
