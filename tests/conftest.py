@@ -26,7 +26,13 @@ from papo.db.migrate import ensure_database, migrate
 from papo.db.server import app_role_password, async_url, derive_app_url, remove_tree, start_embedded
 from papo.settings import Settings
 from tests.fake_openai import FakeOpenAI
-from tests.support import CLERK_WEBHOOK_SECRET, EXTERNAL_ISSUER, FakeIdentityProvider, TenantHandle
+from tests.support import (
+    CLERK_WEBHOOK_SECRET,
+    EXTERNAL_ISSUER,
+    FakeIdentityProvider,
+    FakeOidcProvider,
+    TenantHandle,
+)
 
 
 @dataclass
@@ -87,7 +93,19 @@ def identity_provider() -> Iterator[FakeIdentityProvider]:
 
 
 @pytest.fixture(scope="session")
-def settings(database: ProvisionedDatabase, tmp_data_dir: Path, identity_provider: FakeIdentityProvider) -> Settings:
+def oidc_provider() -> Iterator[FakeOidcProvider]:
+    provider = FakeOidcProvider()
+    yield provider
+    provider.close()
+
+
+@pytest.fixture(scope="session")
+def settings(
+    database: ProvisionedDatabase,
+    tmp_data_dir: Path,
+    identity_provider: FakeIdentityProvider,
+    oidc_provider: FakeOidcProvider,
+) -> Settings:
     return Settings(
         database_url=database.owner_url.render_as_string(hide_password=False),
         app_database_url=database.app_url.render_as_string(hide_password=False),
@@ -97,6 +115,10 @@ def settings(database: ProvisionedDatabase, tmp_data_dir: Path, identity_provide
         auth_issuer=EXTERNAL_ISSUER,
         auth_authorized_parties=["https://app.example.com"],
         clerk_webhook_secret=CLERK_WEBHOOK_SECRET,
+        oidc_issuer=oidc_provider.issuer,
+        oidc_client_id=oidc_provider.client_id,
+        oidc_client_secret=oidc_provider.client_secret,
+        oidc_label="Acme SSO",
         max_message_bytes=32 * 1024,
         max_metadata_bytes=16 * 1024,
         _env_file=None,  # type: ignore[call-arg]

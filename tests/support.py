@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import secrets
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 import jwt
@@ -142,3 +146,97 @@ async def send(client: httpx.AsyncClient, who: Member, session_id: str, content:
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+class FakeOidcProvider:
+    """An OpenID Connect provider over real HTTP (discovery, authorize, token, JWKS) that signs in
+    whoever the test says. It checks what a real one checks: client credentials, redirect URI, the
+    PKCE verifier against the challenge, single-use codes."""
+
+    client_id = "papo-test-client"
+    client_secret = "papo-test-secret"  # test-only credential of the fake provider
+
+    def __init__(self) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.identity: dict[str, Any] = {"email": "someone@example.com", "email_verified": True, "name": "Someone"}
+        self.codes: dict[str, dict[str, str]] = {}
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _json(self, body: dict[str, Any], status: int = 200) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                query = dict(parse_qsl(url.query))
+                if url.path == "/.well-known/openid-configuration":
+                    self._json(provider.discovery())
+                elif url.path == "/jwks":
+                    jwk = json.loads(RSAAlgorithm.to_jwk(provider.key.public_key()))
+                    self._json({"keys": [{**jwk, "kid": "oidc-1", "alg": "RS256", "use": "sig"}]})
+                elif url.path == "/authorize":
+                    code = secrets.token_urlsafe(16)
+                    provider.codes[code] = query
+                    target = f"{query['redirect_uri']}?{urlencode({'code': code, 'state': query['state']})}"
+                    self.send_response(302)
+                    self.send_header("location", target)
+                    self.end_headers()
+                else:
+                    self._json({"error": "not_found"}, 404)
+
+            def do_POST(self) -> None:
+                form = dict(parse_qsl(self.rfile.read(int(self.headers["content-length"])).decode()))
+                asked = provider.codes.pop(form.get("code", ""), None)
+                credentials = base64.b64encode(f"{provider.client_id}:{provider.client_secret}".encode()).decode()
+                challenge = (
+                    base64.urlsafe_b64encode(hashlib.sha256(form.get("code_verifier", "").encode()).digest())
+                    .rstrip(b"=")
+                    .decode()
+                )
+                if (
+                    asked is None
+                    or self.headers.get("authorization") != f"Basic {credentials}"
+                    or form.get("redirect_uri") != asked["redirect_uri"]
+                    or challenge != asked.get("code_challenge")
+                ):
+                    self._json({"error": "invalid_grant"}, 400)
+                    return
+                now = int(time.time())
+                claims = {
+                    "iss": provider.issuer,
+                    "aud": provider.client_id,
+                    "sub": "oidc|" + provider.identity["email"],
+                    "iat": now,
+                    "exp": now + 300,
+                    "nonce": asked["nonce"],
+                    **provider.identity,
+                }
+                id_token = jwt.encode(claims, provider.key, algorithm="RS256", headers={"kid": "oidc-1"})
+                self._json({"access_token": "at-" + secrets.token_hex(8), "token_type": "Bearer", "id_token": id_token})
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}"
+
+    def discovery(self) -> dict[str, Any]:
+        return {
+            "issuer": self.issuer,
+            "authorization_endpoint": f"{self.issuer}/authorize",
+            "token_endpoint": f"{self.issuer}/token",
+            "jwks_uri": f"{self.issuer}/jwks",
+        }
+
+    def close(self) -> None:
+        self.server.shutdown()

@@ -19,6 +19,7 @@ from papo.assistants.api import usage_router
 from papo.assistants.replies import ReplyManager
 from papo.assistants.service import KeyBox
 from papo.auth.api import router as auth_router
+from papo.auth.oidc import OidcClients
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
 from papo.chat.api import router as chat_router
@@ -74,7 +75,10 @@ def create_app(
             verifier = TokenVerifier(settings, signing_key, http)
             keys = KeyBox(settings)
             replies = ReplyManager(db, settings, keys, hub)
-            state = AppState(settings, db, signing_key, verifier, http, hub, keys, replies, CsrfGuard(keys.secret))
+            oidc = OidcClients(http, settings, keys.secret)
+            state = AppState(
+                settings, db, signing_key, verifier, http, hub, keys, replies, CsrfGuard(keys.secret), oidc
+            )
             app.state.papo = state
             await hub.start()
             await replies.sweep()

@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     clerk_webhook_secret: str | None = None
     jwt_private_key: str | None = None
     token_ttl_seconds: int = 3600
+    # Browser sign-in with Google and/or one other OpenID Connect provider (any issuer with discovery).
+    google_client_id: str | None = None
+    google_client_secret: str | None = None
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_label: str = "SSO"
 
     # Limits on what a client may send.
     max_body_bytes: int = 1024 * 1024

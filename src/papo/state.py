@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 
 from papo.assistants.replies import ReplyManager
 from papo.assistants.service import KeyBox
+from papo.auth.oidc import OidcClients
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
 from papo.db.engine import Database
@@ -27,6 +28,7 @@ class AppState:
     keys: KeyBox
     replies: ReplyManager
     csrf: CsrfGuard
+    oidc: OidcClients
 
 
 async def app_state(connection: HTTPConnection) -> AppState:

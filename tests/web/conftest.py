@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from papo.auth.models import Role
@@ -37,6 +38,13 @@ async def browser() -> AsyncIterator[Browser]:
         launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         yield launched
         await launched.close()
+
+
+@pytest.fixture
+async def browser_like(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client with its own cookie jar, like one browser (no JavaScript)."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://papo.test") as http:
+        yield http
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from typing import Any
 
@@ -19,13 +18,6 @@ from papo.auth.models import Role
 from papo.web import brand, markdown
 from papo.web.i18n import MESSAGES, pick_language
 from tests.support import EXTERNAL_ISSUER, FakeIdentityProvider, TenantHandle
-
-
-@pytest.fixture
-async def browser_like(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client with its own cookie jar, like one browser."""
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://papo.test") as http:
-        yield http
 
 
 async def sign_in_form(http: httpx.AsyncClient, tenant: TenantHandle) -> str:

@@ -11,7 +11,7 @@ from playwright.async_api import BrowserContext, Page, expect
 from papo.auth.models import Role
 from papo.web.brand import contrast
 from tests.fake_openai import FakeOpenAI
-from tests.support import Member, TenantHandle
+from tests.support import FakeOidcProvider, Member, TenantHandle
 from tests.web.conftest import default_assistant, screenshot, set_tenant_settings, sign_in, watch_errors
 
 STREAMING = '.msg.assistant[data-state="streaming"]'
@@ -370,3 +370,39 @@ class TestLook:
             await screenshot(page, "chat-phone")
         finally:
             await phone.close()
+
+
+class TestSingleSignOn:
+    async def test_sign_in_with_an_oidc_provider_joins_or_finds_the_member(
+        self, context: BrowserContext, live_url: str, make_tenant: Any, oidc_provider: FakeOidcProvider
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Sso")
+        await set_tenant_settings(tenant, {"signup_open": True})
+        email = f"bia-{tenant.id.hex[:8]}@example.com"
+        oidc_provider.identity = {"email": email, "email_verified": True, "name": "Bia"}
+        page = await context.new_page()
+        errors = watch_errors(page)
+        await page.goto(f"{live_url}/login?tenant={tenant.id}")
+        await page.click("a.provider:text('Entrar com Acme SSO')")
+        await page.wait_for_url(f"{live_url}/")  # joined the open workspace
+        await expect(page.locator("details.account summary")).to_have_text(email)
+
+        await context.clear_cookies()
+        await page.goto(f"{live_url}/login")  # no workspace in the link: found by e-mail
+        await page.click("a.provider")
+        await page.wait_for_url(f"{live_url}/")
+        await expect(page.locator("details.account summary")).to_have_text(email)
+
+        await context.clear_cookies()
+        oidc_provider.identity = {"email": "ghost@example.com", "email_verified": False}
+        await page.goto(f"{live_url}/login")
+        await page.click("a.provider")
+        await expect(page.locator(".alert")).to_contain_text("did not vouch for an e-mail")
+        assert errors == []
+
+    async def test_a_forged_callback_signs_nobody_in(self, browser_like: httpx.AsyncClient) -> None:
+        http = browser_like
+        answer = await http.get("/auth/oidc/callback?code=stolen&state=guess")
+        assert answer.status_code == 401
+        assert "papo_session" not in answer.headers.get("set-cookie", "")
+        assert (await http.get("/auth/nope/start")).status_code == 404

@@ -23,8 +23,8 @@ from markupsafe import Markup
 
 from papo.assistants import usage
 from papo.assistants.service import AssistantService
+from papo.auth import oidc, tenant_settings, web_sessions
 from papo.auth import service as auth_service
-from papo.auth import tenant_settings, web_sessions
 from papo.auth.deps import CurrentPrincipal, DbSession, State, cookie_principal
 from papo.auth.models import Role
 from papo.auth.service import Principal
@@ -289,7 +289,8 @@ async def _sign_in_page(
     public = await web_sessions.public_tenant(session, tenant) if tenant else None
     if public is not None:
         page.tenant_name, page.brand, page.tenant_id = public.name, public.brand, public.id
-    return render(page, state, template, public=public, tenant=tenant, **values)
+    providers = list(oidc.configured_providers(state.settings).values())
+    return render(page, state, template, public=public, tenant=tenant, providers=providers, **values)
 
 
 @router.get("/login")
@@ -407,6 +408,65 @@ async def signup_submit(
             page, state, session, "signup.html", tenant, status_code=status_code, error=message, **values
         )
     return await _open_session(page, state, session, principal, "/")
+
+
+def _callback_url(request: Request, provider: str) -> str:
+    return str(request.url_for("oidc_callback", provider=provider))
+
+
+@router.get("/auth/{provider}/start")
+async def oidc_start(
+    provider: str, request: Request, state: State, tenant: uuid.UUID | None = None, next: str | None = None
+) -> Response:
+    """Send the browser to Google or the configured OpenID Connect provider."""
+    page = _page(request, state)
+    chosen = oidc.configured_providers(state.settings).get(provider)
+    if chosen is None:
+        raise NotFound("no such sign-in provider")
+    url, sealed = await state.oidc.start(chosen, _callback_url(request, provider), tenant, local_path(next))
+    response = redirect(page, state, url)
+    response.set_cookie(
+        oidc.PENDING_COOKIE,
+        sealed,
+        max_age=oidc.PENDING_SECONDS,
+        httponly=True,
+        samesite="lax",  # it must come back with the provider's top-level redirect
+        secure=_secure(request, state),
+        path="/auth",
+    )
+    return response
+
+
+@router.get("/auth/{provider}/callback", name="oidc_callback")
+async def oidc_callback(
+    provider: str,
+    request: Request,
+    state: State,
+    session: DbSession,
+    code: str | None = None,
+    error: str | None = None,
+) -> Response:
+    page = _page(request, state)
+    chosen = oidc.configured_providers(state.settings).get(provider)
+    if chosen is None:
+        raise NotFound("no such sign-in provider")
+    tenant: uuid.UUID | None = None
+    try:
+        pending = state.oidc.open_pending(request.cookies.get(oidc.PENDING_COOKIE), request.query_params.get("state"))
+        tenant = uuid.UUID(pending.tenant) if pending.tenant else None
+        if error or not code:
+            raise Unauthorized(f"{chosen.label} did not sign you in ({error or 'no code'})")
+        identity = await state.oidc.finish(chosen, pending, code, _callback_url(request, provider))
+        principal = await oidc.member_for(session, identity, tenant)
+    except DomainError as exc:
+        response = await _sign_in_page(
+            page, state, session, "login.html", tenant, status_code=exc.status, error=exc.detail, next="/"
+        )
+        response.delete_cookie(oidc.PENDING_COOKIE, path="/auth")
+        return response
+    response = await _open_session(page, state, session, principal, pending.next)
+    response.delete_cookie(oidc.PENDING_COOKIE, path="/auth")
+    return response
 
 
 @router.post("/logout")
