@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 import httpx
-from playwright.async_api import BrowserContext, Page, expect
+from playwright.async_api import BrowserContext, Page, WebSocketRoute, expect
 
 from papo.auth.models import Role
 from papo.web.brand import contrast
@@ -406,3 +406,51 @@ class TestSingleSignOn:
         assert answer.status_code == 401
         assert "papo_session" not in answer.headers.get("set-cookie", "")
         assert (await http.get("/auth/nope/start")).status_code == 404
+
+
+class TestResilience:
+    async def test_a_dropped_socket_shows_reconnecting_then_catches_up(
+        self, context: BrowserContext, live_url: str, client: httpx.AsyncClient, make_tenant: Any
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Drop")
+        member = await tenant.member()
+        sockets: list[WebSocketRoute] = []
+
+        def through(route: WebSocketRoute) -> None:
+            route.connect_to_server()  # a real connection to papo, which the test can cut
+            sockets.append(route)
+
+        page = await context.new_page()
+        await page.route_web_socket(re.compile(r".*/api/v1/realtime$"), through)
+        await sign_in(page, live_url, member)
+        await page.wait_for_selector("#rt-status[hidden]", state="attached")
+        assert sockets, "the page's realtime socket went through the route"
+        await sockets[-1].close(code=1011, reason="network went away")
+        await expect(page.locator("#rt-status")).to_be_visible()
+        await expect(page.locator("#rt-status")).to_have_text("Reconectando…")
+        missed = await client.post(
+            "/api/v1/sessions", json={"title": "criada durante a queda", "channel": "web"}, headers=member.headers
+        )
+        await expect(page.locator("#rt-status")).to_be_hidden(timeout=10_000)
+        await expect(page.locator(f'.chat-item[data-id="{missed.json()["id"]}"]')).to_have_count(1)
+
+    async def test_an_ended_session_keeps_the_draft_through_sign_in(
+        self, context: BrowserContext, live_url: str, client: httpx.AsyncClient, make_tenant: Any
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Expire")
+        member = await tenant.member()
+        chat = await client.post(
+            "/api/v1/sessions", json={"title": "rascunho", "channel": "web"}, headers=member.headers
+        )
+        sid = chat.json()["id"]
+        page = await context.new_page()
+        await sign_in(page, live_url, member, next_path=f"/chats/{sid}")
+        await context.clear_cookies(name="papo_session")  # the session ends while the person types
+        await page.fill("#composer-input", "uma mensagem longa que eu não quero perder")
+        await page.keyboard.press("Enter")
+        await page.wait_for_url(re.compile(r".*/login\?next=.*"))
+        await page.fill("input[name=email]", member.email)
+        await page.fill("input[name=password]", member.password)
+        await page.click("form[action='/login'] button[type=submit]")
+        await page.wait_for_url(f"{live_url}/chats/{sid}")
+        await expect(page.locator("#composer-input")).to_have_value("uma mensagem longa que eu não quero perder")

@@ -33,6 +33,7 @@ from papo.chat.models import Channel, SessionStatus
 from papo.chat.schemas import MessageOut
 from papo.chat.service import ChatService
 from papo.errors import Conflict, DomainError, Forbidden, NotFound, Unauthorized
+from papo.realtime.service import bounds as realtime_bounds
 from papo.state import AppState
 from papo.web import brand, markdown
 from papo.web.i18n import LANG_COOKIE, LANGUAGES, Translator, pick_language
@@ -121,6 +122,9 @@ class Page:
     tenant_name: str = "papo"
     brand: dict[str, str] = field(default_factory=dict)
     new_csrf_cookie: bool = False
+    # the realtime cursor taken before the page's data was read: the script resumes from it, so
+    # nothing that happens between rendering and connecting is missed
+    events_since: int | None = None
 
     @property
     def brand_version(self) -> str:
@@ -212,6 +216,7 @@ async def signed_in(page: Page, session: Any, state: AppState) -> bool:
     user = await auth_service.get_user(session, principal.user_id)
     public = await web_sessions.public_tenant(session, principal.tenant_id)
     page.principal, page.user_email, page.tenant_id = principal, user.email, principal.tenant_id
+    _, page.events_since = await realtime_bounds(session)
     if public is not None:
         page.tenant_name, page.brand = public.name, public.brand
     return True

@@ -59,7 +59,8 @@ for (const select of $$("select[data-autosubmit]")) {
 // ---- realtime: one socket, resumed after drops, with a small "reconnecting" notice -----------
 
 const handlers = new Set();
-let lastEventId = null;
+// the page was rendered from data read after this cursor: resume from it, miss nothing
+let lastEventId = document.body.dataset.since ? Number(document.body.dataset.since) : null;
 
 async function realtimeToken() {
   const response = await api("POST", "/web/realtime-token");
