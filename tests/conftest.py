@@ -119,6 +119,7 @@ def settings(
         oidc_client_id=oidc_provider.client_id,
         oidc_client_secret=oidc_provider.client_secret,
         oidc_label="Acme SSO",
+        whatsapp_transports=["fake=tests.fake_whatsapp:FakeTransport"],
         max_message_bytes=32 * 1024,
         max_metadata_bytes=16 * 1024,
         _env_file=None,  # type: ignore[call-arg]

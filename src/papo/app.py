@@ -35,6 +35,9 @@ from papo.realtime.hub import EventHub
 from papo.settings import Settings, get_settings
 from papo.state import AppState
 from papo.web.api import router as web_router
+from papo.whatsapp.api import router as whatsapp_router
+from papo.whatsapp.service import WhatsappHub
+from papo.whatsapp.transports.registry import load_transports
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +69,9 @@ def create_app(
             queue_size=settings.realtime_queue_size,
         )
         housekeeping: asyncio.Task[None] | None = None
+        restoring: asyncio.Task[dict[str, int]] | None = None
+        whatsapp_heartbeat: asyncio.Task[None] | None = None
+        whatsapp: WhatsappHub | None = None
         lag_watch: asyncio.Task[None] | None = None
         replies: ReplyManager | None = None
         try:
@@ -76,23 +82,30 @@ def create_app(
             keys = KeyBox(settings)
             replies = ReplyManager(db, settings, keys, hub)
             oidc = OidcClients(http, settings, keys.secret)
+            whatsapp = WhatsappHub(db, settings, load_transports(settings))
             state = AppState(
-                settings, db, signing_key, verifier, http, hub, keys, replies, CsrfGuard(keys.secret), oidc
+                settings, db, signing_key, verifier, http, hub, keys, replies, CsrfGuard(keys.secret), oidc, whatsapp
             )
             app.state.papo = state
             await hub.start()
             await replies.sweep()
+            restoring = asyncio.create_task(whatsapp.load_existing_sessions(), name="papo-whatsapp-restore")
+            whatsapp_heartbeat = asyncio.create_task(whatsapp.heartbeat(), name="papo-whatsapp-heartbeat")
             housekeeping = asyncio.create_task(maintenance_loop(db, settings, replies), name="papo-maintenance")
             lag_watch = asyncio.create_task(loop_lag.run(), name="papo-loop-lag")
             if on_ready is not None:
                 await on_ready(state)
             yield
         finally:
-            for background in (housekeeping, lag_watch):
+            for background in (housekeeping, lag_watch, whatsapp_heartbeat):
                 if background is not None:
                     background.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await background
+            if restoring is not None and not restoring.done():
+                restoring.cancel()
+            if whatsapp is not None:
+                await whatsapp.shutdown()
             if replies is not None:
                 await replies.shutdown()
             await hub.stop()
@@ -116,6 +129,8 @@ def create_app(
     app.include_router(assistants_router)
     app.include_router(usage_router)
     app.include_router(web_router)
+    app.include_router(whatsapp_router, prefix="/api/v1/whatsapp/sessions")
+    app.include_router(whatsapp_router, prefix="/session", include_in_schema=False)  # seed 004's paths
 
     loop_lag = LoopLagMonitor()
 

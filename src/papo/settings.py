@@ -85,13 +85,18 @@ class Settings(BaseSettings):
     reply_stale_seconds: float = 20.0
     demo_tokens_per_second: float = 40.0
 
+    # WhatsApp: extra transports as kind=module:Class (the test suite's fake), comma-separated.
+    whatsapp_transports: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     # How often each process tries the housekeeping sweep (event pruning, deleted-chat purge).
     maintenance_interval_seconds: float = 3600.0
 
     # Soft-deleted sessions are removed for good after this many days (`papo purge-deleted`).
     deleted_retention_days: int = 30
 
-    @field_validator("auth_authorized_parties", "assistant_allowed_hosts", "assistant_key_envs", mode="before")
+    @field_validator(
+        "auth_authorized_parties", "assistant_allowed_hosts", "assistant_key_envs", "whatsapp_transports", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):

@@ -15,6 +15,7 @@ from papo.auth.web_sessions import CsrfGuard
 from papo.db.engine import Database
 from papo.realtime.hub import EventHub
 from papo.settings import Settings
+from papo.whatsapp.service import WhatsappHub
 
 
 @dataclass
@@ -29,6 +30,7 @@ class AppState:
     replies: ReplyManager
     csrf: CsrfGuard
     oidc: OidcClients
+    whatsapp: WhatsappHub
 
 
 async def app_state(connection: HTTPConnection) -> AppState:

@@ -1,0 +1,156 @@
+"""WhatsApp session endpoints: `/api/v1/whatsapp/sessions`, and the seed's `/session` paths as aliases
+(the same router mounted twice). Staff read; owners and admins run the lifecycle. Another
+company's session is a 404. Transport work runs after the request's transaction committed."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from typing import Annotated, Any
+
+import segno
+from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
+
+from papo.auth.deps import CurrentPrincipal, DbSession, State
+from papo.errors import Forbidden, NotFound
+from papo.state import AppState
+from papo.whatsapp.schemas import (
+    CleanupReport,
+    QrOut,
+    SessionCreate,
+    SessionDetails,
+    SessionOut,
+    SessionPatch,
+    SessionStats,
+    SyncChange,
+)
+from papo.whatsapp.service import SessionService, session_out
+from papo.whatsapp.status import SessionStatus
+from papo.whatsapp.transports.base import SessionKey
+
+router = APIRouter(tags=["whatsapp"])
+
+
+async def session_service(principal: CurrentPrincipal, session: DbSession, state: State) -> SessionService:
+    if principal.role not in ("owner", "admin", "agent", "service"):
+        raise Forbidden("WhatsApp sessions are for the company's staff")
+    return SessionService(session, principal, state.whatsapp)
+
+
+Sessions = Annotated[SessionService, Depends(session_service)]
+
+
+def _start_later(
+    background: BackgroundTasks, state: AppState, key: SessionKey, kind: str, config: dict[str, Any]
+) -> None:
+    background.add_task(state.whatsapp.start, key, kind, config)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionOut)
+async def create_session(
+    body: SessionCreate, sessions: Sessions, state: State, background: BackgroundTasks
+) -> SessionOut:
+    """Create the session and start connecting (a QR code follows as `whatsapp.session.updated`)."""
+    row = await sessions.create(body)
+    _start_later(background, state, SessionKey(row.tenant_id, row.id), row.transport, dict(row.config))
+    return session_out(row)
+
+
+@router.get("", response_model=list[SessionOut])
+async def list_sessions(sessions: Sessions, include_inactive: bool = False) -> list[SessionOut]:
+    return [session_out(row) for row in await sessions.find_all_by_company(include_inactive=include_inactive)]
+
+
+@router.get("/stats", response_model=SessionStats)
+async def stats(sessions: Sessions) -> SessionStats:
+    return await sessions.stats()
+
+
+@router.get("/cleanup", response_model=CleanupReport, summary="Clean up (seed: GET)")
+@router.post("/cleanup", response_model=CleanupReport)
+async def cleanup(sessions: Sessions, stale_days: int = 30) -> CleanupReport:
+    return await sessions.cleanup_inactive_sessions_from_database(stale_days=max(1, stale_days))
+
+
+@router.post("/sync", response_model=list[SyncChange])
+async def sync(sessions: Sessions, session_id: uuid.UUID | None = None) -> list[SyncChange]:
+    return await sessions.sync_session_status(session_id)
+
+
+@router.get("/{session_id}", response_model=SessionOut)
+async def get_session(session_id: uuid.UUID, sessions: Sessions) -> SessionOut:
+    return session_out(await sessions.find_one_by_company(session_id))
+
+
+@router.patch("/{session_id}", response_model=SessionOut)
+async def update_session(session_id: uuid.UUID, body: SessionPatch, sessions: Sessions) -> SessionOut:
+    return session_out(await sessions.update(session_id, body))
+
+
+@router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def remove_session(
+    session_id: uuid.UUID, sessions: Sessions, state: State, background: BackgroundTasks
+) -> Response:
+    """Log out, delete the stored credentials and deactivate (the row stays for history)."""
+    row = await sessions.remove(session_id)
+    key = SessionKey(row.tenant_id, row.id)
+    background.add_task(_forget, state, key, row.transport)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def _forget(state: AppState, key: SessionKey, kind: str) -> None:
+    await state.whatsapp.stop(key)
+    transport = state.whatsapp.transports.get(kind)
+    if transport is not None:
+        await transport.forget(key)
+
+
+@router.get("/{session_id}/details", response_model=SessionDetails)
+async def details(session_id: uuid.UUID, sessions: Sessions) -> dict[str, Any]:
+    return await sessions.get_session_details(session_id)
+
+
+@router.post("/{session_id}/restart", response_model=SessionOut, status_code=status.HTTP_202_ACCEPTED)
+async def restart(session_id: uuid.UUID, sessions: Sessions, state: State, background: BackgroundTasks) -> SessionOut:
+    """Reconnect (with the stored credentials when there are any, else a new QR code)."""
+    sessions.principal.require_admin()
+    row = await sessions.find_one_by_company(session_id)
+    if not row.is_active:
+        raise NotFound("this WhatsApp session was removed")
+    _start_later(background, state, SessionKey(row.tenant_id, row.id), row.transport, dict(row.config))
+    return session_out(row)
+
+
+@router.post("/{session_id}/stop", response_model=SessionOut, status_code=status.HTTP_202_ACCEPTED)
+async def stop(session_id: uuid.UUID, sessions: Sessions, state: State, background: BackgroundTasks) -> SessionOut:
+    """Disconnect, keeping the credentials (restart reconnects without a QR scan)."""
+    sessions.principal.require_admin()
+    row = await sessions.find_one_by_company(session_id)
+    key = SessionKey(row.tenant_id, row.id)
+
+    async def stop_now() -> None:
+        await state.whatsapp.stop(key)
+        await state.whatsapp.apply(key, SessionStatus.STOPPED, reason="stopped by an admin")
+
+    background.add_task(stop_now)
+    return session_out(row)
+
+
+@router.get("/{session_id}/qr", response_model=QrOut)
+async def qr_text(session_id: uuid.UUID, sessions: Sessions) -> QrOut:
+    row = await sessions.qr(session_id)
+    return QrOut(status=SessionStatus(row.status), qr_code=row.qr_code)
+
+
+@router.get("/{session_id}/qr.{image_format}", response_class=Response)
+async def qr_image(session_id: uuid.UUID, image_format: str, sessions: Sessions) -> Response:
+    """The QR code to scan, as an SVG or PNG image (404 while there is none to scan)."""
+    if image_format not in ("svg", "png"):
+        raise NotFound("QR images are .svg or .png")
+    row = await sessions.qr(session_id)
+    if not row.qr_code:
+        raise NotFound("no QR code to scan right now (see the session's status)")
+    buffer = io.BytesIO()
+    segno.make(row.qr_code, error="m").save(buffer, kind=image_format, scale=6, border=2)
+    media_type = "image/svg+xml" if image_format == "svg" else "image/png"
+    return Response(buffer.getvalue(), media_type=media_type, headers={"Cache-Control": "no-store"})

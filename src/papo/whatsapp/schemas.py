@@ -1,0 +1,84 @@
+"""API shapes for WhatsApp sessions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from papo.whatsapp.status import SessionStatus, seed_status
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[\w .@-]+$")
+    transport: str = Field(default="neonize", description="neonize (QR pairing) or cloud (WhatsApp Cloud API).")
+    config: dict[str, Any] = Field(default_factory=dict)
+    assistant_id: uuid.UUID | None = None
+
+
+class SessionPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[\w .@-]+$")
+    config: dict[str, Any] | None = None
+    assistant_id: uuid.UUID | None = None
+
+
+class SessionOut(BaseModel):
+    """A session as staff see it; credentials and the QR code are not part of it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    phone_number: str | None
+    status: SessionStatus
+    status_reason: str | None
+    is_active: bool
+    last_seen: datetime | None
+    transport: str
+    assistant_id: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+    has_qr: bool = False
+
+    @property
+    def seed_status(self) -> str:
+        return seed_status(self.status)
+
+
+class SessionDetails(SessionOut):
+    """Seed's getSessionDetails: the row, what this process holds in memory, and the credentials."""
+
+    config: dict[str, Any]
+    memory_status: SessionStatus | None
+    has_credentials: bool
+    seed_status_word: str
+
+
+class SessionStats(BaseModel):
+    total: int
+    active: int
+    by_status: dict[str, int]
+
+
+class CleanupReport(BaseModel):
+    examined: int
+    deactivated: int
+    files_removed: int
+    errors: list[str]
+
+
+class SyncChange(BaseModel):
+    id: uuid.UUID
+    database: SessionStatus
+    memory: SessionStatus
+
+
+class QrOut(BaseModel):
+    status: SessionStatus
+    qr_code: str | None

@@ -1,0 +1,428 @@
+"""WhatsApp sessions: seed 004's SessionService, tenant-scoped, on PostgreSQL and a per-process hub.
+
+The database row is the truth that survives restarts; `WhatsappHub` holds what this process is
+running (the seed's "hybrid cache"). Every transport event moves the row through the state machine
+in `status.py`, in the session's own company context, and is announced to the company's staff as
+a realtime `whatsapp.session.updated` event. `sync_session_status` makes row and memory agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from papo.auth.service import SERVICE_ROLE, Principal
+from papo.db.base import new_id
+from papo.db.engine import Database, driver
+from papo.errors import Conflict, InvalidInput, NotFound
+from papo.realtime.service import emit
+from papo.settings import Settings
+from papo.whatsapp.models import WhatsappSession
+from papo.whatsapp.schemas import CleanupReport, SessionCreate, SessionOut, SessionPatch, SessionStats, SyncChange
+from papo.whatsapp.status import SEED_TO_STATUS, SessionStatus, can_move
+from papo.whatsapp.transports.base import SessionKey, Transport
+
+log = structlog.get_logger(__name__)
+SESSION_NOT_FOUND = "WhatsApp session not found"
+HEARTBEAT_SECONDS = 30  # a running WORKING session's last_seen moves at least this often
+S = SessionStatus
+
+
+def service_principal(tenant_id: uuid.UUID) -> Principal:
+    return Principal(tenant_id, None, SERVICE_ROLE)
+
+
+def session_out(row: WhatsappSession) -> SessionOut:
+    return SessionOut.model_validate(row).model_copy(update={"has_qr": bool(row.qr_code)})
+
+
+def announce(session: AsyncSession, row: WhatsappSession) -> None:
+    """Tell the company's staff (no QR, no config: admins fetch those)."""
+    emit(
+        session,
+        "whatsapp.session.updated",
+        session_out(row).model_dump(mode="json"),
+        tenant_id=row.tenant_id,
+        user_id=None,
+    )
+
+
+@dataclass
+class LiveSession:
+    key: SessionKey
+    transport: Transport
+    status: SessionStatus = S.STARTING
+
+
+@dataclass
+class WhatsappHub:
+    """This process's running sessions, and the door through which transports report events."""
+
+    db: Database
+    settings: Settings
+    transports: dict[str, Transport]
+    live: dict[SessionKey, LiveSession] = field(default_factory=dict)
+
+    def transport(self, kind: str) -> Transport:
+        found = self.transports.get(kind)
+        if found is None:
+            raise InvalidInput(
+                f"transport {kind!r} is not available here (available: {', '.join(sorted(self.transports)) or 'none'})",
+                field="transport",
+            )
+        return found
+
+    async def start(self, key: SessionKey, kind: str, config: dict[str, Any]) -> None:
+        transport = self.transport(kind)
+        await self.stop(key)
+        self.live[key] = LiveSession(key, transport)
+        await self.apply(key, S.STARTING, reason=None)
+        try:
+            await transport.start(key, config, TransportEvents(self, key))
+        except Exception as exc:  # a transport that cannot start fails its session, never the caller
+            log.warning("whatsapp transport failed to start", session=str(key.session_id), error=str(exc))
+            await self.apply(key, S.FAILED, reason=f"transport failed to start: {exc}")
+
+    async def stop(self, key: SessionKey) -> None:
+        live = self.live.pop(key, None)
+        if live is not None:
+            with contextlib.suppress(Exception):
+                await live.transport.stop(key)
+
+    async def shutdown(self) -> None:
+        for key in list(self.live):
+            await self.stop(key)
+
+    def memory_status(self, key: SessionKey) -> SessionStatus | None:
+        live = self.live.get(key)
+        return live.status if live is not None else None
+
+    async def apply(
+        self,
+        key: SessionKey,
+        target: SessionStatus,
+        *,
+        reason: str | None,
+        qr: str | None = None,
+        phone_number: str | None = None,
+        deactivate: bool = False,
+    ) -> bool:
+        """Move the session's row to `target` if the state machine allows it; announce it."""
+        async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+            row = await session.scalar(
+                select(WhatsappSession)
+                .where(WhatsappSession.tenant_id == key.tenant_id, WhatsappSession.id == key.session_id)
+                .with_for_update()
+            )
+            if row is None:
+                return False
+            current = S(row.status)
+            if not can_move(current, target):
+                log.info("whatsapp status change refused", session=str(key.session_id), current=current, target=target)
+                return False
+            row.status = target.value
+            row.status_reason = reason
+            row.qr_code = qr if target is S.SCAN_QR_CODE else None
+            if phone_number:
+                row.phone_number = phone_number
+            if target is S.WORKING:
+                row.last_seen = datetime.now(UTC)
+            if deactivate:
+                row.is_active = False
+            await session.flush()
+            await session.refresh(row)
+            announce(session, row)
+        live = self.live.get(key)
+        if live is not None:
+            live.status = target
+        return True
+
+    async def heartbeat(self) -> None:
+        """Keep `last_seen` of the sessions this process runs fresh, so other processes (and sync)
+        can tell a session that is running somewhere from one nobody runs."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            for key, live in list(self.live.items()):
+                if live.status is not S.WORKING:
+                    continue
+                with contextlib.suppress(Exception):
+                    async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+                        await driver(session).execute(
+                            "UPDATE whatsapp_sessions SET last_seen = now() WHERE tenant_id = $1 AND id = $2",
+                            key.tenant_id,
+                            key.session_id,
+                        )
+
+    async def load_existing_sessions(self) -> dict[str, int]:
+        """Seed's loadExistingSessions: at start-up, every active session of every company comes back
+        (in the background, each on its own: one that fails does not stop the others)."""
+        async with self.db.transaction() as session:
+            rows = await driver(session).fetch("SELECT * FROM papo_active_whatsapp_sessions()")
+        keys = [SessionKey(r["wa_tenant_id"], r["wa_session_id"]) for r in rows]
+        results = await asyncio.gather(*(self.restore(key) for key in keys), return_exceptions=True)
+        failed = sum(1 for result in results if result is not True)
+        if keys:
+            log.info("whatsapp sessions restored", restored=len(keys) - failed, failed=failed)
+        return {"restored": len(keys) - failed, "failed": failed}
+
+    async def restore(self, key: SessionKey) -> bool:
+        """Seed's restoreSessionFromDatabase: start a stored session again with its credentials."""
+        try:
+            async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+                row = await session.get(WhatsappSession, (key.tenant_id, key.session_id))
+                if row is None or not row.is_active:
+                    return False
+                kind, config = row.transport, dict(row.config)
+            await self.start(key, kind, config)
+            return True
+        except Exception as exc:
+            log.warning("whatsapp session could not be restored", session=str(key.session_id), error=str(exc))
+            with contextlib.suppress(Exception):
+                await self.apply(key, S.FAILED, reason=f"could not be restored: {exc}")
+            return False
+
+
+class TransportEvents:
+    """What a transport calls; each maps to a move of the state machine (see status.py)."""
+
+    def __init__(self, hub: WhatsappHub, key: SessionKey) -> None:
+        self.hub = hub
+        self.key = key
+
+    async def qr(self, code: str) -> None:
+        await self.hub.apply(self.key, S.SCAN_QR_CODE, reason=None, qr=code)
+
+    async def paired(self, phone_number: str) -> None:
+        await self.hub.apply(self.key, S.STARTING, reason="paired", phone_number=phone_number)
+
+    async def connected(self) -> None:
+        await self.hub.apply(self.key, S.WORKING, reason=None)
+
+    async def disconnected(self, reason: str) -> None:
+        await self.hub.apply(self.key, S.STARTING, reason=f"disconnected: {reason}; reconnecting")
+
+    async def logged_out(self, reason: str) -> None:
+        live = self.hub.live.pop(self.key, None)
+        if live is not None:
+            await live.transport.forget(self.key)
+        await self.hub.apply(self.key, S.STOPPED, reason=f"logged out: {reason}")
+
+    async def failed(self, reason: str) -> None:
+        await self.hub.apply(self.key, S.FAILED, reason=reason)
+
+
+class SessionService:
+    """Seed 004's SessionService for the caller's company (`principal.tenant_id` is companyId)."""
+
+    def __init__(self, session: AsyncSession, principal: Principal, hub: WhatsappHub) -> None:
+        self.db = session
+        self.principal = principal
+        self.hub = hub
+
+    def _key(self, row: WhatsappSession) -> SessionKey:
+        return SessionKey(row.tenant_id, row.id)
+
+    async def find_all_by_company(self, *, include_inactive: bool = False) -> list[WhatsappSession]:
+        query = select(WhatsappSession).where(WhatsappSession.tenant_id == self.principal.tenant_id)
+        if not include_inactive:
+            query = query.where(WhatsappSession.is_active.is_(True))
+        return list((await self.db.scalars(query.order_by(WhatsappSession.created_at))).all())
+
+    async def find_one_by_company(self, session_id: uuid.UUID) -> WhatsappSession:
+        row = await self.db.get(WhatsappSession, (self.principal.tenant_id, session_id))
+        if row is None:
+            raise NotFound(SESSION_NOT_FOUND)
+        return row
+
+    async def create(self, body: SessionCreate) -> WhatsappSession:
+        """Stored first (STOPPED); the caller starts it after commit (see `start_after_commit`)."""
+        self.principal.require_admin()
+        self.hub.transport(body.transport)
+        await self._check_unique_name(body.name)
+        row = WhatsappSession(
+            tenant_id=self.principal.tenant_id,
+            id=new_id(),
+            name=body.name.strip(),
+            transport=body.transport,
+            config=body.config,
+            assistant_id=body.assistant_id,
+            status=S.STOPPED.value,
+        )
+        self.db.add(row)
+        await self.db.flush()
+        await self.db.refresh(row)
+        announce(self.db, row)
+        return row
+
+    async def _check_unique_name(self, name: str, *, except_id: uuid.UUID | None = None) -> None:
+        query = select(WhatsappSession.id).where(
+            WhatsappSession.tenant_id == self.principal.tenant_id,
+            func.lower(WhatsappSession.name) == name.strip().lower(),
+            WhatsappSession.is_active.is_(True),
+        )
+        if except_id is not None:
+            query = query.where(WhatsappSession.id != except_id)
+        if await self.db.scalar(query) is not None:
+            raise Conflict(f"this company already has a WhatsApp session named {name!r}")
+
+    async def update(self, session_id: uuid.UUID, body: SessionPatch) -> WhatsappSession:
+        self.principal.require_admin()
+        row = await self.find_one_by_company(session_id)
+        sent = body.model_fields_set
+        if "name" in sent and body.name is not None:
+            await self._check_unique_name(body.name, except_id=row.id)
+            row.name = body.name.strip()
+        if "config" in sent and body.config is not None:
+            row.config = body.config
+        if "assistant_id" in sent:
+            row.assistant_id = body.assistant_id
+        await self.db.flush()
+        await self.db.refresh(row)
+        announce(self.db, row)
+        return row
+
+    async def remove(self, session_id: uuid.UUID) -> WhatsappSession:
+        """Deactivate (kept for history; the name is free again); the caller logs it out after commit."""
+        self.principal.require_admin()
+        row = await self.find_one_by_company(session_id)
+        row.is_active = False
+        row.status = S.STOPPED.value
+        row.status_reason = "removed"
+        row.qr_code = None
+        await self.db.flush()
+        await self.db.refresh(row)
+        announce(self.db, row)
+        return row
+
+    async def stats(self) -> SessionStats:
+        rows = await self.find_all_by_company(include_inactive=True)
+        by_status: dict[str, int] = {status.value: 0 for status in S}
+        for row in rows:
+            if row.is_active:
+                by_status[row.status] += 1
+        return SessionStats(total=len(rows), active=sum(1 for r in rows if r.is_active), by_status=by_status)
+
+    async def get_session_details(self, session_id: uuid.UUID) -> dict[str, Any]:
+        row = await self.find_one_by_company(session_id)
+        key = self._key(row)
+        transport = self.hub.transports.get(row.transport)
+        memory = self.hub.memory_status(key)
+        return {
+            **session_out(row).model_dump(),
+            "config": row.config if self.principal.is_admin else {},
+            "memory_status": memory,
+            "has_credentials": bool(transport and transport.has_credentials(key)),
+            "seed_status_word": session_out(row).seed_status,
+        }
+
+    async def qr(self, session_id: uuid.UUID) -> WhatsappSession:
+        self.principal.require_admin()
+        return await self.find_one_by_company(session_id)
+
+    async def sync_session_status(self, session_id: uuid.UUID | None = None) -> list[SyncChange]:
+        """Seed's syncSessionStatus: the row takes the status this process holds in memory. A session
+        this process does not run becomes STOPPED, unless another process is running it (its
+        `last_seen` heartbeat is recent)."""
+        self.principal.require_admin()
+        rows = [await self.find_one_by_company(session_id)] if session_id else await self.find_all_by_company()
+        changes = []
+        recent = datetime.now(UTC) - timedelta(seconds=HEARTBEAT_SECONDS * 3)
+        for row in rows:
+            memory = self.hub.memory_status(self._key(row))
+            database = S(row.status)
+            if memory is None and (database is S.STOPPED or (row.last_seen is not None and row.last_seen > recent)):
+                continue
+            target = memory or S.STOPPED
+            if target is not database:
+                changes.append(SyncChange(id=row.id, database=database, memory=target))
+                row.status = target.value
+                row.status_reason = "synchronised with the running process"
+                if target is not S.SCAN_QR_CODE:
+                    row.qr_code = None
+                await self.db.flush()
+                await self.db.refresh(row)
+                announce(self.db, row)
+        return changes
+
+    async def cleanup_inactive_sessions_from_database(self, *, stale_days: int = 30) -> CleanupReport:
+        """Seed's cleanupInactiveSessionsFromDatabase: active sessions that have not worked for
+        `stale_days` are deactivated; credential files that no active session of this company owns
+        are removed."""
+        self.principal.require_admin()
+        rows = await self.find_all_by_company(include_inactive=True)
+        cutoff = datetime.now(UTC) - timedelta(days=stale_days)
+        report = CleanupReport(examined=len(rows), deactivated=0, files_removed=0, errors=[])
+        for row in rows:
+            idle_since = row.last_seen or row.created_at
+            if row.is_active and S(row.status) in (S.STOPPED, S.FAILED) and idle_since < cutoff:
+                row.is_active = False
+                row.status_reason = f"deactivated by clean-up: idle since {idle_since.date().isoformat()}"
+                report.deactivated += 1
+        await self.db.flush()
+        active = {self._key(r).slug for r in rows if r.is_active}
+        prefix = self.principal.tenant_id.hex + "-"
+        for kind, transport in self.hub.transports.items():
+            for slug in transport.stored_sessions():
+                if slug.startswith(prefix) and slug not in active:
+                    try:
+                        report.files_removed += int(transport.remove_store(slug))
+                    except OSError as exc:
+                        report.errors.append(f"{kind}/{slug}: {exc}")
+        return report
+
+    async def import_legacy(self, content: str, *, transport: str) -> dict[str, Any]:
+        """Seed's loadLegacySessions: the old system's `sessions.json` into this company's sessions;
+        idempotent (a name already here is skipped), every entry judged on its own."""
+        self.principal.require_admin()
+        try:
+            document = json.loads(content)
+        except ValueError as exc:
+            raise InvalidInput(f"sessions.json is not JSON: {exc}", field="file") from exc
+        entries = document.get("sessions", document) if isinstance(document, dict) else document
+        if isinstance(entries, dict):
+            entries = [{"name": name, **(value if isinstance(value, dict) else {})} for name, value in entries.items()]
+        if not isinstance(entries, list):
+            raise InvalidInput("sessions.json must hold a list (or a map) of sessions", field="file")
+        imported: list[str] = []
+        skipped: list[dict[str, str]] = []
+        for index, entry in enumerate(entries):
+            name = entry.get("name") or entry.get("id") if isinstance(entry, dict) else None
+            if not isinstance(name, str) or not name.strip() or len(name) > 100:
+                skipped.append({"entry": str(index), "reason": "no usable name"})
+                continue
+            existing = await self.db.scalar(
+                select(WhatsappSession.id).where(
+                    WhatsappSession.tenant_id == self.principal.tenant_id,
+                    func.lower(WhatsappSession.name) == name.strip().lower(),
+                )
+            )
+            if existing is not None:
+                skipped.append({"entry": name, "reason": "already imported"})
+                continue
+            legacy_status = str(entry.get("status") or "DISCONNECTED")
+            status = SEED_TO_STATUS.get(legacy_status, S.STOPPED)
+            row = WhatsappSession(
+                tenant_id=self.principal.tenant_id,
+                id=new_id(),
+                name=name.strip(),
+                phone_number=entry.get("phoneNumber") or entry.get("phone_number"),
+                transport=transport,
+                config={"legacy": {k: v for k, v in entry.items() if k not in ("name", "qrCode")}},
+                # it is not running here yet: STOPPED until restored, whatever the old file said
+                status=S.STOPPED.value,
+                status_reason=f"imported from sessions.json (was {legacy_status})",
+                is_active=bool(entry.get("isActive", True)) and status is not S.FAILED,
+            )
+            self.db.add(row)
+            await self.db.flush()
+            imported.append(name)
+        return {"imported": imported, "skipped": skipped}

@@ -1,0 +1,69 @@
+"""What papo needs from a way of talking to WhatsApp. Transports report what happens through the
+`SessionEvents` they are given; they never touch the database themselves."""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class SessionEvents(Protocol):
+    """Callbacks into the session service (each updates the database and emits a realtime event)."""
+
+    async def qr(self, code: str) -> None: ...
+    async def paired(self, phone_number: str) -> None: ...
+    async def connected(self) -> None: ...
+    async def disconnected(self, reason: str) -> None: ...
+    async def logged_out(self, reason: str) -> None: ...
+    async def failed(self, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class SessionKey:
+    tenant_id: uuid.UUID
+    session_id: uuid.UUID
+
+    @property
+    def slug(self) -> str:
+        """A file-system-safe name for the session's credential store."""
+        return f"{self.tenant_id.hex}-{self.session_id.hex}"
+
+
+class Transport(ABC):
+    """One kind of WhatsApp connection (neonize, Cloud API, or the test fake)."""
+
+    kind: str
+
+    def __init__(self, store_dir: Path) -> None:
+        self.store_dir = store_dir  # where this transport keeps per-session credentials
+
+    @abstractmethod
+    async def start(self, key: SessionKey, config: dict[str, Any], events: SessionEvents) -> None:
+        """Begin connecting (return quickly; progress arrives through `events`)."""
+
+    @abstractmethod
+    async def stop(self, key: SessionKey) -> None:
+        """Disconnect, keeping credentials so a later start needs no new QR scan."""
+
+    @abstractmethod
+    async def forget(self, key: SessionKey) -> bool:
+        """Log out and delete the stored credentials; True if there were any."""
+
+    @abstractmethod
+    def has_credentials(self, key: SessionKey) -> bool: ...
+
+    def stored_sessions(self) -> list[str]:
+        """Slugs of every credential store on disk (to find orphans)."""
+        if not self.store_dir.exists():
+            return []
+        return sorted(path.stem for path in self.store_dir.iterdir())
+
+    def remove_store(self, slug: str) -> bool:
+        removed = False
+        for path in self.store_dir.glob(f"{slug}*"):
+            path.unlink(missing_ok=True)
+            removed = True
+        return removed
