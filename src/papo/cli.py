@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.auth import service as auth_service
 from papo.auth.models import Role
+from papo.auth.service import Principal
 from papo.auth.tokens import SigningKey, issue_token
 from papo.chat.service import purge_deleted_sessions
 from papo.db.engine import Database, RlsContext, locate_database
@@ -24,6 +25,7 @@ from papo.errors import DomainError, NotFound
 from papo.ops.logging import configure_logging
 from papo.realtime.service import prune_events
 from papo.settings import Settings, get_settings
+from papo.whatsapp.service import import_legacy_sessions
 
 T = TypeVar("T")
 
@@ -35,7 +37,9 @@ user_app = typer.Typer(no_args_is_help=True, help="Built-in user accounts")
 apikey_app = typer.Typer(no_args_is_help=True, help="Tenant API keys for server-to-server calls")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(user_app, name="user")
+whatsapp_app = typer.Typer(no_args_is_help=True, help="WhatsApp sessions")
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(whatsapp_app, name="whatsapp")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of the bare value.")]
 
@@ -198,6 +202,29 @@ def apikey_revoke(key_id: str) -> None:
 
     if not asyncio.run(runner()):
         _fail("no such API key")
+
+
+@whatsapp_app.command("import-sessions")
+def whatsapp_import(
+    file: Annotated[Path, typer.Argument(help="The old system's sessions.json", exists=True, dir_okay=False)],
+    tenant: Annotated[str, typer.Option(help="Tenant (company) id the sessions belong to")],
+    transport: Annotated[str, typer.Option(help="Transport of the imported sessions")] = "neonize",
+    as_json: JsonFlag = False,
+) -> None:
+    """Import a legacy sessions.json (idempotent); prints what was imported and what was skipped, and why."""
+    settings = _settings()
+    tenant_id = _tenant_id(tenant)
+    content = file.read_text(encoding="utf-8", errors="replace")
+    principal = Principal(tenant_id, None, Role.owner.value)
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        await _require_tenant(session)
+        return await import_legacy_sessions(session, principal, content, transport=transport)
+
+    report = _run_in_tenant(settings, principal.context(), work)
+    lines = [f"imported {name}" for name in report["imported"]]
+    lines += [f"skipped {item['entry']}: {item['reason']}" for item in report["skipped"]]
+    _emit("\n".join(lines) or "nothing to import", as_json, **report)
 
 
 @app.command("purge-deleted")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +16,9 @@ from fastapi import FastAPI
 from papo.auth.models import Role
 from papo.client import RealtimeClient, RealtimeEvent
 from papo.db.engine import RlsContext, driver
+from papo.settings import Settings
 from papo.whatsapp.transports.base import SessionKey
+from tests.cli.test_cli import papo
 from tests.fake_whatsapp import FakeTransport
 from tests.support import Member, TenantHandle
 
@@ -235,33 +238,38 @@ class TestMaintenance:
 
 class TestLegacyImport:
     async def test_sessions_json_imports_once_and_skips_bad_entries(
-        self, client: httpx.AsyncClient, company: tuple[TenantHandle, Member, Member], app: FastAPI
+        self,
+        client: httpx.AsyncClient,
+        company: tuple[TenantHandle, Member, Member],
+        settings: Settings,
+        tmp_path: Path,
     ) -> None:
         tenant, admin, _ = company
-        legacy = json.dumps(
-            [
-                {"name": "vendas", "status": "CONNECTED", "phoneNumber": "+5511911112222"},
-                {"id": "suporte", "status": "DISCONNECTED"},
-                {"status": "CONNECTED"},
-                "not an object",
-                {"name": "x" * 300},
-            ]
+        legacy = tmp_path / "sessions.json"
+        legacy.write_text(
+            json.dumps(
+                [
+                    {"name": "vendas", "status": "CONNECTED", "phoneNumber": "+5511911112222"},
+                    {"id": "suporte", "status": "DISCONNECTED"},
+                    {"status": "CONNECTED"},
+                    "not an object",
+                    {"name": "x" * 300},
+                ]
+            )
         )
-        from papo.auth.service import Principal
-        from papo.whatsapp.service import SessionService
-
-        state = app.state.papo
-        principal = Principal(tenant.id, admin.user_id, "admin")
-        async with state.db.transaction(principal.context()) as session:
-            first = await SessionService(session, principal, state.whatsapp).import_legacy(legacy, transport="fake")
-        assert first["imported"] == ["vendas", "suporte"]
-        assert [s["reason"] for s in first["skipped"]] == ["no usable name"] * 3
-        async with state.db.transaction(principal.context()) as session:
-            again = await SessionService(session, principal, state.whatsapp).import_legacy(legacy, transport="fake")
-        assert again["imported"] == []
-        assert [s["entry"] for s in again["skipped"] if s["reason"] == "already imported"] == ["vendas", "suporte"]
+        first = papo(settings, "whatsapp", "import-sessions", str(legacy), "--tenant", str(tenant.id), "--json")
+        report = json.loads(first.stdout)
+        assert report["imported"] == ["vendas", "suporte"]
+        assert [s["reason"] for s in report["skipped"]] == ["no usable name"] * 3
+        again = papo(settings, "whatsapp", "import-sessions", str(legacy), "--tenant", str(tenant.id))
+        assert "skipped vendas: already imported" in again.stdout
+        assert "imported" not in again.stdout.replace("already imported", "")
         sessions = (await client.get(BASE, headers=admin.headers)).json()
         vendas = next(s for s in sessions if s["name"] == "vendas")
         assert vendas["phone_number"] == "+5511911112222"
         assert vendas["status"] == "STOPPED"
         assert "was CONNECTED" in vendas["status_reason"]
+        legacy.write_text("{not json")
+        broken = papo(settings, "whatsapp", "import-sessions", str(legacy), "--tenant", str(tenant.id), check=False)
+        assert broken.returncode == 1
+        assert "not JSON" in broken.stderr

@@ -379,50 +379,54 @@ class SessionService:
                         report.errors.append(f"{kind}/{slug}: {exc}")
         return report
 
-    async def import_legacy(self, content: str, *, transport: str) -> dict[str, Any]:
-        """Seed's loadLegacySessions: the old system's `sessions.json` into this company's sessions;
-        idempotent (a name already here is skipped), every entry judged on its own."""
-        self.principal.require_admin()
-        try:
-            document = json.loads(content)
-        except ValueError as exc:
-            raise InvalidInput(f"sessions.json is not JSON: {exc}", field="file") from exc
-        entries = document.get("sessions", document) if isinstance(document, dict) else document
-        if isinstance(entries, dict):
-            entries = [{"name": name, **(value if isinstance(value, dict) else {})} for name, value in entries.items()]
-        if not isinstance(entries, list):
-            raise InvalidInput("sessions.json must hold a list (or a map) of sessions", field="file")
-        imported: list[str] = []
-        skipped: list[dict[str, str]] = []
-        for index, entry in enumerate(entries):
-            name = entry.get("name") or entry.get("id") if isinstance(entry, dict) else None
-            if not isinstance(name, str) or not name.strip() or len(name) > 100:
-                skipped.append({"entry": str(index), "reason": "no usable name"})
-                continue
-            existing = await self.db.scalar(
-                select(WhatsappSession.id).where(
-                    WhatsappSession.tenant_id == self.principal.tenant_id,
-                    func.lower(WhatsappSession.name) == name.strip().lower(),
-                )
+
+async def import_legacy_sessions(
+    db: AsyncSession, principal: Principal, content: str, *, transport: str
+) -> dict[str, Any]:
+    """Seed's loadLegacySessions: the old system's `sessions.json` into the principal's company;
+    idempotent (a name already here is skipped), every entry judged on its own. Imported sessions are
+    STOPPED until restarted (the old process's credentials are not papo's)."""
+    principal.require_admin()
+    try:
+        document = json.loads(content)
+    except ValueError as exc:
+        raise InvalidInput(f"sessions.json is not JSON: {exc}", field="file") from exc
+    entries = document.get("sessions", document) if isinstance(document, dict) else document
+    if isinstance(entries, dict):
+        entries = [{"name": name, **(value if isinstance(value, dict) else {})} for name, value in entries.items()]
+    if not isinstance(entries, list):
+        raise InvalidInput("sessions.json must hold a list (or a map) of sessions", field="file")
+    imported: list[str] = []
+    skipped: list[dict[str, str]] = []
+    for index, entry in enumerate(entries):
+        name = entry.get("name") or entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name.strip() or len(name) > 100:
+            skipped.append({"entry": str(index), "reason": "no usable name"})
+            continue
+        existing = await db.scalar(
+            select(WhatsappSession.id).where(
+                WhatsappSession.tenant_id == principal.tenant_id,
+                func.lower(WhatsappSession.name) == name.strip().lower(),
             )
-            if existing is not None:
-                skipped.append({"entry": name, "reason": "already imported"})
-                continue
-            legacy_status = str(entry.get("status") or "DISCONNECTED")
-            status = SEED_TO_STATUS.get(legacy_status, S.STOPPED)
-            row = WhatsappSession(
-                tenant_id=self.principal.tenant_id,
-                id=new_id(),
-                name=name.strip(),
-                phone_number=entry.get("phoneNumber") or entry.get("phone_number"),
-                transport=transport,
-                config={"legacy": {k: v for k, v in entry.items() if k not in ("name", "qrCode")}},
-                # it is not running here yet: STOPPED until restored, whatever the old file said
-                status=S.STOPPED.value,
-                status_reason=f"imported from sessions.json (was {legacy_status})",
-                is_active=bool(entry.get("isActive", True)) and status is not S.FAILED,
-            )
-            self.db.add(row)
-            await self.db.flush()
-            imported.append(name)
-        return {"imported": imported, "skipped": skipped}
+        )
+        if existing is not None:
+            skipped.append({"entry": name, "reason": "already imported"})
+            continue
+        legacy_status = str(entry.get("status") or "DISCONNECTED")
+        status = SEED_TO_STATUS.get(legacy_status, S.STOPPED)
+        row = WhatsappSession(
+            tenant_id=principal.tenant_id,
+            id=new_id(),
+            name=name.strip(),
+            phone_number=entry.get("phoneNumber") or entry.get("phone_number"),
+            transport=transport,
+            config={"legacy": {k: v for k, v in entry.items() if k not in ("name", "qrCode")}},
+            # it is not running here yet: STOPPED until restored, whatever the old file said
+            status=S.STOPPED.value,
+            status_reason=f"imported from sessions.json (was {legacy_status})",
+            is_active=bool(entry.get("isActive", True)) and status is not S.FAILED,
+        )
+        db.add(row)
+        await db.flush()
+        imported.append(name)
+    return {"imported": imported, "skipped": skipped}
