@@ -13,7 +13,7 @@ import json
 import secrets
 from typing import Any
 
-from papo.whatsapp.transports.base import SessionEvents, SessionKey, Transport
+from papo.whatsapp.transports.base import InboundMessage, SessionEvents, SessionKey, Transport
 
 
 class FakeTransport(Transport):
@@ -24,6 +24,7 @@ class FakeTransport(Transport):
         self.events: dict[SessionKey, SessionEvents] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.starts: list[SessionKey] = []
+        self.sent: list[tuple[SessionKey, str, str, str]] = []  # key, to, text, WhatsApp message id
 
     def _store(self, key: SessionKey) -> Any:
         return self.store_dir / f"{key.slug}.json"
@@ -62,7 +63,31 @@ class FakeTransport(Transport):
         self._store(key).unlink(missing_ok=True)
         return existed
 
+    async def send_text(self, key: SessionKey, config: dict[str, Any], to_wa_id: str, text: str) -> str:
+        if config.get("fail_send"):
+            raise RuntimeError("the fake network refused to send")
+        external_id = "wamid.fake-" + secrets.token_hex(8)
+        self.sent.append((key, to_wa_id, text, external_id))
+        return external_id
+
     # ---- what the phone and the network do, driven by tests ----------------------------------
+
+    async def customer_writes(
+        self,
+        key: SessionKey,
+        text: str,
+        *,
+        wa_id: str,
+        name: str | None = None,
+        external_id: str | None = None,
+        kind: str = "text",
+    ) -> str:
+        external_id = external_id or "wamid.in-" + secrets.token_hex(8)
+        await self.events[key].message(InboundMessage(external_id, wa_id, name, text, kind))
+        return external_id
+
+    async def receipt(self, key: SessionKey, external_id: str, status: str) -> None:
+        await self.events[key].receipt(external_id, status)
 
     async def rotate_qr(self, key: SessionKey) -> str:
         code = "fake-qr-" + secrets.token_hex(8)

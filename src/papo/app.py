@@ -35,6 +35,7 @@ from papo.realtime.hub import EventHub
 from papo.settings import Settings, get_settings
 from papo.state import AppState
 from papo.web.api import router as web_router
+from papo.whatsapp.api import conversations_router
 from papo.whatsapp.api import router as whatsapp_router
 from papo.whatsapp.service import WhatsappHub
 from papo.whatsapp.transports.registry import load_transports
@@ -131,6 +132,7 @@ def create_app(
     app.include_router(web_router)
     app.include_router(whatsapp_router, prefix="/api/v1/whatsapp/sessions")
     app.include_router(whatsapp_router, prefix="/session", include_in_schema=False)  # seed 004's paths
+    app.include_router(conversations_router)
 
     loop_lag = LoopLagMonitor()
 

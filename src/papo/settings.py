@@ -87,6 +87,7 @@ class Settings(BaseSettings):
 
     # WhatsApp: extra transports as kind=module:Class (the test suite's fake), comma-separated.
     whatsapp_transports: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    whatsapp_sends_per_minute: int = 30
 
     # How often each process tries the housekeeping sweep (event pruning, deleted-chat purge).
     maintenance_interval_seconds: float = 3600.0

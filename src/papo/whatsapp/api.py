@@ -12,11 +12,17 @@ import segno
 from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
 
 from papo.auth.deps import CurrentPrincipal, DbSession, State
-from papo.errors import Forbidden, NotFound
+from papo.errors import Conflict, Forbidden, NotFound
 from papo.state import AppState
+from papo.whatsapp.inbox import Inbox
+from papo.whatsapp.models import WhatsappSession
 from papo.whatsapp.schemas import (
     CleanupReport,
+    ConversationOut,
+    ConversationPatch,
+    InboxMessageOut,
     QrOut,
+    ReplyIn,
     SessionCreate,
     SessionDetails,
     SessionOut,
@@ -154,3 +160,57 @@ async def qr_image(session_id: uuid.UUID, image_format: str, sessions: Sessions)
     segno.make(row.qr_code, error="m").save(buffer, kind=image_format, scale=6, border=2)
     media_type = "image/svg+xml" if image_format == "svg" else "image/png"
     return Response(buffer.getvalue(), media_type=media_type, headers={"Cache-Control": "no-store"})
+
+
+# ---- the inbox -------------------------------------------------------------------------------------
+
+conversations_router = APIRouter(prefix="/api/v1/whatsapp/conversations", tags=["whatsapp"])
+
+
+async def inbox(principal: CurrentPrincipal, session: DbSession) -> Inbox:
+    if principal.role not in ("owner", "admin", "agent", "service"):
+        raise Forbidden("the WhatsApp inbox is for the company's staff")
+    return Inbox(session, principal)
+
+
+InboxDep = Annotated[Inbox, Depends(inbox)]
+
+
+@conversations_router.get("", response_model=list[ConversationOut])
+async def list_conversations(box: InboxDep, ticket_status: str | None = None) -> list[dict[str, Any]]:
+    """Newest activity first; filter by ticket: open, pending (waiting for an agent) or closed."""
+    return await box.conversations(ticket_status)
+
+
+@conversations_router.get("/{conversation_id}/messages", response_model=list[InboxMessageOut])
+async def conversation_messages(conversation_id: uuid.UUID, box: InboxDep) -> list[dict[str, Any]]:
+    return await box.messages(conversation_id)
+
+
+@conversations_router.patch("/{conversation_id}", response_model=ConversationOut)
+async def update_conversation(conversation_id: uuid.UUID, body: ConversationPatch, box: InboxDep) -> dict[str, Any]:
+    """Assign to an agent, close or reopen the ticket, or hand the conversation back to the bot."""
+    return await box.update(conversation_id, body.model_dump(exclude_unset=True))
+
+
+@conversations_router.post(
+    "/{conversation_id}/messages", response_model=InboxMessageOut, status_code=status.HTTP_201_CREATED
+)
+async def reply(
+    conversation_id: uuid.UUID,
+    body: ReplyIn,
+    box: InboxDep,
+    session: DbSession,
+    state: State,
+    background: BackgroundTasks,
+) -> dict[str, Any]:
+    """An agent's reply: stored first (delivery `pending`), then sent through the number's transport;
+    the outcome (sent / failed with the reason) and later receipts arrive as `message.status_changed`."""
+    number = await session.get(WhatsappSession, (box.principal.tenant_id, await box.number_of(conversation_id)))
+    if number is None or not number.is_active:
+        raise Conflict("the WhatsApp number of this conversation was removed")
+    state.whatsapp.take_send_slot(SessionKey(number.tenant_id, number.id))
+    queued = await box.queue_reply(conversation_id, body.content, number.transport)
+    background.add_task(state.whatsapp.send, queued)
+    stored = await box.messages(conversation_id)
+    return next(m for m in stored if m["id"] == queued.message_id)

@@ -82,3 +82,44 @@ class SyncChange(BaseModel):
 class QrOut(BaseModel):
     status: SessionStatus
     qr_code: str | None
+
+
+class ConversationOut(BaseModel):
+    id: uuid.UUID
+    title: str | None
+    ticket_status: str
+    assigned_to: str | None
+    bot_enabled: bool
+    last_inbound_at: datetime | None
+    last_message_at: datetime | None
+    whatsapp_session_id: uuid.UUID
+    contact_id: uuid.UUID
+    wa_id: str
+    contact_name: str | None
+    created_at: datetime
+
+
+class ConversationPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ticket_status: str | None = Field(default=None, pattern="^(open|pending|closed)$")
+    assigned_to: str | None = None
+    bot_enabled: bool | None = None
+
+
+class ReplyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    content: str = Field(min_length=1, max_length=4096)
+
+
+class InboxMessageOut(BaseModel):
+    id: uuid.UUID
+    session_id: uuid.UUID
+    role: str
+    content: str
+    status: str
+    metadata: dict[str, Any]
+    external_id: str | None = None
+    delivery_status: str | None
+    created_at: datetime

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,13 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from papo.auth.service import SERVICE_ROLE, Principal
 from papo.db.base import new_id
 from papo.db.engine import Database, driver
-from papo.errors import Conflict, InvalidInput, NotFound
+from papo.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
 from papo.realtime.service import emit
 from papo.settings import Settings
+from papo.whatsapp.inbox import DEFAULT_HANDOFF_WORDS, Inbox, OutgoingReply, Received
 from papo.whatsapp.models import WhatsappSession
 from papo.whatsapp.schemas import CleanupReport, SessionCreate, SessionOut, SessionPatch, SessionStats, SyncChange
 from papo.whatsapp.status import SEED_TO_STATUS, SessionStatus, can_move
-from papo.whatsapp.transports.base import SessionKey, Transport
+from papo.whatsapp.transports.base import InboundMessage, SessionKey, Transport
 
 log = structlog.get_logger(__name__)
 SESSION_NOT_FOUND = "WhatsApp session not found"
@@ -71,6 +74,7 @@ class WhatsappHub:
     settings: Settings
     transports: dict[str, Transport]
     live: dict[SessionKey, LiveSession] = field(default_factory=dict)
+    sent_at: dict[SessionKey, deque[float]] = field(default_factory=dict)
 
     def transport(self, kind: str) -> Transport:
         found = self.transports.get(kind)
@@ -146,6 +150,54 @@ class WhatsappHub:
             live.status = target
         return True
 
+    async def receive(self, key: SessionKey, inbound: InboundMessage) -> Received | None:
+        """A customer's message: contact, open conversation and message stored (once), staff told."""
+        async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+            row = await session.get(WhatsappSession, (key.tenant_id, key.session_id))
+            if row is None or not row.is_active:
+                log.warning("whatsapp message for an unknown or removed session", session=str(key.session_id))
+                return None
+            words = row.config.get("handoff_keywords") or DEFAULT_HANDOFF_WORDS
+            inbox = Inbox(session, service_principal(key.tenant_id))
+            return await inbox.receive(row.id, row.assistant_id, tuple(str(w) for w in words), inbound)
+
+    async def receipt(self, key: SessionKey, external_id: str, status: str) -> bool:
+        async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+            return await Inbox(session, service_principal(key.tenant_id)).apply_receipt(external_id, status)
+
+    def take_send_slot(self, key: SessionKey) -> None:
+        """A per-number send budget (WhatsApp bans numbers that burst); raises when it is spent."""
+        now = time.monotonic()
+        window = self.sent_at.setdefault(key, deque())
+        while window and window[0] < now - 60:
+            window.popleft()
+        if len(window) >= self.settings.whatsapp_sends_per_minute:
+            raise QuotaExceeded(
+                f"this WhatsApp number may send {self.settings.whatsapp_sends_per_minute} messages a minute; "
+                f"try again in {int(window[0] + 60 - now) + 1} s"
+            )
+        window.append(now)
+
+    async def send(self, reply: OutgoingReply) -> None:
+        """After the reply was stored: send it, and record the outcome on the message (never lost)."""
+        key = SessionKey(reply.tenant_id, reply.whatsapp_session_id)
+        external_id: str | None = None
+        error: str | None = None
+        try:
+            async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+                row = await session.get(WhatsappSession, (key.tenant_id, key.session_id))
+                if row is None or not row.is_active:
+                    raise RuntimeError("the WhatsApp number was removed")
+                kind, config = row.transport, dict(row.config)
+            if self.memory_status(key) is not S.WORKING and kind != "cloud":
+                raise RuntimeError("the WhatsApp number is not connected")
+            external_id = await self.transport(kind).send_text(key, config, reply.to_wa_id, reply.text)
+        except Exception as exc:
+            error = str(exc) or exc.__class__.__name__
+            log.warning("whatsapp send failed", message=str(reply.message_id), error=error)
+        async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+            await Inbox(session, service_principal(key.tenant_id)).mark_sent(reply.message_id, external_id, error)
+
     async def heartbeat(self) -> None:
         """Keep `last_seen` of the sessions this process runs fresh, so other processes (and sync)
         can tell a session that is running somewhere from one nobody runs."""
@@ -218,6 +270,12 @@ class TransportEvents:
 
     async def failed(self, reason: str) -> None:
         await self.hub.apply(self.key, S.FAILED, reason=reason)
+
+    async def message(self, inbound: InboundMessage) -> None:
+        await self.hub.receive(self.key, inbound)
+
+    async def receipt(self, external_id: str, status: str) -> None:
+        await self.hub.receipt(self.key, external_id, status)
 
 
 class SessionService:

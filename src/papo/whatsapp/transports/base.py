@@ -10,8 +10,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 
+@dataclass(frozen=True)
+class InboundMessage:
+    """A customer's message as a transport received it."""
+
+    external_id: str  # WhatsApp's message id: the same delivery twice is one message
+    from_wa_id: str
+    contact_name: str | None
+    text: str
+    kind: str = "text"  # anything but text is stored as "unsupported" with its kind
+
+
 class SessionEvents(Protocol):
     """Callbacks into the session service (each updates the database and emits a realtime event)."""
+
+    async def message(self, inbound: InboundMessage) -> None: ...
+    async def receipt(self, external_id: str, status: str) -> None: ...
 
     async def qr(self, code: str) -> None: ...
     async def paired(self, phone_number: str) -> None: ...
@@ -54,6 +68,10 @@ class Transport(ABC):
 
     @abstractmethod
     def has_credentials(self, key: SessionKey) -> bool: ...
+
+    @abstractmethod
+    async def send_text(self, key: SessionKey, config: dict[str, Any], to_wa_id: str, text: str) -> str:
+        """Send a text; returns WhatsApp's id of the sent message (raises when it cannot be sent)."""
 
     def stored_sessions(self) -> list[str]:
         """Slugs of every credential store on disk (to find orphans)."""

@@ -1,0 +1,163 @@
+"""The WhatsApp inbox through the fake transport: customers in, agents out, handoff, receipts."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from papo.auth.models import Role
+from papo.client import RealtimeClient, RealtimeEvent
+from papo.whatsapp.transports.base import SessionKey
+from tests.fake_whatsapp import FakeTransport
+from tests.support import Member, TenantHandle
+from tests.whatsapp.test_sessions import BASE, create, wait_status
+
+INBOX = "/api/v1/whatsapp/conversations"
+
+
+@pytest.fixture
+def fake(app: FastAPI) -> FakeTransport:
+    transport = app.state.papo.whatsapp.transports["fake"]
+    assert isinstance(transport, FakeTransport)
+    return transport
+
+
+@pytest.fixture
+async def number(
+    client: httpx.AsyncClient, make_tenant: Any, fake: FakeTransport
+) -> tuple[TenantHandle, Member, Member, SessionKey]:
+    """A company with an admin, an agent and a WhatsApp number that is connected."""
+    tenant: TenantHandle = await make_tenant("Inbox")
+    admin, agent = await tenant.member(Role.admin), await tenant.member(Role.agent)
+    created = await create(client, admin, "atendimento")
+    key = SessionKey(tenant.id, uuid.UUID(created["id"]))
+    await wait_status(client, admin, created["id"], "SCAN_QR_CODE")
+    await fake.scan(key, "+5511955550000")
+    await wait_status(client, admin, created["id"], "WORKING")
+    return tenant, admin, agent, key
+
+
+async def test_customer_in_agent_out_with_receipts(
+    client: httpx.AsyncClient,
+    number: tuple[TenantHandle, Member, Member, SessionKey],
+    fake: FakeTransport,
+    live_url: str,
+) -> None:
+    _, _, agent, key = number
+    realtime = RealtimeClient(live_url, agent.token)
+    stream = realtime.events()
+    first = asyncio.create_task(anext(stream))
+    await asyncio.wait_for(realtime.connected.wait(), 5)
+
+    wamid = await fake.customer_writes(key, "Olá, meu pedido não chegou", wa_id="5511988887777", name="Carla")
+    await fake.customer_writes(key, "Olá, meu pedido não chegou", wa_id="5511988887777", external_id=wamid)  # retry
+    await fake.customer_writes(key, "", wa_id="5511988887777", kind="sticker")
+    conversations = (await client.get(INBOX, headers=agent.headers)).json()
+    assert len(conversations) == 1
+    conversation = conversations[0]
+    assert conversation["contact_name"] == "Carla"
+    assert conversation["wa_id"] == "5511988887777"
+    assert conversation["ticket_status"] == "open"
+    messages = (await client.get(f"{INBOX}/{conversation['id']}/messages", headers=agent.headers)).json()
+    assert [m["content"] for m in messages] == ["Olá, meu pedido não chegou", "[unsupported message: sticker]"]
+    assert messages[1]["metadata"]["unsupported"] == "sticker"
+
+    sent = await client.post(
+        f"{INBOX}/{conversation['id']}/messages", json={"content": "Vou verificar, Carla!"}, headers=agent.headers
+    )
+    assert sent.status_code == 201, sent.text
+    assert sent.json()["delivery_status"] == "pending"
+    assert fake.sent[-1][1:3] == ("5511988887777", "Vou verificar, Carla!")
+    external_id = fake.sent[-1][3]
+    reply_id = sent.json()["id"]
+
+    async def delivery() -> str | None:
+        rows = (await client.get(f"{INBOX}/{conversation['id']}/messages", headers=agent.headers)).json()
+        found: str | None = next(m["delivery_status"] for m in rows if m["id"] == reply_id)
+        return found
+
+    assert await delivery() == "sent"
+    await fake.receipt(key, external_id, "read")
+    await fake.receipt(key, external_id, "delivered")  # late and out of order: ignored
+    await fake.receipt(key, external_id, "failed")  # after read: ignored
+    assert await delivery() == "read"
+
+    seen: list[str] = []
+    event = await asyncio.wait_for(first, 5)
+    async with asyncio.timeout(5):
+        while True:
+            if isinstance(event, RealtimeEvent):
+                seen.append(event.event)
+                if event.event == "message.status_changed" and event.data.get("delivery_status") == "read":
+                    break
+            event = await anext(stream)
+    await stream.aclose()
+    assert seen.count("message.created") == 3  # the retried delivery announced nothing
+    assert "whatsapp.conversation.updated" in seen
+
+
+async def test_handoff_assignment_close_and_bad_input(
+    client: httpx.AsyncClient,
+    number: tuple[TenantHandle, Member, Member, SessionKey],
+    fake: FakeTransport,
+    make_tenant: Any,
+) -> None:
+    tenant, admin, agent, key = number
+    assistant = await client.post("/api/v1/assistants", json={"name": "Bot", "model": "demo"}, headers=admin.headers)
+    await client.patch(f"{BASE}/{key.session_id}", json={"assistant_id": assistant.json()["id"]}, headers=admin.headers)
+    await fake.customer_writes(key, "quero saber do frete", wa_id="5521900001111", name="Davi")
+    conversation = (await client.get(INBOX, headers=agent.headers)).json()[0]
+    assert conversation["bot_enabled"] is True  # the number has an assistant
+    await fake.customer_writes(key, "Quero falar com um ATENDENTE, por favor!", wa_id="5521900001111")
+    handed = (await client.get(f"{INBOX}?ticket_status=pending", headers=agent.headers)).json()
+    assert [c["id"] for c in handed] == [conversation["id"]]
+    assert handed[0]["bot_enabled"] is False
+
+    url = f"{INBOX}/{conversation['id']}"
+    assigned = await client.patch(
+        url, json={"assigned_to": agent.user_id, "ticket_status": "open"}, headers=agent.headers
+    )
+    assert assigned.json()["assigned_to"] == agent.user_id
+    member = await tenant.member(Role.member)
+    assert (await client.patch(url, json={"assigned_to": member.user_id}, headers=agent.headers)).status_code == 422
+    assert (await client.patch(url, json={"ticket_status": "lost"}, headers=agent.headers)).status_code == 422
+    closed = await client.patch(url, json={"ticket_status": "closed", "bot_enabled": True}, headers=agent.headers)
+    assert closed.json()["ticket_status"] == "closed"
+    refused = await client.post(f"{url}/messages", json={"content": "oi"}, headers=agent.headers)
+    assert refused.status_code == 409
+    await fake.customer_writes(key, "voltei", wa_id="5521900001111")  # a new ticket for the same contact
+    open_now = (await client.get(f"{INBOX}?ticket_status=open", headers=agent.headers)).json()
+    assert len(open_now) == 1
+    assert open_now[0]["id"] != conversation["id"]
+    reopen = await client.patch(url, json={"ticket_status": "open"}, headers=agent.headers)
+    assert reopen.status_code == 409
+
+    assert (await client.get(INBOX, headers=member.headers)).status_code == 403
+    outsider = await (await make_tenant("Fora")).member(Role.admin)
+    assert (await client.get(INBOX, headers=outsider.headers)).json() == []
+    for method, path in (("GET", f"{url}/messages"), ("PATCH", url), ("POST", f"{url}/messages")):
+        body = {"content": "x"} if method == "POST" else {}
+        answer = await client.request(method, path, headers=outsider.headers, json=body)
+        assert answer.status_code == 404, (method, path)
+
+
+async def test_a_failed_send_keeps_the_reply_with_its_reason(
+    client: httpx.AsyncClient, number: tuple[TenantHandle, Member, Member, SessionKey], fake: FakeTransport
+) -> None:
+    _, admin, agent, key = number
+    await fake.customer_writes(key, "oi", wa_id="5531977776666")
+    conversation = (await client.get(INBOX, headers=agent.headers)).json()[0]
+    await client.patch(f"{BASE}/{key.session_id}", json={"config": {"fail_send": True}}, headers=admin.headers)
+    sent = await client.post(f"{INBOX}/{conversation['id']}/messages", json={"content": "olá"}, headers=agent.headers)
+    assert sent.status_code == 201
+    rows = (await client.get(f"{INBOX}/{conversation['id']}/messages", headers=agent.headers)).json()
+    reply = rows[-1]
+    assert reply["content"] == "olá"
+    assert reply["delivery_status"] == "failed"
+    assert reply["status"] == "error"
+    assert "refused" in reply["metadata"]["error"]
