@@ -29,6 +29,9 @@ from tests.fake_openai import FakeOpenAI
 from tests.support import (
     CLERK_WEBHOOK_SECRET,
     EXTERNAL_ISSUER,
+    WHATSAPP_APP_SECRET,
+    WHATSAPP_VERIFY_TOKEN,
+    FakeGraphApi,
     FakeIdentityProvider,
     FakeOidcProvider,
     TenantHandle,
@@ -100,11 +103,19 @@ def oidc_provider() -> Iterator[FakeOidcProvider]:
 
 
 @pytest.fixture(scope="session")
+def graph_api() -> Iterator[FakeGraphApi]:
+    api = FakeGraphApi()
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
 def settings(
     database: ProvisionedDatabase,
     tmp_data_dir: Path,
     identity_provider: FakeIdentityProvider,
     oidc_provider: FakeOidcProvider,
+    graph_api: FakeGraphApi,
 ) -> Settings:
     return Settings(
         database_url=database.owner_url.render_as_string(hide_password=False),
@@ -120,6 +131,9 @@ def settings(
         oidc_client_secret=oidc_provider.client_secret,
         oidc_label="Acme SSO",
         whatsapp_transports=["fake=tests.fake_whatsapp:FakeTransport"],
+        whatsapp_app_secret=WHATSAPP_APP_SECRET,
+        whatsapp_verify_token=WHATSAPP_VERIFY_TOKEN,
+        whatsapp_graph_url=graph_api.url,
         max_message_bytes=32 * 1024,
         max_metadata_bytes=16 * 1024,
         _env_file=None,  # type: ignore[call-arg]

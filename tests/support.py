@@ -26,6 +26,8 @@ from papo.db.engine import Database, RlsContext
 from papo.settings import Settings
 
 EXTERNAL_ISSUER = "https://clerk.test.papo"
+WHATSAPP_APP_SECRET = "test-app-secret-" + "9f8e7d"  # test-only
+WHATSAPP_VERIFY_TOKEN = "test-verify-" + "token"  # test-only
 CLERK_WEBHOOK_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
@@ -237,6 +239,61 @@ class FakeOidcProvider:
             "token_endpoint": f"{self.issuer}/token",
             "jwks_uri": f"{self.issuer}/jwks",
         }
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+class FakeGraphApi:
+    """Meta's Graph API for WhatsApp over real HTTP: a number's details and sending messages, with
+    the bearer token checked. Records what was sent."""
+
+    access_token = "EAAG-test-token"  # test-only credential of the fake API
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _json(self, body: dict[str, Any], status: int = 200) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _authorised(self) -> bool:
+                if self.headers.get("authorization") == f"Bearer {api.access_token}":
+                    return True
+                self._json({"error": {"message": "Invalid OAuth access token.", "code": 190}}, 401)
+                return False
+
+            def do_GET(self) -> None:
+                if self._authorised():
+                    number = self.path.strip("/").split("/")[-1]
+                    self._json({"id": number, "display_phone_number": "+55 11 4000-0000", "verified_name": "Loja"})
+
+            def do_POST(self) -> None:
+                if not self._authorised():
+                    return
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                api.sent.append({"path": self.path, **body})
+                wamid = "wamid.graph-" + secrets.token_hex(8)
+                self._json(
+                    {"messaging_product": "whatsapp", "contacts": [{"wa_id": body["to"]}], "messages": [{"id": wamid}]}
+                )
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/v21.0"
 
     def close(self) -> None:
         self.server.shutdown()

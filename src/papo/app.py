@@ -39,6 +39,7 @@ from papo.whatsapp.api import conversations_router
 from papo.whatsapp.api import router as whatsapp_router
 from papo.whatsapp.service import WhatsappHub
 from papo.whatsapp.transports.registry import load_transports
+from papo.whatsapp.webhook import router as whatsapp_webhook_router
 
 log = structlog.get_logger(__name__)
 
@@ -83,7 +84,7 @@ def create_app(
             keys = KeyBox(settings)
             replies = ReplyManager(db, settings, keys, hub)
             oidc = OidcClients(http, settings, keys.secret)
-            whatsapp = WhatsappHub(db, settings, load_transports(settings))
+            whatsapp = WhatsappHub(db, settings, load_transports(settings, http), keys)
             state = AppState(
                 settings, db, signing_key, verifier, http, hub, keys, replies, CsrfGuard(keys.secret), oidc, whatsapp
             )
@@ -133,6 +134,7 @@ def create_app(
     app.include_router(whatsapp_router, prefix="/api/v1/whatsapp/sessions")
     app.include_router(whatsapp_router, prefix="/session", include_in_schema=False)  # seed 004's paths
     app.include_router(conversations_router)
+    app.include_router(whatsapp_webhook_router)
 
     loop_lag = LoopLagMonitor()
 

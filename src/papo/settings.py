@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     # WhatsApp: extra transports as kind=module:Class (the test suite's fake), comma-separated.
     whatsapp_transports: Annotated[list[str], NoDecode] = Field(default_factory=list)
     whatsapp_sends_per_minute: int = 30
+    # WhatsApp Cloud API: the app secret signs webhooks, the verify token answers Meta's handshake.
+    whatsapp_app_secret: str | None = None
+    whatsapp_verify_token: str | None = None
+    whatsapp_graph_url: str = "https://graph.facebook.com/v21.0"
 
     # How often each process tries the housekeeping sweep (event pruning, deleted-chat purge).
     maintenance_interval_seconds: float = 3600.0

@@ -22,6 +22,7 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from papo.assistants.service import KeyBox
 from papo.auth.service import SERVICE_ROLE, Principal
 from papo.db.base import new_id
 from papo.db.engine import Database, driver
@@ -36,6 +37,8 @@ from papo.whatsapp.transports.base import InboundMessage, SessionKey, Transport
 
 log = structlog.get_logger(__name__)
 SESSION_NOT_FOUND = "WhatsApp session not found"
+# The config key holding a Cloud API token encrypted with the server key (a name, not a secret).
+SEALED_TOKEN = "access_token_encrypted"  # noqa: S105
 HEARTBEAT_SECONDS = 30  # a running WORKING session's last_seen moves at least this often
 S = SessionStatus
 
@@ -73,6 +76,7 @@ class WhatsappHub:
     db: Database
     settings: Settings
     transports: dict[str, Transport]
+    keys: KeyBox
     live: dict[SessionKey, LiveSession] = field(default_factory=dict)
     sent_at: dict[SessionKey, deque[float]] = field(default_factory=dict)
 
@@ -85,13 +89,20 @@ class WhatsappHub:
             )
         return found
 
+    def open_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A session's config as its transport needs it: the stored access token decrypted."""
+        opened = {k: v for k, v in config.items() if k != SEALED_TOKEN}
+        if isinstance(config.get(SEALED_TOKEN), str):
+            opened["access_token"] = self.keys.open(config[SEALED_TOKEN])
+        return opened
+
     async def start(self, key: SessionKey, kind: str, config: dict[str, Any]) -> None:
         transport = self.transport(kind)
         await self.stop(key)
         self.live[key] = LiveSession(key, transport)
         await self.apply(key, S.STARTING, reason=None)
         try:
-            await transport.start(key, config, TransportEvents(self, key))
+            await transport.start(key, self.open_config(config), TransportEvents(self, key))
         except Exception as exc:  # a transport that cannot start fails its session, never the caller
             log.warning("whatsapp transport failed to start", session=str(key.session_id), error=str(exc))
             await self.apply(key, S.FAILED, reason=f"transport failed to start: {exc}")
@@ -191,7 +202,9 @@ class WhatsappHub:
                 kind, config = row.transport, dict(row.config)
             if self.memory_status(key) is not S.WORKING and kind != "cloud":
                 raise RuntimeError("the WhatsApp number is not connected")
-            external_id = await self.transport(kind).send_text(key, config, reply.to_wa_id, reply.text)
+            external_id = await self.transport(kind).send_text(
+                key, self.open_config(config), reply.to_wa_id, reply.text
+            )
         except Exception as exc:
             error = str(exc) or exc.__class__.__name__
             log.warning("whatsapp send failed", message=str(reply.message_id), error=error)
@@ -311,7 +324,7 @@ class SessionService:
             id=new_id(),
             name=body.name.strip(),
             transport=body.transport,
-            config=body.config,
+            config=self._seal(body.config),
             assistant_id=body.assistant_id,
             status=S.STOPPED.value,
         )
@@ -332,6 +345,16 @@ class SessionService:
         if await self.db.scalar(query) is not None:
             raise Conflict(f"this company already has a WhatsApp session named {name!r}")
 
+    def _seal(self, config: dict[str, Any], keep: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Store an access token encrypted (a config sent without one keeps the stored token)."""
+        sealed = {k: v for k, v in config.items() if k not in ("access_token", SEALED_TOKEN)}
+        token = config.get("access_token")
+        if isinstance(token, str) and token:
+            sealed[SEALED_TOKEN] = self.hub.keys.seal(token)
+        elif keep and SEALED_TOKEN in keep:
+            sealed[SEALED_TOKEN] = keep[SEALED_TOKEN]
+        return sealed
+
     async def update(self, session_id: uuid.UUID, body: SessionPatch) -> WhatsappSession:
         self.principal.require_admin()
         row = await self.find_one_by_company(session_id)
@@ -340,7 +363,7 @@ class SessionService:
             await self._check_unique_name(body.name, except_id=row.id)
             row.name = body.name.strip()
         if "config" in sent and body.config is not None:
-            row.config = body.config
+            row.config = self._seal(body.config, keep=row.config)
         if "assistant_id" in sent:
             row.assistant_id = body.assistant_id
         await self.db.flush()
@@ -376,7 +399,12 @@ class SessionService:
         memory = self.hub.memory_status(key)
         return {
             **session_out(row).model_dump(),
-            "config": row.config if self.principal.is_admin else {},
+            "config": (
+                {k: v for k, v in row.config.items() if k != SEALED_TOKEN}
+                | {"has_access_token": SEALED_TOKEN in row.config}
+                if self.principal.is_admin
+                else {}
+            ),
             "memory_status": memory,
             "has_credentials": bool(transport and transport.has_credentials(key)),
             "seed_status_word": session_out(row).seed_status,

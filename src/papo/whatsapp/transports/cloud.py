@@ -1,0 +1,75 @@
+"""The WhatsApp Cloud API (Meta's official API): messages come in through the webhook
+(papo.whatsapp.webhook), go out through the Graph API. A session's `config` holds its
+`phone_number_id` and access token (stored encrypted). No QR code: a number is WORKING once the
+Graph API accepts its token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from papo.whatsapp.transports.base import SessionEvents, SessionKey, Transport
+
+
+class CloudApiError(RuntimeError):
+    pass
+
+
+class CloudTransport(Transport):
+    kind = "cloud"
+
+    def __init__(self, store_dir: Any, http: httpx.AsyncClient, graph_url: str) -> None:
+        super().__init__(store_dir)
+        self.http = http
+        self.graph_url = graph_url.rstrip("/")
+
+    def _auth(self, config: dict[str, Any]) -> tuple[str, dict[str, str]]:
+        number, token = config.get("phone_number_id"), config.get("access_token")
+        if not number or not token:
+            raise CloudApiError("a Cloud API session needs config.phone_number_id and config.access_token")
+        return str(number), {"Authorization": f"Bearer {token}"}
+
+    async def _call(self, method: str, url: str, headers: dict[str, str], body: Any = None) -> dict[str, Any]:
+        try:
+            response = await self.http.request(method, url, headers=headers, json=body, timeout=15.0)
+        except httpx.HTTPError as exc:
+            raise CloudApiError(f"the Graph API could not be reached: {exc}") from exc
+        try:
+            payload: dict[str, Any] = response.json()
+        except ValueError:
+            payload = {}
+        if response.status_code >= 400:
+            error = payload.get("error", {}) if isinstance(payload.get("error"), dict) else {}
+            raise CloudApiError(f"Graph API {response.status_code}: {error.get('message') or response.text[:200]}")
+        return payload
+
+    async def start(self, key: SessionKey, config: dict[str, Any], events: SessionEvents) -> None:
+        number, headers = self._auth(config)
+        try:
+            details = await self._call("GET", f"{self.graph_url}/{number}", headers)
+        except CloudApiError as exc:
+            await events.failed(str(exc))
+            return
+        phone = details.get("display_phone_number")
+        if isinstance(phone, str) and phone:
+            await events.paired(phone)
+        await events.connected()
+
+    async def stop(self, key: SessionKey) -> None:
+        return None  # nothing held open: the webhook brings messages whatever runs
+
+    async def forget(self, key: SessionKey) -> bool:
+        return False  # the credentials are the session's config, removed with it
+
+    def has_credentials(self, key: SessionKey) -> bool:
+        return False
+
+    async def send_text(self, key: SessionKey, config: dict[str, Any], to_wa_id: str, text: str) -> str:
+        number, headers = self._auth(config)
+        body = {"messaging_product": "whatsapp", "to": to_wa_id, "type": "text", "text": {"body": text}}
+        payload = await self._call("POST", f"{self.graph_url}/{number}/messages", headers, body)
+        messages = payload.get("messages")
+        if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict):
+            raise CloudApiError("the Graph API accepted the message but returned no id")
+        return str(messages[0].get("id"))

@@ -1,0 +1,121 @@
+"""The WhatsApp Cloud API webhook: Meta's verification handshake, then signed deliveries.
+
+Deliveries are checked (X-Hub-Signature-256 over the raw body, constant time), routed to the company
+of the receiving number, answered 200 at once and processed after the answer. Meta retries for days:
+a message id already stored does nothing, and receipts only move a message forward, whatever order
+they arrive in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
+
+from papo.auth.deps import DbSession, State
+from papo.db.engine import driver
+from papo.errors import BadRequest, DomainError, Forbidden, NotFound, Unauthorized
+from papo.state import AppState
+from papo.whatsapp.transports.base import InboundMessage, SessionKey
+
+log = structlog.get_logger(__name__)
+router = APIRouter(prefix="/api/v1/whatsapp/webhook", tags=["whatsapp"])
+
+
+class NotConfigured(DomainError):
+    status, slug, title = 503, "not-configured", "Not configured"
+
+
+@router.get("", response_class=Response)
+async def verify(
+    state: State,
+    mode: str = Query("", alias="hub.mode"),
+    token: str = Query("", alias="hub.verify_token"),
+    challenge: str = Query("", alias="hub.challenge", max_length=200),
+) -> Response:
+    """Meta's subscription handshake: echo the challenge when the verify token matches."""
+    expected = state.settings.whatsapp_verify_token
+    if not expected:
+        raise NotConfigured("set PAPO_WHATSAPP_VERIFY_TOKEN to subscribe this webhook")
+    if mode != "subscribe" or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise Forbidden("wrong verify token")
+    return Response(challenge, media_type="text/plain")
+
+
+def check_signature(state: AppState, body: bytes, header: str | None) -> None:
+    secret = state.settings.whatsapp_app_secret
+    if not secret:
+        raise NotConfigured("set PAPO_WHATSAPP_APP_SECRET to accept WhatsApp webhooks")
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    if not header or not hmac.compare_digest(header.encode(), expected.encode()):
+        raise Unauthorized("missing or wrong X-Hub-Signature-256")
+
+
+def changes_of(payload: Any) -> list[dict[str, Any]]:
+    """The `value` objects of a delivery (Meta nests them under entry[].changes[])."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("entry"), list):
+        raise BadRequest("not a WhatsApp webhook delivery (no entry list)")
+    values = []
+    for entry in payload["entry"]:
+        for change in (entry.get("changes") or []) if isinstance(entry, dict) else []:
+            value = change.get("value") if isinstance(change, dict) else None
+            if isinstance(value, dict):
+                values.append(value)
+    return values
+
+
+def inbound_messages(value: dict[str, Any]) -> list[InboundMessage]:
+    names = {
+        c.get("wa_id"): (c.get("profile") or {}).get("name") for c in value.get("contacts") or [] if isinstance(c, dict)
+    }
+    found = []
+    for message in value.get("messages") or []:
+        if not isinstance(message, dict) or not message.get("id") or not message.get("from"):
+            continue
+        kind = str(message.get("type") or "unknown")
+        if kind == "text":
+            text = str((message.get("text") or {}).get("body") or "")
+        else:
+            text = str((message.get(kind) or {}).get("caption") or "") if isinstance(message.get(kind), dict) else ""
+        sender = str(message["from"])
+        found.append(InboundMessage(str(message["id"]), sender, names.get(sender), text, kind))
+    return found
+
+
+@router.post("")
+async def deliver(request: Request, session: DbSession, state: State, background: BackgroundTasks) -> dict[str, Any]:
+    body = await request.body()
+    check_signature(state, body, request.headers.get("x-hub-signature-256"))
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise BadRequest("the body is not JSON") from exc
+    work: list[tuple[SessionKey, dict[str, Any]]] = []
+    for value in changes_of(payload):
+        number = str((value.get("metadata") or {}).get("phone_number_id") or "")
+        route = await driver(session).fetchrow("SELECT * FROM papo_whatsapp_route($1)", number)
+        if route is None:
+            log.warning("whatsapp webhook for an unknown number", phone_number_id=number)
+            raise NotFound(f"no active WhatsApp Cloud API session has phone_number_id {number!r}")
+        work.append((SessionKey(route["route_tenant_id"], route["route_session_id"]), value))
+    background.add_task(process, state, work)
+    return {"received": len(work)}
+
+
+async def process(state: AppState, work: list[tuple[SessionKey, dict[str, Any]]]) -> None:
+    for key, value in work:
+        for inbound in inbound_messages(value):
+            try:
+                await state.whatsapp.receive(key, inbound)
+            except Exception:
+                log.exception("whatsapp inbound message could not be stored", message=inbound.external_id)
+        for receipt in value.get("statuses") or []:
+            if isinstance(receipt, dict) and receipt.get("id") and receipt.get("status"):
+                try:
+                    await state.whatsapp.receipt(key, str(receipt["id"]), str(receipt["status"]))
+                except Exception:
+                    log.exception("whatsapp receipt could not be applied", message=str(receipt["id"]))
