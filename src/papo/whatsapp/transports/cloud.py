@@ -5,6 +5,7 @@ Graph API accepts its token."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ class CloudApiError(RuntimeError):
 class CloudTransport(Transport):
     kind = "cloud"
 
-    def __init__(self, store_dir: Any, http: httpx.AsyncClient, graph_url: str) -> None:
+    def __init__(self, store_dir: Path, http: httpx.AsyncClient, graph_url: str) -> None:
         super().__init__(store_dir)
         self.http = http
         self.graph_url = graph_url.rstrip("/")

@@ -1,0 +1,162 @@
+"""WhatsApp multi-device through neonize (whatsmeow underneath): pairs by QR like WhatsApp Web, with
+no browser. Each session keeps its device credentials in its own SQLite store under the transport's
+directory, so a restart reconnects without a new scan.
+
+neonize reports events by protobuf type; `EVENT_MAP` names the ones papo listens to and what each
+means for the session's state machine (checked against neonize's own event table in the tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from papo.whatsapp.transports.base import InboundMessage, SessionEvents, SessionKey, Transport
+
+log = structlog.get_logger(__name__)
+
+# neonize event class name -> papo's meaning (see status.py)
+EVENT_MAP = {
+    "PairStatusEv": "paired",
+    "ConnectedEv": "connected",
+    "DisconnectedEv": "disconnected",
+    "KeepAliveTimeoutEv": "disconnected",
+    "LoggedOutEv": "logged_out",
+    "StreamReplacedEv": "failed",
+    "ConnectFailureEv": "failed",
+    "TemporaryBanEv": "failed",
+    "ClientOutdatedEv": "failed",
+    "MessageEv": "message",
+    "ReceiptEv": "receipt",
+}
+RECEIPT_STATUS = {1: "delivered", 4: "read", 6: "read"}  # neonize Receipt.Type: DELIVERED, READ, PLAYED
+
+
+def text_of(message: Any) -> tuple[str, str]:
+    """(text, kind) of a neonize Message proto: plain and extended text; anything else unsupported."""
+    if message.conversation:
+        return str(message.conversation), "text"
+    if message.HasField("extendedTextMessage"):
+        return str(message.extendedTextMessage.text), "text"
+    for field, _ in message.ListFields():
+        return "", field.name.removesuffix("Message") or "unknown"
+    return "", "unknown"
+
+
+class NeonizeTransport(Transport):
+    kind = "neonize"
+
+    def __init__(self, store_dir: Path) -> None:
+        super().__init__(store_dir)
+        self.clients: dict[SessionKey, Any] = {}
+        self.connecting: dict[SessionKey, asyncio.Task[None]] = {}
+
+    def store_path(self, key: SessionKey) -> Path:
+        return self.store_dir / f"{key.slug}.sqlite3"
+
+    def has_credentials(self, key: SessionKey) -> bool:
+        """A paired device is stored (whatsmeow's device table has a row)."""
+        path = self.store_path(key)
+        if not path.exists():
+            return False
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                return bool(db.execute("SELECT count(*) FROM whatsmeow_device").fetchone()[0])
+        except sqlite3.Error:
+            return False
+
+    def build(self, key: SessionKey, events: SessionEvents) -> Any:
+        """A neonize client on the session's store, its events wired to `events` by name."""
+        from neonize.aioze import events as neonize_events
+        from neonize.aioze.client import NewAClient
+
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        client = NewAClient(str(self.store_path(key)))
+
+        async def on_qr(_: Any, code: bytes) -> None:
+            await events.qr(code.decode() if isinstance(code, bytes) else str(code))
+
+        client.event.qr(on_qr)
+        for class_name, meaning in EVENT_MAP.items():
+            client.event(getattr(neonize_events, class_name))(self._handler(class_name, meaning, events))
+        return client
+
+    def _handler(self, class_name: str, meaning: str, events: SessionEvents) -> Any:
+        async def handle(_: Any, event: Any) -> None:
+            try:
+                if meaning == "paired":
+                    await events.paired(str(event.ID.User) if event.HasField("ID") else "")
+                elif meaning == "connected":
+                    await events.connected()
+                elif meaning == "disconnected":
+                    await events.disconnected(class_name.removesuffix("Ev"))
+                elif meaning == "logged_out":
+                    await events.logged_out("the device was removed on the phone")
+                elif meaning == "failed":
+                    await events.failed(f"WhatsApp ended the session: {class_name.removesuffix('Ev')}")
+                elif meaning == "message":
+                    source = event.Info.MessageSource
+                    if source.IsFromMe or source.IsGroup:
+                        return
+                    text, kind = text_of(event.Message)
+                    await events.message(
+                        InboundMessage(event.Info.ID, source.Sender.User, event.Info.Pushname or None, text, kind)
+                    )
+                elif meaning == "receipt":
+                    status = RECEIPT_STATUS.get(int(event.Type))
+                    if status:
+                        for message_id in event.MessageIDs:
+                            await events.receipt(str(message_id), status)
+            except Exception:
+                log.exception("neonize event handling failed", event=class_name)
+
+        return handle
+
+    async def start(self, key: SessionKey, config: dict[str, Any], events: SessionEvents) -> None:
+        await self.stop(key)
+        client = self.build(key, events)
+        self.clients[key] = client
+        connecting = await client.connect()
+
+        async def watch() -> None:
+            try:
+                await connecting
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await events.failed(f"cannot reach WhatsApp: {exc}")
+
+        self.connecting[key] = asyncio.create_task(watch())
+
+    async def stop(self, key: SessionKey) -> None:
+        client = self.clients.pop(key, None)
+        watcher = self.connecting.pop(key, None)
+        if watcher is not None:
+            watcher.cancel()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+
+    async def forget(self, key: SessionKey) -> bool:
+        client = self.clients.get(key)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.logout()
+        await self.stop(key)
+        existed = self.store_path(key).exists()
+        self.remove_store(key.slug)
+        return existed
+
+    async def send_text(self, key: SessionKey, config: dict[str, Any], to_wa_id: str, text: str) -> str:
+        from neonize.utils.jid import build_jid
+
+        client = self.clients.get(key)
+        if client is None:
+            raise RuntimeError("this WhatsApp number is not connected in this process")
+        response = await client.send_message(build_jid(to_wa_id), text)
+        return str(response.ID)
