@@ -84,7 +84,8 @@ def create_app(
             keys = KeyBox(settings)
             replies = ReplyManager(db, settings, keys, hub)
             oidc = OidcClients(http, settings, keys.secret)
-            whatsapp = WhatsappHub(db, settings, load_transports(settings, http), keys)
+            whatsapp = WhatsappHub(db, settings, load_transports(settings, http), keys, replies)
+            replies.on_complete = whatsapp.bot_reply_completed
             state = AppState(
                 settings, db, signing_key, verifier, http, hub, keys, replies, CsrfGuard(keys.secret), oidc, whatsapp
             )

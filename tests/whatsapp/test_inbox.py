@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from papo.auth.models import Role
 from papo.client import RealtimeClient, RealtimeEvent
 from papo.whatsapp.transports.base import SessionKey
+from tests.fake_openai import API_KEY
 from tests.fake_whatsapp import FakeTransport
 from tests.support import Member, TenantHandle
 from tests.whatsapp.test_sessions import BASE, create, wait_status
@@ -161,3 +162,39 @@ async def test_a_failed_send_keeps_the_reply_with_its_reason(
     assert reply["delivery_status"] == "failed"
     assert reply["status"] == "error"
     assert "refused" in reply["metadata"]["error"]
+
+
+async def test_the_bot_answers_until_the_customer_asks_for_a_human(
+    client: httpx.AsyncClient,
+    number: tuple[TenantHandle, Member, Member, SessionKey],
+    fake: FakeTransport,
+    fake_openai: tuple[Any, str],
+) -> None:
+    _, admin, agent, key = number
+    assistant = await client.post(
+        "/api/v1/assistants",
+        json={"name": "Bot", "model": "fake-echo", "base_url": fake_openai[1], "api_key": API_KEY},
+        headers=admin.headers,
+    )
+    assert assistant.status_code == 201, assistant.text
+    await client.patch(f"{BASE}/{key.session_id}", json={"assistant_id": assistant.json()["id"]}, headers=admin.headers)
+
+    await fake.customer_writes(key, "qual o horário de vocês?", wa_id="5541933334444", name="Ana")
+    async with asyncio.timeout(10):  # the bot's reply goes out through the number
+        while True:
+            if any(text == "Echo: qual o horário de vocês?" for _, _, text, _ in fake.sent):
+                break
+            await asyncio.sleep(0.05)
+    conversation = (await client.get(INBOX, headers=agent.headers)).json()[0]
+    rows = (await client.get(f"{INBOX}/{conversation['id']}/messages", headers=agent.headers)).json()
+    bot = rows[-1]
+    assert bot["metadata"]["author"] == "bot"
+    assert bot["delivery_status"] == "sent"
+    assert bot["external_id"].startswith("wamid.fake-")
+
+    sent_before = len(fake.sent)
+    await fake.customer_writes(key, "prefiro falar com um humano", wa_id="5541933334444")
+    await asyncio.sleep(0.5)
+    assert len(fake.sent) == sent_before  # the bot stepped back
+    handed = (await client.get(f"{INBOX}?ticket_status=pending", headers=agent.headers)).json()
+    assert [c["id"] for c in handed] == [conversation["id"]]

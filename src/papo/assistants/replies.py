@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,9 @@ class ReplyManager:
         self.hub = hub
         self.running: dict[uuid.UUID, asyncio.Task[None]] = {}
         self.live: dict[uuid.UUID, LiveReply] = {}
+        # Called with (principal, session id, reply id, text) when a reply is complete: the WhatsApp
+        # inbox sends its bot's replies out this way.
+        self.on_complete: Callable[[Principal, uuid.UUID, uuid.UUID, str], Awaitable[None]] | None = None
         self.clients = ProviderClients(
             max_attempts=settings.reply_max_attempts, request_timeout=settings.reply_deadline_seconds
         )
@@ -224,6 +227,8 @@ class ReplyManager:
         }
         if await self._finish(principal, reply_id, live.text, meta, "complete"):
             await self._title(principal, session_id, target, history, live.text)
+            if self.on_complete is not None:
+                await self.on_complete(principal, session_id, reply_id, live.text)
         else:  # stopped after the last token
             await self._keep_stopped(principal, reply_id, live.text)
 
@@ -293,7 +298,7 @@ class ReplyManager:
             finished = await self._chat(session, principal).finish_reply(
                 reply_id, text, failed=state != "complete", metadata=meta, state=state
             )
-            if finished and state == "complete":
+            if finished and state == "complete" and principal.user_id is not None:
                 usage = meta.get("usage") or {}
                 await record_usage(
                     session,

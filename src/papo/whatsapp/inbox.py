@@ -64,6 +64,7 @@ class Received:
     conversation_id: uuid.UUID
     message_id: uuid.UUID | None  # None: WhatsApp delivered this message before (nothing stored)
     handed_off: bool
+    bot_enabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ class Inbox:
             conversation = await self._conversation(conversation_id)
         self._emit("message.created", wire(message) | {"channel": "whatsapp"})
         self._announce(conversation)
-        return Received(conversation_id, message["id"], handed_off)
+        return Received(conversation_id, message["id"], handed_off, bool(conversation["bot_enabled"]) and supported)
 
     async def conversations(self, ticket_status: str | None, limit: int = 100) -> list[dict[str, Any]]:
         if ticket_status is not None and ticket_status not in TICKET_STATUSES:
@@ -277,6 +278,31 @@ class Inbox:
             conversation["whatsapp_session_id"],
             conversation["wa_id"],
             text,
+        )
+
+    async def bot_reply_ready(self, conversation_id: uuid.UUID, message_id: uuid.UUID) -> OutgoingReply | None:
+        """The bot finished a reply in a WhatsApp conversation: mark it to be sent, say where to."""
+        row = await driver(self.db).fetchrow(
+            """
+            UPDATE messages m SET delivery_status = 'pending'
+              FROM chat_sessions c JOIN contacts k ON k.tenant_id = c.tenant_id AND k.id = c.contact_id
+             WHERE m.tenant_id = $1 AND m.id = $2 AND m.session_id = $3 AND m.delivery_status IS NULL
+               AND c.tenant_id = m.tenant_id AND c.id = m.session_id AND c.channel = 'whatsapp'
+            RETURNING m.content, c.whatsapp_session_id, k.wa_id
+            """,
+            self.principal.tenant_id,
+            message_id,
+            conversation_id,
+        )
+        if row is None:
+            return None
+        return OutgoingReply(
+            self.principal.tenant_id,
+            message_id,
+            conversation_id,
+            row["whatsapp_session_id"],
+            row["wa_id"],
+            row["content"],
         )
 
     async def mark_sent(self, message_id: uuid.UUID, external_id: str | None, error: str | None) -> None:

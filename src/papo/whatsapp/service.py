@@ -22,8 +22,10 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from papo.assistants.replies import ReplyManager
 from papo.assistants.service import KeyBox
 from papo.auth.service import SERVICE_ROLE, Principal
+from papo.chat.service import ChatService
 from papo.db.base import new_id
 from papo.db.engine import Database, driver
 from papo.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
@@ -77,6 +79,7 @@ class WhatsappHub:
     settings: Settings
     transports: dict[str, Transport]
     keys: KeyBox
+    replies: ReplyManager | None = None  # the assistant that answers on numbers that have one
     live: dict[SessionKey, LiveSession] = field(default_factory=dict)
     sent_at: dict[SessionKey, deque[float]] = field(default_factory=dict)
 
@@ -169,8 +172,33 @@ class WhatsappHub:
                 log.warning("whatsapp message for an unknown or removed session", session=str(key.session_id))
                 return None
             words = row.config.get("handoff_keywords") or DEFAULT_HANDOFF_WORDS
-            inbox = Inbox(session, service_principal(key.tenant_id))
-            return await inbox.receive(row.id, row.assistant_id, tuple(str(w) for w in words), inbound)
+            principal = service_principal(key.tenant_id)
+            received = await Inbox(session, principal).receive(
+                row.id, row.assistant_id, tuple(str(w) for w in words), inbound
+            )
+            bot_reply = None
+            if received.message_id and received.bot_enabled and row.assistant_id and self.replies is not None:
+                chat = ChatService(session, principal, self.settings)
+                if await chat.streaming_reply(received.conversation_id) is None:  # one answer at a time
+                    placeholder = await chat.add_reply_placeholder(
+                        received.conversation_id, {"assistant_id": str(row.assistant_id), "author": "bot"}
+                    )
+                    bot_reply = placeholder.id
+        if bot_reply is not None and self.replies is not None:
+            assert row.assistant_id is not None
+            await self.replies.spawn(principal, received.conversation_id, bot_reply, row.assistant_id)
+        return received
+
+    async def bot_reply_completed(
+        self, principal: Principal, conversation_id: uuid.UUID, reply_id: uuid.UUID, text: str
+    ) -> None:
+        """A bot reply was written (ReplyManager's completion hook): send it to the customer."""
+        if not principal.is_service:
+            return
+        async with self.db.transaction(principal.context()) as session:
+            outgoing = await Inbox(session, principal).bot_reply_ready(conversation_id, reply_id)
+        if outgoing is not None:
+            await self.send(outgoing)
 
     async def receipt(self, key: SessionKey, external_id: str, status: str) -> bool:
         async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
