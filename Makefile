@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint bench bench-core bench-realtime bench-assistants bench-web lock clean
+.PHONY: install run test lint bench bench-core bench-realtime bench-assistants bench-web bench-whatsapp lock clean
 
 install: $(STAMP)
 
@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-bench: bench-core bench-realtime bench-assistants bench-web
+bench: bench-core bench-realtime bench-assistants bench-web bench-whatsapp
 
 bench-core: install
 	$(BIN)/python bench/run.py
@@ -45,6 +45,9 @@ bench-assistants: install
 
 bench-web: install $(CHROMIUM)
 	$(BIN)/python bench/web.py
+
+bench-whatsapp: install
+	$(BIN)/python bench/whatsapp.py
 
 # Regenerate the lock file (needs pip-tools); no index URLs are written into it.
 lock:

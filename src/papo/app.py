@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import httpx
@@ -39,6 +40,7 @@ from papo.whatsapp.api import conversations_router
 from papo.whatsapp.api import router as whatsapp_router
 from papo.whatsapp.service import WhatsappHub
 from papo.whatsapp.transports.registry import load_transports
+from papo.whatsapp.webhook import process as process_webhook
 from papo.whatsapp.webhook import router as whatsapp_webhook_router
 
 log = structlog.get_logger(__name__)
@@ -73,6 +75,7 @@ def create_app(
         housekeeping: asyncio.Task[None] | None = None
         restoring: asyncio.Task[dict[str, int]] | None = None
         whatsapp_heartbeat: asyncio.Task[None] | None = None
+        whatsapp_ingest: asyncio.Task[None] | None = None
         whatsapp: WhatsappHub | None = None
         lag_watch: asyncio.Task[None] | None = None
         replies: ReplyManager | None = None
@@ -94,13 +97,16 @@ def create_app(
             await replies.sweep()
             restoring = asyncio.create_task(whatsapp.load_existing_sessions(), name="papo-whatsapp-restore")
             whatsapp_heartbeat = asyncio.create_task(whatsapp.heartbeat(), name="papo-whatsapp-heartbeat")
+            whatsapp_ingest = asyncio.create_task(
+                whatsapp.ingest(partial(process_webhook, state)), name="papo-whatsapp-ingest"
+            )
             housekeeping = asyncio.create_task(maintenance_loop(db, settings, replies), name="papo-maintenance")
             lag_watch = asyncio.create_task(loop_lag.run(), name="papo-loop-lag")
             if on_ready is not None:
                 await on_ready(state)
             yield
         finally:
-            for background in (housekeeping, lag_watch, whatsapp_heartbeat):
+            for background in (housekeeping, lag_watch, whatsapp_heartbeat, whatsapp_ingest):
                 if background is not None:
                     background.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -18,7 +18,7 @@ async def test_upgrade_downgrade_upgrade(database: ProvisionedDatabase) -> None:
     try:
         assert await current_revision(owner_url) is None
         await migrate(owner_url, app_url, create_app_role=True)
-        assert await current_revision(owner_url) == "0012_whatsapp_cloud"
+        assert await current_revision(owner_url) == "0013_webhook_queue"
         await downgrade(owner_url, "base")
         connection = await asyncpg.connect(plain_dsn(owner_url))
         try:
@@ -40,7 +40,7 @@ async def test_upgrade_downgrade_upgrade(database: ProvisionedDatabase) -> None:
         assert functions == []
         assert types == []
         await migrate(owner_url, app_url, create_app_role=True)
-        assert await current_revision(owner_url) == "0012_whatsapp_cloud"
+        assert await current_revision(owner_url) == "0013_webhook_queue"
     finally:
         admin = await asyncpg.connect(plain_dsn(database.admin_url))
         try:

@@ -3,6 +3,7 @@ examples posted to the running app, and replies through a fake Graph API over HT
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -10,11 +11,13 @@ import secrets
 import uuid
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from papo.auth.models import Role
 from papo.db.engine import RlsContext, driver
+from tests.conftest import ProvisionedDatabase, plain_dsn
 from tests.support import WHATSAPP_APP_SECRET, WHATSAPP_VERIFY_TOKEN, FakeGraphApi, Member, TenantHandle
 from tests.whatsapp.test_sessions import BASE, wait_status
 
@@ -44,6 +47,19 @@ def delivery(phone_number_id: str, *, messages: list[dict[str, Any]] = (), statu
         "entry": [{"id": "102290129340398", "changes": [{"value": value, "field": "messages"}]}],
     }
     return json.dumps(payload).encode()
+
+
+async def worked_off(database: ProvisionedDatabase) -> None:
+    """Wait until every queued webhook delivery has been processed."""
+    owner = await asyncpg.connect(plain_dsn(database.owner_url))
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                if await owner.fetchval("SELECT count(*) FROM whatsapp_webhook_deliveries") == 0:
+                    return
+                await asyncio.sleep(0.05)
+    finally:
+        await owner.close()
 
 
 def text_message(wamid: str, sender: str, body: str) -> dict[str, Any]:
@@ -80,7 +96,10 @@ async def test_meta_handshake(client: httpx.AsyncClient) -> None:
 
 
 async def test_signed_deliveries_stored_once_replies_and_receipts(
-    client: httpx.AsyncClient, cloud_number: tuple[TenantHandle, Member, str, str], graph_api: FakeGraphApi
+    client: httpx.AsyncClient,
+    cloud_number: tuple[TenantHandle, Member, str, str],
+    graph_api: FakeGraphApi,
+    database: ProvisionedDatabase,
 ) -> None:
     tenant, admin, session_id, number = cloud_number
     details = (await client.get(f"{BASE}/{session_id}/details", headers=admin.headers)).json()
@@ -101,6 +120,7 @@ async def test_signed_deliveries_stored_once_replies_and_receipts(
         answer = await client.post(HOOK, content=body, headers=signed(body))
         assert answer.status_code == 200
         assert answer.json() == {"received": 1}
+    await worked_off(database)
     conversations = (await client.get(INBOX, headers=admin.headers)).json()
     assert [c["contact_name"] for c in conversations] == ["Kerry Fisher"]
     conversation_id = conversations[0]["id"]
@@ -123,6 +143,7 @@ async def test_signed_deliveries_stored_once_replies_and_receipts(
         receipt = delivery(number, statuses=[{"id": wamid, "status": status, "timestamp": "1760000100",
                                               "recipient_id": "16315551234"}])  # fmt: skip
         assert (await client.post(HOOK, content=receipt, headers=signed(receipt))).status_code == 200
+        await worked_off(database)  # one at a time: really out of order
     reply = (await client.get(f"{INBOX}/{conversation_id}/messages", headers=admin.headers)).json()[-1]
     assert reply["delivery_status"] == "read"
 
@@ -140,7 +161,7 @@ async def test_signed_deliveries_stored_once_replies_and_receipts(
 
 
 async def test_bad_deliveries_store_nothing(
-    client: httpx.AsyncClient, cloud_number: tuple[TenantHandle, Member, str, str]
+    client: httpx.AsyncClient, cloud_number: tuple[TenantHandle, Member, str, str], database: ProvisionedDatabase
 ) -> None:
     _, admin, _, number = cloud_number
     body = delivery(number, messages=[text_message("wamid.forged", "5511900000000", "forged")])
@@ -149,6 +170,7 @@ async def test_bad_deliveries_store_nothing(
     assert forged.status_code == 401
     tampered = body.replace(b"forged", b"FORGED")
     assert (await client.post(HOOK, content=tampered, headers=signed(body))).status_code == 401
+    await worked_off(database)
     assert (await client.get(INBOX, headers=admin.headers)).json() == []
 
     broken = b'{"entry": [oops'

@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,6 +43,8 @@ SESSION_NOT_FOUND = "WhatsApp session not found"
 # The config key holding a Cloud API token encrypted with the server key (a name, not a secret).
 SEALED_TOKEN = "access_token_encrypted"  # noqa: S105
 HEARTBEAT_SECONDS = 30  # a running WORKING session's last_seen moves at least this often
+INGEST_POLL_SECONDS = 2.0  # webhook deliveries queued by another process are found this fast
+INGEST_BATCH = 200
 S = SessionStatus
 
 
@@ -82,6 +85,7 @@ class WhatsappHub:
     replies: ReplyManager | None = None  # the assistant that answers on numbers that have one
     live: dict[SessionKey, LiveSession] = field(default_factory=dict)
     sent_at: dict[SessionKey, deque[float]] = field(default_factory=dict)
+    ingest_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def transport(self, kind: str) -> Transport:
         found = self.transports.get(kind)
@@ -238,6 +242,53 @@ class WhatsappHub:
             log.warning("whatsapp send failed", message=str(reply.message_id), error=error)
         async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
             await Inbox(session, service_principal(key.tenant_id)).mark_sent(reply.message_id, external_id, error)
+
+    def wake_ingest(self) -> None:
+        self.ingest_ready.set()
+
+    async def ingest(self, handle: Callable[[SessionKey, dict[str, Any]], Awaitable[None]]) -> None:
+        """Work off queued webhook deliveries (from any process): a sender's deliveries in order,
+        different senders side by side; each row deleted once handled, claimed again if not."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ingest_ready.wait(), timeout=INGEST_POLL_SECONDS)
+            self.ingest_ready.clear()
+            try:
+                while await self._ingest_batch(handle):
+                    pass
+            except Exception as exc:  # the database away for a moment: the next round retries
+                log.warning("whatsapp webhook queue could not be worked off", error=str(exc))
+                await asyncio.sleep(1)
+
+    async def _ingest_batch(self, handle: Callable[[SessionKey, dict[str, Any]], Awaitable[None]]) -> int:
+        async with self.db.transaction() as session:
+            rows = await driver(session).fetch("SELECT * FROM papo_claim_webhook_deliveries($1)", INGEST_BATCH)
+        lanes: dict[tuple[uuid.UUID, str], list[Any]] = {}
+        for row in rows:
+            stored = row["delivery_payload"]  # decoded JSON (the engine's codec), or its text
+            payload = json.loads(stored) if isinstance(stored, str | bytes) else stored
+            senders = [m.get("from") for m in payload.get("messages") or [] if isinstance(m, dict)]
+            lanes.setdefault((row["delivery_session_id"], str(senders[0] if senders else "")), []).append(
+                (row, payload)
+            )
+
+        async def lane(items: list[Any]) -> None:
+            for row, payload in items:
+                key = SessionKey(row["delivery_tenant_id"], row["delivery_session_id"])
+                try:
+                    await handle(key, payload)
+                except Exception:
+                    log.exception("whatsapp webhook delivery failed; it will be retried", delivery=row["delivery_id"])
+                    continue
+                async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+                    await driver(session).execute(
+                        "DELETE FROM whatsapp_webhook_deliveries WHERE tenant_id = $1 AND id = $2",
+                        key.tenant_id,
+                        row["delivery_id"],
+                    )
+
+        await asyncio.gather(*(lane(items) for items in lanes.values()))
+        return len(rows)
 
     async def heartbeat(self) -> None:
         """Keep `last_seen` of the sessions this process runs fresh, so other processes (and sync)

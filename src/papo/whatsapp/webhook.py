@@ -1,7 +1,8 @@
 """The WhatsApp Cloud API webhook: Meta's verification handshake, then signed deliveries.
 
 Deliveries are checked (X-Hub-Signature-256 over the raw body, constant time), routed to the company
-of the receiving number, answered 200 at once and processed after the answer. Meta retries for days:
+of the receiving number, queued in the database (Meta does not deliver again after a 200), answered,
+and worked off by `WhatsappHub.ingest` in any server process. Meta retries for days:
 a message id already stored does nothing, and receipts only move a message forward, whatever order
 they arrive in.
 """
@@ -17,9 +18,10 @@ import structlog
 from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
 
 from papo.auth.deps import DbSession, State
-from papo.db.engine import driver
+from papo.db.engine import apply_context, driver
 from papo.errors import BadRequest, DomainError, Forbidden, NotFound, Unauthorized
 from papo.state import AppState
+from papo.whatsapp.service import service_principal
 from papo.whatsapp.transports.base import InboundMessage, SessionKey
 
 log = structlog.get_logger(__name__)
@@ -88,34 +90,37 @@ def inbound_messages(value: dict[str, Any]) -> list[InboundMessage]:
 
 @router.post("")
 async def deliver(request: Request, session: DbSession, state: State, background: BackgroundTasks) -> dict[str, Any]:
+    """Check, route and queue the delivery (one insert each), answer 200; any process works it off."""
     body = await request.body()
     check_signature(state, body, request.headers.get("x-hub-signature-256"))
     try:
         payload = json.loads(body)
     except ValueError as exc:
         raise BadRequest("the body is not JSON") from exc
-    work: list[tuple[SessionKey, dict[str, Any]]] = []
+    routed: list[tuple[SessionKey, dict[str, Any]]] = []
     for value in changes_of(payload):
         number = str((value.get("metadata") or {}).get("phone_number_id") or "")
         route = await driver(session).fetchrow("SELECT * FROM papo_whatsapp_route($1)", number)
         if route is None:
             log.warning("whatsapp webhook for an unknown number", phone_number_id=number)
             raise NotFound(f"no active WhatsApp Cloud API session has phone_number_id {number!r}")
-        work.append((SessionKey(route["route_tenant_id"], route["route_session_id"]), value))
-    background.add_task(process, state, work)
-    return {"received": len(work)}
+        routed.append((SessionKey(route["route_tenant_id"], route["route_session_id"]), value))
+    for key, value in routed:
+        await apply_context(session, service_principal(key.tenant_id).context())
+        await driver(session).execute(
+            "INSERT INTO whatsapp_webhook_deliveries (tenant_id, session_id, payload) VALUES ($1, $2, $3)",
+            key.tenant_id,
+            key.session_id,
+            json.dumps(value),
+        )
+    background.add_task(state.whatsapp.wake_ingest)  # after the commit
+    return {"received": len(routed)}
 
 
-async def process(state: AppState, work: list[tuple[SessionKey, dict[str, Any]]]) -> None:
-    for key, value in work:
-        for inbound in inbound_messages(value):
-            try:
-                await state.whatsapp.receive(key, inbound)
-            except Exception:
-                log.exception("whatsapp inbound message could not be stored", message=inbound.external_id)
-        for receipt in value.get("statuses") or []:
-            if isinstance(receipt, dict) and receipt.get("id") and receipt.get("status"):
-                try:
-                    await state.whatsapp.receipt(key, str(receipt["id"]), str(receipt["status"]))
-                except Exception:
-                    log.exception("whatsapp receipt could not be applied", message=str(receipt["id"]))
+async def process(state: AppState, key: SessionKey, value: dict[str, Any]) -> None:
+    """One queued delivery: its messages stored, its receipts applied (both idempotent)."""
+    for inbound in inbound_messages(value):
+        await state.whatsapp.receive(key, inbound)
+    for receipt in value.get("statuses") or []:
+        if isinstance(receipt, dict) and receipt.get("id") and receipt.get("status"):
+            await state.whatsapp.receipt(key, str(receipt["id"]), str(receipt["status"]))
