@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import httpx
@@ -10,6 +11,7 @@ from playwright.async_api import BrowserContext, Page, WebSocketRoute, expect
 
 from papo.auth.models import Role
 from papo.web.brand import contrast
+from papo.whatsapp.transports.base import SessionKey
 from tests.fake_openai import FakeOpenAI
 from tests.support import FakeOidcProvider, Member, TenantHandle
 from tests.web.conftest import default_assistant, screenshot, set_tenant_settings, sign_in, watch_errors
@@ -454,3 +456,51 @@ class TestResilience:
         await page.click("form[action='/login'] button[type=submit]")
         await page.wait_for_url(f"{live_url}/chats/{sid}")
         await expect(page.locator("#composer-input")).to_have_value("uma mensagem longa que eu não quero perder")
+
+
+class TestWhatsappPages:
+    async def test_admin_scans_a_number_and_an_agent_answers_in_the_inbox(
+        self, context: BrowserContext, live_url: str, client: httpx.AsyncClient, make_tenant: Any, app: Any
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Zap")
+        admin, agent = await tenant.member(Role.admin), await tenant.member(Role.agent)
+        fake = app.state.papo.whatsapp.transports["fake"]
+        page = await context.new_page()
+        errors = watch_errors(page)
+        await sign_in(page, live_url, admin, next_path="/whatsapp")
+        await expect(page.locator(".wa-session")).to_have_count(0)
+        created = await client.post(
+            "/api/v1/whatsapp/sessions", json={"name": "loja", "transport": "fake"}, headers=admin.headers
+        )
+        sid = created.json()["id"]
+        item = page.locator(f'.wa-session[data-id="{sid}"]')
+        await expect(item.locator("[data-badge]")).to_have_text("SCAN_QR_CODE", timeout=10_000)
+        await expect(item.locator("[data-qr] img")).to_be_visible()
+        assert await item.locator("[data-qr] img").evaluate("image => image.naturalWidth") > 0  # the SVG loaded
+        await screenshot(page, "whatsapp-qr")
+        key = SessionKey(tenant.id, uuid.UUID(sid))
+        await fake.scan(key, "+5511966660000")
+        await expect(item.locator("[data-badge]")).to_have_text("WORKING")
+        await expect(item.locator("[data-qr]")).to_be_hidden()
+        await expect(item.locator("[data-phone]")).to_have_text("+5511966660000")
+
+        await context.clear_cookies()
+        await sign_in(page, live_url, agent, next_path="/inbox")
+        await expect(page.locator("#conversations .chat-item")).to_have_count(0)
+        await fake.customer_writes(key, "Vocês abrem sábado?", wa_id="5511955554444", name="Bruno")
+        await expect(page.locator("#conversations .chat-item")).to_have_count(1, timeout=10_000)
+        await page.click("#conversations .chat-item a")
+        await expect(page.locator("#messages .msg.user .body")).to_have_text("Vocês abrem sábado?")
+        await page.fill("#inbox-input", "Abrimos sim, das 9h às 13h.")
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#messages .msg.assistant .body")).to_have_text("Abrimos sim, das 9h às 13h.")
+        await expect(page.locator("#messages .msg.assistant [data-delivery]")).to_have_text("sent")
+        assert fake.sent[-1][1:3] == ("5511955554444", "Abrimos sim, das 9h às 13h.")
+        await fake.customer_writes(key, "Obrigado!", wa_id="5511955554444")
+        await expect(page.locator("#messages .msg.user")).to_have_count(2)  # live
+        await page.click("[data-inbox-action=assign]")
+        await expect(page.locator("#assignee")).to_contain_text(agent.email)
+        await page.click("[data-inbox-action=close]")
+        await expect(page.locator("[data-inbox-action=reopen]")).to_be_visible()
+        await screenshot(page, "inbox")
+        assert errors == []

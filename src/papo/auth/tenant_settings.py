@@ -88,3 +88,13 @@ async def set_role(session: AsyncSession, principal: Principal, user_id: str, ro
         user_id,
         role.value,
     )
+
+
+async def staff(session: AsyncSession, principal: Principal) -> list[MemberRow]:
+    """The company's owners, admins and agents (whom a conversation can be assigned to)."""
+    rows = await driver(session).fetch(
+        "SELECT u.id, u.email, u.name, m.role::text AS role FROM memberships m JOIN users u ON u.id = m.user_id "
+        "WHERE m.tenant_id = $1 AND m.role IN ('owner', 'admin', 'agent') ORDER BY lower(coalesce(u.email, u.id))",
+        principal.tenant_id,
+    )
+    return [MemberRow(r["id"], r["email"], r["name"], r["role"]) for r in rows]

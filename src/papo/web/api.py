@@ -37,6 +37,8 @@ from papo.realtime.service import bounds as realtime_bounds
 from papo.state import AppState
 from papo.web import brand, markdown
 from papo.web.i18n import LANG_COOKIE, LANGUAGES, Translator, pick_language
+from papo.whatsapp.inbox import Inbox
+from papo.whatsapp.service import SessionService, session_out
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -711,3 +713,66 @@ async def revoke_key(
         return refused
     await auth_service.revoke_api_key(session, key_id)
     return redirect(page, state, "/settings?saved=1")
+
+
+# ---- the WhatsApp inbox and numbers (company staff) --------------------------------------------------
+
+STAFF = ("owner", "admin", "agent")
+
+
+async def _staff_page(
+    request: Request, state: AppState, session: Any, *, admins: bool = False
+) -> tuple[Page, Response | None]:
+    page = _page(request, state)
+    if not await signed_in(page, session, state):
+        return page, to_sign_in(page, state)
+    allowed = page.member.is_admin if admins else page.member.role in STAFF
+    if not allowed:
+        return page, render(page, state, "error.html", status_code=404, message=page.t("error.not_found"))
+    return page, None
+
+
+@router.get("/inbox")
+@router.get("/inbox/{conversation_id}")
+async def inbox_page(
+    request: Request,
+    state: State,
+    session: DbSession,
+    conversation_id: uuid.UUID | None = None,
+    ticket: str = "open",
+) -> Response:
+    page, refused = await _staff_page(request, state, session)
+    if refused:
+        return refused
+    box = Inbox(session, page.member)
+    ticket = ticket if ticket in ("open", "pending", "closed") else "open"
+    current = messages = None
+    assignee = None
+    if conversation_id is not None:
+        try:
+            current = await box.conversation(conversation_id)
+            messages = await box.messages(conversation_id)
+        except NotFound:
+            return render(page, state, "error.html", status_code=404, message=page.t("error.not_found"))
+        if current["assigned_to"]:
+            members = {m.user_id: m.email for m in await tenant_settings.staff(session, page.member)}
+            assignee = members.get(current["assigned_to"])
+    return render(
+        page,
+        state,
+        "inbox.html",
+        conversations=await box.conversations(ticket),
+        ticket=ticket,
+        current=current,
+        messages=messages or [],
+        assignee=assignee,
+    )
+
+
+@router.get("/whatsapp")
+async def whatsapp_page(request: Request, state: State, session: DbSession) -> Response:
+    page, refused = await _staff_page(request, state, session, admins=True)
+    if refused:
+        return refused
+    rows = await SessionService(session, page.member, state.whatsapp).find_all_by_company()
+    return render(page, state, "whatsapp.html", sessions=[session_out(row) for row in rows])

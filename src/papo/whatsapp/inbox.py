@@ -193,6 +193,9 @@ class Inbox:
         )
         return [dict(row) for row in rows]
 
+    async def conversation(self, conversation_id: uuid.UUID) -> dict[str, Any]:
+        return await self._conversation(conversation_id)
+
     async def number_of(self, conversation_id: uuid.UUID) -> uuid.UUID:
         """The WhatsApp session (number) a conversation came in on."""
         session_id: uuid.UUID = (await self._conversation(conversation_id))["whatsapp_session_id"]

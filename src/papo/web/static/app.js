@@ -608,6 +608,108 @@ function setupChat() {
   if (location.hash) document.getElementById(location.hash.slice(1))?.scrollIntoView({ block: "center" });
 }
 
+// ---- the WhatsApp inbox (staff) and numbers (admins) ------------------------------------------
+
+function setupInbox() {
+  const layout = $('[data-page="inbox"]');
+  if (!layout) return;
+  const current = layout.dataset.conversation;
+  const list = $("#messages");
+  const reload = () => location.reload();
+  handlers.add((event, data) => {
+    if (event === "whatsapp.conversation.updated" && !$(`#conversations [data-id="${CSS.escape(data.id)}"]`)) reload();
+    if (!current || data.session_id !== current) return;
+    if (event === "message.created" && !$(`#m-${CSS.escape(data.id)}`)) {
+      const who = data.role === "user" ? t("inbox.customer") : data.metadata?.author === "bot" ? t("inbox.bot") : t("inbox.agent");
+      const node = element(
+        "li",
+        { class: `msg ${data.role === "user" ? "user" : "assistant"}`, id: `m-${data.id}`, "data-id": data.id },
+        element("div", { class: "who", text: who }),
+        element("div", { class: "body plain", text: data.content }),
+        element("div", { class: "meta" }, element("span", { class: "status", "data-delivery": true, text: data.delivery_status || "" })),
+      );
+      list.append(node);
+      node.scrollIntoView({ block: "end" });
+    } else if (event === "reply.delta") {
+      const node = $(`#m-${CSS.escape(data.id)}`);
+      if (node) node.querySelector(".body").textContent = node.querySelector(".body").textContent.slice(0, data.offset) + data.delta;
+    } else if (event === "message.updated" || event === "message.status_changed") {
+      const node = $(`#m-${CSS.escape(data.id)}`);
+      if (node && data.content !== undefined) node.querySelector(".body").textContent = data.content;
+      if (node && data.delivery_status) node.querySelector("[data-delivery]").textContent = data.delivery_status;
+    }
+  });
+  const url = `/api/v1/whatsapp/conversations/${current}`;
+  const me = async () => (await (await api("GET", "/api/v1/me")).json()).user_id;
+  const actions = {
+    assign: async () => ({ assigned_to: await me() }),
+    close: async () => ({ ticket_status: "closed" }),
+    reopen: async () => ({ ticket_status: "open" }),
+    "bot-on": async () => ({ bot_enabled: true }),
+    "bot-off": async () => ({ bot_enabled: false, ticket_status: "open" }),
+  };
+  for (const button of $$("[data-inbox-action]")) {
+    button.addEventListener("click", async () => {
+      const response = await api("PATCH", url, await actions[button.dataset.inboxAction]());
+      if (response.ok) reload();
+    });
+  }
+  const form = $("#inbox-reply");
+  form?.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const input = $("#inbox-input");
+    const content = input.value.trim();
+    if (!content) return;
+    const response = await api("POST", `${url}/messages`, { content });
+    if (response.ok) input.value = "";
+    else alert((await response.json()).detail);
+  });
+  $("#inbox-input")?.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  list?.lastElementChild?.scrollIntoView({ block: "end" });
+}
+
+function setupWhatsappNumbers() {
+  if (!$('[data-page="whatsapp"]')) return;
+  $("#wa-create").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const response = await api("POST", "/api/v1/whatsapp/sessions", { name: $("#wa-name").value.trim(), transport: "neonize" });
+    if (response.ok) location.reload();
+    else alert((await response.json()).detail);
+  });
+  for (const button of $$("[data-wa-action]")) {
+    button.addEventListener("click", async () => {
+      const id = button.closest("[data-id]").dataset.id;
+      const action = button.dataset.waAction;
+      const response = action === "remove" ? await api("DELETE", `/api/v1/whatsapp/sessions/${id}`) : await api("POST", `/api/v1/whatsapp/sessions/${id}/${action}`);
+      if (response.ok && action === "remove") location.reload();
+    });
+  }
+  handlers.add((event, data) => {
+    if (event !== "whatsapp.session.updated") return;
+    const item = $(`.wa-session[data-id="${CSS.escape(data.id)}"]`);
+    if (!item) return location.reload();
+    item.dataset.status = data.status;
+    const badge = item.querySelector("[data-badge]");
+    badge.textContent = data.status;
+    badge.className = `badge status-${data.status.toLowerCase()}`;
+    item.querySelector("[data-phone]").textContent = data.phone_number || "";
+    item.querySelector("[data-reason]").textContent = data.status_reason || "";
+    const qr = item.querySelector("[data-qr]");
+    qr.hidden = !data.has_qr;
+    if (data.has_qr) {
+      const image = qr.querySelector("img");
+      image.src = `${image.dataset.src}?t=${Date.now()}`; // a new code: fetch it again
+    }
+  });
+}
+
 setupChatList();
 setupChat();
+setupInbox();
+setupWhatsappNumbers();
 connectRealtime();
