@@ -494,7 +494,7 @@ class TestWhatsappPages:
         await page.fill("#inbox-input", "Abrimos sim, das 9h às 13h.")
         await page.keyboard.press("Enter")
         await expect(page.locator("#messages .msg.assistant .body")).to_have_text("Abrimos sim, das 9h às 13h.")
-        await expect(page.locator("#messages .msg.assistant [data-delivery]")).to_have_text("sent")
+        await expect(page.locator("#messages .msg.assistant [data-delivery]")).to_have_text("Enviada")
         assert fake.sent[-1][1:3] == ("5511955554444", "Abrimos sim, das 9h às 13h.")
         await fake.customer_writes(key, "Obrigado!", wa_id="5511955554444")
         await expect(page.locator("#messages .msg.user")).to_have_count(2)  # live

@@ -610,6 +610,8 @@ function setupChat() {
 
 // ---- the WhatsApp inbox (staff) and numbers (admins) ------------------------------------------
 
+const delivery = (status) => (status ? t(`inbox.delivery.${status}`) : "");
+
 function setupInbox() {
   const layout = $('[data-page="inbox"]');
   if (!layout) return;
@@ -626,7 +628,7 @@ function setupInbox() {
         { class: `msg ${data.role === "user" ? "user" : "assistant"}`, id: `m-${data.id}`, "data-id": data.id },
         element("div", { class: "who", text: who }),
         element("div", { class: "body plain", text: data.content }),
-        element("div", { class: "meta" }, element("span", { class: "status", "data-delivery": true, text: data.delivery_status || "" })),
+        element("div", { class: "meta" }, element("span", { class: "status", "data-delivery": true, text: delivery(data.delivery_status) })),
       );
       list.append(node);
       node.scrollIntoView({ block: "end" });
@@ -636,7 +638,7 @@ function setupInbox() {
     } else if (event === "message.updated" || event === "message.status_changed") {
       const node = $(`#m-${CSS.escape(data.id)}`);
       if (node && data.content !== undefined) node.querySelector(".body").textContent = data.content;
-      if (node && data.delivery_status) node.querySelector("[data-delivery]").textContent = data.delivery_status;
+      if (node && data.delivery_status) node.querySelector("[data-delivery]").textContent = delivery(data.delivery_status);
     }
   });
   const url = `/api/v1/whatsapp/conversations/${current}`;
