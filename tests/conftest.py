@@ -131,6 +131,7 @@ def settings(
         oidc_client_secret=oidc_provider.client_secret,
         oidc_label="Acme SSO",
         whatsapp_transports=["fake=tests.fake_whatsapp:FakeTransport"],
+        whatsapp_adopt_orphans=False,  # the server processes some tests start own their sessions
         whatsapp_app_secret=WHATSAPP_APP_SECRET,
         whatsapp_verify_token=WHATSAPP_VERIFY_TOKEN,
         whatsapp_graph_url=graph_api.url,

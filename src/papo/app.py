@@ -66,9 +66,10 @@ def create_app(
         location = locate_database(settings)
         db = Database(location.app_url, pool_size=settings.db_pool_size)
         http = httpx.AsyncClient()
+        listen_dsn = location.app_url.set(drivername="postgresql").render_as_string(hide_password=False)
         hub = EventHub(
             db,
-            location.app_url.set(drivername="postgresql").render_as_string(hide_password=False),
+            listen_dsn,
             poll_seconds=settings.realtime_poll_seconds,
             queue_size=settings.realtime_queue_size,
         )
@@ -95,6 +96,8 @@ def create_app(
             app.state.papo = state
             await hub.start()
             await replies.sweep()
+            whatsapp.owner_dsn = listen_dsn
+            await whatsapp.connect_owner()
             restoring = asyncio.create_task(whatsapp.load_existing_sessions(), name="papo-whatsapp-restore")
             whatsapp_heartbeat = asyncio.create_task(whatsapp.heartbeat(), name="papo-whatsapp-heartbeat")
             whatsapp_ingest = asyncio.create_task(

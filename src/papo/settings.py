@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     # WhatsApp: extra transports as kind=module:Class (the test suite's fake), comma-separated.
     whatsapp_transports: Annotated[list[str], NoDecode] = Field(default_factory=list)
     whatsapp_sends_per_minute: int = 30
+    # Every heartbeat a process marks its working sessions seen and takes over running sessions
+    # whose process died.
+    whatsapp_heartbeat_seconds: float = 30.0
+    whatsapp_adopt_orphans: bool = True
     # WhatsApp Cloud API: the app secret signs webhooks, the verify token answers Meta's handshake.
     whatsapp_app_secret: str | None = None
     whatsapp_verify_token: str | None = None

@@ -66,3 +66,49 @@ async def test_sessions_come_back_after_sigkill(settings: Settings, make_tenant:
         if server.returncode is None:
             server.terminate()
             await asyncio.wait_for(server.wait(), 10)
+
+
+async def test_one_process_runs_a_session_others_forward_and_take_over(settings: Settings, make_tenant: Any) -> None:
+    """Two server processes: the session runs in one; a restart asked of the other is forwarded to it;
+    when the owner dies, the other takes the session over by itself."""
+    admin = await (await make_tenant("Owners")).member(Role.admin)
+    extra = {**FAKE, "PAPO_WHATSAPP_HEARTBEAT_SECONDS": "1"}
+    port_a, port_b = free_port(), free_port()
+    server_a = await start_server(settings, port_a, **extra)
+    server_b = await start_server(settings, port_b, **extra)
+    try:
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port_a}", headers=admin.headers, timeout=10) as via_a,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port_b}", headers=admin.headers, timeout=10) as via_b,
+        ):
+            created = await via_a.post(
+                BASE, json={"name": "unico", "transport": "fake", "config": {"auto_pair": "+551100"}}
+            )
+            sid = created.json()["id"]
+            await statuses(via_a, {"unico": "WORKING"})
+            details_a = (await via_a.get(f"{BASE}/{sid}/details")).json()
+            details_b = (await via_b.get(f"{BASE}/{sid}/details")).json()
+            assert (details_a["memory_status"], details_b["memory_status"]) == ("WORKING", None)
+
+            assert (await via_b.post(f"{BASE}/{sid}/stop")).status_code == 202  # B does not run it: A stops it
+            await statuses(via_a, {"unico": "STOPPED"})
+            assert (await via_a.get(f"{BASE}/{sid}/details")).json()["memory_status"] is None
+            assert (await via_b.post(f"{BASE}/{sid}/restart")).status_code == 202
+            await statuses(via_b, {"unico": "WORKING"})
+
+            owner, other = (via_a, via_b)
+            if (await via_b.get(f"{BASE}/{sid}/details")).json()["memory_status"] == "WORKING":
+                owner, other = via_b, via_a
+            dying = server_a if owner is via_a else server_b
+            dying.send_signal(signal.SIGKILL)
+            await dying.wait()
+            async with asyncio.timeout(15):  # the survivor's heartbeat adopts the orphan
+                while True:
+                    if (await other.get(f"{BASE}/{sid}/details")).json()["memory_status"] == "WORKING":
+                        break
+                    await asyncio.sleep(0.2)
+    finally:
+        for server in (server_a, server_b):
+            if server.returncode is None:
+                server.terminate()
+                await asyncio.wait_for(server.wait(), 10)

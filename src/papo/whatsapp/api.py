@@ -46,10 +46,9 @@ async def session_service(principal: CurrentPrincipal, session: DbSession, state
 Sessions = Annotated[SessionService, Depends(session_service)]
 
 
-def _start_later(
-    background: BackgroundTasks, state: AppState, key: SessionKey, kind: str, config: dict[str, Any]
-) -> None:
-    background.add_task(state.whatsapp.start, key, kind, config)
+def _later(background: BackgroundTasks, state: AppState, key: SessionKey, action: str) -> None:
+    """After the commit: restart / stop / forget the session in whichever process runs it."""
+    background.add_task(state.whatsapp.command, key, action)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionOut)
@@ -58,7 +57,7 @@ async def create_session(
 ) -> SessionOut:
     """Create the session and start connecting (a QR code follows as `whatsapp.session.updated`)."""
     row = await sessions.create(body)
-    _start_later(background, state, SessionKey(row.tenant_id, row.id), row.transport, dict(row.config))
+    _later(background, state, SessionKey(row.tenant_id, row.id), "restart")
     return session_out(row)
 
 
@@ -99,16 +98,8 @@ async def remove_session(
 ) -> Response:
     """Log out, delete the stored credentials and deactivate (the row stays for history)."""
     row = await sessions.remove(session_id)
-    key = SessionKey(row.tenant_id, row.id)
-    background.add_task(_forget, state, key, row.transport)
+    _later(background, state, SessionKey(row.tenant_id, row.id), "forget")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-async def _forget(state: AppState, key: SessionKey, kind: str) -> None:
-    await state.whatsapp.stop(key)
-    transport = state.whatsapp.transports.get(kind)
-    if transport is not None:
-        await transport.forget(key)
 
 
 @router.get("/{session_id}/details", response_model=SessionDetails)
@@ -123,7 +114,7 @@ async def restart(session_id: uuid.UUID, sessions: Sessions, state: State, backg
     row = await sessions.find_one_by_company(session_id)
     if not row.is_active:
         raise NotFound("this WhatsApp session was removed")
-    _start_later(background, state, SessionKey(row.tenant_id, row.id), row.transport, dict(row.config))
+    _later(background, state, SessionKey(row.tenant_id, row.id), "restart")
     return session_out(row)
 
 
@@ -132,13 +123,7 @@ async def stop(session_id: uuid.UUID, sessions: Sessions, state: State, backgrou
     """Disconnect, keeping the credentials (restart reconnects without a QR scan)."""
     sessions.principal.require_admin()
     row = await sessions.find_one_by_company(session_id)
-    key = SessionKey(row.tenant_id, row.id)
-
-    async def stop_now() -> None:
-        await state.whatsapp.stop(key)
-        await state.whatsapp.apply(key, SessionStatus.STOPPED, reason="stopped by an admin")
-
-    background.add_task(stop_now)
+    _later(background, state, SessionKey(row.tenant_id, row.id), "stop")
     return session_out(row)
 
 

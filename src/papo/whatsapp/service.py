@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
 import uuid
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -42,9 +44,19 @@ log = structlog.get_logger(__name__)
 SESSION_NOT_FOUND = "WhatsApp session not found"
 # The config key holding a Cloud API token encrypted with the server key (a name, not a secret).
 SEALED_TOKEN = "access_token_encrypted"  # noqa: S105
-HEARTBEAT_SECONDS = 30  # a running WORKING session's last_seen moves at least this often
 INGEST_POLL_SECONDS = 2.0  # webhook deliveries queued by another process are found this fast
 INGEST_BATCH = 200
+RUNNING = frozenset({SessionStatus.STARTING, SessionStatus.SCAN_QR_CODE, SessionStatus.WORKING})
+COMMAND_CHANNEL = "papo_whatsapp_commands"
+OWNER_NAME = "papo-whatsapp-owner"
+
+
+def lock_id(key: SessionKey) -> int:
+    """The session's advisory lock key (64 bits of a hash of its ids)."""
+    digest = hashlib.sha256(f"whatsapp:{key.tenant_id}:{key.session_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 S = SessionStatus
 
 
@@ -86,6 +98,13 @@ class WhatsappHub:
     live: dict[SessionKey, LiveSession] = field(default_factory=dict)
     sent_at: dict[SessionKey, deque[float]] = field(default_factory=dict)
     ingest_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Ownership: a process runs a session only while it holds the session's advisory lock on its
+    # own connection; lifecycle commands for a session run elsewhere are NOTIFYed to its owner.
+    owner_dsn: str | None = None
+    owner: asyncpg.Connection | None = None
+    owned: set[SessionKey] = field(default_factory=set)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    owner_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one statement at a time on it
 
     def transport(self, kind: str) -> Transport:
         found = self.transports.get(kind)
@@ -103,7 +122,81 @@ class WhatsappHub:
             opened["access_token"] = self.keys.open(config[SEALED_TOKEN])
         return opened
 
+    async def connect_owner(self) -> None:
+        """The connection that holds this process's session locks and hears lifecycle commands."""
+        if self.owner_dsn is None or (self.owner is not None and not self.owner.is_closed()):
+            return
+        self.owner = await asyncpg.connect(self.owner_dsn, server_settings={"application_name": OWNER_NAME})
+        await self.owner.add_listener(COMMAND_CHANNEL, self._commanded)
+        self.owner.add_termination_listener(self._owner_lost)
+
+    def _owner_lost(self, *_: Any) -> None:
+        # the locks went with the connection: another process may take the sessions over now
+        log.warning("whatsapp ownership connection lost; letting this process's sessions go")
+        self.owner = None
+        self.owned.clear()
+        self._background(self.shutdown())
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _claim(self, key: SessionKey) -> bool:
+        if self.owner_dsn is None or key in self.owned:
+            return True  # a single-process setup owns everything it runs
+        async with self.owner_lock:
+            await self.connect_owner()
+            assert self.owner is not None
+            if await self.owner.fetchval("SELECT pg_try_advisory_lock($1)", lock_id(key)):
+                self.owned.add(key)
+                return True
+            return False
+
+    async def _release(self, key: SessionKey) -> None:
+        if key in self.owned and self.owner is not None:
+            self.owned.discard(key)
+            async with self.owner_lock:
+                with contextlib.suppress(Exception):
+                    await self.owner.fetchval("SELECT pg_advisory_unlock($1)", lock_id(key))
+
+    async def command(self, key: SessionKey, action: str) -> None:
+        """restart / stop / forget a session wherever it runs (here, or by NOTIFY to its owner)."""
+        if await self._claim(key):
+            await self._perform(key, action)
+            return
+        payload = json.dumps({"tenant": str(key.tenant_id), "session": str(key.session_id), "action": action})
+        async with self.owner_lock:
+            assert self.owner is not None
+            await self.owner.execute("SELECT pg_notify($1, $2)", COMMAND_CHANNEL, payload)
+
+    def _commanded(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            message = json.loads(payload)
+            key = SessionKey(uuid.UUID(message["tenant"]), uuid.UUID(message["session"]))
+        except (ValueError, KeyError, TypeError):
+            return
+        if key in self.owned:
+            self._background(self._perform(key, str(message.get("action"))))
+
+    async def _perform(self, key: SessionKey, action: str) -> None:
+        if action == "restart":
+            await self.restore(key, only_running=False)
+        elif action == "stop":
+            await self.stop(key)
+            await self.apply(key, S.STOPPED, reason="stopped by an admin")
+        elif action == "forget":
+            live = self.live.get(key)
+            await self.stop(key)
+            if live is not None:
+                await live.transport.forget(key)
+            else:
+                for transport in self.transports.values():
+                    await transport.forget(key)
+            await self._release(key)
+
     async def start(self, key: SessionKey, kind: str, config: dict[str, Any]) -> None:
+        """Run the session in this process (it must own it: see `_claim`)."""
         transport = self.transport(kind)
         await self.stop(key)
         self.live[key] = LiveSession(key, transport)
@@ -123,6 +216,10 @@ class WhatsappHub:
     async def shutdown(self) -> None:
         for key in list(self.live):
             await self.stop(key)
+        if self.owner is not None and not self.owner.is_closed():
+            self.owner.remove_termination_listener(self._owner_lost)
+            with contextlib.suppress(Exception):
+                await self.owner.close()
 
     def memory_status(self, key: SessionKey) -> SessionStatus | None:
         live = self.live.get(key)
@@ -294,7 +391,10 @@ class WhatsappHub:
         """Keep `last_seen` of the sessions this process runs fresh, so other processes (and sync)
         can tell a session that is running somewhere from one nobody runs."""
         while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await asyncio.sleep(self.settings.whatsapp_heartbeat_seconds)
+            if self.settings.whatsapp_adopt_orphans:
+                with contextlib.suppress(Exception):
+                    await self.load_existing_sessions()  # sessions whose process died come back here
             for key, live in list(self.live.items()):
                 if live.status is not S.WORKING:
                     continue
@@ -312,20 +412,27 @@ class WhatsappHub:
         async with self.db.transaction() as session:
             rows = await driver(session).fetch("SELECT * FROM papo_active_whatsapp_sessions()")
         keys = [SessionKey(r["wa_tenant_id"], r["wa_session_id"]) for r in rows]
+        keys = [key for key in keys if key not in self.live]
         results = await asyncio.gather(*(self.restore(key) for key in keys), return_exceptions=True)
-        failed = sum(1 for result in results if result is not True)
-        if keys:
-            log.info("whatsapp sessions restored", restored=len(keys) - failed, failed=failed)
-        return {"restored": len(keys) - failed, "failed": failed}
+        restored = sum(1 for result in results if result is True)
+        if restored:
+            log.info("whatsapp sessions restored", restored=restored)
+        return {"restored": restored, "elsewhere_or_idle": len(keys) - restored}
 
-    async def restore(self, key: SessionKey) -> bool:
-        """Seed's restoreSessionFromDatabase: start a stored session again with its credentials."""
+    async def restore(self, key: SessionKey, *, only_running: bool = True) -> bool:
+        """Seed's restoreSessionFromDatabase: start a stored session again with its credentials, if
+        no other process runs it. At start-up only sessions that were running come back (one an admin
+        stopped, or that was logged out or failed, stays as it is)."""
         try:
             async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
                 row = await session.get(WhatsappSession, (key.tenant_id, key.session_id))
                 if row is None or not row.is_active:
                     return False
+                if only_running and S(row.status) not in RUNNING:
+                    return False
                 kind, config = row.transport, dict(row.config)
+            if not await self._claim(key):
+                return False  # another process runs it
             await self.start(key, kind, config)
             return True
         except Exception as exc:
@@ -500,7 +607,7 @@ class SessionService:
         self.principal.require_admin()
         rows = [await self.find_one_by_company(session_id)] if session_id else await self.find_all_by_company()
         changes = []
-        recent = datetime.now(UTC) - timedelta(seconds=HEARTBEAT_SECONDS * 3)
+        recent = datetime.now(UTC) - timedelta(seconds=self.hub.settings.whatsapp_heartbeat_seconds * 3)
         for row in rows:
             memory = self.hub.memory_status(self._key(row))
             database = S(row.status)
