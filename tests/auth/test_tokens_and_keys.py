@@ -82,8 +82,9 @@ class TestExternalIssuer:
     @pytest.mark.parametrize(
         ("overrides", "detail"),
         [
-            ({"exp": int(time.time()) - 30}, "expired"),
-            ({"nbf": int(time.time()) + 60}, "not yet valid"),
+            # times relative to when the test runs (parameters are built when the suite is collected)
+            ({"exp": -30}, "expired"),
+            ({"nbf": 60}, "not yet valid"),
             ({"iss": "https://evil.example.com"}, "issuer"),
             ({"azp": "https://evil.example.com"}, "authorized party"),
             ({"sts": "pending"}, "pending"),
@@ -93,7 +94,9 @@ class TestExternalIssuer:
     async def test_refused_claims(
         self, client: httpx.AsyncClient, identity_provider: FakeIdentityProvider, overrides: dict[str, Any], detail: str
     ) -> None:
-        response = await me(client, identity_provider.token(clerk_claims(**overrides)))
+        now = int(time.time())
+        claims = {k: now + v if k in ("exp", "nbf") else v for k, v in overrides.items()}
+        response = await me(client, identity_provider.token(clerk_claims(**claims)))
         assert response.status_code == 401, response.text
         assert detail in response.json()["detail"]
 
