@@ -31,6 +31,28 @@ WHATSAPP_VERIFY_TOKEN = "test-verify-" + "token"  # test-only
 CLERK_WEBHOOK_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
+class JsonHandler(BaseHTTPRequestHandler):
+    """Request handler base for the fake servers below: JSON answers, no access log."""
+
+    def _json(self, body: dict[str, Any], status: int = 200) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def serve_in_thread(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """A real HTTP server on a free local port, answering from a daemon thread."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 class FakeIdentityProvider:
     """An OIDC/Clerk-like issuer: serves its JWKS over real HTTP and signs tokens; keys can rotate."""
 
@@ -40,22 +62,12 @@ class FakeIdentityProvider:
         self.rotate()
         provider = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
                 provider.fetches += 1
-                body = json.dumps(provider.jwks()).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self._json(provider.jwks())
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = serve_in_thread(Handler)
 
     @property
     def jwks_url(self) -> str:
@@ -164,15 +176,7 @@ class FakeOidcProvider:
         self.codes: dict[str, dict[str, str]] = {}
         provider = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def _json(self, body: dict[str, Any], status: int = 200) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 query = dict(parse_qsl(url.query))
@@ -221,12 +225,7 @@ class FakeOidcProvider:
                 id_token = jwt.encode(claims, provider.key, algorithm="RS256", headers={"kid": "oidc-1"})
                 self._json({"access_token": "at-" + secrets.token_hex(8), "token_type": "Bearer", "id_token": id_token})
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = serve_in_thread(Handler)
 
     @property
     def issuer(self) -> str:
@@ -254,15 +253,7 @@ class FakeGraphApi:
         self.sent: list[dict[str, Any]] = []
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def _json(self, body: dict[str, Any], status: int = 200) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _authorised(self) -> bool:
                 if self.headers.get("authorization") == f"Bearer {api.access_token}":
                     return True
@@ -284,12 +275,7 @@ class FakeGraphApi:
                     {"messaging_product": "whatsapp", "contacts": [{"wa_id": body["to"]}], "messages": [{"id": wamid}]}
                 )
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = serve_in_thread(Handler)
 
     @property
     def url(self) -> str:
