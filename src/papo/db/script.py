@@ -15,3 +15,14 @@ def execute_script(sql: str) -> None:
     bind.exec_driver_sql("SELECT 1")
     dbapi_connection: Any = bind.connection.dbapi_connection
     dbapi_connection.run_async(lambda connection: connection.execute(sql))
+
+
+def own_definer_functions(*signatures: str) -> None:
+    """Hand definer functions to papo_auth (they run with its rights) and let only the runtime role
+    call them."""
+    for signature in signatures:
+        execute_script(
+            f"ALTER FUNCTION {signature} OWNER TO papo_auth;\n"
+            f"REVOKE ALL ON FUNCTION {signature} FROM PUBLIC;\n"
+            f"GRANT EXECUTE ON FUNCTION {signature} TO papo_runtime;"
+        )

@@ -15,7 +15,7 @@ Self sign-up joins a tenant as a plain member, only where the tenant's settings 
 
 from __future__ import annotations
 
-from papo.db.script import execute_script
+from papo.db.script import execute_script, own_definer_functions
 
 revision = "0008_web_sessions"
 down_revision = "0007_usage"
@@ -108,12 +108,7 @@ FUNCTIONS = [
 
 def upgrade() -> None:
     execute_script(UPGRADE_SQL)
-    for function in FUNCTIONS:
-        execute_script(
-            f"ALTER FUNCTION {function} OWNER TO papo_auth;\n"
-            f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC;\n"
-            f"GRANT EXECUTE ON FUNCTION {function} TO papo_runtime;"
-        )
+    own_definer_functions(*FUNCTIONS)
 
 
 def downgrade() -> None:

@@ -11,7 +11,7 @@ person signs in through the provider (or an admin sets one up).
 
 from __future__ import annotations
 
-from papo.db.script import execute_script
+from papo.db.script import execute_script, own_definer_functions
 
 revision = "0009_oidc"
 down_revision = "0008_web_sessions"
@@ -55,12 +55,7 @@ FUNCTIONS = ["papo_member_candidates(text)", "papo_join_verified(uuid, text, tex
 
 def upgrade() -> None:
     execute_script(UPGRADE_SQL)
-    for function in FUNCTIONS:
-        execute_script(
-            f"ALTER FUNCTION {function} OWNER TO papo_auth;\n"
-            f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC;\n"
-            f"GRANT EXECUTE ON FUNCTION {function} TO papo_runtime;"
-        )
+    own_definer_functions(*FUNCTIONS)
 
 
 def downgrade() -> None:
