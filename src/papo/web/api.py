@@ -366,11 +366,11 @@ async def login_submit(
 @router.get("/signup")
 async def signup_page(request: Request, state: State, session: DbSession, tenant: uuid.UUID | None = None) -> Response:
     page = _page(request, state)
-    tenant = tenant or await default_tenant(session, state)
+    tenant = tenant or default_tenant(state)
     return await _sign_in_page(page, state, session, "signup.html", tenant, error=None, email="", name="")
 
 
-async def default_tenant(session: Any, state: AppState) -> uuid.UUID | None:
+def default_tenant(state: AppState) -> uuid.UUID | None:
     """Sign-up without a workspace in the link goes to the configured default workspace."""
     ref = state.settings.auth_default_tenant
     try:
@@ -392,7 +392,7 @@ async def signup_submit(
 ) -> Response:
     page = _page(request, state)
     check_form_csrf(page, state, csrf_token)
-    tenant = tenant or await default_tenant(session, state)
+    tenant = tenant or default_tenant(state)
     values = {"email": email, "name": name}
     error = None
     if "@" not in email or len(email.strip()) < 3:

@@ -195,7 +195,6 @@ async def reply(
     if number is None or not number.is_active:
         raise Conflict("the WhatsApp number of this conversation was removed")
     state.whatsapp.take_send_slot(SessionKey(number.tenant_id, number.id))
-    queued = await box.queue_reply(conversation_id, body.content, number.transport)
-    background.add_task(state.whatsapp.send, queued)
-    stored = await box.messages(conversation_id)
-    return next(m for m in stored if m["id"] == queued.message_id)
+    outgoing, stored = await box.queue_reply(conversation_id, body.content, number.transport)
+    background.add_task(state.whatsapp.send, outgoing)
+    return stored

@@ -244,8 +244,11 @@ class Inbox:
         self._announce(conversation)
         return conversation
 
-    async def queue_reply(self, conversation_id: uuid.UUID, text: str, transport: str) -> OutgoingReply:
-        """Store an agent's reply (delivery pending) before it is sent, so a failure never loses it."""
+    async def queue_reply(
+        self, conversation_id: uuid.UUID, text: str, transport: str
+    ) -> tuple[OutgoingReply, dict[str, Any]]:
+        """Store an agent's reply (delivery pending) before it is sent, so a failure never loses it;
+        returns what to send and the stored message."""
         if not text.strip():
             raise InvalidInput("a reply needs some text", field="content")
         conversation = await self._conversation(conversation_id, lock=True)
@@ -264,7 +267,7 @@ class Inbox:
             """
             INSERT INTO messages (tenant_id, id, session_id, role, content, status, metadata, delivery_status)
             VALUES ($1, $2, $3, 'assistant', $4, 'sent', $5, 'pending')
-            RETURNING id, session_id, role, content, status, metadata, delivery_status, created_at
+            RETURNING id, session_id, role, content, status, metadata, external_id, delivery_status, created_at
             """,
             self.principal.tenant_id,
             new_id(),
@@ -274,7 +277,7 @@ class Inbox:
         )
         assert message is not None
         self._emit("message.created", wire(message) | {"channel": "whatsapp"})
-        return OutgoingReply(
+        outgoing = OutgoingReply(
             self.principal.tenant_id,
             message["id"],
             conversation_id,
@@ -282,6 +285,7 @@ class Inbox:
             conversation["wa_id"],
             text,
         )
+        return outgoing, plain(message)
 
     async def bot_reply_ready(self, conversation_id: uuid.UUID, message_id: uuid.UUID) -> OutgoingReply | None:
         """The bot finished a reply in a WhatsApp conversation: mark it to be sent, say where to."""
