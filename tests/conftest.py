@@ -29,12 +29,15 @@ from tests.fake_openai import FakeOpenAI
 from tests.support import (
     CLERK_WEBHOOK_SECRET,
     EXTERNAL_ISSUER,
+    METRICS_TOKEN,
     WHATSAPP_APP_SECRET,
     WHATSAPP_VERIFY_TOKEN,
     FakeGraphApi,
     FakeIdentityProvider,
     FakeOidcProvider,
     TenantHandle,
+    free_port,
+    start_server,
 )
 
 
@@ -137,6 +140,7 @@ def settings(
         whatsapp_graph_url=graph_api.url,
         max_message_bytes=32 * 1024,
         max_metadata_bytes=16 * 1024,
+        metrics_token=METRICS_TOKEN,
         _env_file=None,  # type: ignore[call-arg]
     )
 
@@ -207,6 +211,18 @@ async def fake_openai() -> AsyncIterator[tuple[FakeOpenAI, str]]:
     yield fake, f"http://127.0.0.1:{port}/v1"
     server.should_exit = True
     await task
+
+
+@pytest.fixture
+async def two_servers(settings: Settings) -> AsyncIterator[tuple[str, str, asyncio.subprocess.Process]]:
+    port_a, port_b = free_port(), free_port()
+    server_a = await start_server(settings, port_a)
+    server_b = await start_server(settings, port_b)
+    yield f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}", server_a
+    for process in (server_a, server_b):
+        if process.returncode is None:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 10)
 
 
 def _env_marker() -> None:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import json
+import os
 import secrets
+import socket
+import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -28,6 +34,7 @@ from papo.settings import Settings
 EXTERNAL_ISSUER = "https://clerk.test.papo"
 WHATSAPP_APP_SECRET = "test-app-secret-" + "9f8e7d"  # test-only
 WHATSAPP_VERIFY_TOKEN = "test-verify-" + "token"  # test-only
+METRICS_TOKEN = "test-metrics-" + "scraper"  # test-only
 CLERK_WEBHOOK_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
@@ -283,3 +290,39 @@ class FakeGraphApi:
 
     def close(self) -> None:
         self.server.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def start_server(settings: Settings, port: int, **extra_env: str) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "PAPO_DATABASE_URL": settings.database_url or "",
+        "PAPO_APP_DATABASE_URL": settings.app_database_url or "",
+        "PAPO_DATA_DIR": str(settings.data_dir),
+        "PAPO_PUBLIC_URL": settings.public_url or "",
+        "PAPO_LOG_LEVEL": "WARNING",
+        "PAPO_REALTIME_POLL_SECONDS": "1",
+        **extra_env,
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "papo"),
+        "serve",
+        "--port",
+        str(port),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    async with httpx.AsyncClient() as http:
+        for _ in range(300):
+            assert process.returncode is None, "server exited during start-up"
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                    return process
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"server on port {port} did not start")

@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import structlog
 from fastapi import FastAPI
-from sqlalchemy import text
 
 from papo import __version__
 from papo.assistants.api import router as assistants_router
@@ -28,9 +27,11 @@ from papo.chat.legacy_api import router as legacy_chat_router
 from papo.db.engine import Database, locate_database
 from papo.db.migrate import head_revision
 from papo.errors import install_error_handlers
-from papo.ops.looplag import LoopLagMonitor
+from papo.ops.api import router as ops_router
+from papo.ops.logging import configure_logging
 from papo.ops.maintenance import maintenance_loop
 from papo.ops.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from papo.ops.ratelimit import RateLimiter
 from papo.realtime.api import router as realtime_router
 from papo.realtime.hub import EventHub
 from papo.settings import Settings, get_settings
@@ -80,18 +81,31 @@ def create_app(
         whatsapp: WhatsappHub | None = None
         lag_watch: asyncio.Task[None] | None = None
         replies: ReplyManager | None = None
+        limiter: RateLimiter | None = None
         try:
             await db.verify_runtime_role()
             await db.verify_schema(head_revision())
             signing_key = SigningKey.load(settings)
             verifier = TokenVerifier(settings, signing_key, http)
             keys = KeyBox(settings)
+            limiter = RateLimiter.from_settings(settings, db)
             replies = ReplyManager(db, settings, keys, hub)
             oidc = OidcClients(http, settings, keys.secret)
             whatsapp = WhatsappHub(db, settings, load_transports(settings, http), keys, replies)
             replies.on_complete = whatsapp.bot_reply_completed
             state = AppState(
-                settings, db, signing_key, verifier, http, hub, keys, replies, CsrfGuard(keys.secret), oidc, whatsapp
+                settings,
+                db,
+                signing_key,
+                verifier,
+                http,
+                hub,
+                keys,
+                replies,
+                CsrfGuard(keys.secret),
+                oidc,
+                whatsapp,
+                limiter,
             )
             app.state.papo = state
             await hub.start()
@@ -104,7 +118,7 @@ def create_app(
                 whatsapp.ingest(partial(process_webhook, state)), name="papo-whatsapp-ingest"
             )
             housekeeping = asyncio.create_task(maintenance_loop(db, settings, replies), name="papo-maintenance")
-            lag_watch = asyncio.create_task(loop_lag.run(), name="papo-loop-lag")
+            lag_watch = asyncio.create_task(state.loop_lag.run(), name="papo-loop-lag")
             if on_ready is not None:
                 await on_ready(state)
             yield
@@ -121,6 +135,8 @@ def create_app(
             if replies is not None:
                 await replies.shutdown()
             await hub.stop()
+            if limiter is not None:
+                await limiter.close()
             await http.aclose()
             await db.dispose()
             location.stop()
@@ -133,7 +149,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics=settings.metrics_enabled, access_log=settings.access_log)
     app.include_router(auth_router)
     app.include_router(chat_router)
     app.include_router(legacy_chat_router)
@@ -146,20 +162,15 @@ def create_app(
     app.include_router(conversations_router)
     app.include_router(whatsapp_webhook_router)
 
-    loop_lag = LoopLagMonitor()
-
-    @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict[str, Any]:
-        """Liveness, with the event loop's lag over the last minute (ms)."""
-        return {"status": "ok", "loop_lag_ms": loop_lag.summary()}
-
-    @app.get("/readyz", tags=["ops"])
-    async def readyz() -> dict[str, str]:
-        async with app_state_of(app).db.transaction() as session:
-            await session.execute(text("SELECT 1"))
-        return {"status": "ready"}
-
+    app.include_router(ops_router)
     return app
+
+
+def create_worker_app() -> FastAPI:
+    """What each `papo serve --workers N` process runs: settings and logging from the environment."""
+    settings = get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    return create_app(settings)
 
 
 def app_state_of(app: FastAPI) -> AppState:

@@ -23,6 +23,7 @@ from papo.db.engine import Database, RlsContext, locate_database
 from papo.db.migrate import ensure_database, migrate
 from papo.errors import DomainError, NotFound
 from papo.ops.logging import configure_logging
+from papo.ops.metrics import MULTIPROCESS_ENV, fresh_metrics_dir
 from papo.realtime.service import prune_events
 from papo.settings import Settings, get_settings
 from papo.whatsapp.service import import_legacy_sessions
@@ -282,11 +283,12 @@ def serve(
         os.environ["PAPO_DATA_DIR"] = str(Path(settings.data_dir).resolve())
         os.environ["PAPO_HOST"] = settings.host
         os.environ["PAPO_PORT"] = str(settings.port)
+        os.environ[MULTIPROCESS_ENV] = str(fresh_metrics_dir(settings))
         try:
             if demo:
                 asyncio.run(_demo_banner_only(settings))
             uvicorn.run(
-                "papo.app:create_app",
+                "papo.app:create_worker_app",
                 factory=True,
                 host=settings.host,
                 port=settings.port,

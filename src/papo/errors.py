@@ -76,10 +76,15 @@ def problem(
     slug: str,
     errors: list[dict[str, Any]] | None = None,
     headers: Mapping[str, str] | None = None,
+    extensions: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {"type": f"urn:papo:problem:{slug}", "title": title, "status": status, "detail": detail}
+    # The same id as the X-Request-ID header and the log line: what a user quotes to support.
+    if request_id := structlog.contextvars.get_contextvars().get("request_id"):
+        body["request_id"] = request_id
     if errors is not None:
         body["errors"] = errors
+    body.update(extensions or {})
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

@@ -30,6 +30,26 @@ class Settings(BaseSettings):
     public_url: str | None = None
     log_level: str = "INFO"
     log_json: bool = False
+    # One line per request (route, status, latency, tenant, user); never bodies or credentials.
+    access_log: bool = True
+
+    # Operations. /metrics answers only with `Authorization: Bearer <metrics_token>` (404 while unset).
+    metrics_enabled: bool = True
+    metrics_token: str | None = None
+
+    # Rate limits and quotas, shared by every process (in PostgreSQL; in Redis when redis_url is
+    # set). 0 switches one off. Sign-in limits count failed attempts within 15 minutes.
+    rate_limits_enabled: bool = True
+    redis_url: str | None = None
+    rate_limit_user_messages_per_minute: int = 60
+    rate_limit_api_key_messages_per_minute: int = 600
+    rate_limit_user_ai_replies_per_minute: int = 20
+    rate_limit_user_ai_replies_per_day: int = 500
+    rate_limit_api_key_ai_replies_per_minute: int = 200
+    rate_limit_sign_in_failures_per_address: int = 30
+    rate_limit_sign_in_failures_per_account: int = 5
+    rate_limit_sign_ups_per_address_per_hour: int = 20
+    rate_limit_webhooks_per_address_per_minute: int = 1200
 
     # Identity
     auth_jwks_url: str | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from starlette.requests import HTTPConnection
@@ -13,6 +13,8 @@ from papo.auth.oidc import OidcClients
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
 from papo.db.engine import Database
+from papo.ops.looplag import LoopLagMonitor
+from papo.ops.ratelimit import RateLimiter
 from papo.realtime.hub import EventHub
 from papo.settings import Settings
 from papo.whatsapp.service import WhatsappHub
@@ -31,6 +33,8 @@ class AppState:
     csrf: CsrfGuard
     oidc: OidcClients
     whatsapp: WhatsappHub
+    limiter: RateLimiter
+    loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
 
 
 async def app_state(connection: HTTPConnection) -> AppState:

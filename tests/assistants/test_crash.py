@@ -13,7 +13,7 @@ from papo.auth.models import Role
 from papo.settings import Settings
 from tests.assistants.test_replies import ai_chat, make_assistant, settled, written
 from tests.fake_openai import FakeOpenAI
-from tests.realtime.test_multiprocess import free_port, start_server
+from tests.support import free_port, start_server
 
 
 async def test_kill_mid_stream_then_restart_sweeps_and_regenerates(

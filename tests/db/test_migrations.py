@@ -7,7 +7,7 @@ import secrets
 import asyncpg
 
 from papo.chat.search import FOLD_FROM, FOLD_TO, fold
-from papo.db.migrate import current_revision, downgrade, ensure_database, migrate
+from papo.db.migrate import current_revision, downgrade, ensure_database, head_revision, migrate
 from tests.conftest import ProvisionedDatabase, plain_dsn
 
 
@@ -18,7 +18,7 @@ async def test_upgrade_downgrade_upgrade(database: ProvisionedDatabase) -> None:
     try:
         assert await current_revision(owner_url) is None
         await migrate(owner_url, app_url, create_app_role=True)
-        assert await current_revision(owner_url) == "0013_webhook_queue"
+        assert await current_revision(owner_url) == head_revision()
         await downgrade(owner_url, "base")
         connection = await asyncpg.connect(plain_dsn(owner_url))
         try:
@@ -40,7 +40,7 @@ async def test_upgrade_downgrade_upgrade(database: ProvisionedDatabase) -> None:
         assert functions == []
         assert types == []
         await migrate(owner_url, app_url, create_app_role=True)
-        assert await current_revision(owner_url) == "0013_webhook_queue"
+        assert await current_revision(owner_url) == head_revision()
     finally:
         admin = await asyncpg.connect(plain_dsn(database.admin_url))
         try:

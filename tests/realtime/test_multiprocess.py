@@ -5,69 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import socket
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from papo.auth.models import Role
 from papo.client import RealtimeClient, RealtimeEvent
-from papo.settings import Settings
 from tests.support import Member
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-async def start_server(settings: Settings, port: int, **extra_env: str) -> asyncio.subprocess.Process:
-    env = {
-        **os.environ,
-        "PAPO_DATABASE_URL": settings.database_url or "",
-        "PAPO_APP_DATABASE_URL": settings.app_database_url or "",
-        "PAPO_DATA_DIR": str(settings.data_dir),
-        "PAPO_PUBLIC_URL": settings.public_url or "",
-        "PAPO_LOG_LEVEL": "WARNING",
-        "PAPO_REALTIME_POLL_SECONDS": "1",
-        **extra_env,
-    }
-    process = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "papo"),
-        "serve",
-        "--port",
-        str(port),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    async with httpx.AsyncClient() as http:
-        for _ in range(300):
-            assert process.returncode is None, "server exited during start-up"
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
-                    return process
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"server on port {port} did not start")
-
-
-@pytest.fixture
-async def two_servers(settings: Settings) -> AsyncIterator[tuple[str, str, asyncio.subprocess.Process]]:
-    port_a, port_b = free_port(), free_port()
-    server_a = await start_server(settings, port_a)
-    server_b = await start_server(settings, port_b)
-    yield f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}", server_a
-    for process in (server_a, server_b):
-        if process.returncode is None:
-            process.terminate()
-            await asyncio.wait_for(process.wait(), 10)
 
 
 async def test_cross_process_delivery_and_failover(

@@ -280,7 +280,7 @@ class TestResilience:
         alice, _ = pair
         state = app.state.papo
         principal = Principal(alice.tenant_id, alice.user_id, "member")
-        subscriber = Subscriber(principal, capacity=2)
+        subscriber = Subscriber(principal, capacity=2, transport="websocket")
         stream = event_stream(state, subscriber, None)
         ready = await anext(stream)
         assert ready["type"] == "ready"

@@ -12,7 +12,7 @@ import httpx
 
 from papo.auth.models import Role
 from papo.settings import Settings
-from tests.realtime.test_multiprocess import free_port, start_server
+from tests.support import free_port, start_server
 
 BASE = "/api/v1/whatsapp/sessions"
 REPO = str(Path(__file__).resolve().parents[2])

@@ -39,6 +39,7 @@ from papo.assistants.usage import record as record_usage
 from papo.auth.service import Principal
 from papo.chat.service import ChatService
 from papo.db.engine import Database, driver
+from papo.ops.metrics import record_ai_reply
 from papo.realtime.hub import EventHub
 from papo.realtime.service import Event
 from papo.settings import Settings
@@ -298,6 +299,8 @@ class ReplyManager:
             finished = await self._chat(session, principal).finish_reply(
                 reply_id, text, failed=state != "complete", metadata=meta, state=state
             )
+            if finished:
+                record_ai_reply(meta, state)
             if finished and state == "complete" and principal.user_id is not None:
                 usage = meta.get("usage") or {}
                 await record_usage(

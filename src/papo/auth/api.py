@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 
 from papo.auth import clerk, service, tenant_settings
 from papo.auth.deps import AdminPrincipal, CurrentPrincipal, DbSession, State
@@ -22,6 +22,8 @@ from papo.auth.schemas import (
     TokenResponse,
 )
 from papo.auth.tokens import issue_token
+from papo.errors import Unauthorized
+from papo.ops.ratelimit import RateLimited, client_address, webhook_allowance
 
 router = APIRouter(tags=["identity"])
 
@@ -32,9 +34,17 @@ async def jwks(state: State) -> dict[str, Any]:
 
 
 @router.post("/api/v1/auth/token", response_model=TokenResponse)
-async def sign_in(body: TokenRequest, session: DbSession, state: State) -> TokenResponse:
-    """Exchange a built-in account's e-mail and password for a bearer token."""
-    principal = await service.login(session, body.email, body.password, body.tenant_id)
+async def sign_in(body: TokenRequest, request: Request, session: DbSession, state: State) -> TokenResponse:
+    """Exchange a built-in account's e-mail and password for a bearer token. Repeated failures from
+    one address or for one account are refused with 429 for a while."""
+    address = client_address(request)
+    if refusal := await state.limiter.sign_in_refusal(address, body.email):
+        raise RateLimited(refusal, "too many failed sign-ins; wait before trying again")
+    try:
+        principal = await service.login(session, body.email, body.password, body.tenant_id)
+    except Unauthorized:
+        await state.limiter.sign_in_failed(address, body.email)
+        raise
     assert principal.user_id is not None
     token, ttl = issue_token(
         state.settings,
@@ -97,7 +107,12 @@ async def update_tenant_settings(body: TenantSettingsPatch, principal: AdminPrin
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/api/v1/webhooks/clerk", status_code=status.HTTP_204_NO_CONTENT, tags=["webhooks"])
+@router.post(
+    "/api/v1/webhooks/clerk",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["webhooks"],
+    dependencies=[Depends(webhook_allowance)],
+)
 async def clerk_webhook(request: Request, session: DbSession, state: State) -> Response:
     """Clerk user and organization events, verified with the Svix signature."""
     event = clerk.verify_event(state.settings, await request.body(), dict(request.headers))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Query, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from papo.assistants.api import Assistants, resolve_assistant
@@ -122,29 +122,46 @@ async def delete_session(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def schedule(
+async def message_allowance(request: Request, principal: CurrentPrincipal, state: State) -> None:
+    """The caller's message rate (429 before anything is written)."""
+    await state.limiter.messages(request, principal)
+
+
+MessageAllowance = Depends(message_allowance)
+
+
+async def schedule(
     background: BackgroundTasks,
     state: AppState,
+    request: Request,
     principal: Principal,
     reply: PendingReply | None,
     response: Response | None = None,
 ) -> None:
     """Generate a reply created by this request (background tasks run after its transaction committed),
-    and name it in the `X-Reply-Id` header."""
+    and name it in the `X-Reply-Id` header. Over the caller's AI reply limit, the request fails with
+    429 and its transaction, message included, is rolled back."""
     if reply is None:
         return
+    await state.limiter.ai_reply(request, principal)
     background.add_task(state.replies.spawn, principal, reply.session_id, reply.reply_id, reply.assistant_id)
     if response is not None:
         response.headers["X-Reply-Id"] = str(reply.reply_id)
 
 
-@router.post("/sessions/{session_id}/messages", status_code=status.HTTP_201_CREATED, response_model=MessageOut)
+@router.post(
+    "/sessions/{session_id}/messages",
+    status_code=status.HTTP_201_CREATED,
+    response_model=MessageOut,
+    dependencies=[MessageAllowance],
+)
 async def send_message(
     session_id: uuid.UUID,
     body: MessageCreate,
     chat: Chat,
     principal: CurrentPrincipal,
     state: State,
+    request: Request,
     response: Response,
     background: BackgroundTasks,
 ) -> MessageOut:
@@ -153,7 +170,7 @@ async def send_message(
     While a reply is being written, another user message is refused with 409: stop it or wait."""
     principal.require_user()
     posted = await Conversation(chat).post(session_id, body.role, body.content, body.metadata)
-    schedule(background, state, principal, posted.reply, response)
+    await schedule(background, state, request, principal, posted.reply, response)
     return MessageOut.model_validate(posted.message)
 
 
@@ -164,11 +181,16 @@ async def send_message(
     tags=["assistants"],
 )
 async def regenerate(
-    session_id: uuid.UUID, chat: Chat, principal: CurrentPrincipal, state: State, background: BackgroundTasks
+    session_id: uuid.UUID,
+    chat: Chat,
+    principal: CurrentPrincipal,
+    state: State,
+    request: Request,
+    background: BackgroundTasks,
 ) -> MessageOut:
     """Write the last reply again (also: retry one that failed). The previous reply is kept, superseded."""
     placeholder, reply = await Conversation(chat).regenerate(session_id, principal.require_user())
-    schedule(background, state, principal, reply)
+    await schedule(background, state, request, principal, reply)
     return MessageOut.model_validate(placeholder)
 
 
@@ -177,6 +199,7 @@ async def regenerate(
     status_code=status.HTTP_201_CREATED,
     response_model=MessageOut,
     tags=["assistants"],
+    dependencies=[MessageAllowance],
 )
 async def edit_and_resend(
     session_id: uuid.UUID,
@@ -185,13 +208,14 @@ async def edit_and_resend(
     chat: Chat,
     principal: CurrentPrincipal,
     state: State,
+    request: Request,
     response: Response,
     background: BackgroundTasks,
 ) -> MessageOut:
     """Replace one of your messages with a new version and continue from it. The old version and what
     followed it stay readable as a superseded branch (`?include_superseded=true`)."""
     posted = await Conversation(chat).edit_and_resend(session_id, message_id, principal.require_user(), body.content)
-    schedule(background, state, principal, posted.reply, response)
+    await schedule(background, state, request, principal, posted.reply, response)
     return MessageOut.model_validate(posted.message)
 
 

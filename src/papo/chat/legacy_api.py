@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, BackgroundTasks, status
+from fastapi import APIRouter, BackgroundTasks, Request, status
 
 from papo.assistants.conversation import Conversation
 from papo.auth.deps import CurrentPrincipal, State
-from papo.chat.api import Chat, schedule
+from papo.chat.api import Chat, MessageAllowance, schedule
 from papo.chat.models import Channel, MessageRole
 from papo.chat.schemas import LegacyDeleted, LegacyMessageCreate, LegacySessionCreate, MessageOut, SessionOut
 
@@ -36,13 +36,20 @@ async def delete_session(id: uuid.UUID, chat: Chat, principal: CurrentPrincipal)
     return LegacyDeleted()
 
 
-@router.post("/message", status_code=status.HTTP_201_CREATED, response_model=MessageOut)
+@router.post(
+    "/message", status_code=status.HTTP_201_CREATED, response_model=MessageOut, dependencies=[MessageAllowance]
+)
 async def send_message(
-    body: LegacyMessageCreate, chat: Chat, principal: CurrentPrincipal, state: State, background: BackgroundTasks
+    body: LegacyMessageCreate,
+    chat: Chat,
+    principal: CurrentPrincipal,
+    state: State,
+    request: Request,
+    background: BackgroundTasks,
 ) -> MessageOut:
     principal.require_user()
     posted = await Conversation(chat).post(body.sessionId, MessageRole.user, body.message, None)
-    schedule(background, state, principal, posted.reply)
+    await schedule(background, state, request, principal, posted.reply)
     return MessageOut.model_validate(posted.message)
 
 

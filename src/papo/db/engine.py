@@ -6,9 +6,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
@@ -19,6 +20,7 @@ from papo.db.server import (
     derive_app_url,
     start_embedded,
 )
+from papo.ops.metrics import DB_POOL_IN_USE, DB_POOL_OPEN, observe_query
 from papo.settings import Settings
 
 
@@ -80,6 +82,21 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(
             app_url, pool_size=pool_size, max_overflow=pool_size, isolation_level="AUTOCOMMIT"
         )
+        self._instrument()
+
+    def _instrument(self) -> None:
+        pool = self.engine.sync_engine.pool
+
+        def on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.driver_connection.add_query_logger(observe_query)
+
+        def on_checkout_or_in(*_: Any) -> None:
+            DB_POOL_IN_USE.set(pool.checkedout())  # type: ignore[attr-defined]
+            DB_POOL_OPEN.set(pool.checkedout() + pool.checkedin())  # type: ignore[attr-defined]
+
+        event.listen(pool, "connect", on_connect)
+        event.listen(pool, "checkout", on_checkout_or_in)
+        event.listen(pool, "checkin", on_checkout_or_in)
 
     @asynccontextmanager
     async def transaction(self, context: RlsContext | None = None) -> AsyncIterator[AsyncSession]:
@@ -124,6 +141,13 @@ class Database:
             finally:
                 if not ended_cleanly:
                     await connection.invalidate()
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record:
+        """One statement on its own (it commits by itself), outside any unit of work."""
+        async with self.engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            asyncpg_connection: asyncpg.Connection = raw.driver_connection
+            return await asyncpg_connection.fetchrow(query, *args)
 
     async def verify_runtime_role(self) -> None:
         """Refuse to serve through a role that row-level security would not bind."""

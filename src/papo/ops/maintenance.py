@@ -1,6 +1,7 @@
-"""Periodic housekeeping in every server process: realtime events past the replay window and chats
-deleted longer ago than the retention period. Each round runs in one process at a time (a try-lock),
-and both sweeps are idempotent, so any number of processes can carry this loop."""
+"""Periodic housekeeping in every server process: realtime events past the replay window, chats
+deleted longer ago than the retention period, and rate-limit buckets that are full again. Each round
+runs in one process at a time (a try-lock), and every sweep is idempotent, so any number of
+processes can carry this loop."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ async def run_once(db: Database, settings: Settings) -> tuple[int, int] | None:
             return None
         events = await prune_events(session, settings.realtime_retention_days)
         sessions = await purge_deleted_sessions(session, settings.deleted_retention_days)
+        buckets = await driver(session).fetchval("SELECT papo_prune_rate_limits()")
     if events or sessions:
-        log.info("maintenance", events_pruned=events, sessions_purged=sessions)
+        log.info("maintenance", events_pruned=events, sessions_purged=sessions, rate_limit_buckets_pruned=buckets)
     return events, sessions
 
 

@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids and access logs."""
+"""ASGI middleware: request ids, access logs and HTTP metrics."""
 
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from papo.errors import problem
+from papo.ops.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from papo.ops.ratelimit import response_headers as rate_limit_headers
 
 log = structlog.get_logger("papo.access")
+UNMATCHED_ROUTE = "(unmatched)"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -27,11 +31,17 @@ SECURITY_HEADERS = [
 
 
 class RequestContextMiddleware:
-    """Gives every request an X-Request-ID (the caller's, if sane) and the security headers, and
-    logs one line per request."""
+    """Gives every request an X-Request-ID (the caller's, if sane) and the security headers, logs
+    one line per request (route template, status, latency, and the tenant and user once known),
+    and counts it for /metrics.
 
-    def __init__(self, app: ASGIApp) -> None:
+    Paths that matched no route are counted under one label, so a scanner cannot grow the metric
+    without bound; the log line keeps the real path."""
+
+    def __init__(self, app: ASGIApp, *, metrics: bool = True, access_log: bool = True) -> None:
         self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,19 +58,36 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status_code = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode()), *SECURITY_HEADERS]
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", request_id.encode()),
+                    *SECURITY_HEADERS,
+                    *(rate_limit_headers(scope.get("state", {})) if status_code != 429 else ()),
+                ]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            log.info(
-                "request",
-                method=scope["method"],
-                path=scope["path"],
-                status=status_code,
-                ms=round((time.perf_counter() - started) * 1000, 1),
-            )
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
+            if self.metrics:
+                HTTP_REQUESTS.labels(method, route, str(status_code)).inc()
+                HTTP_LATENCY.labels(method, route).observe(elapsed)
+            principal = scope.get("state", {}).get("principal")
+            if self.access_log:
+                log.info(
+                    "request",
+                    method=method,
+                    route=route,
+                    path=scope["path"],
+                    status=status_code,
+                    ms=round(elapsed * 1000, 1),
+                    tenant_id=str(principal.tenant_id) if principal else None,
+                    user_id=principal.user_id if principal else None,
+                    api_key_id=str(principal.api_key_id) if principal and principal.api_key_id else None,
+                )
             structlog.contextvars.unbind_contextvars("request_id")
 
 

@@ -120,7 +120,7 @@ async def server_sent_events(
     state: AppState = request.app.state.papo
 
     async def body() -> AsyncIterator[str]:
-        subscriber = state.hub.subscribe(principal)
+        subscriber = state.hub.subscribe(principal, "sse")
         try:
             async for message in event_stream(state, subscriber, since):
                 if message is HEARTBEAT:
@@ -167,7 +167,7 @@ async def realtime_socket(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         return
 
-    subscriber = state.hub.subscribe(principal)
+    subscriber = state.hub.subscribe(principal, "websocket")
     sender = asyncio.create_task(_send_events(websocket, state, subscriber, since))
     receiver = asyncio.create_task(_receive_controls(websocket, state, subscriber))
     try:

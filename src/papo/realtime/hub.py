@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ import structlog
 
 from papo.auth.service import Principal
 from papo.db.engine import Database
+from papo.ops.metrics import REALTIME_CONNECTIONS, REALTIME_EVENT_LAG
 from papo.realtime.service import Event, bounds, read_all_events
 
 log = structlog.get_logger(__name__)
@@ -41,6 +43,7 @@ class Subscriber:
 
     principal: Principal
     capacity: int
+    transport: str
     queue: asyncio.Queue[Event] = field(init=False)
     overflowed: asyncio.Event = field(default_factory=asyncio.Event)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
@@ -94,13 +97,21 @@ class EventHub:
             with contextlib.suppress(Exception):
                 await self.listener.close()
 
-    def subscribe(self, principal: Principal) -> Subscriber:
-        subscriber = Subscriber(principal, self.queue_size)
+    @property
+    def listening(self) -> bool:
+        """Whether the LISTEN connection is up (without it, other processes' events wait for the poll)."""
+        return self.listener is not None and not self.listener.is_closed()
+
+    def subscribe(self, principal: Principal, transport: str) -> Subscriber:
+        subscriber = Subscriber(principal, self.queue_size, transport)
         self.subscribers.add(subscriber)
+        REALTIME_CONNECTIONS.labels(transport).inc()
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        self.subscribers.discard(subscriber)
+        if subscriber in self.subscribers:
+            self.subscribers.discard(subscriber)
+            REALTIME_CONNECTIONS.labels(subscriber.transport).dec()
 
     def publish_live(self, event: Event) -> None:
         """Fan a live event out now to this process's subscribers, and soon to the other processes'."""
@@ -195,9 +206,12 @@ class EventHub:
         while True:
             async with self.db.transaction() as session:
                 events = await read_all_events(session, self.last_id, BATCH)
+            now = time.time()
             for event in events:
                 self._deliver(event)
                 assert event.id is not None
                 self.last_id = event.id
+                if event.created_at is not None:
+                    REALTIME_EVENT_LAG.observe(max(0.0, now - event.created_at.timestamp()))
             if len(events) < BATCH:
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,6 +32,7 @@ class Event:
     user_id: str | None
     type: str
     data: dict[str, Any]
+    created_at: datetime | None = None  # known to the relay, which measures how late events arrive
 
     def visible_to(self, tenant_id: uuid.UUID, user_id: str | None, role: str) -> bool:
         """The RLS rule of the events table, for the relay that reads across tenants."""
@@ -84,6 +86,7 @@ def _event(row: Any) -> Event:
         user_id=row["event_user_id"],
         type=row["event_type"],
         data=row["event_payload"],
+        created_at=row.get("event_created_at"),
     )
 
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
-from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +31,7 @@ from papo.chat.models import Channel, SessionStatus
 from papo.chat.schemas import MessageOut
 from papo.chat.service import ChatService
 from papo.errors import Conflict, DomainError, Forbidden, NotFound, Unauthorized
+from papo.ops.ratelimit import Decision, client_address
 from papo.realtime.service import bounds as realtime_bounds
 from papo.state import AppState
 from papo.web import brand, markdown
@@ -69,44 +68,6 @@ class StaticAssets:
 
 assets = StaticAssets(HERE / "static")
 MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
-
-
-class LoginThrottle:
-    """Failed sign-ins per e-mail and per address in a sliding window: after the limit, wait. An
-    address gets more tries than an e-mail (offices share one). Per process for now; the shared
-    limiter of the operations work replaces it."""
-
-    def __init__(self, limits: dict[str, int], window_seconds: float = 300.0) -> None:
-        self.limits = limits  # by key prefix: "email", "ip"
-        self.window = window_seconds
-        self.failures: dict[str, deque[float]] = defaultdict(deque)
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        times = self.failures[key]
-        while times and times[0] < now - self.window:
-            times.popleft()
-        return times
-
-    def wait_seconds(self, *keys: str) -> int:
-        now = time.monotonic()
-        waits = [
-            int(times[0] + self.window - now) + 1
-            for key in keys
-            if len(times := self._recent(key, now)) >= self.limits[key.partition(":")[0]]
-        ]
-        return max(waits, default=0)
-
-    def failed(self, *keys: str) -> None:
-        now = time.monotonic()
-        for key in keys:
-            self._recent(key, now).append(now)
-
-    def succeeded(self, *keys: str) -> None:
-        for key in keys:
-            self.failures.pop(key, None)
-
-
-throttle = LoginThrottle({"email": 5, "ip": 30})
 
 
 @dataclass
@@ -218,6 +179,7 @@ async def signed_in(page: Page, session: Any, state: AppState) -> bool:
     user = await auth_service.get_user(session, principal.user_id)
     public = await web_sessions.public_tenant(session, principal.tenant_id)
     page.principal, page.user_email, page.tenant_id = principal, user.email, principal.tenant_id
+    page.request.state.principal = principal
     _, page.events_since = await realtime_bounds(session)
     if public is not None:
         page.tenant_name, page.brand = public.name, public.brand
@@ -300,6 +262,16 @@ async def _sign_in_page(
     return render(page, state, template, public=public, tenant=tenant, providers=providers, **values)
 
 
+async def _throttled(
+    page: Page, state: AppState, session: Any, template: str, tenant: uuid.UUID | None, refusal: Decision, **values: Any
+) -> Response:
+    headers = refusal.headers()
+    error = page.t("auth.throttled", seconds=headers["Retry-After"])
+    response = await _sign_in_page(page, state, session, template, tenant, status_code=429, error=error, **values)
+    response.headers.update(headers)
+    return response
+
+
 @router.get("/login")
 async def login_page(
     request: Request, state: State, session: DbSession, next: str | None = None, tenant: uuid.UUID | None = None
@@ -308,10 +280,6 @@ async def login_page(
     if await signed_in(page, session, state):
         return redirect(page, state, local_path(next))
     return await _sign_in_page(page, state, session, "login.html", tenant, next=local_path(next), error=None)
-
-
-def _client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 async def _open_session(page: Page, state: AppState, session: Any, principal: Principal, next_path: str) -> Response:
@@ -343,23 +311,20 @@ async def login_submit(
 ) -> Response:
     page = _page(request, state)
     check_form_csrf(page, state, csrf_token)
-    keys = (f"ip:{_client_address(request)}", f"email:{email.strip().lower()}")
-    wait = throttle.wait_seconds(*keys)
+    address = client_address(request)
     values = {"next": local_path(next), "email": email}
-    if wait:
-        error = page.t("auth.throttled", seconds=wait)
-        return await _sign_in_page(page, state, session, "login.html", tenant, status_code=429, error=error, **values)
+    if refusal := await state.limiter.sign_in_refusal(address, email):
+        return await _throttled(page, state, session, "login.html", tenant, refusal, **values)
     try:
         principal = await auth_service.login(session, email.strip(), password, tenant)
     except Unauthorized:
-        throttle.failed(*keys)
+        await state.limiter.sign_in_failed(address, email)
         error = page.t("auth.wrong")
         return await _sign_in_page(page, state, session, "login.html", tenant, status_code=401, error=error, **values)
     except DomainError as exc:
         return await _sign_in_page(
             page, state, session, "login.html", tenant, status_code=exc.status, error=exc.detail, **values
         )
-    throttle.succeeded(keys[1])
     return await _open_session(page, state, session, principal, local_path(next))
 
 
@@ -394,6 +359,9 @@ async def signup_submit(
     check_form_csrf(page, state, csrf_token)
     tenant = tenant or default_tenant(state)
     values = {"email": email, "name": name}
+    allowance = await state.limiter.check("sign_up_address", client_address(request))
+    if allowance is not None and not allowance.allowed:
+        return await _throttled(page, state, session, "signup.html", tenant, allowance, **values)
     error = None
     if "@" not in email or len(email.strip()) < 3:
         error = page.t("auth.email")

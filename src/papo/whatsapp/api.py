@@ -9,7 +9,7 @@ import uuid
 from typing import Annotated, Any
 
 import segno
-from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response, status
 
 from papo.auth.deps import CurrentPrincipal, DbSession, State
 from papo.errors import Conflict, Forbidden, NotFound
@@ -187,6 +187,7 @@ async def reply(
     box: InboxDep,
     session: DbSession,
     state: State,
+    request: Request,
     background: BackgroundTasks,
 ) -> dict[str, Any]:
     """An agent's reply: stored first (delivery `pending`), then sent through the number's transport;
@@ -194,7 +195,9 @@ async def reply(
     number = await session.get(WhatsappSession, (box.principal.tenant_id, await box.number_of(conversation_id)))
     if number is None or not number.is_active:
         raise Conflict("the WhatsApp number of this conversation was removed")
-    state.whatsapp.take_send_slot(SessionKey(number.tenant_id, number.id))
+    await state.limiter.messages(request, box.principal)
+    # WhatsApp bans numbers that send in bursts: each number has its own budget, whoever sends.
+    await state.limiter.enforce(request, "whatsapp_sends", f"{number.tenant_id}:{number.id}")
     outgoing, stored = await box.queue_reply(conversation_id, body.content, number.transport)
     background.add_task(state.whatsapp.send, outgoing)
     return stored

@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,7 +29,8 @@ from papo.auth.service import SERVICE_ROLE, Principal
 from papo.chat.service import ChatService
 from papo.db.base import new_id
 from papo.db.engine import Database, driver
-from papo.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
+from papo.errors import Conflict, InvalidInput, NotFound
+from papo.ops.metrics import WHATSAPP_MESSAGES
 from papo.realtime.service import emit
 from papo.settings import Settings
 from papo.whatsapp.inbox import DEFAULT_HANDOFF_WORDS, Inbox, OutgoingReply, Received
@@ -96,7 +95,6 @@ class WhatsappHub:
     keys: KeyBox
     replies: ReplyManager | None = None  # the assistant that answers on numbers that have one
     live: dict[SessionKey, LiveSession] = field(default_factory=dict)
-    sent_at: dict[SessionKey, deque[float]] = field(default_factory=dict)
     ingest_ready: asyncio.Event = field(default_factory=asyncio.Event)
     # Ownership: a process runs a session only while it holds the session's advisory lock on its
     # own connection; lifecycle commands for a session run elsewhere are NOTIFYed to its owner.
@@ -277,6 +275,8 @@ class WhatsappHub:
             received = await Inbox(session, principal).receive(
                 row.id, row.assistant_id, tuple(str(w) for w in words), inbound
             )
+            if received.message_id:
+                WHATSAPP_MESSAGES.labels(row.transport, "in").inc()
             bot_reply = None
             if received.message_id and received.bot_enabled and row.assistant_id and self.replies is not None:
                 chat = ChatService(session, principal, self.settings)
@@ -305,24 +305,12 @@ class WhatsappHub:
         async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
             return await Inbox(session, service_principal(key.tenant_id)).apply_receipt(external_id, status)
 
-    def take_send_slot(self, key: SessionKey) -> None:
-        """A per-number send budget (WhatsApp bans numbers that burst); raises when it is spent."""
-        now = time.monotonic()
-        window = self.sent_at.setdefault(key, deque())
-        while window and window[0] < now - 60:
-            window.popleft()
-        if len(window) >= self.settings.whatsapp_sends_per_minute:
-            raise QuotaExceeded(
-                f"this WhatsApp number may send {self.settings.whatsapp_sends_per_minute} messages a minute; "
-                f"try again in {int(window[0] + 60 - now) + 1} s"
-            )
-        window.append(now)
-
     async def send(self, reply: OutgoingReply) -> None:
         """After the reply was stored: send it, and record the outcome on the message (never lost)."""
         key = SessionKey(reply.tenant_id, reply.whatsapp_session_id)
         external_id: str | None = None
         error: str | None = None
+        kind = "unknown"
         try:
             async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
                 row = await session.get(WhatsappSession, (key.tenant_id, key.session_id))
@@ -337,6 +325,7 @@ class WhatsappHub:
         except Exception as exc:
             error = str(exc) or exc.__class__.__name__
             log.warning("whatsapp send failed", message=str(reply.message_id), error=error)
+        WHATSAPP_MESSAGES.labels(kind, "out" if error is None else "out_failed").inc()
         async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
             await Inbox(session, service_principal(key.tenant_id)).mark_sent(reply.message_id, external_id, error)
 

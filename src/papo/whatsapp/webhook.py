@@ -15,11 +15,12 @@ import json
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response
 
 from papo.auth.deps import DbSession, State
 from papo.db.engine import apply_context, driver
 from papo.errors import BadRequest, DomainError, Forbidden, NotFound, Unauthorized
+from papo.ops.ratelimit import webhook_allowance
 from papo.state import AppState
 from papo.whatsapp.service import service_principal
 from papo.whatsapp.transports.base import InboundMessage, SessionKey
@@ -88,7 +89,7 @@ def inbound_messages(value: dict[str, Any]) -> list[InboundMessage]:
     return found
 
 
-@router.post("")
+@router.post("", dependencies=[Depends(webhook_allowance)])
 async def deliver(request: Request, session: DbSession, state: State, background: BackgroundTasks) -> dict[str, Any]:
     """Check, route and queue the delivery (one insert each), answer 200; any process works it off."""
     body = await request.body()

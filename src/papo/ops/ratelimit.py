@@ -1,0 +1,255 @@
+"""Rate limits and quotas shared by every server process: in PostgreSQL by default, in Redis when
+PAPO_REDIS_URL is set.
+
+Each limit is a GCRA (generic cell rate algorithm) bucket: `count` units per `period`, all of
+which may be spent at once, refilling steadily. The state per key is one number, the moment the
+allowance is whole again, so a check is one atomic call on either backend, using that backend's
+clock. Keys are hashed before they are stored: they name users, API keys and addresses.
+
+Answers carry RateLimit-Limit / -Remaining / -Reset and RateLimit-Policy (the IETF httpapi
+draft's fields); a refusal is a 429 problem with Retry-After."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from starlette.requests import HTTPConnection, Request
+
+from papo.auth.service import Principal
+from papo.db.engine import Database
+from papo.errors import QuotaExceeded
+from papo.ops.metrics import RATE_LIMITED
+from papo.settings import Settings
+
+MINUTE, DAY = 60.0, 86400.0
+STATE_KEY = "rate_limits"  # request.state: decisions whose headers go on the response
+
+
+@dataclass(frozen=True)
+class Limit:
+    name: str
+    count: int
+    period: float
+
+    @property
+    def interval(self) -> float:
+        return self.period / self.count
+
+
+@dataclass(frozen=True)
+class Decision:
+    limit: Limit
+    allowed: bool
+    remaining: int
+    reset_seconds: float  # until the allowance is whole again
+    retry_after_seconds: float  # until one more unit is allowed (0 when allowed)
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "RateLimit-Limit": str(self.limit.count),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(math.ceil(self.reset_seconds)),
+            "RateLimit-Policy": f'{self.limit.count};w={int(self.limit.period)};name="{self.limit.name}"',
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_seconds)))
+        return headers
+
+
+class RateLimited(QuotaExceeded):
+    slug, title = "rate-limited", "Too many requests"
+
+    def __init__(self, decision: Decision, detail: str | None = None) -> None:
+        wait = max(1, math.ceil(decision.retry_after_seconds))
+        super().__init__(
+            detail
+            or f"limit {decision.limit.name!r} reached ({decision.limit.count} per "
+            f"{_period_words(decision.limit.period)}); try again in {wait} s",
+            headers=decision.headers(),
+        )
+        self.decision = decision
+
+
+def _period_words(seconds: float) -> str:
+    return {MINUTE: "minute", 3600.0: "hour", DAY: "day"}.get(seconds, f"{seconds:g} s")
+
+
+class Backend(Protocol):
+    async def gcra(self, key: bytes, interval: float, period: float, consume: bool) -> tuple[bool, float, float]:
+        """(allowed, arrival time of the bucket, the backend's clock), both in epoch seconds."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class PostgresBackend:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def gcra(self, key: bytes, interval: float, period: float, consume: bool) -> tuple[bool, float, float]:
+        row = await self.db.fetchrow(
+            "SELECT allowed, tat, now_epoch FROM papo_rate_limit($1, $2, $3, $4)", key, interval, period, consume
+        )
+        return bool(row["allowed"]), float(row["tat"]), float(row["now_epoch"])
+
+    async def close(self) -> None:
+        return None
+
+
+# The same algorithm as papo_rate_limit() (migration 0015), atomic as one script, on Redis's clock.
+_REDIS_GCRA = """
+local interval = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local base = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
+local next_tat = base + interval
+if next_tat - period <= now then
+  if ARGV[3] == '1' then
+    redis.call('SET', KEYS[1], string.format('%.6f', next_tat), 'PX', math.ceil((next_tat - now) * 1000))
+    return {1, string.format('%.6f', next_tat), string.format('%.6f', now)}
+  end
+  return {1, string.format('%.6f', base), string.format('%.6f', now)}
+end
+return {0, string.format('%.6f', base), string.format('%.6f', now)}
+"""
+
+
+class RedisBackend:
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as redis
+
+        self.client = redis.Redis.from_url(url)
+        self.script = self.client.register_script(_REDIS_GCRA)
+
+    async def gcra(self, key: bytes, interval: float, period: float, consume: bool) -> tuple[bool, float, float]:
+        allowed, tat, now = await self.script(
+            keys=[b"papo:rl:" + key.hex().encode()], args=[interval, period, int(consume)]
+        )
+        return bool(int(allowed)), float(tat), float(now)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def configured_limits(settings: Settings) -> dict[str, Limit]:
+    """Every limit papo applies, by name; a count of 0 switches that limit off."""
+    wanted = [
+        Limit("user_messages", settings.rate_limit_user_messages_per_minute, MINUTE),
+        Limit("api_key_messages", settings.rate_limit_api_key_messages_per_minute, MINUTE),
+        Limit("user_ai_replies", settings.rate_limit_user_ai_replies_per_minute, MINUTE),
+        Limit("user_ai_replies_daily", settings.rate_limit_user_ai_replies_per_day, DAY),
+        Limit("api_key_ai_replies", settings.rate_limit_api_key_ai_replies_per_minute, MINUTE),
+        Limit("sign_in_address", settings.rate_limit_sign_in_failures_per_address, 15 * MINUTE),
+        Limit("sign_in_account", settings.rate_limit_sign_in_failures_per_account, 15 * MINUTE),
+        Limit("sign_up_address", settings.rate_limit_sign_ups_per_address_per_hour, 3600.0),
+        Limit("webhook_address", settings.rate_limit_webhooks_per_address_per_minute, MINUTE),
+        Limit("whatsapp_sends", settings.whatsapp_sends_per_minute, MINUTE),
+    ]
+    return {limit.name: limit for limit in wanted if limit.count > 0}
+
+
+class RateLimiter:
+    def __init__(self, backend: Backend, limits: dict[str, Limit], *, enabled: bool = True) -> None:
+        self.backend = backend
+        self.limits = limits
+        self.enabled = enabled
+
+    @classmethod
+    def from_settings(cls, settings: Settings, db: Database) -> RateLimiter:
+        backend: Backend = RedisBackend(settings.redis_url) if settings.redis_url else PostgresBackend(db)
+        return cls(backend, configured_limits(settings), enabled=settings.rate_limits_enabled)
+
+    async def check(self, name: str, identity: str, *, consume: bool = True) -> Decision | None:
+        """Spend one unit of `name` for `identity` (or, with consume=False, only look whether one is
+        left). None when that limit is switched off."""
+        limit = self.limits.get(name)
+        if limit is None or not self.enabled:
+            return None
+        key = hashlib.sha256(f"{name}\x00{identity}".encode()).digest()[:20]
+        allowed, tat, now = await self.backend.gcra(key, limit.interval, limit.period, consume)
+        ahead = max(0.0, tat - now)  # how far the bucket's arrival time runs ahead of the clock
+        return Decision(
+            limit,
+            allowed,
+            remaining=max(0, min(limit.count, math.floor((limit.period - ahead) / limit.interval + 1e-9))),
+            reset_seconds=ahead,
+            retry_after_seconds=0.0 if allowed else max(0.0, ahead + limit.interval - limit.period),
+        )
+
+    async def enforce(
+        self, connection: HTTPConnection | None, name: str, identity: str, *, consume: bool = True
+    ) -> Decision | None:
+        """Like check, but a refusal raises a 429; an allowance is remembered for the response headers."""
+        decision = await self.check(name, identity, consume=consume)
+        if decision is None:
+            return None
+        if not decision.allowed:
+            RATE_LIMITED.labels(name).inc()
+            raise RateLimited(decision)
+        if connection is not None:
+            remember(connection, decision)
+        return decision
+
+    async def messages(self, connection: HTTPConnection, principal: Principal) -> None:
+        """A message written by a member or an API key."""
+        if principal.api_key_id is not None:
+            await self.enforce(connection, "api_key_messages", f"key:{principal.api_key_id}")
+        else:
+            await self.enforce(connection, "user_messages", f"user:{principal.tenant_id}:{principal.user_id}")
+
+    async def ai_reply(self, connection: HTTPConnection, principal: Principal) -> None:
+        """A reply the caller asked an assistant for: a per-minute rate and, for members, a daily quota."""
+        if principal.api_key_id is not None:
+            await self.enforce(connection, "api_key_ai_replies", f"key:{principal.api_key_id}")
+            return
+        identity = f"user:{principal.tenant_id}:{principal.user_id}"
+        await self.enforce(connection, "user_ai_replies", identity)
+        await self.enforce(connection, "user_ai_replies_daily", identity)
+
+    async def sign_in_refusal(self, address: str, account: str) -> Decision | None:
+        """Before checking a password: the refusal, if this address or account failed too often."""
+        refusals = [
+            decision
+            for name, identity in (("sign_in_address", address), ("sign_in_account", account.strip().lower()))
+            if (decision := await self.check(name, identity, consume=False)) is not None and not decision.allowed
+        ]
+        for refusal in refusals:
+            RATE_LIMITED.labels(refusal.limit.name).inc()
+        return max(refusals, key=lambda d: d.retry_after_seconds, default=None)
+
+    async def sign_in_failed(self, address: str, account: str) -> None:
+        await self.check("sign_in_address", address)
+        await self.check("sign_in_account", account.strip().lower())
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+
+async def webhook_allowance(request: Request) -> None:
+    """Unauthenticated deliveries (WhatsApp, Clerk): a per-address rate before the signature is checked."""
+    limiter: RateLimiter = request.app.state.papo.limiter
+    await limiter.enforce(request, "webhook_address", client_address(request))
+
+
+def remember(connection: HTTPConnection, decision: Decision) -> None:
+    decisions: list[Decision] = connection.scope.setdefault("state", {}).setdefault(STATE_KEY, [])
+    decisions.append(decision)
+
+
+def response_headers(state: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """The headers of the tightest limit the request went through (for the middleware)."""
+    decisions: list[Decision] = state.get(STATE_KEY) or []
+    if not decisions:
+        return []
+    tightest = min(decisions, key=lambda d: (d.remaining, -d.reset_seconds))
+    return [(name.lower().encode(), value.encode()) for name, value in tightest.headers().items()]
+
+
+def client_address(connection: HTTPConnection) -> str:
+    """The caller's address as the server sees it (uvicorn applies X-Forwarded-For from the proxies
+    it trusts, --forwarded-allow-ips)."""
+    return connection.client.host if connection.client else "unknown"
