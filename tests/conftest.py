@@ -7,6 +7,7 @@ import asyncio
 import os
 import secrets
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,14 @@ from sqlalchemy.engine import URL
 
 from papo.app import create_app
 from papo.auth import service as auth_service
+from papo.auth.models import Role
 from papo.db.engine import Database
 from papo.db.migrate import ensure_database, migrate
 from papo.db.server import app_role_password, async_url, derive_app_url, remove_tree, start_embedded
 from papo.settings import Settings
+from papo.whatsapp.transports.base import SessionKey
 from tests.fake_openai import FakeOpenAI
+from tests.fake_whatsapp import FakeTransport
 from tests.support import (
     CLERK_WEBHOOK_SECRET,
     EXTERNAL_ISSUER,
@@ -35,9 +39,12 @@ from tests.support import (
     FakeGraphApi,
     FakeIdentityProvider,
     FakeOidcProvider,
+    Member,
     TenantHandle,
+    create_whatsapp_session,
     free_port,
     start_server,
+    wait_status,
 )
 
 
@@ -223,6 +230,28 @@ async def two_servers(settings: Settings) -> AsyncIterator[tuple[str, str, async
         if process.returncode is None:
             process.terminate()
             await asyncio.wait_for(process.wait(), 10)
+
+
+@pytest.fixture
+def fake(app: FastAPI) -> FakeTransport:
+    transport = app.state.papo.whatsapp.transports["fake"]
+    assert isinstance(transport, FakeTransport)
+    return transport
+
+
+@pytest.fixture
+async def number(
+    client: httpx.AsyncClient, make_tenant: Any, fake: FakeTransport
+) -> tuple[TenantHandle, Member, Member, SessionKey]:
+    """A company with an admin, an agent and a WhatsApp number that is connected."""
+    tenant: TenantHandle = await make_tenant("Inbox")
+    admin, agent = await tenant.member(Role.admin), await tenant.member(Role.agent)
+    created = await create_whatsapp_session(client, admin, "atendimento")
+    key = SessionKey(tenant.id, uuid.UUID(created["id"]))
+    await wait_status(client, admin, created["id"], "SCAN_QR_CODE")
+    await fake.scan(key, "+5511955550000")
+    await wait_status(client, admin, created["id"], "WORKING")
+    return tenant, admin, agent, key
 
 
 def _env_marker() -> None:

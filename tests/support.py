@@ -326,3 +326,24 @@ async def start_server(settings: Settings, port: int, **extra_env: str) -> async
                     return process
             await asyncio.sleep(0.1)
     raise AssertionError(f"server on port {port} did not start")
+
+
+WHATSAPP_SESSIONS = "/api/v1/whatsapp/sessions"
+
+
+async def wait_status(client: httpx.AsyncClient, who: Member, sid: str, status: str) -> dict[str, Any]:
+    async with asyncio.timeout(5):
+        while True:
+            body: dict[str, Any] = (await client.get(f"{WHATSAPP_SESSIONS}/{sid}", headers=who.headers)).json()
+            if body["status"] == status:
+                return body
+            await asyncio.sleep(0.02)
+
+
+async def create_whatsapp_session(client: httpx.AsyncClient, admin: Member, name: str, **extra: Any) -> dict[str, Any]:
+    response = await client.post(
+        WHATSAPP_SESSIONS, json={"name": name, "transport": "fake", **extra}, headers=admin.headers
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body

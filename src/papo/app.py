@@ -27,12 +27,16 @@ from papo.chat.legacy_api import router as legacy_chat_router
 from papo.db.engine import Database, locate_database
 from papo.db.migrate import head_revision
 from papo.errors import install_error_handlers
+from papo.insights.api import router as insights_router
+from papo.insights.sentiment import SentimentScorer
+from papo.insights.service import SentimentWorker
 from papo.ops.api import router as ops_router
 from papo.ops.logging import configure_logging
 from papo.ops.maintenance import maintenance_loop
 from papo.ops.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from papo.ops.ratelimit import RateLimiter
 from papo.realtime.api import router as realtime_router
+from papo.realtime.consumer import OutboxConsumer
 from papo.realtime.hub import EventHub
 from papo.settings import Settings, get_settings
 from papo.state import AppState
@@ -78,6 +82,7 @@ def create_app(
         restoring: asyncio.Task[dict[str, int]] | None = None
         whatsapp_heartbeat: asyncio.Task[None] | None = None
         whatsapp_ingest: asyncio.Task[None] | None = None
+        sentiment: asyncio.Task[None] | None = None
         whatsapp: WhatsappHub | None = None
         lag_watch: asyncio.Task[None] | None = None
         replies: ReplyManager | None = None
@@ -118,12 +123,18 @@ def create_app(
                 whatsapp.ingest(partial(process_webhook, state)), name="papo-whatsapp-ingest"
             )
             housekeeping = asyncio.create_task(maintenance_loop(db, settings, replies), name="papo-maintenance")
+            if settings.sentiment_enabled:
+                scoring = OutboxConsumer(
+                    db, "sentiment", SentimentWorker(SentimentScorer(settings.sentiment_default_language))
+                )
+                hub.follow(scoring.wake)
+                sentiment = asyncio.create_task(scoring.run(), name="papo-sentiment")
             lag_watch = asyncio.create_task(state.loop_lag.run(), name="papo-loop-lag")
             if on_ready is not None:
                 await on_ready(state)
             yield
         finally:
-            for background in (housekeeping, lag_watch, whatsapp_heartbeat, whatsapp_ingest):
+            for background in (housekeeping, lag_watch, whatsapp_heartbeat, whatsapp_ingest, sentiment):
                 if background is not None:
                     background.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -156,6 +167,7 @@ def create_app(
     app.include_router(realtime_router)
     app.include_router(assistants_router)
     app.include_router(usage_router)
+    app.include_router(insights_router)
     app.include_router(web_router)
     app.include_router(whatsapp_router, prefix="/api/v1/whatsapp/sessions")
     app.include_router(whatsapp_router, prefix="/session", include_in_schema=False)  # seed 004's paths

@@ -117,6 +117,22 @@ class Settings(BaseSettings):
     whatsapp_verify_token: str | None = None
     whatsapp_graph_url: str = "https://graph.facebook.com/v21.0"
 
+    # Insights. Sentiment of user and customer messages is scored in the background; text whose
+    # language is unclear is taken to be in sentiment_default_language. Estimated AI cost uses
+    # ai_prices: model -> [USD per million input tokens, per million output tokens], as JSON.
+    sentiment_enabled: bool = True
+    sentiment_default_language: str = "pt"
+    ai_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {
+            "gpt-4o-mini": (0.15, 0.60),
+            "gpt-4o": (2.50, 10.00),
+            "gpt-4.1": (2.00, 8.00),
+            "gpt-4.1-mini": (0.40, 1.60),
+            "gpt-4.1-nano": (0.10, 0.40),
+            "demo": (0.0, 0.0),
+        }
+    )
+
     # How often each process tries the housekeeping sweep (event pruning, deleted-chat purge).
     maintenance_interval_seconds: float = 3600.0
 

@@ -13,7 +13,8 @@ from papo.auth.models import Role
 from papo.web.brand import contrast
 from papo.whatsapp.transports.base import SessionKey
 from tests.fake_openai import FakeOpenAI
-from tests.support import FakeOidcProvider, Member, TenantHandle
+from tests.support import FakeOidcProvider, Member, TenantHandle, create_session
+from tests.support import send as send_over_api
 from tests.web.conftest import default_assistant, screenshot, set_tenant_settings, sign_in, watch_errors
 
 STREAMING = '.msg.assistant[data-state="streaming"]'
@@ -272,6 +273,29 @@ class TestAdmin:
         response = await outsider.goto(f"{live_url}/settings")
         assert response is not None
         assert response.status == 404
+
+    async def test_activity_chart_shows_the_tenants_month(
+        self, context: BrowserContext, live_url: str, client: httpx.AsyncClient, make_tenant: Any
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Chart")
+        admin = await tenant.member(Role.admin)
+        member = await tenant.member()
+        chat = await create_session(client, member)
+        for text in ("Adorei o atendimento, muito obrigado!", "Péssimo, estou muito irritado", "Tudo certo"):
+            await send_over_api(client, member, chat["id"], text)
+        page = await context.new_page()
+        errors = watch_errors(page)
+        await sign_in(page, live_url, admin, next_path="/settings")
+        chart = page.locator("#activity-chart")
+        await expect(chart).to_be_visible()
+        assert await chart.locator("g").count() == 30
+        today = chart.locator("g").last
+        assert "3 de pessoas" in (await today.locator("title").text_content() or "")
+        assert float(await today.locator("rect.bar-user").get_attribute("height") or 0) > 0
+        await expect(page.locator(".figures")).to_contain_text("Mensagens")
+        await page.locator("#activity-chart").scroll_into_view_if_needed()
+        await screenshot(page, "settings-activity")
+        assert errors == []
 
 
 class TestSafety:

@@ -18,8 +18,8 @@ import pytest
 from papo.auth.models import Role
 from papo.db.engine import RlsContext, driver
 from tests.conftest import ProvisionedDatabase, plain_dsn
-from tests.support import WHATSAPP_APP_SECRET, WHATSAPP_VERIFY_TOKEN, FakeGraphApi, Member, TenantHandle
-from tests.whatsapp.test_sessions import BASE, wait_status
+from tests.support import WHATSAPP_APP_SECRET, WHATSAPP_VERIFY_TOKEN, FakeGraphApi, Member, TenantHandle, wait_status
+from tests.support import WHATSAPP_SESSIONS as BASE
 
 HOOK = "/api/v1/whatsapp/webhook"
 INBOX = "/api/v1/whatsapp/conversations"

@@ -3,44 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import httpx
-import pytest
-from fastapi import FastAPI
 
 from papo.auth.models import Role
 from papo.client import RealtimeClient, RealtimeEvent
 from papo.whatsapp.transports.base import SessionKey
 from tests.fake_openai import API_KEY
 from tests.fake_whatsapp import FakeTransport
+from tests.support import WHATSAPP_SESSIONS as BASE
 from tests.support import Member, TenantHandle
-from tests.whatsapp.test_sessions import BASE, create, wait_status
 
 INBOX = "/api/v1/whatsapp/conversations"
-
-
-@pytest.fixture
-def fake(app: FastAPI) -> FakeTransport:
-    transport = app.state.papo.whatsapp.transports["fake"]
-    assert isinstance(transport, FakeTransport)
-    return transport
-
-
-@pytest.fixture
-async def number(
-    client: httpx.AsyncClient, make_tenant: Any, fake: FakeTransport
-) -> tuple[TenantHandle, Member, Member, SessionKey]:
-    """A company with an admin, an agent and a WhatsApp number that is connected."""
-    tenant: TenantHandle = await make_tenant("Inbox")
-    admin, agent = await tenant.member(Role.admin), await tenant.member(Role.agent)
-    created = await create(client, admin, "atendimento")
-    key = SessionKey(tenant.id, uuid.UUID(created["id"]))
-    await wait_status(client, admin, created["id"], "SCAN_QR_CODE")
-    await fake.scan(key, "+5511955550000")
-    await wait_status(client, admin, created["id"], "WORKING")
-    return tenant, admin, agent, key
 
 
 async def test_customer_in_agent_out_with_receipts(

@@ -15,7 +15,7 @@ from neonize.events import EVENT_TO_INT
 from papo.auth.models import Role
 from papo.whatsapp.transports.base import InboundMessage, SessionKey
 from papo.whatsapp.transports.neonize import EVENT_MAP, NeonizeTransport
-from tests.whatsapp.test_sessions import BASE
+from tests.support import WHATSAPP_SESSIONS as BASE
 
 
 class Recorder:

@@ -20,38 +20,14 @@ from papo.settings import Settings
 from papo.whatsapp.transports.base import SessionKey
 from tests.cli.test_cli import papo
 from tests.fake_whatsapp import FakeTransport
-from tests.support import Member, TenantHandle
-
-BASE = "/api/v1/whatsapp/sessions"
-
-
-@pytest.fixture
-def fake(app: FastAPI) -> FakeTransport:
-    transport = app.state.papo.whatsapp.transports["fake"]
-    assert isinstance(transport, FakeTransport)
-    return transport
+from tests.support import WHATSAPP_SESSIONS as BASE
+from tests.support import Member, TenantHandle, create_whatsapp_session, wait_status
 
 
 @pytest.fixture
 async def company(make_tenant: Any) -> tuple[TenantHandle, Member, Member]:
     tenant = await make_tenant("Loja")
     return tenant, await tenant.member(Role.admin), await tenant.member(Role.agent)
-
-
-async def wait_status(client: httpx.AsyncClient, who: Member, sid: str, status: str) -> dict[str, Any]:
-    async with asyncio.timeout(5):
-        while True:
-            body: dict[str, Any] = (await client.get(f"{BASE}/{sid}", headers=who.headers)).json()
-            if body["status"] == status:
-                return body
-            await asyncio.sleep(0.02)
-
-
-async def create(client: httpx.AsyncClient, admin: Member, name: str, **extra: Any) -> dict[str, Any]:
-    response = await client.post(BASE, json={"name": name, "transport": "fake", **extra}, headers=admin.headers)
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 class TestLifecycle:
@@ -68,7 +44,7 @@ class TestLifecycle:
         first = asyncio.create_task(anext(stream))
         await asyncio.wait_for(realtime.connected.wait(), 5)
 
-        created = await create(client, admin, "vendas")
+        created = await create_whatsapp_session(client, admin, "vendas")
         sid = created["id"]
         key = SessionKey(tenant.id, uuid.UUID(sid))
         waiting = await wait_status(client, admin, sid, "SCAN_QR_CODE")
@@ -125,8 +101,8 @@ class TestLifecycle:
         self, client: httpx.AsyncClient, company: tuple[TenantHandle, Member, Member]
     ) -> None:
         _, admin, _ = company
-        broken = await create(client, admin, "quebrada", config={"fail_start": True})
-        fine = await create(client, admin, "ok")
+        broken = await create_whatsapp_session(client, admin, "quebrada", config={"fail_start": True})
+        fine = await create_whatsapp_session(client, admin, "ok")
         failed = await wait_status(client, admin, broken["id"], "FAILED")
         assert "failed to start" in failed["status_reason"]
         await wait_status(client, admin, fine["id"], "SCAN_QR_CODE")
@@ -137,7 +113,7 @@ class TestCompanies:
         self, client: httpx.AsyncClient, company: tuple[TenantHandle, Member, Member], make_tenant: Any
     ) -> None:
         tenant, admin, agent = company
-        sid = (await create(client, admin, "suporte"))["id"]
+        sid = (await create_whatsapp_session(client, admin, "suporte"))["id"]
         other = await (await make_tenant("Outra")).member(Role.admin)
         for method, path in (
             ("GET", f"{BASE}/{sid}"),
@@ -166,7 +142,7 @@ class TestCompanies:
         self, client: httpx.AsyncClient, company: tuple[TenantHandle, Member, Member]
     ) -> None:
         _, admin, _ = company
-        await create(client, admin, "vendas")
+        await create_whatsapp_session(client, admin, "vendas")
         duplicate = await client.post(BASE, json={"name": "VENDAS", "transport": "fake"}, headers=admin.headers)
         assert duplicate.status_code == 409
         unknown = await client.post(BASE, json={"name": "x", "transport": "carrier-pigeon"}, headers=admin.headers)
@@ -188,12 +164,12 @@ class TestMaintenance:
         app: FastAPI,
     ) -> None:
         tenant, admin, _ = company
-        working = await create(client, admin, "a")
+        working = await create_whatsapp_session(client, admin, "a")
         key = SessionKey(tenant.id, uuid.UUID(working["id"]))
         await wait_status(client, admin, working["id"], "SCAN_QR_CODE")
         await fake.scan(key, "+5511900000000")
         await wait_status(client, admin, working["id"], "WORKING")
-        idle = await create(client, admin, "b")
+        idle = await create_whatsapp_session(client, admin, "b")
         await wait_status(client, admin, idle["id"], "SCAN_QR_CODE")
 
         # the database says WORKING for a session this process is not running: sync corrects it

@@ -71,6 +71,7 @@ class EventHub:
         self.last_id = 0
         self.wake = asyncio.Event()
         self.listener: asyncpg.Connection | None = None
+        self.followers: list[asyncio.Event] = []
         self.task: asyncio.Task[None] | None = None
         # Live events made here, waiting for the notifier; tagged so this process skips its own.
         self.origin = uuid.uuid4().hex
@@ -96,6 +97,10 @@ class EventHub:
         if self.listener is not None:
             with contextlib.suppress(Exception):
                 await self.listener.close()
+
+    def follow(self, wake: asyncio.Event) -> None:
+        """Have `wake` set whenever the relay has read newly committed events (outbox consumers)."""
+        self.followers.append(wake)
 
     @property
     def listening(self) -> bool:
@@ -207,6 +212,8 @@ class EventHub:
             async with self.db.transaction() as session:
                 events = await read_all_events(session, self.last_id, BATCH)
             now = time.time()
+            for follower in self.followers if events else ():
+                follower.set()
             for event in events:
                 self._deliver(event)
                 assert event.id is not None

@@ -31,6 +31,8 @@ from papo.chat.models import Channel, SessionStatus
 from papo.chat.schemas import MessageOut
 from papo.chat.service import ChatService
 from papo.errors import Conflict, DomainError, Forbidden, NotFound, Unauthorized
+from papo.insights.chart import activity_chart
+from papo.insights.service import usage_summary
 from papo.ops.ratelimit import Decision, client_address
 from papo.realtime.service import bounds as realtime_bounds
 from papo.state import AppState
@@ -589,11 +591,14 @@ async def _settings(page: Page, state: AppState, session: Any, status_code: int 
         }
         for r in reversed(rows)
     ]
+    summary = await usage_summary(session, principal, until - timedelta(days=29), until, state.settings.ai_prices)
     base = str(page.request.base_url).rstrip("/")
     return render(
         page,
         state,
         "settings.html",
+        summary=summary,
+        chart=activity_chart(summary.days),
         status_code=status_code,
         members=members,
         roles=[role.value for role in Role],

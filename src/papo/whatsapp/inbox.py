@@ -19,6 +19,7 @@ from papo.auth.service import Principal
 from papo.db.base import new_id
 from papo.db.engine import driver
 from papo.errors import Conflict, InvalidInput, NotFound
+from papo.insights.service import SessionSentiment, message_sentiments, session_sentiments
 from papo.realtime.service import emit
 from papo.whatsapp.transports.base import InboundMessage
 
@@ -48,6 +49,10 @@ def wire(row: Any) -> dict[str, Any]:
     """A row as an event payload (JSON types only)."""
     result: dict[str, Any] = json.loads(json.dumps(plain(row), default=str))
     return result
+
+
+def _mood(found: SessionSentiment | None) -> dict[str, Any] | None:
+    return None if found is None else {"average": found.average, "scored": found.scored, "last": found.last_label}
 
 
 def fold(text: str) -> str:
@@ -191,7 +196,8 @@ class Inbox:
             ticket_status,
             limit,
         )
-        return [dict(row) for row in rows]
+        moods = await session_sentiments(self.db, [row["id"] for row in rows])
+        return [dict(row) | {"sentiment": _mood(moods.get(row["id"]))} for row in rows]
 
     async def conversation(self, conversation_id: uuid.UUID) -> dict[str, Any]:
         return await self._conversation(conversation_id)
@@ -210,7 +216,8 @@ class Inbox:
             conversation_id,
             limit,
         )
-        return [plain(row) for row in rows]
+        scores = await message_sentiments(self.db, [row["id"] for row in rows])
+        return [plain(row) | {"sentiment": scores.get(row["id"])} for row in rows]
 
     async def update(self, conversation_id: uuid.UUID, changes: dict[str, Any]) -> dict[str, Any]:
         """Assign, close / reopen, or hand back to the bot."""

@@ -84,6 +84,18 @@ class QrOut(BaseModel):
     qr_code: str | None
 
 
+class MessageSentiment(BaseModel):
+    score: float = Field(description="-1 (negative) to 1 (positive)")
+    label: str = Field(description="positive, neutral or negative")
+    language: str = Field(description="detected language of the message")
+
+
+class ConversationSentiment(BaseModel):
+    average: float = Field(description="mean score of the customer's scored messages")
+    scored: int
+    last: str = Field(description="label of the latest scored message")
+
+
 class ConversationOut(BaseModel):
     id: uuid.UUID
     title: str | None
@@ -97,6 +109,7 @@ class ConversationOut(BaseModel):
     wa_id: str
     contact_name: str | None
     created_at: datetime
+    sentiment: ConversationSentiment | None = None
 
 
 class ConversationPatch(BaseModel):
@@ -123,3 +136,4 @@ class InboxMessageOut(BaseModel):
     external_id: str | None = None
     delivery_status: str | None
     created_at: datetime
+    sentiment: MessageSentiment | None = None
