@@ -20,6 +20,7 @@ from papo.assistants.replies import ReplyManager
 from papo.assistants.service import KeyBox
 from papo.auth.api import router as auth_router
 from papo.auth.oidc import OidcClients
+from papo.auth.tenant_cache import CHANNEL as TENANT_CHANNEL
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
 from papo.chat.api import router as chat_router
@@ -113,6 +114,7 @@ def create_app(
                 limiter,
             )
             app.state.papo = state
+            hub.on_notify(TENANT_CHANNEL, state.tenants.notified)
             await hub.start()
             await replies.sweep()
             whatsapp.owner_dsn = listen_dsn

@@ -9,7 +9,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +68,14 @@ class InvalidInput(DomainError):
         self.field = field
 
 
+class NotModified(Exception):
+    """The caller's copy is current: an empty 304 with these headers (ETag, Cache-Control)."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        super().__init__("not modified")
+        self.headers = headers
+
+
 def problem(
     status: int,
     title: str,
@@ -117,6 +125,11 @@ async def _domain_handler(request: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status, exc.title, exc.detail, slug=exc.slug, errors=errors, headers=exc.headers)
 
 
+async def _not_modified_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, NotModified)
+    return Response(status_code=304, headers=exc.headers)
+
+
 _HTTP_SLUGS = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large", 415: "unsupported-media-type"}
 
 
@@ -134,6 +147,7 @@ async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(NotModified, _not_modified_handler)
     app.add_exception_handler(DomainError, _domain_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
     app.add_exception_handler(Exception, _unhandled_handler)

@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 from papo.assistants.replies import ReplyManager
 from papo.assistants.service import KeyBox
 from papo.auth.oidc import OidcClients
+from papo.auth.tenant_cache import TenantCache
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
 from papo.db.engine import Database
@@ -35,6 +36,7 @@ class AppState:
     whatsapp: WhatsappHub
     limiter: RateLimiter
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
+    tenants: TenantCache = field(default_factory=TenantCache)
 
 
 async def app_state(connection: HTTPConnection) -> AppState:

@@ -100,10 +100,12 @@ async def change_role(user_id: str, body: MemberPatch, principal: AdminPrincipal
 
 
 @router.patch("/api/v1/tenant/settings", status_code=status.HTTP_204_NO_CONTENT, tags=["admin"])
-async def update_tenant_settings(body: TenantSettingsPatch, principal: AdminPrincipal, session: DbSession) -> Response:
+async def update_tenant_settings(
+    body: TenantSettingsPatch, principal: AdminPrincipal, session: DbSession, state: State
+) -> Response:
     """Brand (name, logo, primary and accent colours) and whether people may sign themselves up."""
     brand = body.brand.model_dump(exclude_none=True) if body.brand is not None else None
-    await tenant_settings.update(session, principal, brand=brand, signup_open=body.signup_open)
+    await tenant_settings.update(session, principal, state.tenants, brand=brand, signup_open=body.signup_open)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.auth.models import Role
 from papo.auth.service import Principal
+from papo.auth.tenant_cache import TenantCache
 from papo.db.engine import driver
 from papo.errors import Forbidden, InvalidInput, NotFound
 from papo.web.brand import valid_colour
@@ -48,9 +49,15 @@ def clean_brand(brand: dict[str, Any]) -> dict[str, str]:
 
 
 async def update(
-    session: AsyncSession, principal: Principal, *, brand: dict[str, Any] | None, signup_open: bool | None
+    session: AsyncSession,
+    principal: Principal,
+    tenants: TenantCache,
+    *,
+    brand: dict[str, Any] | None,
+    signup_open: bool | None,
 ) -> None:
     principal.require_admin()
+    tenants.changing(session, principal.tenant_id)
     patch: dict[str, Any] = {}
     if brand is not None:
         patch["brand"] = clean_brand(brand)

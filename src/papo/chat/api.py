@@ -12,6 +12,7 @@ from papo.assistants.api import Assistants, resolve_assistant
 from papo.assistants.conversation import Conversation, PendingReply
 from papo.auth.deps import CurrentPrincipal, DbSession, State
 from papo.auth.service import Principal
+from papo.chat.caching import CONDITIONAL
 from papo.chat.export import MEDIA_TYPES, ExportFormat, stream_export
 from papo.chat.export import filename as export_filename
 from papo.chat.models import SessionStatus
@@ -61,7 +62,7 @@ async def create_session(
     return SessionOut.model_validate(created)
 
 
-@router.get("/sessions", response_model=SessionPage)
+@router.get("/sessions", response_model=SessionPage, **CONDITIONAL)
 async def list_sessions(
     chat: Chat,
     principal: CurrentPrincipal,
@@ -77,7 +78,7 @@ async def list_sessions(
     return SessionPage(items=items, next_cursor=next_cursor)
 
 
-@router.get("/sessions/{session_id}", response_model=SessionOut)
+@router.get("/sessions/{session_id}", response_model=SessionOut, **CONDITIONAL)
 async def get_session(session_id: uuid.UUID, chat: Chat, principal: CurrentPrincipal) -> SessionOut:
     return SessionOut.model_validate(await chat.require_chat_session(session_id, principal.require_user()))
 
@@ -235,7 +236,7 @@ async def stop_reply(
     return MessageOut.model_validate(stopped)
 
 
-@router.get("/sessions/{session_id}/messages", response_model=MessagePage)
+@router.get("/sessions/{session_id}/messages", response_model=MessagePage, **CONDITIONAL)
 async def list_messages(
     session_id: uuid.UUID,
     chat: Chat,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, BackgroundTasks, Request, status
 from papo.assistants.conversation import Conversation
 from papo.auth.deps import CurrentPrincipal, State
 from papo.chat.api import Chat, MessageAllowance, schedule
+from papo.chat.caching import CONDITIONAL
 from papo.chat.models import Channel, MessageRole
 from papo.chat.schemas import LegacyDeleted, LegacyMessageCreate, LegacySessionCreate, MessageOut, SessionOut
 
@@ -24,7 +25,7 @@ async def create_session(
     return SessionOut.model_validate(created)
 
 
-@router.get("/session", response_model=list[SessionOut])
+@router.get("/session", response_model=list[SessionOut], **CONDITIONAL)
 async def list_active_sessions(chat: Chat, principal: CurrentPrincipal) -> list[SessionOut]:
     rows, _ = await chat.get_chat_sessions(principal.require_user())
     return [SessionOut.model_validate(row) for row in rows]
@@ -53,7 +54,7 @@ async def send_message(
     return MessageOut.model_validate(posted.message)
 
 
-@router.get("/message", response_model=list[MessageOut])
+@router.get("/message", response_model=list[MessageOut], **CONDITIONAL)
 async def message_history(sessionId: uuid.UUID, chat: Chat, principal: CurrentPrincipal) -> list[MessageOut]:
     page = await chat.get_messages(sessionId, principal.require_user(), limit=None)
     return [MessageOut.model_validate(m) for m in page.items]

@@ -43,6 +43,14 @@ def before_commit(session: AsyncSession, hook: Callable[[AsyncSession], Awaitabl
         hooks.append(hook)
 
 
+# session.info key: callbacks run once the transaction has committed (never after a rollback).
+AFTER_COMMIT = "after_commit"
+
+
+def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
+    session.info.setdefault(AFTER_COMMIT, []).append(callback)
+
+
 def driver(session: AsyncSession) -> asyncpg.Connection:
     """The asyncpg connection under a unit of work, inside the same transaction as the session.
 
@@ -135,9 +143,12 @@ class Database:
                         await transaction.rollback()
                         ended_cleanly = True
                     raise
+                callbacks: list[Callable[[], None]] = session.info.get(AFTER_COMMIT, [])
                 await session.close()
                 await transaction.commit()
                 ended_cleanly = True
+                for callback in callbacks:
+                    callback()
             finally:
                 if not ended_cleanly:
                     await connection.invalidate()

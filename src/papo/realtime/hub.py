@@ -16,6 +16,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ log = structlog.get_logger(__name__)
 CHANNEL = "papo_events"
 LIVE_CHANNEL = "papo_live"
 LISTENER_NAME = "papo-realtime-listener"  # how operators (and tests) spot it in pg_stat_activity
+MISSED = "*"
 BATCH = 500
 # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; publishers keep live events well under.
 MAX_LIVE_PAYLOAD_BYTES = 7900
@@ -61,6 +63,13 @@ class Subscriber:
             self.overflowed.set()
 
 
+def _payload_only(callback: Callable[[str], None]) -> Callable[..., None]:
+    def listener(_connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        callback(payload)
+
+    return listener
+
+
 class EventHub:
     def __init__(self, db: Database, listen_dsn: str, *, poll_seconds: float, queue_size: int) -> None:
         self.db = db
@@ -72,6 +81,7 @@ class EventHub:
         self.wake = asyncio.Event()
         self.listener: asyncpg.Connection | None = None
         self.followers: list[asyncio.Event] = []
+        self.channels: dict[str, Callable[[str], None]] = {}
         self.task: asyncio.Task[None] | None = None
         # Live events made here, waiting for the notifier; tagged so this process skips its own.
         self.origin = uuid.uuid4().hex
@@ -97,6 +107,11 @@ class EventHub:
         if self.listener is not None:
             with contextlib.suppress(Exception):
                 await self.listener.close()
+
+    def on_notify(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Also LISTEN on `channel` (before start), handing each payload to `callback`; MISSED each time
+        the listener (re)connects, since what was sent meanwhile is lost."""
+        self.channels[channel] = callback
 
     def follow(self, wake: asyncio.Event) -> None:
         """Have `wake` set whenever the relay has read newly committed events (outbox consumers)."""
@@ -180,6 +195,9 @@ class EventHub:
             self.listener = await asyncpg.connect(self.listen_dsn, server_settings={"application_name": LISTENER_NAME})
             await self.listener.add_listener(CHANNEL, self._notified)
             await self.listener.add_listener(LIVE_CHANNEL, self._live_notified)
+            for channel, callback in self.channels.items():
+                await self.listener.add_listener(channel, _payload_only(callback))
+                callback(MISSED)  # notifications sent while not listening are lost
             self.listener.add_termination_listener(self._terminated)
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("realtime listener could not connect; polling until it can", error=str(exc))

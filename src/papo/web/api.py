@@ -179,7 +179,7 @@ async def signed_in(page: Page, session: Any, state: AppState) -> bool:
     if principal is None or principal.user_id is None:
         return False
     user = await auth_service.get_user(session, principal.user_id)
-    public = await web_sessions.public_tenant(session, principal.tenant_id)
+    public = await state.tenants.public(session, principal.tenant_id)
     page.principal, page.user_email, page.tenant_id = principal, user.email, principal.tenant_id
     page.request.state.principal = principal
     _, page.events_since = await realtime_bounds(session)
@@ -225,8 +225,8 @@ async def static_file(name: str, request: Request) -> Response:
 
 
 @router.get("/web/brand.css")
-async def brand_css(session: DbSession, tenant: uuid.UUID | None = None) -> Response:
-    public = await web_sessions.public_tenant(session, tenant) if tenant else None
+async def brand_css(session: DbSession, state: State, tenant: uuid.UUID | None = None) -> Response:
+    public = await state.tenants.public(session, tenant) if tenant else None
     css = brand.stylesheet(public.brand if public else {})
     return Response(css, media_type="text/css; charset=utf-8", headers={"Cache-Control": "public, max-age=300"})
 
@@ -257,7 +257,7 @@ async def set_preferences(
 async def _sign_in_page(
     page: Page, state: AppState, session: Any, template: str, tenant: uuid.UUID | None, **values: Any
 ) -> Response:
-    public = await web_sessions.public_tenant(session, tenant) if tenant else None
+    public = await state.tenants.public(session, tenant) if tenant else None
     if public is not None:
         page.tenant_name, page.brand, page.tenant_id = public.name, public.brand, public.id
     providers = list(oidc.configured_providers(state.settings).values())
@@ -577,7 +577,7 @@ async def _admin_page(request: Request, state: AppState, session: Any) -> tuple[
 
 async def _settings(page: Page, state: AppState, session: Any, status_code: int = 200, **values: Any) -> Response:
     principal = page.member
-    public = await web_sessions.public_tenant(session, principal.tenant_id)
+    public = await state.tenants.public(session, principal.tenant_id)
     members = await tenant_settings.members(session, principal)
     emails = {m.user_id: m.email or m.user_id for m in members}
     until = datetime.now(UTC).date()
@@ -636,7 +636,7 @@ async def save_brand(
         return refused
     brand_values = {"name": name, "logo_url": logo_url, "primary": primary, "accent": accent}
     try:
-        await tenant_settings.update(session, page.member, brand=brand_values, signup_open=signup_open)
+        await tenant_settings.update(session, page.member, state.tenants, brand=brand_values, signup_open=signup_open)
     except DomainError as exc:
         return await _settings(page, state, session, status_code=exc.status, error=exc.detail)
     return redirect(page, state, "/settings?saved=1")

@@ -1,0 +1,65 @@
+"""Conditional GETs for chat lists and history: ETag / If-None-Match answered with 304.
+
+The validator is cheap to compute without building the answer: every change a member can see in
+their chats is written to their realtime stream in the same transaction (the outbox), so the id of
+their newest event is a version of everything they can read. While a reply is being written its
+text grows without events, so nothing that may include it is tagged until it is finished."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import Depends, Request, Response
+
+from papo.auth.deps import CurrentPrincipal, DbSession
+from papo.db.engine import driver
+from papo.errors import NotModified
+
+CACHE_CONTROL = "private, no-cache"  # a browser may keep it, but asks every time (cheaply)
+
+_VERSION_SQL = """
+SELECT coalesce(
+         (SELECT max(id) FROM events WHERE tenant_id = $1 AND user_id = $2),
+         (SELECT pruned_through FROM papo_events_bounds())) AS version,
+       EXISTS (SELECT 1 FROM messages
+                WHERE reply_state = 'streaming' AND tenant_id = $1
+                  AND ($3::uuid IS NULL OR session_id = $3)) AS streaming
+"""
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    candidates = [part.strip() for part in if_none_match.split(",")]
+    bare = etag.removeprefix("W/")
+    return "*" in candidates or any(c.removeprefix("W/") == bare for c in candidates)
+
+
+async def conditional(request: Request, response: Response, session: DbSession, principal: CurrentPrincipal) -> None:
+    """Tag the answer, or answer 304 at once when the caller already has this version."""
+    if principal.user_id is None:
+        return
+    raw_scope = request.path_params.get("session_id") or request.query_params.get("sessionId")
+    try:
+        scope = uuid.UUID(raw_scope) if raw_scope else None
+    except ValueError:  # the endpoint's own validation answers it
+        return
+    row = await driver(session).fetchrow(_VERSION_SQL, principal.tenant_id, principal.user_id, scope)
+    if row["streaming"]:
+        response.headers["Cache-Control"] = "no-store"
+        return
+    query = urlencode(sorted(request.query_params.multi_items()))
+    digest = hashlib.sha256(f"{principal.user_id}\x00{request.url.path}\x00{query}".encode()).hexdigest()[:16]
+    etag = f'W/"{row["version"]}-{digest}"'
+    if _matches(request.headers.get("if-none-match", ""), etag):
+        raise NotModified({"ETag": etag, "Cache-Control": CACHE_CONTROL})
+    response.headers["ETag"] = etag
+    response.headers["Cache-Control"] = CACHE_CONTROL
+
+
+# Route options for a GET that answers conditionally.
+CONDITIONAL: dict[str, Any] = {
+    "dependencies": [Depends(conditional)],
+    "responses": {304: {"description": "Not modified: the If-None-Match copy is current"}},
+}
