@@ -148,6 +148,9 @@ def settings(
         max_message_bytes=32 * 1024,
         max_metadata_bytes=16 * 1024,
         metrics_token=METRICS_TOKEN,
+        webhook_allow_private_targets=True,  # receivers listen on 127.0.0.1
+        webhook_first_retry_seconds=0.2,
+        webhook_poll_seconds=0.2,
         _env_file=None,  # type: ignore[call-arg]
     )
 

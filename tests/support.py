@@ -60,6 +60,47 @@ def serve_in_thread(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServe
     return server
 
 
+@dataclass
+class ReceivedWebhook:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.body)
+        return parsed
+
+
+class WebhookReceiver:
+    """A tenant's webhook endpoint over real HTTP: records every POST and answers with the next of
+    `answers` (then 204), so tests can make it fail a few times first."""
+
+    def __init__(self) -> None:
+        self.received: list[ReceivedWebhook] = []
+        self.answers: list[int] = []
+        receiver = self
+
+        class Handler(JsonHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                receiver.received.append(
+                    ReceivedWebhook(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                )
+                status = receiver.answers.pop(0) if receiver.answers else 204
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = serve_in_thread(Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    async def wait_for(self, count: int, seconds: float = 10.0) -> list[ReceivedWebhook]:
+        async with asyncio.timeout(seconds):
+            while len(self.received) < count:  # noqa: ASYNC110  (the server thread appends)
+                await asyncio.sleep(0.02)
+        return self.received
+
+
 class FakeIdentityProvider:
     """An OIDC/Clerk-like issuer: serves its JWKS over real HTTP and signs tokens; keys can rotate."""
 

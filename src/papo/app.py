@@ -42,6 +42,8 @@ from papo.realtime.hub import EventHub
 from papo.settings import Settings, get_settings
 from papo.state import AppState
 from papo.web.api import router as web_router
+from papo.webhooks.api import router as webhooks_router
+from papo.webhooks.service import WebhookSender
 from papo.whatsapp.api import conversations_router
 from papo.whatsapp.api import router as whatsapp_router
 from papo.whatsapp.service import WhatsappHub
@@ -84,6 +86,8 @@ def create_app(
         whatsapp_heartbeat: asyncio.Task[None] | None = None
         whatsapp_ingest: asyncio.Task[None] | None = None
         sentiment: asyncio.Task[None] | None = None
+        webhook_fan_out: asyncio.Task[None] | None = None
+        webhook_sender: asyncio.Task[None] | None = None
         whatsapp: WhatsappHub | None = None
         lag_watch: asyncio.Task[None] | None = None
         replies: ReplyManager | None = None
@@ -112,6 +116,7 @@ def create_app(
                 oidc,
                 whatsapp,
                 limiter,
+                WebhookSender(db, settings, keys, http),
             )
             app.state.papo = state
             hub.on_notify(TENANT_CHANNEL, state.tenants.notified)
@@ -131,12 +136,24 @@ def create_app(
                 )
                 hub.follow(scoring.wake)
                 sentiment = asyncio.create_task(scoring.run(), name="papo-sentiment")
+            fan_out = OutboxConsumer(db, "webhooks", state.webhooks.fan_out)
+            hub.follow(fan_out.wake)
+            webhook_fan_out = asyncio.create_task(fan_out.run(), name="papo-webhook-fan-out")
+            webhook_sender = asyncio.create_task(state.webhooks.run(), name="papo-webhook-sender")
             lag_watch = asyncio.create_task(state.loop_lag.run(), name="papo-loop-lag")
             if on_ready is not None:
                 await on_ready(state)
             yield
         finally:
-            for background in (housekeeping, lag_watch, whatsapp_heartbeat, whatsapp_ingest, sentiment):
+            for background in (
+                housekeeping,
+                lag_watch,
+                whatsapp_heartbeat,
+                whatsapp_ingest,
+                sentiment,
+                webhook_fan_out,
+                webhook_sender,
+            ):
                 if background is not None:
                     background.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -170,6 +187,7 @@ def create_app(
     app.include_router(assistants_router)
     app.include_router(usage_router)
     app.include_router(insights_router)
+    app.include_router(webhooks_router)
     app.include_router(web_router)
     app.include_router(whatsapp_router, prefix="/api/v1/whatsapp/sessions")
     app.include_router(whatsapp_router, prefix="/session", include_in_schema=False)  # seed 004's paths

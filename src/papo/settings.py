@@ -133,6 +133,15 @@ class Settings(BaseSettings):
         }
     )
 
+    # Outbound webhooks. Targets inside private networks are refused unless allowed (a single-company
+    # install posting to its own intranet). Failed deliveries are retried with exponential backoff
+    # from webhook_first_retry_seconds, for webhook_retry_hours.
+    webhook_allow_private_targets: bool = False
+    webhook_first_retry_seconds: float = 10.0
+    webhook_retry_hours: float = 24.0
+    webhook_concurrency: int = 20
+    webhook_poll_seconds: float = 2.0
+
     # How often each process tries the housekeeping sweep (event pruning, deleted-chat purge).
     maintenance_interval_seconds: float = 3600.0
 

@@ -18,6 +18,7 @@ from papo.ops.looplag import LoopLagMonitor
 from papo.ops.ratelimit import RateLimiter
 from papo.realtime.hub import EventHub
 from papo.settings import Settings
+from papo.webhooks.service import WebhookSender
 from papo.whatsapp.service import WhatsappHub
 
 
@@ -35,6 +36,7 @@ class AppState:
     oidc: OidcClients
     whatsapp: WhatsappHub
     limiter: RateLimiter
+    webhooks: WebhookSender
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     tenants: TenantCache = field(default_factory=TenantCache)
 

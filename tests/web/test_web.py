@@ -8,12 +8,13 @@ from typing import Any
 
 import httpx
 from playwright.async_api import BrowserContext, Page, WebSocketRoute, expect
+from svix.webhooks import Webhook
 
 from papo.auth.models import Role
 from papo.web.brand import contrast
 from papo.whatsapp.transports.base import SessionKey
 from tests.fake_openai import FakeOpenAI
-from tests.support import FakeOidcProvider, Member, TenantHandle, create_session
+from tests.support import FakeOidcProvider, Member, TenantHandle, WebhookReceiver, create_session
 from tests.support import send as send_over_api
 from tests.web.conftest import default_assistant, screenshot, set_tenant_settings, sign_in, watch_errors
 
@@ -295,6 +296,33 @@ class TestAdmin:
         await expect(page.locator(".figures")).to_contain_text("Mensagens")
         await page.locator("#activity-chart").scroll_into_view_if_needed()
         await screenshot(page, "settings-activity")
+        assert errors == []
+
+    async def test_webhooks_page_adds_tests_and_replays(
+        self, context: BrowserContext, live_url: str, make_tenant: Any
+    ) -> None:
+        admin = await (await make_tenant("Hooks")).member(Role.admin)
+        receiver = WebhookReceiver()
+        page = await context.new_page()
+        errors = watch_errors(page)
+        await sign_in(page, live_url, admin, next_path="/settings")
+        await page.click("a[href='/settings/webhooks']")
+        await page.fill("#hook-url", f"{receiver.url}/crm")
+        await page.check("input[value='message.created']")
+        await page.click("form[action='/settings/webhooks'] button[type=submit]")
+        secret = (await page.locator("#new-secret").inner_text()).strip()
+        assert secret.startswith("whsec_")
+        await page.click("text=Enviar um teste")
+        await expect(page.locator(".notice")).to_have_text("Na fila.")
+        (delivery,) = await receiver.wait_for(1)
+        Webhook(secret).verify(delivery.body, delivery.headers)
+        await page.reload()
+        await expect(page.locator("tr.delivery-delivered")).to_have_count(1)
+        await page.click("tr.delivery-delivered button")
+        await receiver.wait_for(2)
+        await page.goto(f"{live_url}/settings/webhooks")
+        await expect(page.locator("tr.delivery-delivered")).to_have_count(2)
+        await screenshot(page, "settings-webhooks")
         assert errors == []
 
 

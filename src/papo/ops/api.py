@@ -69,7 +69,8 @@ async def scrape(request: Request) -> Response:
 async def database_gauges(state: AppState) -> metrics.DatabaseGauges:
     async with state.db.transaction() as session:
         rows = await driver(session).fetch(
-            "SELECT metric, label, value FROM papo_ops_snapshot() UNION ALL SELECT * FROM papo_outbox_backlog()"
+            "SELECT metric, label, value FROM papo_ops_snapshot() UNION ALL SELECT * FROM papo_outbox_backlog() "
+            "UNION ALL SELECT * FROM papo_webhook_backlog()"
         )
 
     def samples(metric: str) -> list[tuple[tuple[str, ...], float]]:

@@ -56,6 +56,7 @@ AI_FIRST_TOKEN = Histogram(
 )
 WHATSAPP_MESSAGES = Counter("papo_whatsapp_messages_total", "WhatsApp messages", ["transport", "direction"])
 RATE_LIMITED = Counter("papo_rate_limited_total", "Requests refused by a rate limit", ["limit"])
+WEBHOOK_ATTEMPTS = Counter("papo_webhook_attempts_total", "Outbound webhook attempts by outcome", ["outcome"])
 ALERTS_SENT = Counter("papo_alerts_sent_total", "Alert notifications sent", ["rule", "state", "channel"])
 
 

@@ -30,6 +30,7 @@ from papo.auth.tokens import issue_token
 from papo.chat.models import Channel, SessionStatus
 from papo.chat.schemas import MessageOut
 from papo.chat.service import ChatService
+from papo.db.engine import after_commit
 from papo.errors import Conflict, DomainError, Forbidden, NotFound, Unauthorized
 from papo.insights.chart import activity_chart
 from papo.insights.service import usage_summary
@@ -38,6 +39,8 @@ from papo.realtime.service import bounds as realtime_bounds
 from papo.state import AppState
 from papo.web import brand, markdown
 from papo.web.i18n import LANG_COOKIE, LANGUAGES, Translator, pick_language
+from papo.webhooks.service import EVENT_TYPES as WEBHOOK_EVENT_TYPES
+from papo.webhooks.service import WebhookService
 from papo.whatsapp.inbox import Inbox
 from papo.whatsapp.service import SessionService, session_out
 
@@ -686,6 +689,90 @@ async def revoke_key(
         return refused
     await auth_service.revoke_api_key(session, key_id)
     return redirect(page, state, "/settings?saved=1")
+
+
+# ---- outbound webhooks (tenant admins) --------------------------------------------------------------
+
+
+async def _webhooks_page(page: Page, state: AppState, session: Any, status_code: int = 200, **values: Any) -> Response:
+    service = WebhookService(session, page.member, state.settings, state.keys)
+    hooks = [
+        {"endpoint": endpoint, "deliveries": await service.deliveries(endpoint.id, 20, None)}
+        for endpoint in await service.endpoints()
+    ]
+    return render(
+        page,
+        state,
+        "webhooks.html",
+        status_code=status_code,
+        hooks=hooks,
+        event_types=WEBHOOK_EVENT_TYPES,
+        **{"notice": None, "error": None, "new_secret": None, **values},
+    )
+
+
+@router.get("/settings/webhooks")
+async def webhooks_page(request: Request, state: State, session: DbSession) -> Response:
+    page, refused = await _admin_page(request, state, session)
+    notice = page.t("hooks.queued") if request.query_params.get("queued") else None
+    return refused or await _webhooks_page(page, state, session, notice=notice)
+
+
+@router.post("/settings/webhooks")
+async def add_webhook(request: Request, state: State, session: DbSession) -> Response:
+    form = await request.form()
+    page, refused = await _admin_page(request, state, session)
+    check_form_csrf(page, state, str(form.get("csrf_token", "")))
+    if refused:
+        return refused
+    service = WebhookService(session, page.member, state.settings, state.keys)
+    description = str(form.get("description", "")).strip()[:200] or None
+    try:
+        _, secret = await service.create(
+            str(form.get("url", ""))[:2000], [str(v) for v in form.getlist("event_types")], description
+        )
+    except DomainError as exc:
+        return await _webhooks_page(page, state, session, status_code=exc.status, error=exc.detail)
+    return await _webhooks_page(page, state, session, status_code=201, new_secret=secret)
+
+
+@router.post("/settings/webhooks/{webhook_id}/{action}")
+async def webhook_action(
+    webhook_id: uuid.UUID, action: str, request: Request, state: State, session: DbSession, csrf_token: str = Form("")
+) -> Response:
+    page, refused = await _admin_page(request, state, session)
+    check_form_csrf(page, state, csrf_token)
+    if refused:
+        return refused
+    service = WebhookService(session, page.member, state.settings, state.keys)
+    if action == "test":
+        await service.ping(webhook_id)
+        after_commit(session, state.webhooks.wake.set)
+        return redirect(page, state, "/settings/webhooks?queued=1")
+    if action == "delete":
+        await service.delete(webhook_id)
+        return redirect(page, state, "/settings/webhooks")
+    raise NotFound("no such action")
+
+
+@router.post("/settings/webhooks/{webhook_id}/deliveries/{delivery_id}/replay")
+async def replay_webhook_delivery(
+    webhook_id: uuid.UUID,
+    delivery_id: int,
+    request: Request,
+    state: State,
+    session: DbSession,
+    csrf_token: str = Form(""),
+) -> Response:
+    page, refused = await _admin_page(request, state, session)
+    check_form_csrf(page, state, csrf_token)
+    if refused:
+        return refused
+    if not 1 <= delivery_id < 2**63:
+        raise NotFound("no such delivery")
+    await WebhookService(session, page.member, state.settings, state.keys).replay(webhook_id, delivery_id)
+    after_commit(session, state.webhooks.wake.set)
+    return redirect(page, state, "/settings/webhooks?queued=1")
 
 
 # ---- the WhatsApp inbox and numbers (company staff) --------------------------------------------------

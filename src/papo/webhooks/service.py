@@ -1,0 +1,368 @@
+"""Outbound webhooks: subscriptions, the fan-out from the events outbox, the sender, the delivery log.
+
+Payloads follow the Standard Webhooks convention (webhook-id, webhook-timestamp and
+webhook-signature headers; HMAC-SHA256 over "id.timestamp.body" with a `whsec_` secret), so a
+receiver verifies them with any Standard Webhooks or Svix library. A delivery that fails is tried
+again with exponential backoff (with jitter) until it is a day old, then marked failed; every
+attempt's outcome is in the log, and an admin can replay any delivery.
+
+What leaves papo is what the tenant's staff may read: WhatsApp conversations in full; members'
+own chats as references (ids, role, status, times) without their text, which only the member's
+own token can fetch."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ipaddress
+import json
+import random
+import secrets
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+from svix.webhooks import Webhook
+
+from papo.assistants.service import KeyBox
+from papo.auth.service import Principal
+from papo.db.base import new_id
+from papo.db.engine import Database, after_commit, driver
+from papo.errors import InvalidInput, NotFound
+from papo.ops.metrics import WEBHOOK_ATTEMPTS
+from papo.realtime.service import Event
+from papo.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+EVENT_TYPES = (
+    "session.created",
+    "session.updated",
+    "session.deleted",
+    "message.created",
+    "message.updated",
+    "message.status_changed",
+    "message.superseded",
+    "whatsapp.session.updated",
+    "whatsapp.conversation.updated",
+)
+TEST_EVENT = "webhook.test"
+# Fields of a member's own chat that may leave: references, never what was written.
+REFERENCE_FIELDS = frozenset(
+    {
+        "id",
+        "session_id",
+        "user_id",
+        "role",
+        "status",
+        "reply_state",
+        "channel",
+        "created_at",
+        "updated_at",
+        "last_message_at",
+        "delivery_status",
+        "purged",
+        "streaming",
+    }
+)
+MAX_RETRY_SECONDS = 3600.0
+SEND_TIMEOUT_SECONDS = 10.0
+LEASE_SECONDS = 60.0
+MAX_RESPONSE_NOTE = 300
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: uuid.UUID
+    url: str
+    description: str | None
+    event_types: list[str]
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+def payload_for(event: Event) -> dict[str, Any]:
+    data = event.data if event.audience == "staff" else {k: v for k, v in event.data.items() if k in REFERENCE_FIELDS}
+    created = (event.created_at or datetime.now(UTC)).isoformat()
+    return {"type": event.type, "timestamp": created, "event_id": event.id, "data": data}
+
+
+def retry_delay(attempts: int, first: float) -> float:
+    """After `attempts` failed tries: first, 2×first, 4×first … at most an hour, with ±20 % jitter."""
+    base = min(MAX_RETRY_SECONDS, first * 2 ** max(0, attempts - 1))
+    return float(base * random.uniform(0.8, 1.2))
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def _refuse(detail: str) -> InvalidInput:
+    return InvalidInput(detail, field="url")
+
+
+async def check_target(url: str, *, allow_private: bool) -> None:
+    """http(s) only, and (unless allowed) never an address inside the server's own network: a tenant
+    admin must not be able to make papo call its database, metadata service or neighbours."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise _refuse("the URL must be http:// or https:// with a host")
+    if parts.username or parts.password:
+        raise _refuse("credentials in the URL are not accepted; put a token in the path or query")
+    if allow_private:
+        return
+    try:
+        addresses = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443)
+    except socket.gaierror as exc:
+        raise _refuse(f"cannot resolve {parts.hostname}") from exc
+    for *_, sockaddr in addresses:
+        address = ipaddress.ip_address(sockaddr[0])
+        if not address.is_global:
+            raise _refuse(f"{parts.hostname} resolves to a non-public address ({address})")
+
+
+def _check_types(event_types: Sequence[str]) -> list[str]:
+    unknown = sorted(set(event_types) - set(EVENT_TYPES))
+    if unknown:
+        raise InvalidInput(f"unknown event types: {', '.join(unknown)}", field="event_types")
+    if not event_types:
+        raise InvalidInput("subscribe to at least one event type", field="event_types")
+    return sorted(set(event_types))
+
+
+def _endpoint(row: Any) -> Endpoint:
+    return Endpoint(
+        row["id"],
+        row["url"],
+        row["description"],
+        list(row["event_types"]),
+        row["is_active"],
+        row["created_at"],
+        row["updated_at"],
+    )
+
+
+_INSERT_ENDPOINT = (
+    "INSERT INTO webhook_endpoints (tenant_id, id, url, description, event_types, secret_sealed) "
+    "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, url, description, event_types, is_active, created_at, updated_at"
+)
+_SELECT_ENDPOINTS = (
+    "SELECT id, url, description, event_types, is_active, created_at, updated_at FROM webhook_endpoints "
+    "WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id = $2) ORDER BY created_at"
+)
+_UPDATE_ENDPOINT = (
+    "UPDATE webhook_endpoints SET url = $3, description = $4, event_types = $5, is_active = $6 "
+    "WHERE tenant_id = $1 AND id = $2 RETURNING id, url, description, event_types, is_active, created_at, updated_at"
+)
+
+
+class WebhookService:
+    """A tenant admin's subscriptions and delivery log (row-level security keeps it to their tenant)."""
+
+    def __init__(self, session: AsyncSession, principal: Principal, settings: Settings, keys: KeyBox) -> None:
+        principal.require_admin()
+        self.db = driver(session)
+        self.principal = principal
+        self.settings = settings
+        self.keys = keys
+
+    async def create(self, url: str, event_types: Sequence[str], description: str | None) -> tuple[Endpoint, str]:
+        await check_target(url, allow_private=self.settings.webhook_allow_private_targets)
+        secret = new_secret()
+        row = await self.db.fetchrow(
+            _INSERT_ENDPOINT,
+            self.principal.tenant_id,
+            new_id(),
+            url,
+            description,
+            _check_types(event_types),
+            self.keys.seal(secret),
+        )
+        return _endpoint(row), secret
+
+    async def endpoints(self) -> list[Endpoint]:
+        rows = await self.db.fetch(_SELECT_ENDPOINTS, self.principal.tenant_id, None)
+        return [_endpoint(row) for row in rows]
+
+    async def get(self, endpoint_id: uuid.UUID) -> Endpoint:
+        row = await self.db.fetchrow(_SELECT_ENDPOINTS, self.principal.tenant_id, endpoint_id)
+        if row is None:
+            raise NotFound("no such webhook")
+        return _endpoint(row)
+
+    async def update(self, endpoint_id: uuid.UUID, changes: dict[str, Any]) -> Endpoint:
+        current = await self.get(endpoint_id)
+        url = changes.get("url", current.url)
+        if url != current.url:
+            await check_target(url, allow_private=self.settings.webhook_allow_private_targets)
+        types = _check_types(changes["event_types"]) if "event_types" in changes else current.event_types
+        row = await self.db.fetchrow(
+            _UPDATE_ENDPOINT,
+            self.principal.tenant_id,
+            endpoint_id,
+            url,
+            changes.get("description", current.description),
+            types,
+            changes.get("is_active", current.is_active),
+        )
+        return _endpoint(row)
+
+    async def delete(self, endpoint_id: uuid.UUID) -> None:
+        status = await self.db.execute(
+            "DELETE FROM webhook_endpoints WHERE tenant_id = $1 AND id = $2", self.principal.tenant_id, endpoint_id
+        )
+        if status == "DELETE 0":
+            raise NotFound("no such webhook")
+
+    async def deliveries(self, endpoint_id: uuid.UUID, limit: int, before: int | None) -> list[dict[str, Any]]:
+        await self.get(endpoint_id)
+        rows = await self.db.fetch(
+            "SELECT id, event_id, event_type, status, attempts, next_attempt_at, last_attempt_at, last_status_code, "
+            "last_error, delivered_at, replay_of, created_at, payload FROM webhook_deliveries "
+            "WHERE tenant_id = $1 AND endpoint_id = $2 AND ($3::bigint IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
+            self.principal.tenant_id,
+            endpoint_id,
+            before,
+            limit,
+        )
+        return [dict(row) for row in rows]
+
+    async def replay(self, endpoint_id: uuid.UUID, delivery_id: int) -> dict[str, Any]:
+        """The same payload again, as a new delivery (the original's log stays as it was)."""
+        await self.get(endpoint_id)
+        row = await self.db.fetchrow(
+            "INSERT INTO webhook_deliveries (tenant_id, endpoint_id, event_id, event_type, payload, replay_of) "
+            "SELECT tenant_id, endpoint_id, event_id, event_type, payload, id FROM webhook_deliveries "
+            "WHERE tenant_id = $1 AND endpoint_id = $2 AND id = $3 "
+            "RETURNING id, event_id, event_type, status, attempts, next_attempt_at, last_attempt_at, "
+            "last_status_code, last_error, delivered_at, replay_of, created_at, payload",
+            self.principal.tenant_id,
+            endpoint_id,
+            delivery_id,
+        )
+        if row is None:
+            raise NotFound("no such delivery")
+        return dict(row)
+
+    async def ping(self, endpoint_id: uuid.UUID) -> dict[str, Any]:
+        """A `webhook.test` delivery, to check the receiver's URL and signature handling."""
+        await self.get(endpoint_id)
+        payload: dict[str, Any] = {
+            "type": TEST_EVENT,
+            "timestamp": datetime.now(UTC).isoformat(),
+            "event_id": None,
+            "data": {},
+        }
+        row = await self.db.fetchrow(
+            "INSERT INTO webhook_deliveries (tenant_id, endpoint_id, event_type, payload) VALUES ($1, $2, $3, $4) "
+            "RETURNING id, event_id, event_type, status, attempts, next_attempt_at, last_attempt_at, "
+            "last_status_code, last_error, delivered_at, replay_of, created_at, payload",
+            self.principal.tenant_id,
+            endpoint_id,
+            TEST_EVENT,
+            json.dumps(payload),
+        )
+        return dict(row)
+
+
+class WebhookSender:
+    """Sends due deliveries from any process; woken when deliveries are added, else polls."""
+
+    def __init__(self, db: Database, settings: Settings, keys: KeyBox, http: httpx.AsyncClient) -> None:
+        self.db = db
+        self.settings = settings
+        self.keys = keys
+        self.http = http
+        self.wake = asyncio.Event()
+
+    async def fan_out(self, session: AsyncSession, events: Sequence[Event]) -> None:
+        """Outbox handler: each event a subscription wants becomes a pending delivery (once), and the
+        sender wakes as soon as they are committed."""
+        wanted = [
+            {
+                "tenant_id": str(event.tenant_id),
+                "event_id": event.id,
+                "event_type": event.type,
+                "payload": payload_for(event),
+            }
+            for event in events
+            if event.type in EVENT_TYPES
+        ]
+        if wanted:
+            await driver(session).execute("SELECT papo_webhook_fan_out($1::jsonb)", json.dumps(wanted, default=str))
+            after_commit(session, self.wake.set)
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=self.settings.webhook_poll_seconds)
+            self.wake.clear()
+            try:
+                while await self.send_due():
+                    pass
+            except Exception as exc:  # the database away for a moment: the next round retries
+                log.warning("webhook sender failed; retrying", error=str(exc))
+                await asyncio.sleep(1)
+
+    async def send_due(self) -> int:
+        async with self.db.transaction() as session:
+            claimed = await driver(session).fetch(
+                "SELECT * FROM papo_claim_webhook_sends($1, $2)", self.settings.webhook_concurrency, LEASE_SECONDS
+            )
+        await asyncio.gather(*(self._attempt(row) for row in claimed))
+        return len(claimed)
+
+    async def _attempt(self, row: Any) -> None:
+        delivery_id = str(row["delivery_id"])
+        body = json.dumps(row["delivery_payload"], separators=(",", ":"), default=str)
+        status_code: int | None = None
+        error: str | None = None
+        try:
+            await check_target(row["delivery_url"], allow_private=self.settings.webhook_allow_private_targets)
+            signed_at = datetime.now(UTC)
+            signature = Webhook(self.keys.open(row["delivery_secret"])).sign(f"msg_{delivery_id}", signed_at, body)
+            response = await self.http.post(
+                row["delivery_url"],
+                content=body,
+                headers={
+                    "content-type": "application/json",
+                    "user-agent": "papo-webhooks/1",
+                    "webhook-id": f"msg_{delivery_id}",
+                    "webhook-timestamp": str(int(signed_at.timestamp())),
+                    "webhook-signature": signature,
+                },
+                timeout=SEND_TIMEOUT_SECONDS,
+                follow_redirects=False,
+            )
+            status_code = response.status_code
+            if not 200 <= status_code < 300:
+                error = f"HTTP {status_code}: {response.text[:MAX_RESPONSE_NOTE]}"
+        except (httpx.HTTPError, InvalidInput) as exc:
+            error = (getattr(exc, "detail", None) or str(exc) or type(exc).__name__)[:MAX_RESPONSE_NOTE]
+        delivered = error is None
+        retry_at: datetime | None = None
+        if not delivered:
+            delay = retry_delay(row["delivery_attempts"] + 1, self.settings.webhook_first_retry_seconds)
+            retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+            if retry_at - row["delivery_created_at"] > timedelta(hours=self.settings.webhook_retry_hours):
+                retry_at = None
+        WEBHOOK_ATTEMPTS.labels("delivered" if delivered else "retry" if retry_at else "failed").inc()
+        async with self.db.transaction() as session:
+            await driver(session).execute(
+                "SELECT papo_record_webhook_attempt($1, $2, $3, $4, $5, $6)",
+                row["delivery_tenant_id"],
+                row["delivery_id"],
+                delivered,
+                status_code,
+                error,
+                retry_at,
+            )
