@@ -151,6 +151,7 @@ def settings(
         webhook_allow_private_targets=True,  # receivers listen on 127.0.0.1
         webhook_first_retry_seconds=0.2,
         webhook_poll_seconds=0.2,
+        alert_interval_seconds=3600,  # tests evaluate alerts themselves
         _env_file=None,  # type: ignore[call-arg]
     )
 

@@ -31,6 +31,7 @@ from papo.errors import install_error_handlers
 from papo.insights.api import router as insights_router
 from papo.insights.sentiment import SentimentScorer
 from papo.insights.service import SentimentWorker
+from papo.ops.alerts import Alerts
 from papo.ops.api import router as ops_router
 from papo.ops.logging import configure_logging
 from papo.ops.maintenance import maintenance_loop
@@ -88,6 +89,7 @@ def create_app(
         sentiment: asyncio.Task[None] | None = None
         webhook_fan_out: asyncio.Task[None] | None = None
         webhook_sender: asyncio.Task[None] | None = None
+        alerting: asyncio.Task[None] | None = None
         whatsapp: WhatsappHub | None = None
         lag_watch: asyncio.Task[None] | None = None
         replies: ReplyManager | None = None
@@ -117,6 +119,7 @@ def create_app(
                 whatsapp,
                 limiter,
                 WebhookSender(db, settings, keys, http),
+                Alerts(db, settings, http),
             )
             app.state.papo = state
             hub.on_notify(TENANT_CHANNEL, state.tenants.notified)
@@ -140,6 +143,7 @@ def create_app(
             hub.follow(fan_out.wake)
             webhook_fan_out = asyncio.create_task(fan_out.run(), name="papo-webhook-fan-out")
             webhook_sender = asyncio.create_task(state.webhooks.run(), name="papo-webhook-sender")
+            alerting = asyncio.create_task(state.alerts.run(), name="papo-alerts")
             lag_watch = asyncio.create_task(state.loop_lag.run(), name="papo-loop-lag")
             if on_ready is not None:
                 await on_ready(state)
@@ -153,6 +157,7 @@ def create_app(
                 sentiment,
                 webhook_fan_out,
                 webhook_sender,
+                alerting,
             ):
                 if background is not None:
                     background.cancel()

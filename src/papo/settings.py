@@ -142,6 +142,24 @@ class Settings(BaseSettings):
     webhook_concurrency: int = 20
     webhook_poll_seconds: float = 2.0
 
+    # Alerts for the operator: a Slack-compatible webhook and/or e-mail through SMTP. One notification
+    # when an alert starts, a reminder every alert_repeat_minutes while it lasts, one when it clears.
+    alert_webhook_url: str | None = None
+    alert_email_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "papo@localhost"
+    smtp_starttls: bool | None = None  # None: use STARTTLS when the server offers it
+    alert_interval_seconds: float = 30.0
+    alert_repeat_minutes: float = 60.0
+    alert_window_minutes: float = 5.0
+    alert_server_errors_per_minute: int = 10
+    alert_ai_failures: int = 5
+    alert_queue_backlog: int = 1000
+    alert_queue_age_seconds: float = 300.0
+
     # How often each process tries the housekeeping sweep (event pruning, deleted-chat purge).
     maintenance_interval_seconds: float = 3600.0
 
@@ -149,7 +167,12 @@ class Settings(BaseSettings):
     deleted_retention_days: int = 30
 
     @field_validator(
-        "auth_authorized_parties", "assistant_allowed_hosts", "assistant_key_envs", "whatsapp_transports", mode="before"
+        "auth_authorized_parties",
+        "assistant_allowed_hosts",
+        "assistant_key_envs",
+        "whatsapp_transports",
+        "alert_email_to",
+        mode="before",
     )
     @classmethod
     def _split_list(cls, value: object) -> object:

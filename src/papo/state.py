@@ -14,6 +14,7 @@ from papo.auth.tenant_cache import TenantCache
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
 from papo.db.engine import Database
+from papo.ops.alerts import Alerts
 from papo.ops.looplag import LoopLagMonitor
 from papo.ops.ratelimit import RateLimiter
 from papo.realtime.hub import EventHub
@@ -37,6 +38,7 @@ class AppState:
     whatsapp: WhatsappHub
     limiter: RateLimiter
     webhooks: WebhookSender
+    alerts: Alerts
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     tenants: TenantCache = field(default_factory=TenantCache)
 

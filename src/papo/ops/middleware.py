@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from papo.errors import problem
+from papo.ops.alerts import record_server_error
 from papo.ops.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from papo.ops.ratelimit import response_headers as rate_limit_headers
 
@@ -72,6 +73,8 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
+            if status_code >= 500:
+                record_server_error()
             if self.metrics:
                 HTTP_REQUESTS.labels(method, route, str(status_code)).inc()
                 HTTP_LATENCY.labels(method, route).observe(elapsed)
