@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint bench bench-core bench-realtime bench-assistants bench-web bench-whatsapp lock clean
+.PHONY: install run test lint bench bench-core bench-realtime bench-assistants bench-web bench-whatsapp bench-ops lock clean
 
 install: $(STAMP)
 
@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-bench: bench-core bench-realtime bench-assistants bench-web bench-whatsapp
+bench: bench-core bench-realtime bench-assistants bench-web bench-whatsapp bench-ops
 
 bench-core: install
 	$(BIN)/python bench/run.py
@@ -48,6 +48,9 @@ bench-web: install $(CHROMIUM)
 
 bench-whatsapp: install
 	$(BIN)/python bench/whatsapp.py
+
+bench-ops: install
+	$(BIN)/python bench/ops.py
 
 # Regenerate the lock file (needs pip-tools); no index URLs are written into it.
 lock:

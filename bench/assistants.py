@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,10 +33,8 @@ from papo.auth import service as auth_service  # noqa: E402
 from papo.auth.models import Role  # noqa: E402
 from papo.auth.tokens import SigningKey, issue_token  # noqa: E402
 from papo.client import RealtimeClient, RealtimeEvent  # noqa: E402
-from papo.db.engine import Database, locate_database  # noqa: E402
-from papo.db.migrate import ensure_database, migrate  # noqa: E402
-from papo.settings import Settings  # noqa: E402
-from run import HOST, verdict, wait_healthy  # noqa: E402
+from papo.db.engine import Database  # noqa: E402
+from run import HOST, BenchServer, verdict  # noqa: E402
 
 PAPO_PORT = 8731
 USERS = 10
@@ -138,14 +134,11 @@ async def main() -> None:
         await asyncio.sleep(0.02)
     base_url = f"http://{HOST}:{provider.servers[0].sockets[0].getsockname()[1]}/v1"
 
-    workdir = Path(tempfile.mkdtemp(prefix="papo-bench-ai-"))
-    settings = Settings(data_dir=workdir / "data", port=PAPO_PORT, log_level="WARNING", _env_file=None)  # type: ignore[call-arg]
-    location = locate_database(settings)
-    process = None
+    server = BenchServer("ai")
+    settings, location = server.settings, server.location
     print(f"papo assistants benchmark — {os.cpu_count()} cores, fake provider, {args.rounds} rounds per size")
     try:
-        await ensure_database(location.owner_url)
-        await migrate(location.owner_url, location.app_url, create_app_role=True)
+        await server.migrate()
         db = Database(location.app_url, pool_size=2)
         async with db.transaction() as session:
             tenant = await auth_service.create_tenant(session, "Bench AI")
@@ -167,16 +160,7 @@ async def main() -> None:
             issue_token(settings, key, tenant_id=tenant.id, user_id=u, role="member", ttl_seconds=3600)[0]
             for u in users
         ]
-        env = {
-            **os.environ,
-            "PAPO_DATABASE_URL": location.owner_url.render_as_string(hide_password=False),
-            "PAPO_DATA_DIR": str(settings.data_dir),
-            "PAPO_LOG_LEVEL": "WARNING",
-            "PAPO_PORT": str(PAPO_PORT),
-            "PAPO_DB_POOL_SIZE": "20",
-        }
-        process = await asyncio.create_subprocess_exec(str(Path(sys.executable).parent / "papo"), "serve", env=env)
-        await wait_healthy(PAPO_PORT, process)
+        await server.serve(PAPO_PORT, PAPO_DB_POOL_SIZE="20")
         async with httpx.AsyncClient(base_url=f"http://{HOST}:{PAPO_PORT}", timeout=30) as http:
             created = await http.post(
                 "/api/v1/assistants",
@@ -229,13 +213,9 @@ async def main() -> None:
             )
         )
     finally:
-        if process is not None and process.returncode is None:
-            process.terminate()
-            await process.wait()
+        await server.close()
         provider.should_exit = True
         await provider_task
-        location.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

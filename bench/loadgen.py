@@ -77,7 +77,13 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def run_load(
-    host: str, port: int, make_request: Callable[[int], bytes], *, connections: int, seconds: float
+    host: str,
+    port: int,
+    make_request: Callable[[int], bytes],
+    *,
+    connections: int,
+    seconds: float,
+    expect: Callable[[int], bool] = lambda status: 200 <= status < 300,
 ) -> LoadResult:
     deadline = time.perf_counter() + seconds
     latencies: list[float] = []
@@ -94,7 +100,7 @@ async def run_load(
                 started = time.perf_counter()
                 writer.write(request)
                 status = await _read_response(reader)
-                if 200 <= status < 300:
+                if expect(status):
                     latencies.append((time.perf_counter() - started) * 1000)
                 else:
                     errors += 1

@@ -14,9 +14,7 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -30,10 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from papo.auth import service as auth_service
 from papo.auth.models import Role
 from papo.auth.tokens import SigningKey, issue_token
-from papo.db.engine import Database, locate_database
-from papo.db.migrate import ensure_database, migrate
-from papo.settings import Settings
-from run import HOST, plain_dsn, verdict, wait_healthy
+from papo.db.engine import Database
+from run import HOST, BenchServer, plain_dsn, verdict, wait_healthy
 
 BENCH_DIR = Path(__file__).resolve().parent
 PAPO_PORT = 8721
@@ -119,17 +115,14 @@ async def main() -> None:
     args = parser.parse_args()
     per_user = args.subscribers // USERS
     rates = [float(r) for r in args.rates.split(",")]
-    workdir = Path(tempfile.mkdtemp(prefix="papo-bench-rt-"))
-    settings = Settings(data_dir=workdir / "data", port=PAPO_PORT, log_level="WARNING", _env_file=None)  # type: ignore[call-arg]
-    location = locate_database(settings)
-    processes: list[Any] = []
+    server = BenchServer("rt")
+    settings, location = server.settings, server.location
     print(
         f"papo realtime benchmark — {os.cpu_count()} cores, {args.subscribers} subscribers "
         f"({USERS} users x {per_user}), {args.seconds:.0f} s per rate"
     )
     try:
-        await ensure_database(location.owner_url)
-        await migrate(location.owner_url, location.app_url, create_app_role=True)
+        await server.migrate()
         db = Database(location.app_url, pool_size=2)
         async with db.transaction() as session:
             tenant = await auth_service.create_tenant(session, "Bench RT")
@@ -146,18 +139,8 @@ async def main() -> None:
             issue_token(settings, key, tenant_id=tenant.id, user_id=u, role="member", ttl_seconds=3600)[0]
             for u in users
         ]
-        env = {
-            **os.environ,
-            "PAPO_DATABASE_URL": location.owner_url.render_as_string(hide_password=False),
-            "PAPO_DATA_DIR": str(settings.data_dir),
-            "PAPO_LOG_LEVEL": "WARNING",
-            "PAPO_PORT": str(PAPO_PORT),
-            "PAPO_REALTIME_QUEUE_SIZE": "100000",
-        }
-        processes.append(
-            await asyncio.create_subprocess_exec(str(Path(sys.executable).parent / "papo"), "serve", env=env)
-        )
-        processes.append(
+        await server.serve(PAPO_PORT, PAPO_REALTIME_QUEUE_SIZE="100000")
+        server.processes.append(
             await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -174,8 +157,7 @@ async def main() -> None:
                 cwd=BENCH_DIR,
             )
         )
-        await wait_healthy(PAPO_PORT, processes[0])
-        await wait_healthy(BASE_PORT, processes[1])
+        await wait_healthy(BASE_PORT, server.processes[-1])
 
         async with httpx.AsyncClient(
             base_url=f"http://{HOST}:{PAPO_PORT}", timeout=30, limits=httpx.Limits(max_connections=50)
@@ -244,12 +226,7 @@ async def main() -> None:
         )
         await db.dispose()
     finally:
-        for process in processes:
-            if process.returncode is None:
-                process.terminate()
-                await process.wait()
-        location.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        await server.close()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from papo.db.engine import Database, locate_database
 from papo.db.migrate import ensure_database, migrate
 from papo.settings import Settings
 
+BENCH_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 PAPO_PORT = 8711
 BASE_PORT = 8712
@@ -152,12 +152,10 @@ def verdict(ok: bool, text: str) -> str:
     return f"  verdict: {'PASS' if ok else 'MISS'} — {text}"
 
 
-async def wait_healthy(port: int, process: Any) -> None:
-    """Wait for /healthz; `process` is a subprocess.Popen or an asyncio subprocess."""
+async def wait_healthy(port: int, process: asyncio.subprocess.Process) -> None:
     async with httpx.AsyncClient() as client:
         for _ in range(200):
-            exited = process.poll() if hasattr(process, "poll") else process.returncode
-            if exited is not None:
+            if process.returncode is not None:
                 raise RuntimeError(f"server on {port} exited with {process.returncode}")
             try:
                 if (await client.get(f"http://{HOST}:{port}/healthz")).status_code == 200:
@@ -168,24 +166,68 @@ async def wait_healthy(port: int, process: Any) -> None:
     raise RuntimeError(f"server on {port} did not start")
 
 
+class BenchServer:
+    """A throw-away embedded PostgreSQL, migrated, and `papo serve` processes on it: what every
+    benchmark script starts from."""
+
+    def __init__(self, name: str, **settings: Any) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"papo-bench-{name}-"))
+        self.settings = Settings(
+            data_dir=self.workdir / "data",
+            log_level="WARNING",
+            _env_file=None,  # type: ignore[call-arg]
+            **settings,
+        )
+        self.location = locate_database(self.settings)
+        self.processes: list[asyncio.subprocess.Process] = []
+
+    @property
+    def owner_dsn(self) -> str:
+        return plain_dsn(self.location.owner_url)
+
+    async def migrate(self) -> None:
+        await ensure_database(self.location.owner_url)
+        await migrate(self.location.owner_url, self.location.app_url, create_app_role=True)
+
+    def env(self, port: int, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PAPO_DATABASE_URL": self.location.owner_url.render_as_string(hide_password=False),
+            "PAPO_DATA_DIR": str(self.settings.data_dir),
+            "PAPO_LOG_LEVEL": "WARNING",
+            "PAPO_PORT": str(port),
+            **extra,
+        }
+
+    async def serve(self, port: int, **extra_env: str) -> asyncio.subprocess.Process:
+        """`papo serve` on `port` (PAPO_* settings in `extra_env`), once it answers /healthz."""
+        process = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "papo"), "serve", env=self.env(port, **extra_env)
+        )
+        self.processes.append(process)
+        await wait_healthy(port, process)
+        return process
+
+    async def close(self) -> None:
+        for process in self.processes:
+            if process.returncode is None:
+                process.terminate()
+        for process in self.processes:
+            await asyncio.wait_for(process.wait(), 10)
+        self.location.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 class Bench:
     def __init__(self, seconds: float, connections: int, total_messages: int) -> None:
         self.seconds = seconds
         self.connections = connections
         self.total_messages = total_messages
-        self.workdir = Path(tempfile.mkdtemp(prefix="papo-bench-"))
-        self.settings = Settings(
-            data_dir=self.workdir / "data",
-            port=PAPO_PORT,
-            log_level="WARNING",
-            _env_file=None,  # type: ignore[call-arg]
-        )
-        self.location = locate_database(self.settings)
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.server = BenchServer("core")
+        self.settings, self.location = self.server.settings, self.server.location
 
     async def setup(self) -> None:
-        await ensure_database(self.location.owner_url)
-        await migrate(self.location.owner_url, self.location.app_url, create_app_role=True)
+        await self.server.migrate()
         self.owner = await asyncpg.connect(plain_dsn(self.location.owner_url))
         await self.owner.execute(
             "CREATE TABLE bench_baseline_messages (id uuid PRIMARY KEY, session_id uuid NOT NULL, "
@@ -209,40 +251,27 @@ class Bench:
             chat = await ChatService(session, self.principal, self.settings).create_chat_session(self.user_id, title)
             return chat.id
 
-    def start_servers(self) -> None:
-        env = {
-            **os.environ,
-            "PAPO_DATABASE_URL": self.location.owner_url.render_as_string(hide_password=False),
-            "PAPO_DATA_DIR": str(self.settings.data_dir),
-            "PAPO_LOG_LEVEL": "WARNING",
-            "PAPO_PORT": str(PAPO_PORT),
-        }
-        papo_bin = Path(sys.executable).parent / "papo"
-        self.processes.append(subprocess.Popen([str(papo_bin), "serve"], env=env))
-        baseline_env = {**os.environ, "BENCH_DSN": plain_dsn(self.location.owner_url)}
-        self.processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "baseline_app:app",
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(BASE_PORT),
-                    "--no-access-log",
-                    "--log-level",
-                    "warning",
-                ],
-                env=baseline_env,
-                cwd=Path(__file__).resolve().parent,
-            )
+    async def start_servers(self) -> None:
+        await self.server.serve(PAPO_PORT)
+        baseline = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "baseline_app:app",
+            "--host",
+            HOST,
+            "--port",
+            str(BASE_PORT),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            env={**os.environ, "BENCH_DSN": plain_dsn(self.location.owner_url)},
+            cwd=BENCH_DIR,
         )
+        self.server.processes.append(baseline)
+        await wait_healthy(BASE_PORT, baseline)
 
     async def message_path(self) -> None:
-        await wait_healthy(PAPO_PORT, self.processes[0])
-        await wait_healthy(BASE_PORT, self.processes[1])
         auth = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         plain = {"Content-Type": "application/json"}
         body = json.dumps({"content": "Olá! Preciso de ajuda com o pedido 1234, por favor."}).encode()
@@ -437,8 +466,7 @@ class Bench:
 
     async def run(self, only: str | None) -> None:
         await self.setup()
-        self.start_servers()
-        await wait_healthy(PAPO_PORT, self.processes[0])
+        await self.start_servers()
         if only == "messages":
             await self.message_path()
             return
@@ -450,16 +478,11 @@ class Bench:
         await self.search()
 
     async def close(self) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            process.wait(10)
         if hasattr(self, "owner"):
             await self.owner.close()
         if hasattr(self, "db"):
             await self.db.dispose()
-        self.location.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        await self.server.close()
 
 
 async def main() -> None:

@@ -15,7 +15,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,11 +25,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 from papo.auth import service as auth_service  # noqa: E402
 from papo.auth.models import Role  # noqa: E402
-from papo.db.engine import Database, locate_database  # noqa: E402
-from papo.db.migrate import ensure_database, migrate  # noqa: E402
-from papo.db.server import DatabaseLocation  # noqa: E402
-from papo.settings import Settings  # noqa: E402
-from run import HOST, verdict, wait_healthy  # noqa: E402
+from papo.db.engine import Database  # noqa: E402
+from run import HOST, BenchServer, verdict  # noqa: E402
 
 PAPO_PORT = 8741
 BASE = f"http://{HOST}:{PAPO_PORT}"
@@ -43,10 +39,9 @@ def pct(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def seed(location: DatabaseLocation, chats: dict[str, int]) -> None:
-    await ensure_database(location.owner_url)
-    await migrate(location.owner_url, location.app_url, create_app_role=True)
-    db = Database(location.app_url, pool_size=2)
+async def seed(server: BenchServer, chats: dict[str, int]) -> None:
+    await server.migrate()
+    db = Database(server.location.app_url, pool_size=2)
     async with db.transaction() as session:
         await auth_service.create_tenant(session, "Bench Web")
         for email in chats:
@@ -104,24 +99,12 @@ async def main() -> None:
     parser.add_argument("--chats", type=int, default=1000)
     args = parser.parse_args()
     assert shutil.which(CHROMIUM), "Chromium is missing (apt-get install chromium)"
-    workdir = Path(tempfile.mkdtemp(prefix="papo-bench-web-"))
-    settings = Settings(data_dir=workdir / "data", port=PAPO_PORT, log_level="WARNING", _env_file=None)  # type: ignore[call-arg]
-    location = locate_database(settings)
+    server = BenchServer("web")
     members = {"few@papo.local": 5, "many@papo.local": args.chats}
-    process = None
     print(f"papo web benchmark — {os.cpu_count()} cores, Chromium, {args.runs} runs per member")
     try:
-        await seed(location, members)
-        env = {
-            **os.environ,
-            "PAPO_DATABASE_URL": location.owner_url.render_as_string(hide_password=False),
-            "PAPO_DATA_DIR": str(settings.data_dir),
-            "PAPO_LOG_LEVEL": "WARNING",
-            "PAPO_PORT": str(PAPO_PORT),
-            "PAPO_DEMO_TOKENS_PER_SECOND": "40",
-        }
-        process = await asyncio.create_subprocess_exec(str(Path(sys.executable).parent / "papo"), "serve", env=env)
-        await wait_healthy(PAPO_PORT, process)
+        await seed(server, members)
+        await server.serve(PAPO_PORT, PAPO_DEMO_TOKENS_PER_SECOND="40")
         async with httpx.AsyncClient(base_url=BASE, timeout=30) as http:
             for email, count in members.items():
                 headers = {"Authorization": f"Bearer {await api_token(http, email)}"}
@@ -157,11 +140,7 @@ async def main() -> None:
             )
         )
     finally:
-        if process is not None and process.returncode is None:
-            process.terminate()
-            await process.wait()
-        location.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        await server.close()
 
 
 if __name__ == "__main__":

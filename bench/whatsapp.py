@@ -35,10 +35,8 @@ from papo.auth import service as auth_service  # noqa: E402
 from papo.auth.models import Role  # noqa: E402
 from papo.auth.tokens import SigningKey, issue_token  # noqa: E402
 from papo.client import RealtimeClient, RealtimeEvent  # noqa: E402
-from papo.db.engine import Database, locate_database  # noqa: E402
-from papo.db.migrate import ensure_database, migrate  # noqa: E402
-from papo.settings import Settings  # noqa: E402
-from run import HOST, verdict, wait_healthy  # noqa: E402
+from papo.db.engine import Database  # noqa: E402
+from run import HOST, BenchServer, verdict  # noqa: E402
 
 PAPO_PORT = 8751
 SECRET = "bench-app-secret"  # a throw-away secret for this run's own server
@@ -117,13 +115,10 @@ def delivery(number: str, index: int) -> bytes:
 
 
 async def ingestion(messages: int, concurrency: int) -> tuple[float, list[float]]:
-    workdir = Path(tempfile.mkdtemp(prefix="papo-bench-wa-"))
-    settings = Settings(data_dir=workdir / "data", port=PAPO_PORT, log_level="WARNING", _env_file=None)  # type: ignore[call-arg]
-    location = locate_database(settings)
-    process = None
+    server = BenchServer("wa")
+    settings, location = server.settings, server.location
     try:
-        await ensure_database(location.owner_url)
-        await migrate(location.owner_url, location.app_url, create_app_role=True)
+        await server.migrate()
         db = Database(location.app_url, pool_size=2)
         async with db.transaction() as session:
             tenant = await auth_service.create_tenant(session, "Bench WhatsApp")
@@ -132,18 +127,12 @@ async def ingestion(messages: int, concurrency: int) -> tuple[float, list[float]
             )
         await db.dispose()
         token = issue_token(settings, SigningKey.load(settings), tenant_id=tenant.id, user_id=admin, role="admin")[0]
-        env = {
-            **os.environ,
-            "PAPO_DATABASE_URL": location.owner_url.render_as_string(hide_password=False),
-            "PAPO_DATA_DIR": str(settings.data_dir),
-            "PAPO_LOG_LEVEL": "WARNING",
-            "PAPO_PORT": str(PAPO_PORT),
-            "PAPO_WHATSAPP_APP_SECRET": SECRET,
-            "PAPO_WHATSAPP_GRAPH_URL": f"http://{HOST}:9/unreachable",
-            "PAPO_DB_POOL_SIZE": "20",
-        }
-        process = await asyncio.create_subprocess_exec(str(Path(sys.executable).parent / "papo"), "serve", env=env)
-        await wait_healthy(PAPO_PORT, process)
+        await server.serve(
+            PAPO_PORT,
+            PAPO_WHATSAPP_APP_SECRET=SECRET,
+            PAPO_WHATSAPP_GRAPH_URL=f"http://{HOST}:9/unreachable",
+            PAPO_DB_POOL_SIZE="20",
+        )
         base = f"http://{HOST}:{PAPO_PORT}"
         number = "1098765432"
         async with httpx.AsyncClient(base_url=base, timeout=60, headers={"Authorization": f"Bearer {token}"}) as http:
@@ -191,11 +180,7 @@ async def ingestion(messages: int, concurrency: int) -> tuple[float, list[float]
         watcher.cancel()
         return messages / elapsed, latencies
     finally:
-        if process is not None and process.returncode is None:
-            process.terminate()
-            await process.wait()
-        location.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        await server.close()
 
 
 def pct(values: list[float], fraction: float) -> float:

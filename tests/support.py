@@ -333,6 +333,15 @@ class FakeGraphApi:
         self.server.shutdown()
 
 
+# What every server process a test starts shares with the in-process test app: it works the same
+# queues (webhook deliveries to local receivers, alerts left to the tests).
+TEST_SERVER_ENV = {
+    "PAPO_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
+    "PAPO_WEBHOOK_FIRST_RETRY_SECONDS": "0.2",
+    "PAPO_ALERT_INTERVAL_SECONDS": "3600",
+}
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -348,6 +357,7 @@ async def start_server(settings: Settings, port: int, **extra_env: str) -> async
         "PAPO_PUBLIC_URL": settings.public_url or "",
         "PAPO_LOG_LEVEL": "WARNING",
         "PAPO_REALTIME_POLL_SECONDS": "1",
+        **TEST_SERVER_ENV,
         **extra_env,
     }
     process = await asyncio.create_subprocess_exec(

@@ -54,6 +54,16 @@ class QuotaExceeded(DomainError):
     status, slug, title = 429, "quota-exceeded", "Quota exceeded"
 
 
+class DatabaseUnavailable(DomainError):
+    """The database cannot be reached right now (restarting, failing over, connections dropped):
+    nothing was done, and the same request can be sent again shortly."""
+
+    status, slug, title = 503, "database-unavailable", "Temporarily unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("the database is unavailable for a moment; try again", headers={"Retry-After": "2"})
+
+
 class PayloadTooLarge(DomainError):
     status, slug, title = 413, "payload-too-large", "Payload too large"
 
@@ -74,6 +84,27 @@ class NotModified(Exception):
     def __init__(self, headers: dict[str, str]) -> None:
         super().__init__("not modified")
         self.headers = headers
+
+
+# SQLSTATEs of input PostgreSQL cannot store: a NUL byte (22021), a \u0000 escape in JSON (22P05),
+# text its type refuses, such as an unpaired surrogate escape in JSON (22P02).
+_UNSTORABLE_SQLSTATES = frozenset({"22021", "22P05", "22P02"})
+
+
+def unstorable_text(exc: BaseException) -> bool:
+    """Input text that no column can hold: NUL characters, or unpaired UTF-16 surrogates (which a
+    JSON body may carry as escapes but UTF-8 cannot encode)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, UnicodeEncodeError) or getattr(seen, "sqlstate", None) in _UNSTORABLE_SQLSTATES:
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
+
+UNSTORABLE_TEXT = "The request contains text that cannot be stored (a NUL character or an unpaired surrogate)."
 
 
 def problem(
@@ -141,12 +172,67 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
+    if unstorable_text(exc):  # outside a unit of work, which translates it itself (see papo.db.engine)
+        return problem(422, "Invalid input", UNSTORABLE_TEXT, slug="validation-error")
     log.exception("unhandled error", path=request.url.path)
     return problem(500, "Internal error", "Something went wrong on our side; it has been logged.", slug="internal")
 
 
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details: every error papo answers has this shape.",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "examples": ["urn:papo:problem:not-found"]},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "request_id": {"type": "string", "description": "the X-Request-ID of the request (quote it to support)"},
+        "errors": {
+            "type": "array",
+            "description": "field errors of a validation problem",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "field": {"type": "string"},
+                    "message": {"type": "string"},
+                    "type": {"type": ["string", "null"]},
+                },
+            },
+        },
+    },
+}
+PROBLEM_RESPONSE = {
+    "description": "A problem (RFC 9457), e.g. invalid input, not found, not allowed, too many requests",
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+
+
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """Declare the one error shape on every operation, in place of FastAPI's own 422 body (which
+    papo never sends)."""
+    schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            responses["4XX"] = PROBLEM_RESPONSE
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(unused, None)
+    return schema
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_handler)
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_problems(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(NotModified, _not_modified_handler)
     app.add_exception_handler(DomainError, _domain_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)

@@ -4,6 +4,7 @@ finishing) gives a new ETag."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -85,5 +86,9 @@ async def test_nothing_is_tagged_while_a_reply_is_written(client: httpx.AsyncCli
     assert "etag" not in during.headers
     assert during.headers["cache-control"] == "no-store"
     await settled(client, member, sid, reply_id)
+    for _ in range(200):  # the first exchange also names the chat (one more change to see)
+        if (await client.get(f"/api/v1/sessions/{sid}", headers=member.headers)).json()["title"]:
+            break
+        await asyncio.sleep(0.02)
     after = await tagged(client, member, f"/api/v1/sessions/{sid}/messages")
     assert (await revalidate(client, member, f"/api/v1/sessions/{sid}/messages", after)).status_code == 304

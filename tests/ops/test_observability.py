@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import uuid
 from typing import Any
 
 import asyncpg
@@ -51,6 +52,9 @@ async def test_metrics_need_the_token_and_never_name_users(client: httpx.AsyncCl
     session = await create_session(client, member, "quarterly numbers")
     await send(client, member, session["id"], "the secret launch date is friday")
     await client.get(f"/no/such/page/{member.user_id}")
+    missing = uuid.uuid4()  # one router serves both prefixes; each keeps its own template
+    await client.get(f"/api/v1/whatsapp/sessions/{missing}", headers=member.headers)
+    await client.get(f"/session/{missing}", headers=member.headers)
 
     scrape = await client.get("/metrics", headers=SCRAPE)
     assert scrape.status_code == 200
@@ -58,6 +62,9 @@ async def test_metrics_need_the_token_and_never_name_users(client: httpx.AsyncCl
     assert sample(text, "papo_http_requests_total", method="POST", route=route, status="201") == sent_before + 1
     assert sample(text, "papo_http_request_duration_seconds_count", method="POST", route=route) >= 1
     assert sample(text, "papo_http_requests_total", route="(unmatched)", status="404") >= 1
+    assert sample(text, "papo_http_requests_total", route="/api/v1/whatsapp/sessions/{session_id}") >= 1
+    assert sample(text, "papo_http_requests_total", route="/session/{session_id}") >= 1
+    assert 'route="/{session_id}"' not in text
     assert sample(text, "papo_db_query_duration_seconds_count") > 0
     assert sample(text, "papo_db_pool_connections_open") >= 1
     assert sample(text, "papo_queue_depth", queue="whatsapp_webhooks") >= 0
@@ -121,7 +128,7 @@ async def test_readiness_follows_the_realtime_listener(
     try:
         killed = await admin.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = $1 AND datname = current_database()",
+            "WHERE application_name LIKE $1 || ':%' AND datname = current_database()",
             LISTENER_NAME,
         )
     finally:

@@ -322,7 +322,7 @@ class TestResilience:
         try:
             killed = await owner.fetch(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name = 'papo-realtime-listener'"
+                "WHERE datname = current_database() AND application_name LIKE 'papo-realtime-listener:%'"
             )
         finally:
             await owner.close()

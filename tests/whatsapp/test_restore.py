@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 
 from papo.auth.models import Role
 from papo.settings import Settings
+from papo.whatsapp.transports.base import InboundMessage, SessionKey
 from tests.support import free_port, start_server
 
 BASE = "/api/v1/whatsapp/sessions"
+INBOX = "/api/v1/whatsapp/conversations"
 REPO = str(Path(__file__).resolve().parents[2])
 FAKE = {"PAPO_WHATSAPP_TRANSPORTS": "fake=tests.fake_whatsapp:FakeTransport", "PYTHONPATH": REPO}
 
@@ -68,9 +72,11 @@ async def test_sessions_come_back_after_sigkill(settings: Settings, make_tenant:
             await asyncio.wait_for(server.wait(), 10)
 
 
-async def test_one_process_runs_a_session_others_forward_and_take_over(settings: Settings, make_tenant: Any) -> None:
-    """Two server processes: the session runs in one; a restart asked of the other is forwarded to it;
-    when the owner dies, the other takes the session over by itself."""
+async def test_one_process_runs_a_session_others_forward_and_take_over(
+    app: FastAPI, settings: Settings, make_tenant: Any
+) -> None:
+    """Two server processes: the session runs in one; a reply or a stop asked of the other is forwarded
+    to it; when the owner dies, the other takes the session over by itself."""
     admin = await (await make_tenant("Owners")).member(Role.admin)
     extra = {**FAKE, "PAPO_WHATSAPP_HEARTBEAT_SECONDS": "1"}
     port_a, port_b = free_port(), free_port()
@@ -89,6 +95,21 @@ async def test_one_process_runs_a_session_others_forward_and_take_over(settings:
             details_a = (await via_a.get(f"{BASE}/{sid}/details")).json()
             details_b = (await via_b.get(f"{BASE}/{sid}/details")).json()
             assert (details_a["memory_status"], details_b["memory_status"]) == ("WORKING", None)
+
+            # A reply through B, which does not run the number, is sent by A.
+            key = SessionKey(admin.tenant_id, uuid.UUID(sid))
+            await app.state.papo.whatsapp.receive(key, InboundMessage("wamid.in-fwd", "5511977770000", "Bia", "oi"))
+            conversation = (await via_b.get(INBOX)).json()[0]["id"]
+            reply = await via_b.post(f"{INBOX}/{conversation}/messages", json={"content": "Olá, Bia!"})
+            assert reply.status_code == 201, reply.text
+            async with asyncio.timeout(10):
+                while True:
+                    messages = (await via_b.get(f"{INBOX}/{conversation}/messages")).json()
+                    sent = next(m for m in messages if m["id"] == reply.json()["id"])
+                    if sent["delivery_status"] != "pending":
+                        break
+                    await asyncio.sleep(0.05)
+            assert sent["delivery_status"] == "sent" and sent["external_id"].startswith("wamid.fake-")
 
             assert (await via_b.post(f"{BASE}/{sid}/stop")).status_code == 202  # B does not run it: A stops it
             await statuses(via_a, {"unico": "STOPPED"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
+from papo.db.errors import database_unreachable
 from papo.db.server import (
     DatabaseLocation,
     app_role_password,
@@ -20,6 +22,7 @@ from papo.db.server import (
     derive_app_url,
     start_embedded,
 )
+from papo.errors import UNSTORABLE_TEXT, DatabaseUnavailable, DomainError, InvalidInput, unstorable_text
 from papo.ops.metrics import DB_POOL_IN_USE, DB_POOL_OPEN, observe_query
 from papo.settings import Settings
 
@@ -67,6 +70,11 @@ async def apply_context(session: AsyncSession, context: RlsContext) -> None:
     )
 
 
+def application_name(role: str) -> str:
+    """How this process's connections show in pg_stat_activity: what they are for, and whose."""
+    return f"{role}:{os.getpid()}"
+
+
 def locate_database(settings: Settings) -> DatabaseLocation:
     """Owner and runtime URLs; starts the embedded server when no external one is configured."""
     embedded = None
@@ -88,7 +96,11 @@ class Database:
     def __init__(self, app_url: URL, *, pool_size: int = 10) -> None:
         # AUTOCOMMIT at the SQLAlchemy level: transactions are asyncpg's (see `transaction`).
         self.engine: AsyncEngine = create_async_engine(
-            app_url, pool_size=pool_size, max_overflow=pool_size, isolation_level="AUTOCOMMIT"
+            app_url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            isolation_level="AUTOCOMMIT",
+            connect_args={"server_settings": {"application_name": application_name("papo")}},
         )
         self._instrument()
 
@@ -112,7 +124,22 @@ class Database:
 
         asyncpg owns BEGIN/COMMIT; SQLAlchemy runs on the same connection in autocommit mode, so it
         never opens a transaction of its own and sees (and writes) exactly what this one does.
-        Committed when the block ends, rolled back if it raises."""
+        Committed when the block ends, rolled back if it raises. A lost or refused connection comes
+        out as DatabaseUnavailable (503, retry), text no column can hold as InvalidInput (422)."""
+        try:
+            async with self._unit(context) as session:
+                yield session
+        except (DatabaseUnavailable, InvalidInput):
+            raise
+        except BaseException as exc:
+            if database_unreachable(exc):
+                raise DatabaseUnavailable from exc
+            if unstorable_text(exc):  # bad input, not a fault: a 4xx, and nothing was written
+                raise InvalidInput(UNSTORABLE_TEXT) from exc
+            raise
+
+    @asynccontextmanager
+    async def _unit(self, context: RlsContext | None) -> AsyncIterator[AsyncSession]:
         async with self.engine.connect() as connection:
             raw = await connection.get_raw_connection()
             asyncpg_connection: asyncpg.Connection = raw.driver_connection
@@ -149,6 +176,12 @@ class Database:
                 ended_cleanly = True
                 for callback in callbacks:
                     callback()
+            except Exception as exc:
+                # asyncpg reports a connection the server dropped in several ways (even as a
+                # protocol-state error on the next statement); a closed connection says it plainly.
+                if not isinstance(exc, DomainError) and asyncpg_connection.is_closed():
+                    raise DatabaseUnavailable from exc
+                raise
             finally:
                 if not ended_cleanly:
                     await connection.invalidate()

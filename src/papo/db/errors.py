@@ -5,12 +5,36 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError
 
 from papo.errors import NotFound
 
 NO_DATA_FOUND = "P0002"  # raised by papo's triggers when the parent row is not visible
 INSUFFICIENT_PRIVILEGE = "42501"  # includes "new row violates row-level security policy"
+
+
+# Connection exceptions (class 08) and the server shutting down or starting (57P01-57P03).
+_UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps) says the database connection is gone or refused."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, asyncpg.PostgresConnectionError | asyncpg.InternalClientError | ConnectionError):
+            return True
+        if isinstance(seen, asyncpg.InterfaceError) and "connection is closed" in str(seen):
+            return True
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        state = getattr(seen, "sqlstate", None)
+        if isinstance(state, str) and state.startswith(_UNREACHABLE_SQLSTATES):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
 def sqlstate(exc: DBAPIError) -> str | None:

@@ -7,6 +7,7 @@ import time
 import uuid
 
 import structlog
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,6 +32,33 @@ SECURITY_HEADERS = [
 ]
 
 
+class RouteTemplates:
+    """The full path template of the route that answered ("/api/v1/whatsapp/sessions/{session_id}").
+
+    The route FastAPI puts in the scope carries its path without the prefix it was included under,
+    and one router may be included under several prefixes; so the application's route table is
+    read once, and among a route's full templates the one whose fixed start the request's path
+    has is taken."""
+
+    def __init__(self) -> None:
+        self.by_route: dict[int, list[str]] | None = None
+
+    def label(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is None:
+            return UNMATCHED_ROUTE
+        if self.by_route is None:
+            self.by_route = {}
+            for context in iter_route_contexts(scope["app"].routes):
+                if context.path:
+                    self.by_route.setdefault(id(context.original_route), []).append(context.path)
+        templates = self.by_route.get(id(route)) or [getattr(route, "path", UNMATCHED_ROUTE)]
+        if len(templates) == 1:
+            return templates[0]
+        path = scope["path"]
+        return max(templates, key=lambda t: path.startswith(t.split("{", 1)[0]) * len(t.split("{", 1)[0]))
+
+
 class RequestContextMiddleware:
     """Gives every request an X-Request-ID (the caller's, if sane) and the security headers, logs
     one line per request (route template, status, latency, and the tenant and user once known),
@@ -43,6 +71,7 @@ class RequestContextMiddleware:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
+        self.templates = RouteTemplates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,7 +100,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+            route = self.templates.label(scope)
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
             if status_code >= 500:
                 record_server_error()

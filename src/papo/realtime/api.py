@@ -81,7 +81,8 @@ async def event_stream(state: AppState, subscriber: Subscriber, since: int | Non
         if expires_at is not None and time.time() > expires_at + state.settings.auth_leeway_seconds:
             raise StreamEnded(CLOSE_UNAUTHORIZED, "token expired; reconnect (or send a fresh token) to resume")
         try:
-            event = await asyncio.wait_for(subscriber.queue.get(), timeout=min(heartbeat, 1.0))
+            async with asyncio.timeout(min(heartbeat, 1.0)):  # not wait_for: see papo.waiting
+                event = await subscriber.queue.get()
         except TimeoutError:
             if time.monotonic() - quiet_since >= heartbeat:
                 quiet_since = time.monotonic()

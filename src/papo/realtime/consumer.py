@@ -9,7 +9,6 @@ make harmless (their writes are idempotent)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
@@ -17,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.db.engine import Database, driver
 from papo.realtime.service import Event, read_all_events
+from papo.waiting import wake_or_timeout
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[AsyncSession, Sequence[Event]], Awaitable[None]]
@@ -47,8 +47,7 @@ class OutboxConsumer:
 
     async def run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=self.poll_seconds)
+            await wake_or_timeout(self.wake, self.poll_seconds)
             self.wake.clear()
             try:
                 while (await self.run_once() or 0) >= self.batch:

@@ -24,14 +24,16 @@ import asyncpg
 import structlog
 
 from papo.auth.service import Principal
-from papo.db.engine import Database
+from papo.db.engine import Database, application_name
+from papo.errors import DatabaseUnavailable
 from papo.ops.metrics import REALTIME_CONNECTIONS, REALTIME_EVENT_LAG
 from papo.realtime.service import Event, bounds, read_all_events
+from papo.waiting import wake_or_timeout
 
 log = structlog.get_logger(__name__)
 CHANNEL = "papo_events"
 LIVE_CHANNEL = "papo_live"
-LISTENER_NAME = "papo-realtime-listener"  # how operators (and tests) spot it in pg_stat_activity
+LISTENER_NAME = "papo-realtime-listener"  # how operators (and tests) spot it in pg_stat_activity (":<pid>")
 MISSED = "*"
 BATCH = 500
 # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; publishers keep live events well under.
@@ -192,7 +194,9 @@ class EventHub:
 
     async def _listen(self) -> None:
         try:
-            self.listener = await asyncpg.connect(self.listen_dsn, server_settings={"application_name": LISTENER_NAME})
+            self.listener = await asyncpg.connect(
+                self.listen_dsn, server_settings={"application_name": application_name(LISTENER_NAME)}
+            )
             await self.listener.add_listener(CHANNEL, self._notified)
             await self.listener.add_listener(LIVE_CHANNEL, self._live_notified)
             for channel, callback in self.channels.items():
@@ -214,14 +218,13 @@ class EventHub:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=self.poll_seconds)
+            await wake_or_timeout(self.wake, self.poll_seconds)
             self.wake.clear()
             try:
                 if self.listener is None or self.listener.is_closed():
                     await self._listen()
                 await self._relay()
-            except (OSError, asyncpg.PostgresError) as exc:
+            except (OSError, asyncpg.PostgresError, DatabaseUnavailable) as exc:
                 log.warning("realtime relay failed; retrying", error=str(exc))
                 await asyncio.sleep(1)
 

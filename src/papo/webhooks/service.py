@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import ipaddress
 import json
 import random
@@ -40,6 +39,7 @@ from papo.errors import InvalidInput, NotFound
 from papo.ops.metrics import WEBHOOK_ATTEMPTS
 from papo.realtime.service import Event
 from papo.settings import Settings
+from papo.waiting import wake_or_timeout
 
 log = structlog.get_logger(__name__)
 
@@ -303,8 +303,7 @@ class WebhookSender:
 
     async def run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=self.settings.webhook_poll_seconds)
+            await wake_or_timeout(self.wake, self.settings.webhook_poll_seconds)
             self.wake.clear()
             try:
                 while await self.send_due():

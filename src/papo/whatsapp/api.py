@@ -9,7 +9,7 @@ import uuid
 from typing import Annotated, Any
 
 import segno
-from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
 
 from papo.auth.deps import CurrentPrincipal, DbSession, State
 from papo.errors import Conflict, Forbidden, NotFound
@@ -73,8 +73,8 @@ async def stats(sessions: Sessions) -> SessionStats:
 
 @router.get("/cleanup", response_model=CleanupReport, summary="Clean up (seed: GET)")
 @router.post("/cleanup", response_model=CleanupReport)
-async def cleanup(sessions: Sessions, stale_days: int = 30) -> CleanupReport:
-    return await sessions.cleanup_inactive_sessions_from_database(stale_days=max(1, stale_days))
+async def cleanup(sessions: Sessions, stale_days: Annotated[int, Query(ge=1, le=36500)] = 30) -> CleanupReport:
+    return await sessions.cleanup_inactive_sessions_from_database(stale_days=stale_days)
 
 
 @router.post("/sync", response_model=list[SyncChange])

@@ -294,6 +294,30 @@ class Inbox:
         )
         return outgoing, plain(message)
 
+    async def pending_reply(self, message_id: uuid.UUID) -> OutgoingReply | None:
+        """A stored reply still waiting to be sent (forwarded here by the process that stored it)."""
+        row = await driver(self.db).fetchrow(
+            """
+            SELECT m.content, m.session_id, c.whatsapp_session_id, k.wa_id
+              FROM messages m
+              JOIN chat_sessions c ON c.tenant_id = m.tenant_id AND c.id = m.session_id AND c.channel = 'whatsapp'
+              JOIN contacts k ON k.tenant_id = c.tenant_id AND k.id = c.contact_id
+             WHERE m.tenant_id = $1 AND m.id = $2 AND m.delivery_status = 'pending'
+            """,
+            self.principal.tenant_id,
+            message_id,
+        )
+        if row is None:
+            return None
+        return OutgoingReply(
+            self.principal.tenant_id,
+            message_id,
+            row["session_id"],
+            row["whatsapp_session_id"],
+            row["wa_id"],
+            row["content"],
+        )
+
     async def bot_reply_ready(self, conversation_id: uuid.UUID, message_id: uuid.UUID) -> OutgoingReply | None:
         """The bot finished a reply in a WhatsApp conversation: mark it to be sent, say where to."""
         row = await driver(self.db).fetchrow(

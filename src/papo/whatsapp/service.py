@@ -28,11 +28,12 @@ from papo.assistants.service import KeyBox
 from papo.auth.service import SERVICE_ROLE, Principal
 from papo.chat.service import ChatService
 from papo.db.base import new_id
-from papo.db.engine import Database, driver
+from papo.db.engine import Database, application_name, driver
 from papo.errors import Conflict, InvalidInput, NotFound
 from papo.ops.metrics import WHATSAPP_MESSAGES
 from papo.realtime.service import emit
 from papo.settings import Settings
+from papo.waiting import wake_or_timeout
 from papo.whatsapp.inbox import DEFAULT_HANDOFF_WORDS, Inbox, OutgoingReply, Received
 from papo.whatsapp.models import WhatsappSession
 from papo.whatsapp.schemas import CleanupReport, SessionCreate, SessionOut, SessionPatch, SessionStats, SyncChange
@@ -124,7 +125,9 @@ class WhatsappHub:
         """The connection that holds this process's session locks and hears lifecycle commands."""
         if self.owner_dsn is None or (self.owner is not None and not self.owner.is_closed()):
             return
-        self.owner = await asyncpg.connect(self.owner_dsn, server_settings={"application_name": OWNER_NAME})
+        self.owner = await asyncpg.connect(
+            self.owner_dsn, server_settings={"application_name": application_name(OWNER_NAME)}
+        )
         await self.owner.add_listener(COMMAND_CHANNEL, self._commanded)
         self.owner.add_termination_listener(self._owner_lost)
 
@@ -168,14 +171,41 @@ class WhatsappHub:
             assert self.owner is not None
             await self.owner.execute("SELECT pg_notify($1, $2)", COMMAND_CHANNEL, payload)
 
+    async def _forward_send(self, key: SessionKey, message_id: uuid.UUID) -> bool:
+        """Hand a stored reply to the process running its number; False when none runs it."""
+        if await self._claim(key):  # nobody held the number: it runs nowhere
+            if key not in self.live:
+                await self._release(key)
+            return False
+        payload = json.dumps(
+            {"tenant": str(key.tenant_id), "session": str(key.session_id), "action": "send", "message": str(message_id)}
+        )
+        async with self.owner_lock:
+            assert self.owner is not None
+            await self.owner.execute("SELECT pg_notify($1, $2)", COMMAND_CHANNEL, payload)
+        return True
+
+    async def _send_stored(self, key: SessionKey, message_id: uuid.UUID) -> None:
+        principal = service_principal(key.tenant_id)
+        async with self.db.transaction(principal.context()) as session:
+            reply = await Inbox(session, principal).pending_reply(message_id)
+        if reply is not None:
+            await self.send(reply)
+
     def _commanded(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
         try:
             message = json.loads(payload)
             key = SessionKey(uuid.UUID(message["tenant"]), uuid.UUID(message["session"]))
+            action = str(message.get("action"))
+            forwarded = uuid.UUID(message["message"]) if action == "send" else None
         except (ValueError, KeyError, TypeError):
             return
-        if key in self.owned:
-            self._background(self._perform(key, str(message.get("action"))))
+        if key not in self.owned:
+            return
+        if forwarded is not None:
+            self._background(self._send_stored(key, forwarded))
+        else:
+            self._background(self._perform(key, action))
 
     async def _perform(self, key: SessionKey, action: str) -> None:
         if action == "restart":
@@ -317,11 +347,14 @@ class WhatsappHub:
                 if row is None or not row.is_active:
                     raise RuntimeError("the WhatsApp number was removed")
                 kind, config = row.transport, dict(row.config)
-            if self.memory_status(key) is not S.WORKING and kind != "cloud":
+            transport = self.transport(kind)
+            if not transport.sends_from_any_process and key not in self.live:
+                if await self._forward_send(key, reply.message_id):
+                    return  # the owner sends it and records the outcome
                 raise RuntimeError("the WhatsApp number is not connected")
-            external_id = await self.transport(kind).send_text(
-                key, self.open_config(config), reply.to_wa_id, reply.text
-            )
+            if self.memory_status(key) is not S.WORKING and not transport.sends_from_any_process:
+                raise RuntimeError("the WhatsApp number is not connected")
+            external_id = await transport.send_text(key, self.open_config(config), reply.to_wa_id, reply.text)
         except Exception as exc:
             error = str(exc) or exc.__class__.__name__
             log.warning("whatsapp send failed", message=str(reply.message_id), error=error)
@@ -336,8 +369,7 @@ class WhatsappHub:
         """Work off queued webhook deliveries (from any process): a sender's deliveries in order,
         different senders side by side; each row deleted once handled, claimed again if not."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.ingest_ready.wait(), timeout=INGEST_POLL_SECONDS)
+            await wake_or_timeout(self.ingest_ready, INGEST_POLL_SECONDS)
             self.ingest_ready.clear()
             try:
                 while await self._ingest_batch(handle):

@@ -30,7 +30,8 @@ router = APIRouter(prefix="/api/v1/whatsapp/webhook", tags=["whatsapp"])
 
 
 class NotConfigured(DomainError):
-    status, slug, title = 503, "not-configured", "Not configured"
+    # an integration the operator did not set up does not exist, as far as callers can tell
+    status, slug, title = 404, "not-configured", "Not configured"
 
 
 @router.get("", response_class=Response)

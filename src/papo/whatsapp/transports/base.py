@@ -50,6 +50,9 @@ class Transport(ABC):
     """One kind of WhatsApp connection (neonize, Cloud API, or the test fake)."""
 
     kind: str
+    # A Cloud API number sends over HTTP from any process; a paired device only from the process
+    # that holds its connection, so other processes forward its sends there.
+    sends_from_any_process: bool = False
 
     def __init__(self, store_dir: Path) -> None:
         self.store_dir = store_dir  # where this transport keeps per-session credentials

@@ -19,6 +19,7 @@ class CloudApiError(RuntimeError):
 
 class CloudTransport(Transport):
     kind = "cloud"
+    sends_from_any_process = True
 
     def __init__(self, store_dir: Path, http: httpx.AsyncClient, graph_url: str) -> None:
         super().__init__(store_dir)
