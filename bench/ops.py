@@ -30,9 +30,23 @@ from papo.db.engine import Database
 from run import HOST, BenchServer, verdict
 
 ON_PORT, OFF_PORT = 8731, 8732
-OPS_OFF = {"PAPO_METRICS_ENABLED": "false", "PAPO_ACCESS_LOG": "false", "PAPO_RATE_LIMITS_ENABLED": "false"}
-# High enough that no request is refused: the cost measured is the check, not a 429.
-GENEROUS_LIMITS = {"PAPO_RATE_LIMIT_USER_MESSAGES_PER_MINUTE": "100000000", "PAPO_ACCESS_LOG": "true"}
+# Background work that is not under test stays off in both, so neither server does the other's.
+COMMON = {"PAPO_SENTIMENT_ENABLED": "false"}
+OPS_OFF = {
+    **COMMON,
+    "PAPO_METRICS_ENABLED": "false",
+    "PAPO_ACCESS_LOG": "false",
+    "PAPO_RATE_LIMITS_ENABLED": "false",
+}
+PARTS = {"metrics": {"PAPO_METRICS_ENABLED"}, "logs": {"PAPO_ACCESS_LOG"}, "limits": {"PAPO_RATE_LIMITS_ENABLED"}}
+# Production logging (JSON access lines at INFO); limits high enough that none refuses: the cost
+# measured is the shared check itself, not a 429.
+OPS_ON = {
+    **COMMON,
+    "PAPO_LOG_LEVEL": "INFO",
+    "PAPO_LOG_JSON": "true",
+    "PAPO_RATE_LIMIT_USER_MESSAGES_PER_MINUTE": "100000000",
+}
 
 
 Load = tuple[int, Callable[[int], bytes], Callable[[int], bool]]  # port, request maker, expected status
@@ -60,7 +74,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each measurement")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--only", choices=["metrics", "logs", "limits"], help="switch on only this one of the three (to see its share)"
+    )
     args = parser.parse_args()
+    on = dict(OPS_ON)
+    if args.only:
+        on |= {key: value for key, value in OPS_OFF.items() if key not in PARTS[args.only]}
     server = BenchServer("ops")
     print(f"papo operations benchmark — {os.cpu_count()} cores, PostgreSQL embedded, {time.strftime('%Y-%m-%d %H:%M')}")
     try:
@@ -80,18 +100,18 @@ async def main() -> None:
             role="member",
             ttl_seconds=3600,
         )
-        await server.serve(ON_PORT, **GENEROUS_LIMITS)
-        await server.serve(OFF_PORT, **OPS_OFF)
+        await server.serve(ON_PORT, quiet=True, **on)
+        await server.serve(OFF_PORT, quiet=True, **OPS_OFF)
         auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         async with httpx.AsyncClient(base_url=f"http://{HOST}:{ON_PORT}", headers=auth, timeout=30) as http:
-            sessions = [
-                (await http.post("/api/v1/sessions", json={"title": f"ops {i}"})).json()["id"] for i in range(100)
-            ]
+            sessions = []
+            for index in range(100):
+                created = await http.post("/api/v1/sessions", json={"title": f"ops {index}"})
+                assert created.status_code == 201, created.text
+                sessions.append(created.json()["id"])
             history = sessions[0]
             for n in range(60):
                 await http.post(f"/api/v1/sessions/{history}/messages", json={"content": f"mensagem {n}"})
-            page = await http.get(f"/api/v1/sessions/{history}/messages?limit=50")
-            etag = page.headers["etag"]
 
         body = json.dumps({"content": "Olá! Preciso de ajuda com o pedido 1234, por favor."}).encode()
 
@@ -111,6 +131,8 @@ async def main() -> None:
         print(verdict(overhead < 0.10 and on.errors == 0, f"overhead {overhead * 100:.1f} % (target < 10 %)"))
 
         print(f"\n2. History page (50 messages), cached vs uncached ({args.connections} connections)")
+        async with httpx.AsyncClient(base_url=f"http://{HOST}:{ON_PORT}", headers=auth, timeout=30) as http:
+            etag = (await http.get(f"/api/v1/sessions/{history}/messages?limit=50")).headers["etag"]
         read = {"Authorization": f"Bearer {token}"}
         path = f"/api/v1/sessions/{history}/messages?limit=50"
 

@@ -196,13 +196,19 @@ class BenchServer:
             "PAPO_DATA_DIR": str(self.settings.data_dir),
             "PAPO_LOG_LEVEL": "WARNING",
             "PAPO_PORT": str(port),
+            # one issuer for every server of the run, so tokens made from self.settings work on all
+            "PAPO_PUBLIC_URL": self.settings.issuer,
             **extra,
         }
 
-    async def serve(self, port: int, **extra_env: str) -> asyncio.subprocess.Process:
-        """`papo serve` on `port` (PAPO_* settings in `extra_env`), once it answers /healthz."""
+    async def serve(self, port: int, *, quiet: bool = False, **extra_env: str) -> asyncio.subprocess.Process:
+        """`papo serve` on `port` (PAPO_* settings in `extra_env`), once it answers /healthz; `quiet`
+        sends its logs nowhere (they are still produced: their cost is part of what is measured)."""
         process = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).parent / "papo"), "serve", env=self.env(port, **extra_env)
+            str(Path(sys.executable).parent / "papo"),
+            "serve",
+            env=self.env(port, **extra_env),
+            stderr=asyncio.subprocess.DEVNULL if quiet else None,
         )
         self.processes.append(process)
         await wait_healthy(port, process)

@@ -100,7 +100,7 @@ def create_app(
             signing_key = SigningKey.load(settings)
             verifier = TokenVerifier(settings, signing_key, http)
             keys = KeyBox(settings)
-            limiter = RateLimiter.from_settings(settings, db)
+            limiter = RateLimiter.from_settings(settings, listen_dsn)
             replies = ReplyManager(db, settings, keys, hub)
             oidc = OidcClients(http, settings, keys.secret)
             whatsapp = WhatsappHub(db, settings, load_transports(settings, http), keys, replies)

@@ -14,10 +14,9 @@ import pytest
 import redis.asyncio as redis
 
 from papo.auth.models import Role
-from papo.db.engine import Database
 from papo.ops.ratelimit import Backend, Limit, PostgresBackend, RateLimiter, RedisBackend
 from papo.settings import Settings
-from tests.conftest import ProvisionedDatabase
+from tests.conftest import ProvisionedDatabase, plain_dsn
 from tests.support import create_session
 
 REDIS_URL = os.environ.get("PAPO_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -27,17 +26,13 @@ REDIS_URL = os.environ.get("PAPO_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 async def backends(request: pytest.FixtureRequest, database: ProvisionedDatabase) -> Any:
     """Two independent backend clients on one store, as two server processes would hold."""
     made: list[Backend] = []
-    pools: list[Database] = []
 
     def make() -> Backend:
-        if request.param == "redis":
-            backend: Backend = RedisBackend(REDIS_URL)
-        else:
-            pool = Database(database.app_url, pool_size=5)
-            pools.append(pool)
-            backend = PostgresBackend(pool)
+        backend: Backend = RedisBackend(REDIS_URL) if request.param == "redis" else PostgresBackend(dsn)
         made.append(backend)
         return backend
+
+    dsn = plain_dsn(database.app_url)
 
     if request.param == "redis":
         probe = redis.Redis.from_url(REDIS_URL)
@@ -48,8 +43,6 @@ async def backends(request: pytest.FixtureRequest, database: ProvisionedDatabase
     yield make
     for backend in made:
         await backend.close()
-    for pool in pools:
-        await pool.dispose()
 
 
 async def test_budget_is_shared_and_exact_under_concurrency(backends: Any) -> None:
@@ -73,6 +66,25 @@ async def test_budget_is_shared_and_exact_under_concurrency(backends: Any) -> No
     assert peek is not None and peek.allowed and peek.remaining == 20
     spent = await second.check("burst", other)
     assert spent is not None and spent.remaining == 19
+
+
+async def test_busy_keys_lease_units_and_never_exceed_the_limit(backends: Any) -> None:
+    limit = Limit("busy", 200, 60.0)  # leases of 10 units for a key in use
+    first = RateLimiter(backends(), {"busy": limit})
+    second = RateLimiter(backends(), {"busy": limit})
+    identity = f"key:{uuid.uuid4()}"
+
+    async def hammer(limiter: RateLimiter) -> int:
+        allowed = 0
+        for _ in range(150):
+            decision = await limiter.check("busy", identity)
+            allowed += bool(decision and decision.allowed)
+        return allowed
+
+    counts = await asyncio.gather(hammer(first), hammer(second))
+    assert sum(counts) <= 200  # the shared bucket gave out no more than the limit
+    assert sum(counts) >= 200 - 2 * 9  # at most one unspent lease per process is lost
+    assert min(counts) > 0
 
 
 async def test_allowance_refills_with_time(backends: Any) -> None:

@@ -8,16 +8,16 @@ import itertools
 import uuid
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from svix.webhooks import Webhook, WebhookVerificationError
 
-from papo.app import create_app
 from papo.auth.models import Role
 from papo.errors import InvalidInput
 from papo.realtime.service import Event
-from papo.settings import Settings
 from papo.webhooks.service import check_target, payload_for
+from tests.conftest import ProvisionedDatabase, plain_dsn
 from tests.support import Member, WebhookReceiver, create_session, send
 
 HOOKS = "/api/v1/webhooks"
@@ -111,22 +111,32 @@ async def test_retries_with_backoff_then_replay(client: httpx.AsyncClient, make_
     assert again[3].headers["webhook-id"] != received[0].headers["webhook-id"]
 
 
-async def test_gives_up_after_the_window(settings: Settings, make_tenant: Any) -> None:
-    application = create_app(settings.model_copy(update={"webhook_retry_hours": 0.5 / 3600}))
+async def test_gives_up_after_the_window(
+    client: httpx.AsyncClient, make_tenant: Any, database: ProvisionedDatabase
+) -> None:
     receiver = WebhookReceiver()
-    receiver.answers = [500] * 100
-    tenant = await make_tenant("Down")
-    admin = await tenant.member(Role.admin)
-    async with (
-        application.router.lifespan_context(application),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://papo.test") as http,
-    ):
-        hook = await subscribe(http, admin, receiver.url, "session.created")
-        await http.post(f"{HOOKS}/{hook['id']}/test", headers=admin.headers)
-        (row,) = await settled_log(http, admin, hook["id"], 1)
+    receiver.answers = [500] * 1000
+    admin = await (await make_tenant("Down")).member(Role.admin)
+    hook = await subscribe(client, admin, receiver.url, "session.created")
+    await client.post(f"{HOOKS}/{hook['id']}/test", headers=admin.headers)
+    await receiver.wait_for(1)
+    # A day goes by (the delivery is older than the window), and the next attempt fails too.
+    owner = await asyncpg.connect(plain_dsn(database.owner_url))
+    try:
+        await owner.execute(
+            "UPDATE webhook_deliveries SET created_at = now() - interval '25 hours', next_attempt_at = now() "
+            "WHERE endpoint_id = $1",
+            uuid.UUID(hook["id"]),
+        )
+    finally:
+        await owner.close()
+    (row,) = await settled_log(client, admin, hook["id"], 1)
     assert row["status"] == "failed"
     assert row["attempts"] >= 2
     assert row["last_error"].startswith("HTTP 500")
+    attempts = len(receiver.received)
+    await asyncio.sleep(0.5)
+    assert len(receiver.received) == attempts  # given up: no more attempts
 
 
 async def test_bad_subscriptions_are_refused(client: httpx.AsyncClient, make_tenant: Any) -> None:

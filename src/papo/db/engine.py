@@ -186,13 +186,6 @@ class Database:
                 if not ended_cleanly:
                     await connection.invalidate()
 
-    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record:
-        """One statement on its own (it commits by itself), outside any unit of work."""
-        async with self.engine.connect() as connection:
-            raw = await connection.get_raw_connection()
-            asyncpg_connection: asyncpg.Connection = raw.driver_connection
-            return await asyncpg_connection.fetchrow(query, *args)
-
     async def verify_runtime_role(self) -> None:
         """Refuse to serve through a role that row-level security would not bind."""
         async with self.engine.connect() as connection:

@@ -11,16 +11,20 @@ draft's fields); a refusal is a 429 problem with Retry-After."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import asyncpg
 from starlette.requests import HTTPConnection, Request
 
 from papo.auth.service import Principal
-from papo.db.engine import Database
-from papo.errors import QuotaExceeded
+from papo.db.engine import application_name
+from papo.db.errors import database_unreachable
+from papo.errors import DatabaseUnavailable, QuotaExceeded
 from papo.ops.metrics import RATE_LIMITED
 from papo.settings import Settings
 
@@ -86,17 +90,42 @@ class Backend(Protocol):
 
 
 class PostgresBackend:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    """Checks on a small asyncpg pool of their own: one statement that commits by itself, on the hot
+    path of every message, so no unit of work and no ORM session around it."""
+
+    def __init__(self, dsn: str, *, pool_size: int = 4) -> None:
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self.pool: asyncpg.Pool | None = None
+        self.opening = asyncio.Lock()
+
+    async def _pool(self) -> asyncpg.Pool:
+        if self.pool is None:
+            async with self.opening:
+                if self.pool is None:
+                    self.pool = await asyncpg.create_pool(
+                        self.dsn,
+                        min_size=1,
+                        max_size=self.pool_size,
+                        server_settings={"application_name": application_name("papo-limits")},
+                    )
+        return self.pool
 
     async def gcra(self, key: bytes, interval: float, period: float, consume: bool) -> tuple[bool, float, float]:
-        row = await self.db.fetchrow(
-            "SELECT allowed, tat, now_epoch FROM papo_rate_limit($1, $2, $3, $4)", key, interval, period, consume
-        )
+        pool = await self._pool()
+        try:
+            row = await pool.fetchrow(
+                "SELECT allowed, tat, now_epoch FROM papo_rate_limit($1, $2, $3, $4)", key, interval, period, consume
+            )
+        except Exception as exc:
+            if database_unreachable(exc):
+                raise DatabaseUnavailable from exc
+            raise
         return bool(row["allowed"]), float(row["tat"]), float(row["now_epoch"])
 
     async def close(self) -> None:
-        return None
+        if self.pool is not None:
+            await self.pool.close()
 
 
 # The same algorithm as papo_rate_limit() (migration 0015), atomic as one script, on Redis's clock.
@@ -152,33 +181,75 @@ def configured_limits(settings: Settings) -> dict[str, Limit]:
     return {limit.name: limit for limit in wanted if limit.count > 0}
 
 
+@dataclass
+class Lease:
+    units: int  # taken from the shared bucket, not yet spent
+    expires: float  # monotonic; units left after this are dropped
+    taken: float  # when this key last went to the shared bucket
+    decision: Decision  # what that trip answered (the headers of the leased requests)
+
+
+LEASE_SECONDS = 1.0
+LEASE_SHARE = 20  # a lease is at most a twentieth of the allowance
+LEASE_MAX = 20
+MAX_LEASES = 10_000
+
+
 class RateLimiter:
     def __init__(self, backend: Backend, limits: dict[str, Limit], *, enabled: bool = True) -> None:
         self.backend = backend
         self.limits = limits
         self.enabled = enabled
+        self.leases: dict[bytes, Lease] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings, db: Database) -> RateLimiter:
-        backend: Backend = RedisBackend(settings.redis_url) if settings.redis_url else PostgresBackend(db)
+    def from_settings(cls, settings: Settings, dsn: str) -> RateLimiter:
+        """`dsn`: the runtime role's plain connection string (used when no Redis is configured)."""
+        backend: Backend = RedisBackend(settings.redis_url) if settings.redis_url else PostgresBackend(dsn)
         return cls(backend, configured_limits(settings), enabled=settings.rate_limits_enabled)
 
     async def check(self, name: str, identity: str, *, consume: bool = True) -> Decision | None:
         """Spend one unit of `name` for `identity` (or, with consume=False, only look whether one is
-        left). None when that limit is switched off."""
+        left). None when that limit is switched off.
+
+        A key used again within LEASE_SECONDS is busy: its next trip to the shared bucket takes a
+        few units at once and this process spends them locally, so a fast sender costs one round
+        trip per few requests. The units come out of the shared bucket first, so no process can
+        ever let more through than the limit; a busy key may lose the few it leased and did not
+        use (at most 1/LEASE_SHARE of its allowance)."""
         limit = self.limits.get(name)
         if limit is None or not self.enabled:
             return None
         key = hashlib.sha256(f"{name}\x00{identity}".encode()).digest()[:20]
-        allowed, tat, now = await self.backend.gcra(key, limit.interval, limit.period, consume)
+        clock = time.monotonic()
+        lease = self.leases.get(key)
+        if consume and lease is not None and lease.units > 0 and clock < lease.expires:
+            lease.units -= 1
+            return lease.decision
+        busy = consume and lease is not None and clock - lease.taken < LEASE_SECONDS
+        size = max(1, min(LEASE_MAX, limit.count // LEASE_SHARE)) if busy else 1
+        allowed, tat, now = await self.backend.gcra(key, limit.interval * size, limit.period, consume)
+        if not allowed and size > 1:  # not enough left for a lease: one unit, if that
+            size = 1
+            allowed, tat, now = await self.backend.gcra(key, limit.interval, limit.period, consume)
         ahead = max(0.0, tat - now)  # how far the bucket's arrival time runs ahead of the clock
-        return Decision(
+        decision = Decision(
             limit,
             allowed,
             remaining=max(0, min(limit.count, math.floor((limit.period - ahead) / limit.interval + 1e-9))),
             reset_seconds=ahead,
             retry_after_seconds=0.0 if allowed else max(0.0, ahead + limit.interval - limit.period),
         )
+        if consume:
+            units = size - 1 if allowed else 0
+            self.leases[key] = Lease(units, clock + LEASE_SECONDS, clock, decision)
+            if len(self.leases) > MAX_LEASES:
+                self._forget_old_leases(clock)
+        return decision
+
+    def _forget_old_leases(self, clock: float) -> None:
+        for key in [k for k, lease in self.leases.items() if clock - lease.taken >= LEASE_SECONDS]:
+            del self.leases[key]
 
     async def enforce(
         self, connection: HTTPConnection | None, name: str, identity: str, *, consume: bool = True

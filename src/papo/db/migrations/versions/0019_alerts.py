@@ -47,7 +47,9 @@ CREATE FUNCTION papo_alert_signals(p_window_seconds double precision)
   LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public
   AS $$
     SELECT 'ai_failures', 'ai_failures', count(*)::double precision,
-           count(*) || ' AI replies failed in the last ' || round(p_window_seconds / 60) || ' min'
+           count(*) || ' AI replies failed in the last '
+           || CASE WHEN p_window_seconds < 120 THEN round(p_window_seconds) || ' s'
+                   ELSE round(p_window_seconds / 60) || ' min' END
       FROM messages
      WHERE reply_state = 'failed' AND updated_at > now() - make_interval(secs => p_window_seconds)
     UNION ALL
