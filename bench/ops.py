@@ -43,6 +43,7 @@ PARTS = {"metrics": {"PAPO_METRICS_ENABLED"}, "logs": {"PAPO_ACCESS_LOG"}, "limi
 # measured is the shared check itself, not a 429.
 OPS_ON = {
     **COMMON,
+    "PAPO_RATE_LIMITS_ENABLED": "true",
     "PAPO_LOG_LEVEL": "INFO",
     "PAPO_LOG_JSON": "true",
     "PAPO_RATE_LIMIT_USER_MESSAGES_PER_MINUTE": "100000000",

@@ -198,6 +198,9 @@ class BenchServer:
             "PAPO_PORT": str(port),
             # one issuer for every server of the run, so tokens made from self.settings work on all
             "PAPO_PUBLIC_URL": self.settings.issuer,
+            # one load generator is one user sending hundreds of messages a second: the per-user
+            # limits would refuse it; bench/ops.py switches them on to measure what they cost
+            "PAPO_RATE_LIMITS_ENABLED": "false",
             **extra,
         }
 
