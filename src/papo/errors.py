@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import structlog
@@ -91,17 +91,23 @@ class NotModified(Exception):
 _UNSTORABLE_SQLSTATES = frozenset({"22021", "22P05", "22P02"})
 
 
+def causes(exc: BaseException, depth: int = 5) -> Iterator[BaseException]:
+    """`exc` and what it wraps: a DBAPI error's driver error (`orig`), else its `__cause__`."""
+    seen: BaseException | None = exc
+    for _ in range(depth):
+        if seen is None:
+            return
+        yield seen
+        seen = getattr(seen, "orig", None) or seen.__cause__
+
+
 def unstorable_text(exc: BaseException) -> bool:
     """Input text that no column can hold: NUL characters, or unpaired UTF-16 surrogates (which a
     JSON body may carry as escapes but UTF-8 cannot encode)."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return False
-        if isinstance(seen, UnicodeEncodeError) or getattr(seen, "sqlstate", None) in _UNSTORABLE_SQLSTATES:
-            return True
-        seen = getattr(seen, "orig", None) or seen.__cause__
-    return False
+    return any(
+        isinstance(seen, UnicodeEncodeError) or getattr(seen, "sqlstate", None) in _UNSTORABLE_SQLSTATES
+        for seen in causes(exc)
+    )
 
 
 UNSTORABLE_TEXT = "The request contains text that cannot be stored (a NUL character or an unpaired surrogate)."

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import asyncpg
 from sqlalchemy.exc import DBAPIError
 
-from papo.errors import NotFound
+from papo.errors import NotFound, causes
 
 NO_DATA_FOUND = "P0002"  # raised by papo's triggers when the parent row is not visible
 INSUFFICIENT_PRIVILEGE = "42501"  # includes "new row violates row-level security policy"
@@ -20,21 +20,18 @@ _UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
 
 def database_unreachable(exc: BaseException) -> bool:
     """Whether `exc` (or what it wraps) says the database connection is gone or refused."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return False
-        if isinstance(seen, asyncpg.PostgresConnectionError | asyncpg.InternalClientError | ConnectionError):
-            return True
-        if isinstance(seen, asyncpg.InterfaceError) and "connection is closed" in str(seen):
-            return True
-        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
-            return True
-        state = getattr(seen, "sqlstate", None)
-        if isinstance(state, str) and state.startswith(_UNREACHABLE_SQLSTATES):
-            return True
-        seen = getattr(seen, "orig", None) or seen.__cause__
-    return False
+    return any(_connection_lost(seen) for seen in causes(exc))
+
+
+def _connection_lost(seen: BaseException) -> bool:
+    if isinstance(seen, asyncpg.PostgresConnectionError | asyncpg.InternalClientError | ConnectionError):
+        return True
+    if isinstance(seen, asyncpg.InterfaceError) and "connection is closed" in str(seen):
+        return True
+    if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+        return True
+    state = getattr(seen, "sqlstate", None)
+    return isinstance(state, str) and state.startswith(_UNREACHABLE_SQLSTATES)
 
 
 def sqlstate(exc: DBAPIError) -> str | None:

@@ -28,7 +28,7 @@ import httpx
 import structlog
 
 from papo.db.engine import Database, driver
-from papo.ops.metrics import ALERTS_SENT
+from papo.ops.metrics import ALERTS_SENT, OPERATIONAL_COUNTS_SQL
 from papo.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -124,10 +124,7 @@ class Alerts:
         for row in await connection.fetch("SELECT * FROM papo_alert_signals($1)", s.alert_window_minutes * 60.0):
             threshold = s.alert_ai_failures if row["rule"] == "ai_failures" else 1
             found.append(Signal(row["key"], row["rule"], row["value"] >= threshold, row["value"], row["summary"]))
-        queues = await connection.fetch(
-            "SELECT metric, label, value FROM papo_ops_snapshot() UNION ALL SELECT * FROM papo_outbox_backlog() "
-            "UNION ALL SELECT * FROM papo_webhook_backlog()"
-        )
+        queues = await connection.fetch(OPERATIONAL_COUNTS_SQL)
         for row in queues:
             if row["metric"] == "queue_depth":
                 firing = row["value"] >= s.alert_queue_backlog

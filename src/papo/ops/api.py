@@ -68,10 +68,7 @@ async def scrape(request: Request) -> Response:
 
 async def database_gauges(state: AppState) -> metrics.DatabaseGauges:
     async with state.db.transaction() as session:
-        rows = await driver(session).fetch(
-            "SELECT metric, label, value FROM papo_ops_snapshot() UNION ALL SELECT * FROM papo_outbox_backlog() "
-            "UNION ALL SELECT * FROM papo_webhook_backlog()"
-        )
+        rows = await driver(session).fetch(metrics.OPERATIONAL_COUNTS_SQL)
 
     def samples(metric: str) -> list[tuple[tuple[str, ...], float]]:
         return [((str(row["label"]),), float(row["value"])) for row in rows if row["metric"] == metric]

@@ -60,6 +60,14 @@ WEBHOOK_ATTEMPTS = Counter("papo_webhook_attempts_total", "Outbound webhook atte
 ALERTS_SENT = Counter("papo_alerts_sent_total", "Alert notifications sent", ["rule", "state", "channel"])
 
 
+# What the database knows about the work in progress, for a scrape and for the alert rules: WhatsApp
+# sessions by status, and depth/age of each queue (definer functions, numbers only).
+OPERATIONAL_COUNTS_SQL = (
+    "SELECT metric, label, value FROM papo_ops_snapshot() "
+    "UNION ALL SELECT * FROM papo_outbox_backlog() UNION ALL SELECT * FROM papo_webhook_backlog()"
+)
+
+
 def multiprocess() -> bool:
     return bool(os.environ.get(MULTIPROCESS_ENV))
 

@@ -166,10 +166,7 @@ class WhatsappHub:
         if await self._claim(key):
             await self._perform(key, action)
             return
-        payload = json.dumps({"tenant": str(key.tenant_id), "session": str(key.session_id), "action": action})
-        async with self.owner_lock:
-            assert self.owner is not None
-            await self.owner.execute("SELECT pg_notify($1, $2)", COMMAND_CHANNEL, payload)
+        await self._tell_owner(key, action)
 
     async def _forward_send(self, key: SessionKey, message_id: uuid.UUID) -> bool:
         """Hand a stored reply to the process running its number; False when none runs it."""
@@ -177,12 +174,7 @@ class WhatsappHub:
             if key not in self.live:
                 await self._release(key)
             return False
-        payload = json.dumps(
-            {"tenant": str(key.tenant_id), "session": str(key.session_id), "action": "send", "message": str(message_id)}
-        )
-        async with self.owner_lock:
-            assert self.owner is not None
-            await self.owner.execute("SELECT pg_notify($1, $2)", COMMAND_CHANNEL, payload)
+        await self._tell_owner(key, "send", message=str(message_id))
         return True
 
     async def _send_stored(self, key: SessionKey, message_id: uuid.UUID) -> None:
@@ -191,6 +183,13 @@ class WhatsappHub:
             reply = await Inbox(session, principal).pending_reply(message_id)
         if reply is not None:
             await self.send(reply)
+
+    async def _tell_owner(self, key: SessionKey, action: str, **extra: str) -> None:
+        """NOTIFY the process that holds `key` (see `_commanded`); it acts if it still owns it."""
+        payload = json.dumps({"tenant": str(key.tenant_id), "session": str(key.session_id), "action": action, **extra})
+        async with self.owner_lock:
+            assert self.owner is not None
+            await self.owner.execute("SELECT pg_notify($1, $2)", COMMAND_CHANNEL, payload)
 
     def _commanded(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
         try:
