@@ -160,7 +160,8 @@ async def main() -> None:
             issue_token(settings, key, tenant_id=tenant.id, user_id=u, role="member", ttl_seconds=3600)[0]
             for u in users
         ]
-        await server.serve(PAPO_PORT, PAPO_DB_POOL_SIZE="20")
+        # the fake provider listens on loopback, which tenants may not reach unless the operator says so
+        await server.serve(PAPO_PORT, PAPO_DB_POOL_SIZE="20", PAPO_OUTBOUND_ALLOWED_TARGETS=HOST)
         async with httpx.AsyncClient(base_url=f"http://{HOST}:{PAPO_PORT}", timeout=30) as http:
             created = await http.post(
                 "/api/v1/assistants",

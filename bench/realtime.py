@@ -139,7 +139,7 @@ async def main() -> None:
             issue_token(settings, key, tenant_id=tenant.id, user_id=u, role="member", ttl_seconds=3600)[0]
             for u in users
         ]
-        await server.serve(PAPO_PORT, PAPO_REALTIME_QUEUE_SIZE="100000")
+        await server.serve(PAPO_PORT, PAPO_REALTIME_QUEUE_SIZE="100000", PAPO_REALTIME_MAX_STREAMS_PER_USER="0")
         server.processes.append(
             await asyncio.create_subprocess_exec(
                 sys.executable,

@@ -31,6 +31,8 @@ import httpx
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(0, str(BENCH_DIR.parent))
+from tests.support import FakeGraphApi  # noqa: E402
+
 from papo.auth import service as auth_service  # noqa: E402
 from papo.auth.models import Role  # noqa: E402
 from papo.auth.tokens import SigningKey, issue_token  # noqa: E402
@@ -117,6 +119,8 @@ def delivery(number: str, index: int) -> bytes:
 async def ingestion(messages: int, concurrency: int) -> tuple[float, list[float]]:
     server = BenchServer("wa")
     settings, location = server.settings, server.location
+    # Inbound is routed only to a number the Graph API verified: a local Graph double does that.
+    graph = FakeGraphApi()
     try:
         await server.migrate()
         db = Database(location.app_url, pool_size=2)
@@ -130,7 +134,7 @@ async def ingestion(messages: int, concurrency: int) -> tuple[float, list[float]
         await server.serve(
             PAPO_PORT,
             PAPO_WHATSAPP_APP_SECRET=SECRET,
-            PAPO_WHATSAPP_GRAPH_URL=f"http://{HOST}:9/unreachable",
+            PAPO_WHATSAPP_GRAPH_URL=graph.url,
             PAPO_DB_POOL_SIZE="20",
         )
         base = f"http://{HOST}:{PAPO_PORT}"
@@ -141,10 +145,17 @@ async def ingestion(messages: int, concurrency: int) -> tuple[float, list[float]
                 json={
                     "name": "bench",
                     "transport": "cloud",
-                    "config": {"phone_number_id": number, "access_token": "x"},
+                    "config": {"phone_number_id": number, "access_token": graph.access_token},
                 },
             )
             assert created.status_code == 201, created.text
+            for _ in range(100):
+                status = (await http.get(f"/api/v1/whatsapp/sessions/{created.json()['id']}")).json()["status"]
+                if status == "WORKING":
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError(f"the bench number never became WORKING (last status {status})")
         seen = 0
         all_seen = asyncio.Event()
         realtime = RealtimeClient(base, token)
@@ -180,6 +191,7 @@ async def ingestion(messages: int, concurrency: int) -> tuple[float, list[float]
         watcher.cancel()
         return messages / elapsed, latencies
     finally:
+        graph.close()
         await server.close()
 
 

@@ -25,7 +25,14 @@ from papo.auth import service as auth_service
 from papo.auth.models import Role
 from papo.db.engine import Database
 from papo.db.migrate import ensure_database, migrate
-from papo.db.server import app_role_password, async_url, derive_app_url, remove_tree, start_embedded
+from papo.db.server import (
+    app_role_password,
+    async_url,
+    default_app_role,
+    derive_app_url,
+    remove_tree,
+    start_embedded,
+)
 from papo.settings import Settings
 from papo.whatsapp.transports.base import SessionKey
 from tests.fake_openai import FakeOpenAI
@@ -60,6 +67,17 @@ def plain_dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+async def drop_database(admin_url: URL, name: str, role: str | None = None) -> None:
+    """Drop a database a test made, and the runtime role papo migrate made for it."""
+    admin = await asyncpg.connect(plain_dsn(admin_url))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if role:
+            await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
 def tmp_data_dir() -> Iterator[Path]:
     """A private directory for this run (not pytest's numbered temp area, whose clean-up of older runs
@@ -83,15 +101,13 @@ async def database(tmp_data_dir: Path) -> AsyncIterator[ProvisionedDatabase]:
         pgdata = tmp_data_dir.parent / "pgdata"
         embedded, server_url = start_embedded(pgdata, throwaway=True)
     owner_url = server_url.set(database=name)
-    app_url = derive_app_url(owner_url, "papo_app", app_role_password(tmp_data_dir))
+    # This run's own runtime role (papo_app_<database>), dropped with the database: a shared server's
+    # papo_app belongs to whoever installed papo there.
+    app_url = derive_app_url(owner_url, default_app_role(name), app_role_password(tmp_data_dir))
     await ensure_database(owner_url)
     await migrate(owner_url, app_url, create_app_role=True)
     yield ProvisionedDatabase(owner_url, app_url, server_url.set(database="postgres"))
-    admin = await asyncpg.connect(plain_dsn(server_url.set(database="postgres")))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await drop_database(server_url.set(database="postgres"), name, app_url.username)
     if embedded is not None:
         embedded.cleanup()
     if pgdata is not None:
@@ -148,7 +164,7 @@ def settings(
         max_message_bytes=32 * 1024,
         max_metadata_bytes=16 * 1024,
         metrics_token=METRICS_TOKEN,
-        webhook_allow_private_targets=True,  # receivers listen on 127.0.0.1
+        outbound_allowed_targets=["127.0.0.0/8"],  # fakes and receivers listen there: allowed explicitly
         webhook_first_retry_seconds=0.2,
         webhook_poll_seconds=0.2,
         alert_interval_seconds=3600,  # tests evaluate alerts themselves

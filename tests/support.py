@@ -14,7 +14,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 import jwt
+from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
@@ -336,7 +341,7 @@ class FakeGraphApi:
 # What every server process a test starts shares with the in-process test app: it works the same
 # queues (webhook deliveries to local receivers, alerts left to the tests).
 TEST_SERVER_ENV = {
-    "PAPO_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
+    "PAPO_OUTBOUND_ALLOWED_TARGETS": "127.0.0.0/8",  # fakes and receivers listen there
     "PAPO_WEBHOOK_FIRST_RETRY_SECONDS": "0.2",
     "PAPO_ALERT_INTERVAL_SECONDS": "3600",
 }
@@ -346,6 +351,21 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+class StaticResolver:
+    """DNS for papo.netguard from a table (name -> addresses), without touching /etc/hosts; a name
+    not in the table does not resolve. Tests may change the table between calls (rebinding)."""
+
+    def __init__(self, table: dict[str, list[str]] | None = None) -> None:
+        self.table = dict(table or {})
+        self.asked: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append(host)
+        if host not in self.table:
+            raise socket.gaierror(socket.EAI_NONAME, "name not known")
+        return list(self.table[host])
 
 
 async def start_server(settings: Settings, port: int, **extra_env: str) -> asyncio.subprocess.Process:
@@ -398,3 +418,32 @@ async def create_whatsapp_session(client: httpx.AsyncClient, admin: Member, name
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+class Mailbox:
+    """A real SMTP server's inbox (aiosmtpd): what papo sent, parsed."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+    def bodies_to(self, address: str) -> list[str]:
+        return [
+            str(m.get_payload(decode=True).decode())  # type: ignore[union-attr]
+            for m in self.messages
+            if address in str(m["To"])
+        ]
+
+
+@contextmanager
+def running_mailbox() -> Iterator[tuple[Mailbox, int]]:
+    box, port = Mailbox(), free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield box, port
+    finally:
+        controller.stop()

@@ -19,6 +19,7 @@ from papo.assistants.api import usage_router
 from papo.assistants.replies import ReplyManager
 from papo.assistants.service import KeyBox
 from papo.auth.api import router as auth_router
+from papo.auth.invitations import Accounts
 from papo.auth.oidc import OidcClients
 from papo.auth.tenant_cache import CHANNEL as TENANT_CHANNEL
 from papo.auth.tokens import SigningKey, TokenVerifier
@@ -81,6 +82,7 @@ def create_app(
             listen_dsn,
             poll_seconds=settings.realtime_poll_seconds,
             queue_size=settings.realtime_queue_size,
+            access_check_seconds=settings.realtime_access_check_seconds,
         )
         housekeeping: asyncio.Task[None] | None = None
         restoring: asyncio.Task[dict[str, int]] | None = None
@@ -118,8 +120,9 @@ def create_app(
                 oidc,
                 whatsapp,
                 limiter,
-                WebhookSender(db, settings, keys, http),
+                WebhookSender(db, settings, keys),  # its own client, through the outbound guard
                 Alerts(db, settings, http),
+                Accounts(settings, keys.secret),
             )
             app.state.papo = state
             hub.on_notify(TENANT_CHANNEL, state.tenants.notified)

@@ -14,19 +14,21 @@ import typer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from papo.assistants.service import KeyBox
 from papo.auth import service as auth_service
+from papo.auth.invitations import Accounts, CreatedInvitation
 from papo.auth.models import Role
 from papo.auth.service import Principal
 from papo.auth.tokens import SigningKey, issue_token
 from papo.chat.service import purge_deleted_sessions
 from papo.db.engine import Database, RlsContext, locate_database
-from papo.db.migrate import ensure_database, migrate
-from papo.errors import DomainError, NotFound
+from papo.db.migrate import AppRoleConflict, ensure_database, migrate
+from papo.errors import Conflict, DomainError, NotFound
 from papo.ops.logging import configure_logging
 from papo.ops.metrics import MULTIPROCESS_ENV, fresh_metrics_dir
 from papo.realtime.service import prune_events
 from papo.settings import Settings, get_settings
-from papo.whatsapp.service import import_legacy_sessions
+from papo.whatsapp.service import import_legacy_sessions, legacy_companies
 
 T = TypeVar("T")
 
@@ -88,7 +90,12 @@ async def apply_migrations(settings: Settings) -> None:
     try:
         if location.embedded is not None or settings.test_database_url:
             await ensure_database(location.owner_url)
-        await migrate(location.owner_url, location.app_url, create_app_role=not settings.app_database_url)
+        await migrate(
+            location.owner_url,
+            location.app_url,
+            create_app_role=not settings.app_database_url,
+            restrict_connect=settings.database_restrict_connect,
+        )
     finally:
         location.stop()
 
@@ -96,7 +103,10 @@ async def apply_migrations(settings: Settings) -> None:
 @app.command("migrate")
 def migrate_command() -> None:
     """Apply database migrations (creates the embedded database and the runtime role if needed)."""
-    asyncio.run(apply_migrations(_settings()))
+    try:
+        asyncio.run(apply_migrations(_settings()))
+    except AppRoleConflict as exc:
+        _fail(str(exc))
 
 
 @tenant_app.command("create")
@@ -128,16 +138,68 @@ def user_create(
     name: Annotated[str | None, typer.Option(help="Display name")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Create a user in a tenant (or add an existing one); prints the user id."""
+    """Create a new account in a tenant; prints the user id. An address that an account already uses
+    is not reused: an invitation is created instead, its link printed, and the exit status is 3."""
     settings = _settings()
-    context = RlsContext(_tenant_id(tenant), None, Role.owner.value)
+    tenant_id = _tenant_id(tenant)
+    context = RlsContext(tenant_id, None, Role.owner.value)
 
-    async def work(session: AsyncSession) -> tuple[str, bool]:
+    async def work(session: AsyncSession) -> tuple[str, bool] | CreatedInvitation:
         await _require_tenant(session)
-        return await auth_service.add_member(session, email=email, name=name, password=password, role=role)
+        try:
+            return await auth_service.add_member(session, email=email, name=name, password=password, role=role)
+        except Conflict:
+            return await _invite(settings, session, tenant_id, email, role)
 
-    user_id, created = _run_in_tenant(settings, context, work)
+    outcome = _run_in_tenant(settings, context, work)
+    if isinstance(outcome, CreatedInvitation):
+        typer.echo(
+            f"{outcome.email} already has an account, which joins only by accepting this invitation "
+            f"(valid {settings.invitation_ttl_hours} h); send the link to that person:",
+            err=True,
+        )
+        _emit_invitation(outcome, as_json)
+        raise typer.Exit(3)
+    user_id, created = outcome
     _emit(user_id, as_json, id=user_id, email=email.lower(), role=role.value, created=created)
+
+
+@user_app.command("invite")
+def user_invite(
+    tenant: Annotated[str, typer.Option(help="Tenant id")],
+    email: Annotated[str, typer.Option(help="E-mail of the person to invite")],
+    role: Annotated[Role, typer.Option(help="Role in the tenant once accepted")] = Role.member,
+    as_json: JsonFlag = False,
+) -> None:
+    """Invite an e-mail address to a tenant; prints the invitation link (one use, expires)."""
+    settings = _settings()
+    tenant_id = _tenant_id(tenant)
+
+    async def work(session: AsyncSession) -> CreatedInvitation:
+        await _require_tenant(session)
+        return await _invite(settings, session, tenant_id, email, role)
+
+    _emit_invitation(_run_in_tenant(settings, RlsContext(tenant_id, None, Role.owner.value), work), as_json)
+
+
+async def _invite(
+    settings: Settings, session: AsyncSession, tenant_id: uuid.UUID, email: str, role: Role
+) -> CreatedInvitation:
+    operator = Principal(tenant_id, None, Role.owner.value)
+    return await Accounts(settings, KeyBox(settings).secret).invite(session, operator, email, role, by_operator=True)
+
+
+def _emit_invitation(invitation: CreatedInvitation, as_json: bool) -> None:
+    assert invitation.url is not None
+    _emit(
+        invitation.url,
+        as_json,
+        invitation_id=invitation.id,
+        url=invitation.url,
+        email=invitation.email,
+        role=invitation.role.value,
+        expires_at=invitation.expires_at.isoformat(),
+    )
 
 
 async def _require_tenant(session: AsyncSession) -> None:
@@ -205,27 +267,113 @@ def apikey_revoke(key_id: str) -> None:
         _fail("no such API key")
 
 
+def _run_as_operator(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Operator work across tenants: as the database owner, through papo_operator_* definer functions."""
+
+    async def runner() -> T:
+        location = locate_database(settings)
+        db = Database(location.owner_url, pool_size=1)
+        try:
+            async with db.transaction() as session:
+                return await work(session)
+        finally:
+            await db.dispose()
+            location.stop()
+
+    return asyncio.run(runner())
+
+
 @whatsapp_app.command("import-sessions")
 def whatsapp_import(
     file: Annotated[Path, typer.Argument(help="The old system's sessions.json", exists=True, dir_okay=False)],
-    tenant: Annotated[str, typer.Option(help="Tenant (company) id the sessions belong to")],
+    tenant: Annotated[str, typer.Option(help="Tenant (company) id the sessions are imported into")],
     transport: Annotated[str, typer.Option(help="Transport of the imported sessions")] = "neonize",
     as_json: JsonFlag = False,
 ) -> None:
-    """Import a legacy sessions.json (idempotent); prints what was imported and what was skipped, and why."""
+    """Import a legacy sessions.json into one tenant (idempotent); prints what was imported and what was
+    skipped, and why. An entry's companyId (a tenant id, identity-provider organization id or name)
+    must name this tenant, else it is skipped; a file without any companyId is this tenant's (in a file
+    that names companies, an entry without one is skipped). Run once per company."""
     settings = _settings()
     tenant_id = _tenant_id(tenant)
     content = file.read_text(encoding="utf-8", errors="replace")
     principal = Principal(tenant_id, None, Role.owner.value)
+    try:
+        refs = sorted(legacy_companies(content))
+    except DomainError as exc:
+        _fail(exc.detail)
+        raise
+
+    async def named(session: AsyncSession) -> dict[str, list[uuid.UUID]]:
+        found: dict[str, list[uuid.UUID]] = {}
+        for ref in refs:
+            rows = await session.execute(text("SELECT * FROM papo_operator_tenants_named(:ref)"), {"ref": ref})
+            found[ref] = [row[0] for row in rows]
+        return found
+
+    companies = _run_as_operator(settings, named) if refs else {}
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         await _require_tenant(session)
-        return await import_legacy_sessions(session, principal, content, transport=transport)
+        return await import_legacy_sessions(session, principal, content, transport=transport, companies=companies)
 
     report = _run_in_tenant(settings, principal.context(), work)
     lines = [f"imported {name}" for name in report["imported"]]
     lines += [f"skipped {item['entry']}: {item['reason']}" for item in report["skipped"]]
     _emit("\n".join(lines) or "nothing to import", as_json, **report)
+
+
+@whatsapp_app.command("dead-letters")
+def whatsapp_dead_letters(as_json: JsonFlag = False) -> None:
+    """List webhook deliveries that failed PAPO_WHATSAPP_WEBHOOK_MAX_ATTEMPTS times (every tenant): one
+    line each, id first (for `papo whatsapp replay ID`); nothing when there are none."""
+    settings = _settings()
+
+    async def work(session: AsyncSession) -> list[dict[str, Any]]:
+        rows = await session.execute(text("SELECT * FROM papo_operator_whatsapp_dead_letters()"))
+        return [
+            {
+                "id": row.delivery_id,
+                "tenant_id": str(row.delivery_tenant_id),
+                "session_id": str(row.delivery_session_id),
+                "attempts": row.delivery_attempts,
+                "received_at": row.delivery_received_at.isoformat(),
+                "dead_at": row.delivery_dead_at.isoformat(),
+                "last_error": row.delivery_last_error,
+            }
+            for row in rows
+        ]
+
+    letters = _run_as_operator(settings, work)
+    if as_json:
+        typer.echo(json.dumps({"dead_letters": letters}))
+        return
+    for letter in letters:
+        typer.echo(
+            f"{letter['id']}\ttenant {letter['tenant_id']}\tsession {letter['session_id']}\t"
+            f"{letter['attempts']} attempts\tdead since {letter['dead_at']}\t{letter['last_error'] or ''}"
+        )
+
+
+@whatsapp_app.command("replay")
+def whatsapp_replay(
+    delivery_id: Annotated[int | None, typer.Argument(help="A dead letter's id (see dead-letters)")] = None,
+    replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter")] = False,
+) -> None:
+    """Queue dead letters again with a fresh set of attempts; prints how many. A running server works
+    them off within seconds."""
+    if (delivery_id is None) == (not replay_all):
+        _fail("give a dead letter's id, or --all")
+    settings = _settings()
+
+    async def work(session: AsyncSession) -> int:
+        replayed = await session.scalar(text("SELECT papo_operator_whatsapp_replay(:id)"), {"id": delivery_id})
+        return int(replayed or 0)
+
+    replayed = _run_as_operator(settings, work)
+    if delivery_id is not None and not replayed:
+        _fail(f"no dead letter with id {delivery_id}")
+    typer.echo(str(replayed))
 
 
 @app.command("purge-deleted")

@@ -14,6 +14,7 @@ from papo.auth.models import Role
 from papo.auth.tokens import SigningKey, issue_token
 from papo.db.engine import Database, RlsContext
 from papo.errors import NotFound
+from papo.private_files import write_private_file
 from papo.settings import Settings
 from papo.state import AppState
 
@@ -49,9 +50,7 @@ async def ensure_demo(settings: Settings, db: Database) -> DemoAccount:
             session, email=email, name="Demo User", password=password, role=Role.owner
         )
         account = DemoAccount(str(tenant.id), user_id, email, password)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(account)))
-    path.chmod(0o600)
+    write_private_file(path, json.dumps(asdict(account)).encode())  # it holds the demo password
     return account
 
 

@@ -64,6 +64,12 @@ class DatabaseUnavailable(DomainError):
         super().__init__("the database is unavailable for a moment; try again", headers={"Retry-After": "2"})
 
 
+class Unavailable(DomainError):
+    """Something outside papo (an SMTP server, a provider) failed; nothing was stored."""
+
+    status, slug, title = 503, "unavailable", "Temporarily unavailable"
+
+
 class PayloadTooLarge(DomainError):
     status, slug, title = 413, "payload-too-large", "Payload too large"
 

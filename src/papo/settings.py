@@ -17,8 +17,12 @@ class Settings(BaseSettings):
     # Database. Absent database_url means: start the embedded PostgreSQL under data_dir.
     database_url: str | None = None
     app_database_url: str | None = None
-    app_role: str = "papo_app"
+    # The runtime login role papo migrate creates when app_database_url is unset. Unset: papo_app
+    # for the database `papo`, papo_app_<database> otherwise, so installs sharing a server never
+    # share one. papo migrate also leaves CONNECT on its database to that role only (and the owner).
+    app_role: str | None = None
     database_name: str = "papo"
+    database_restrict_connect: bool = True
     test_database_url: str | None = None
     db_pool_size: int = 10
 
@@ -38,7 +42,9 @@ class Settings(BaseSettings):
     metrics_token: str | None = None
 
     # Rate limits and quotas, shared by every process (in PostgreSQL; in Redis when redis_url is
-    # set). 0 switches one off. Sign-in limits count failed attempts within 15 minutes.
+    # set). 0 switches one off. Sign-in: after that many failed attempts per account / per address
+    # each further attempt waits 30 s, doubling per failure up to the max delay; 15 quiet minutes
+    # (or, for an account, its right password) start afresh.
     rate_limits_enabled: bool = True
     redis_url: str | None = None
     rate_limit_user_messages_per_minute: int = 60
@@ -48,6 +54,9 @@ class Settings(BaseSettings):
     rate_limit_api_key_ai_replies_per_minute: int = 200
     rate_limit_sign_in_failures_per_address: int = 30
     rate_limit_sign_in_failures_per_account: int = 5
+    rate_limit_sign_in_failures_per_account_everywhere: int = 100
+    rate_limit_sign_in_max_delay_seconds: float = 300.0
+    rate_limit_sign_in_address_max_delay_seconds: float = 3600.0
     rate_limit_sign_ups_per_address_per_hour: int = 20
     rate_limit_webhooks_per_address_per_minute: int = 1200
 
@@ -61,6 +70,10 @@ class Settings(BaseSettings):
     clerk_webhook_secret: str | None = None
     jwt_private_key: str | None = None
     token_ttl_seconds: int = 3600
+    # How long an invitation link (and an e-mail confirmation link) stays valid.
+    invitation_ttl_hours: int = Field(default=72, ge=1, le=24 * 30)
+    # Audience (`aud`) that tokens of the external issuer must carry; unchecked when unset.
+    auth_audience: str | None = None
     # Browser sign-in with Google and/or one other OpenID Connect provider (any issuer with discovery).
     google_client_id: str | None = None
     google_client_secret: str | None = None
@@ -82,6 +95,13 @@ class Settings(BaseSettings):
     realtime_poll_seconds: float = 5.0
     realtime_auth_timeout_seconds: float = 10.0
     realtime_max_frame_bytes: int = 16 * 1024
+    # Open streams per member per server process (WebSocket and SSE together; 0 = no cap): a new
+    # stream over the cap is refused. A socket may refresh its token (auth frames) this often.
+    # Every open stream's access is re-checked this often, besides at once on a role change,
+    # removal, sign-out or key revocation.
+    realtime_max_streams_per_user: int = 20
+    realtime_auth_frames_per_minute: int = 6
+    realtime_access_check_seconds: float = 60.0
 
     # AI assistants. Defaults for tenants without their own assistant settings; without a base URL
     # or key, papo answers with its built-in, clearly labelled demo assistant.
@@ -94,12 +114,18 @@ class Settings(BaseSettings):
     # Reply text goes to open pages every flush (live events, no write) and is saved every save.
     reply_flush_seconds: float = 0.05
     reply_save_seconds: float = 1.0
-    # What tenant admins may point an assistant at. Hosts: empty = any (a single-company install
-    # talking to a local Ollama); list the providers' hosts ("api.openai.com", "*.openai.azure.com")
-    # when tenants are not trusted with the server's network. Key variables: the only environment
-    # variable names an assistant may take its API key from.
+    # What tenant admins may point an assistant at. Hosts: empty = any public host; list the
+    # providers' hosts ("api.openai.com", "*.openai.azure.com") to allow only those. Key variables:
+    # the only environment variable names an assistant may take its API key from; such a key is sent
+    # only to the operator's URL for it (assistant_key_env_urls, JSON {"NAME": "https://…/v1"}), else
+    # to openai_base_url, else to OpenAI.
     assistant_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     assistant_key_envs: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    assistant_key_env_urls: dict[str, str] = Field(default_factory=dict)
+    # URLs tenants set (assistant base URLs, outbound webhooks) may only reach public addresses.
+    # Host names ("ollama.internal", "*.corp.example") and ranges ("10.1.2.0/24", "127.0.0.1") listed
+    # here are let through even so (a single-company install talking to its own network).
+    outbound_allowed_targets: Annotated[list[str], NoDecode] = Field(default_factory=list)
     reply_deadline_seconds: float = 120.0
     reply_max_attempts: int = 3
     reply_stale_seconds: float = 20.0
@@ -116,6 +142,11 @@ class Settings(BaseSettings):
     whatsapp_app_secret: str | None = None
     whatsapp_verify_token: str | None = None
     whatsapp_graph_url: str = "https://graph.facebook.com/v21.0"
+    # A queued webhook delivery that fails is tried again after whatsapp_webhook_retry_seconds,
+    # doubling up to an hour; after whatsapp_webhook_max_attempts it is a dead letter
+    # (`papo whatsapp dead-letters`, `papo whatsapp replay`).
+    whatsapp_webhook_max_attempts: int = Field(default=8, ge=1, le=1000)
+    whatsapp_webhook_retry_seconds: float = Field(default=30.0, gt=0)
 
     # Insights. Sentiment of user and customer messages is scored in the background; text whose
     # language is unclear is taken to be in sentiment_default_language. Estimated AI cost uses
@@ -134,8 +165,9 @@ class Settings(BaseSettings):
     )
 
     # Outbound webhooks. Targets inside private networks are refused unless allowed (a single-company
-    # install posting to its own intranet). Failed deliveries are retried with exponential backoff
-    # from webhook_first_retry_seconds, for webhook_retry_hours.
+    # install posting to its own intranet): by outbound_allowed_targets, or all of them but cloud
+    # metadata services with webhook_allow_private_targets. Failed deliveries are retried with
+    # exponential backoff from webhook_first_retry_seconds, for webhook_retry_hours.
     webhook_allow_private_targets: bool = False
     webhook_first_retry_seconds: float = 10.0
     webhook_retry_hours: float = 24.0
@@ -170,6 +202,7 @@ class Settings(BaseSettings):
         "auth_authorized_parties",
         "assistant_allowed_hosts",
         "assistant_key_envs",
+        "outbound_allowed_targets",
         "whatsapp_transports",
         "alert_email_to",
         mode="before",
@@ -178,6 +211,14 @@ class Settings(BaseSettings):
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("outbound_allowed_targets")
+    @classmethod
+    def _check_targets(cls, value: list[str]) -> list[str]:
+        from papo.netguard import Policy  # the guard's own parser, so a typo fails at start-up
+
+        Policy.parse(tuple(value))
         return value
 
     def environment_secret(self, name: str) -> str | None:

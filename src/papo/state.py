@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 
 from papo.assistants.replies import ReplyManager
 from papo.assistants.service import KeyBox
+from papo.auth.invitations import Accounts
 from papo.auth.oidc import OidcClients
 from papo.auth.tenant_cache import TenantCache
 from papo.auth.tokens import SigningKey, TokenVerifier
@@ -39,6 +40,7 @@ class AppState:
     limiter: RateLimiter
     webhooks: WebhookSender
     alerts: Alerts
+    accounts: Accounts
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     tenants: TenantCache = field(default_factory=TenantCache)
 

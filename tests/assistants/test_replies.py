@@ -10,6 +10,7 @@ import asyncpg
 import httpx
 import pytest
 
+from papo import netguard
 from papo.assistants.replies import fallback_title
 from papo.auth.models import Role
 from papo.client import GrowingReply, RealtimeClient, RealtimeEvent
@@ -17,7 +18,7 @@ from papo.db.engine import Database
 from papo.settings import Settings
 from tests.conftest import ProvisionedDatabase, plain_dsn
 from tests.fake_openai import API_KEY, FakeOpenAI
-from tests.support import Member
+from tests.support import Member, StaticResolver
 
 
 @pytest.fixture
@@ -110,6 +111,7 @@ class TestAssistants:
     ) -> None:
         """A tenant admin may not point an assistant at internal hosts, nor borrow the server's secrets."""
         admin, _ = team
+        monkeypatch.setattr(netguard, "default_resolver", StaticResolver({"acme.openai.azure.com": ["20.0.0.1"]}))
         monkeypatch.setattr(settings, "assistant_allowed_hosts", ["api.openai.com", "*.openai.azure.com"])
         monkeypatch.setattr(settings, "assistant_key_envs", ["SHARED_PROVIDER_KEY"])
         before = (await client.get("/api/v1/assistants", headers=admin.headers)).json()

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from svix.webhooks import Webhook
 
 from papo.auth.models import Role
-from papo.auth.tokens import SigningKey, issue_token
+from papo.auth.tokens import SigningKey, TokenVerifier, issue_token
+from papo.errors import Unauthorized
 from papo.settings import Settings
 from tests.support import CLERK_WEBHOOK_SECRET, EXTERNAL_ISSUER, FakeIdentityProvider, Member
 
@@ -51,7 +52,7 @@ class TestExternalIssuer:
     async def test_first_token_provisions_tenant_user_and_membership(
         self, client: httpx.AsyncClient, identity_provider: FakeIdentityProvider
     ) -> None:
-        claims = clerk_claims(email="Ana@Example.com")
+        claims = clerk_claims(email="Ana@Example.com", email_verified=True)
         response = await me(client, identity_provider.token(claims))
         assert response.status_code == 200, response.text
         body = response.json()
@@ -240,7 +241,7 @@ class TestClerkWebhooks:
                     "primary_email_address_id": "e2",
                     "email_addresses": [
                         {"id": "e1", "email_address": "old@x.com"},
-                        {"id": "e2", "email_address": "Bia@X.com"},
+                        {"id": "e2", "email_address": "Bia@X.com", "verification": {"status": "verified"}},
                     ],
                 },
             },
@@ -277,3 +278,45 @@ class TestClerkWebhooks:
         assert (await client.post("/api/v1/webhooks/clerk", content=body)).status_code == 401
         body, headers = self.signed({"type": "user.created", "data": "nope"})
         assert (await client.post("/api/v1/webhooks/clerk", content=body, headers=headers)).status_code == 400
+
+
+class TestIdentityBinding:
+    """Issue 13 item 5 and the issuer + subject rule of item 1."""
+
+    async def test_a_token_without_azp_is_refused_when_parties_are_listed(
+        self, client: httpx.AsyncClient, identity_provider: FakeIdentityProvider
+    ) -> None:
+        claims = clerk_claims()
+        del claims["azp"]
+        response = await me(client, identity_provider.token(claims))
+        assert response.status_code == 401
+        assert "authorized party" in response.json()["detail"]
+
+    async def test_an_unverified_email_claim_is_not_kept(
+        self, client: httpx.AsyncClient, identity_provider: FakeIdentityProvider
+    ) -> None:
+        unverified = await me(client, identity_provider.token(clerk_claims(email="claims@example.com")))
+        assert unverified.status_code == 200 and unverified.json()["email"] is None
+        said_false = clerk_claims(email="claims@example.com", email_verified=False)
+        assert (await me(client, identity_provider.token(said_false))).json()["email"] is None
+
+    async def test_the_audience_is_checked_when_configured(
+        self, settings: Settings, identity_provider: FakeIdentityProvider
+    ) -> None:
+        strict = settings.model_copy(update={"auth_audience": "papo-api"})
+        async with httpx.AsyncClient() as http:
+            verifier = TokenVerifier(strict, SigningKey.load(settings), http)
+            accepted = await verifier.verify(identity_provider.token(clerk_claims(aud="papo-api")))
+            assert accepted.issuer == EXTERNAL_ISSUER
+            for claims in (clerk_claims(aud="another-client"), clerk_claims()):
+                with pytest.raises(Unauthorized):
+                    await verifier.verify(identity_provider.token(claims))
+
+    async def test_an_outside_token_cannot_speak_for_a_papo_account(
+        self, client: httpx.AsyncClient, identity_provider: FakeIdentityProvider, make_tenant: Any
+    ) -> None:
+        tenant = await make_tenant("Own accounts")
+        member: Member = await tenant.member(Role.admin)
+        forged = clerk_claims(sub=member.user_id)  # the issuer may mint any subject, even papo's ids
+        response = await me(client, identity_provider.token(forged))
+        assert response.status_code == 401, response.text

@@ -86,3 +86,36 @@ def test_errors_go_to_stderr_with_nonzero_exit(settings: Settings) -> None:
     nokey = papo(settings, "apikey", "revoke", str(uuid.uuid4()), check=False)
     assert nokey.returncode == 1
     assert "no such API key" in nokey.stderr
+
+
+async def test_user_create_never_reuses_an_account_of_another_tenant(
+    settings: Settings, client: httpx.AsyncClient
+) -> None:
+    """Issue 13's attack through the real command: the address is taken at Acme, so `user create` for
+    Beta prints an invitation link and exits 3 instead of handing Beta's role to that account."""
+    acme = papo(settings, "tenant", "create", "Acme CLI").stdout.strip()
+    beta = papo(settings, "tenant", "create", "Beta CLI").stdout.strip()
+    email = f"cfo-{uuid.uuid4().hex[:6]}@beta.test"
+    papo(settings, "user", "create", "--tenant", acme, "--email", email, "--password", "acme password")
+
+    reused = papo(settings, "user", "create", "--tenant", beta, "--email", email, "--role", "admin", check=False)
+    assert reused.returncode == 3, reused.stderr
+    link = reused.stdout.strip()
+    assert link.startswith(f"{settings.public_url}/invitations/")
+    assert "invitation" in reused.stderr
+    refused = await client.post(
+        "/api/v1/auth/token", json={"email": email, "password": "acme password", "tenant_id": beta}
+    )
+    assert refused.status_code == 401
+
+    invited = json.loads(papo(settings, "user", "invite", "--tenant", beta, "--email", email, "--json").stdout)
+    assert invited["url"] != link  # re-inviting replaces the pending link
+    old = await client.post(
+        "/api/v1/invitations/accept", json={"token": link.rsplit("/", 1)[1], "password": "acme password"}
+    )
+    assert old.status_code == 404
+    joined = await client.post(
+        "/api/v1/invitations/accept", json={"token": invited["url"].rsplit("/", 1)[1], "password": "acme password"}
+    )
+    assert joined.status_code == 200, joined.text
+    assert joined.json()["tenant_id"] == beta

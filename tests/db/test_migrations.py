@@ -8,12 +8,13 @@ import asyncpg
 
 from papo.chat.search import FOLD_FROM, FOLD_TO, fold
 from papo.db.migrate import current_revision, downgrade, ensure_database, head_revision, migrate
-from tests.conftest import ProvisionedDatabase, plain_dsn
+from papo.db.server import default_app_role
+from tests.conftest import ProvisionedDatabase, drop_database, plain_dsn
 
 
 async def test_upgrade_downgrade_upgrade(database: ProvisionedDatabase) -> None:
     owner_url = database.owner_url.set(database="papo_migrations_" + secrets.token_hex(4))
-    app_url = database.app_url.set(database=owner_url.database)
+    app_url = database.app_url.set(database=owner_url.database, username=default_app_role(owner_url.database))
     await ensure_database(owner_url)
     try:
         assert await current_revision(owner_url) is None
@@ -42,11 +43,7 @@ async def test_upgrade_downgrade_upgrade(database: ProvisionedDatabase) -> None:
         await migrate(owner_url, app_url, create_app_role=True)
         assert await current_revision(owner_url) == head_revision()
     finally:
-        admin = await asyncpg.connect(plain_dsn(database.admin_url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{owner_url.database}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(database.admin_url, owner_url.database, app_url.username)
 
 
 async def test_python_fold_matches_sql_fold(app_role_connection: asyncpg.Connection) -> None:

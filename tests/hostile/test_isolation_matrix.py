@@ -33,7 +33,14 @@ from tests.support import (
 
 REFUSED = {401, 403, 404}
 # Path parameters that name no tenant's data: static files, sign-in providers, fixed words.
-NOT_TENANT_DATA = {"name": "app.js", "provider": "google", "image_format": "png", "action": "test"}
+# An invitation's token is the proof that admits its holder, so the matrix sends one nobody issued.
+NOT_TENANT_DATA = {
+    "name": "app.js",
+    "provider": "google",
+    "image_format": "png",
+    "action": "test",
+    "token": "an-invitation-token-nobody-issued",
+}
 WHATSAPP_PREFIXES = (WHATSAPP_SESSIONS, "/session/")
 
 
@@ -123,6 +130,8 @@ async def victim_world(client: httpx.AsyncClient, tenant: TenantHandle, fake: Fa
     )
     assert hook.status_code == 201, hook.text
     delivery = await client.post(f"/api/v1/webhooks/{hook.json()['id']}/test", headers=admin.headers)
+    invitation = await client.post("/api/v1/invitations", json={"email": "invitee@victim.test"}, headers=admin.headers)
+    assert invitation.status_code == 201, invitation.text
     return {
         "admin": admin,
         "member": member,
@@ -137,6 +146,7 @@ async def victim_world(client: httpx.AsyncClient, tenant: TenantHandle, fake: Fa
             "delivery_id": str(delivery.json()["id"]),
             "key_id": str(key.id),
             "user_id": member.user_id,
+            "invitation_id": invitation.json()["id"],
         },
     }
 
@@ -170,6 +180,7 @@ async def snapshot(client: httpx.AsyncClient, world: dict[str, Any]) -> dict[str
             "conversation": await body(admin, f"/api/v1/whatsapp/conversations/{ids['conversation_id']}/messages"),
             "webhook": await body(admin, f"/api/v1/webhooks/{ids['webhook_id']}"),
             "members": await body(admin, "/api/v1/members"),
+            "invitations": await body(admin, "/api/v1/invitations"),
             "key_works": (await client.get("/api/v1/me", headers=world["key"].headers)).status_code,
         }
     )

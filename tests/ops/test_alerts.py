@@ -7,12 +7,9 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
-from email import message_from_bytes
-from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from fastapi import FastAPI
 
 from papo.db.engine import Database
@@ -20,25 +17,13 @@ from papo.ops.alerts import Alerts, Notice, record_server_error
 from papo.settings import Settings
 from papo.whatsapp.transports.base import SessionKey
 from tests.fake_whatsapp import FakeTransport
-from tests.support import Member, TenantHandle, WebhookReceiver, free_port, wait_status
-
-
-class Mailbox:
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(message_from_bytes(envelope.content))
-        return "250 OK"
+from tests.support import Mailbox, Member, TenantHandle, WebhookReceiver, running_mailbox, wait_status
 
 
 @pytest.fixture
 def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box, port = Mailbox(), free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield box, port
-    controller.stop()
+    with running_mailbox() as found:
+        yield found
 
 
 def alerting(app: FastAPI, db: Database, settings: Settings, receiver: WebhookReceiver, port: int) -> Alerts:

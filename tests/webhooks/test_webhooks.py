@@ -15,6 +15,7 @@ from svix.webhooks import Webhook, WebhookVerificationError
 
 from papo.auth.models import Role
 from papo.errors import InvalidInput
+from papo.netguard import NetGuard, Policy
 from papo.realtime.service import Event
 from papo.webhooks.service import check_target, payload_for
 from tests.conftest import ProvisionedDatabase, plain_dsn
@@ -160,8 +161,9 @@ async def test_bad_subscriptions_are_refused(client: httpx.AsyncClient, make_ten
     ["http://127.0.0.1:5432/", "http://localhost/hook", "http://169.254.169.254/latest/meta-data", "http://[::1]/"],
 )
 async def test_private_targets_are_refused_by_default(url: str) -> None:
-    with pytest.raises(InvalidInput):
-        await check_target(url, allow_private=False)
+    with pytest.raises(InvalidInput) as refused:
+        await check_target(url, NetGuard(Policy()))
+    assert refused.value.detail.startswith("address not allowed")
 
 
 def test_staff_conversations_travel_in_full() -> None:

@@ -199,7 +199,7 @@ class TestMaintenance:
                 tenant.id,
                 uuid.UUID(idle["id"]),
             )
-        report = (await client.get("/session/cleanup", headers=admin.headers)).json()
+        report = (await client.post("/session/cleanup", headers=admin.headers)).json()
         assert report == {"examined": 2, "deactivated": 1, "files_removed": 1, "errors": []}
         assert not orphan.exists()
         assert fake.has_credentials(key)  # the working session keeps its credentials

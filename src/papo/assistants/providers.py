@@ -12,6 +12,7 @@ from typing import Any
 import openai
 
 from papo.assistants.service import ProviderTarget
+from papo.netguard import NOT_ALLOWED, TargetRefused
 
 DEMO_NOTICE = "papo demo assistant (no AI provider is configured)"
 
@@ -38,16 +39,23 @@ class ProviderClients:
     def __init__(self, *, max_attempts: int, request_timeout: float) -> None:
         self.max_attempts = max_attempts
         self.request_timeout = request_timeout
-        self.clients: dict[tuple[str | None, str | None], openai.AsyncOpenAI] = {}
+        self.clients: dict[tuple[str | None, str | None, bool], openai.AsyncOpenAI] = {}
 
     def get(self, target: ProviderTarget) -> openai.AsyncOpenAI:
-        key = (target.base_url, target.api_key)
+        key = (target.base_url, target.api_key, target.guard is not None)
         if key not in self.clients:
+            # A URL the tenant chose is reached only through the guard, redirects included (each hop
+            # connects through it); the operator's own endpoints keep the SDK's plain client.
+            # (An httpx client: the SDK takes one as well as its own httpx2 ones, which its types omit.)
+            http_client: Any = (
+                target.guard.client(timeout=self.request_timeout, follow_redirects=True) if target.guard else None
+            )
             self.clients[key] = openai.AsyncOpenAI(
                 base_url=target.base_url,
                 api_key=target.api_key or "not-needed",  # local servers (Ollama, vLLM) accept any key
                 max_retries=max(0, self.max_attempts - 1),  # the SDK retries 408/409/429/5xx and timeouts
                 timeout=self.request_timeout,
+                http_client=http_client,
             )
         return self.clients[key]
 
@@ -80,6 +88,8 @@ async def stream_openai(
                     yield choice.delta.content
                 if choice.finish_reason:
                     finish_reason = choice.finish_reason
+    except TargetRefused as exc:  # raised where the connection is made, so the SDK passes it through
+        raise ProviderError(f"{NOT_ALLOWED}: this server does not let assistants reach that provider") from exc
     except openai.AuthenticationError as exc:
         raise ProviderError("the AI provider rejected the API key (401)") from exc
     except openai.NotFoundError as exc:
@@ -89,11 +99,12 @@ async def stream_openai(
     except openai.APITimeoutError as exc:
         raise ProviderError("the AI provider did not answer in time") from exc
     except openai.APIConnectionError as exc:
-        raise ProviderError("could not reach the AI provider, or it closed the stream early") from exc
+        # Never the cause's text: it would say what answered (or refused) on which address and port.
+        raise ProviderError("the AI provider is unreachable, or it closed the stream early") from exc
     except openai.APIStatusError as exc:
         raise ProviderError(f"the AI provider failed ({exc.status_code})") from exc
     except (openai.APIError, ValueError) as exc:
-        raise ProviderError(f"the AI provider sent a malformed response: {exc}") from exc
+        raise ProviderError("the AI provider sent a malformed response") from exc
     if finish_reason is None:
         # Every OpenAI-compatible server ends a stream with a finish_reason; without one the answer
         # was cut short (a dropped connection, or a chunk the SDK could not parse).

@@ -18,9 +18,12 @@ from papo.auth.service import Principal
 from papo.db.base import new_id
 from papo.db.engine import driver
 from papo.errors import InvalidInput, NotFound
+from papo.netguard import NetGuard, TargetRefused
+from papo.private_files import read_or_create_private_file
 from papo.settings import Settings
 
 DEMO_MODEL = "papo-demo"
+OPENAI_URL = "https://api.openai.com/v1"  # where the SDK goes when nothing else is configured
 ASSISTANT_NOT_FOUND = "assistant not found"
 
 
@@ -36,11 +39,8 @@ class KeyBox:
         if settings.secret_key:
             return settings.secret_key.encode()
         path: Path = settings.data_dir / "keys" / "secret.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(Fernet.generate_key())
-            path.chmod(0o600)
-        return path.read_bytes().strip()
+        # 0600 from the first byte; concurrent first starts agree on one key (see papo.private_files).
+        return read_or_create_private_file(path, Fernet.generate_key).strip()
 
     def seal(self, plaintext: str) -> str:
         return self.fernet.encrypt(plaintext.encode()).decode()
@@ -65,6 +65,8 @@ class ProviderTarget:
     api_key: str | None
     parameters: dict[str, Any]
     context_token_budget: int
+    # Checks every connection to a URL the tenant chose; None for the operator's own endpoints.
+    guard: NetGuard | None = None
 
 
 def to_out(assistant: Assistant) -> AssistantOut:
@@ -85,12 +87,19 @@ def to_out(assistant: Assistant) -> AssistantOut:
     )
 
 
+def _same_url(a: str | None, b: str | None) -> bool:
+    return (a or "").rstrip("/") == (b or "").rstrip("/")
+
+
 class AssistantService:
-    def __init__(self, db: AsyncSession, principal: Principal, settings: Settings, keys: KeyBox) -> None:
+    def __init__(
+        self, db: AsyncSession, principal: Principal, settings: Settings, keys: KeyBox, guard: NetGuard | None = None
+    ) -> None:
         self.db = db
         self.principal = principal
         self.settings = settings
         self.keys = keys
+        self.guard = guard or NetGuard.from_settings(settings)
 
     async def list(self) -> list[Assistant]:
         query = select(Assistant).where(Assistant.tenant_id == self.principal.tenant_id)
@@ -112,27 +121,48 @@ class AssistantService:
             .execution_options(synchronize_session=False)
         )
 
-    def _check_provider_settings(self, base_url: str | None, api_key_env: str | None) -> None:
-        """Tenant admins must not reach into the server: provider URLs only to allowed hosts (when the
-        operator lists them), keys only from environment variables the operator shared."""
-        allowed_hosts = [h.lower() for h in self.settings.assistant_allowed_hosts]
-        if base_url and allowed_hosts:
-            host = (urlsplit(base_url).hostname or "").lower()
-            if not any(host == h or (h.startswith("*.") and host.endswith(h[1:])) for h in allowed_hosts):
-                raise InvalidInput(
-                    f"provider host {host!r} is not allowed on this server (PAPO_ASSISTANT_ALLOWED_HOSTS)",
-                    field="base_url",
-                )
+    def key_env_url(self, api_key_env: str) -> str:
+        """The only provider URL the server's key in `api_key_env` is ever sent to: the operator's."""
+        return self.settings.assistant_key_env_urls.get(api_key_env) or self.settings.openai_base_url or OPENAI_URL
+
+    async def _check_provider_settings(
+        self, base_url: str | None, api_key_env: str | None, *, new_base_url: bool = True
+    ) -> None:
+        """Tenant admins must not reach into the server: provider URLs only to public addresses (or
+        what the operator allowed) and to allowed hosts (when the operator lists them); keys only from
+        environment variables the operator shared, and then only to the operator's URL for them."""
         if api_key_env and api_key_env not in self.settings.assistant_key_envs:
             raise InvalidInput(
                 f"{api_key_env} is not an environment variable this server shares with assistants "
                 "(PAPO_ASSISTANT_KEY_ENVS)",
                 field="api_key_env",
             )
+        if api_key_env and base_url:
+            if not _same_url(base_url, self.key_env_url(api_key_env)):
+                raise InvalidInput(
+                    "a server-side key (api_key_env) is only sent to the provider the operator configured "
+                    "for it: leave base_url out, or send your own api_key",
+                    field="base_url",
+                )
+            return  # the operator's own URL
+        if not base_url or not new_base_url:
+            return
+        allowed_hosts = [h.lower() for h in self.settings.assistant_allowed_hosts]
+        if allowed_hosts:
+            host = (urlsplit(base_url).hostname or "").lower()
+            if not any(host == h or (h.startswith("*.") and host.endswith(h[1:])) for h in allowed_hosts):
+                raise InvalidInput(
+                    f"provider host {host!r} is not allowed on this server (PAPO_ASSISTANT_ALLOWED_HOSTS)",
+                    field="base_url",
+                )
+        try:
+            await self.guard.check_url(base_url)
+        except TargetRefused as exc:
+            raise InvalidInput(exc.detail, field="base_url") from None
 
     async def create(self, body: AssistantCreate) -> Assistant:
         self.principal.require_admin()
-        self._check_provider_settings(str(body.base_url) if body.base_url else None, body.api_key_env)
+        await self._check_provider_settings(str(body.base_url) if body.base_url else None, body.api_key_env)
         if body.is_default:
             await self._clear_default()
         assistant = Assistant(
@@ -158,10 +188,12 @@ class AssistantService:
         self.principal.require_admin()
         assistant = await self.get(assistant_id)
         sent = body.model_fields_set
-        self._check_provider_settings(
-            str(body.base_url) if "base_url" in sent and body.base_url else None,
-            body.api_key_env if "api_key_env" in sent else None,
-        )
+        if sent & {"base_url", "api_key_env"}:  # judged as they will be together, not field by field
+            await self._check_provider_settings(
+                (str(body.base_url) if body.base_url else None) if "base_url" in sent else assistant.base_url,
+                body.api_key_env if "api_key_env" in sent else assistant.api_key_env,
+                new_base_url="base_url" in sent,
+            )
         if body.is_default:
             await self._clear_default()
         for field in ("name", "instructions", "provider", "model", "api_key_env", "context_token_budget", "is_default"):
@@ -196,13 +228,16 @@ class AssistantService:
     async def target(self, assistant_id: uuid.UUID) -> ProviderTarget:
         assistant = await self.get(assistant_id)
         api_key = None
+        base_url = assistant.base_url
+        guard: NetGuard | None = self.guard
         if assistant.api_key_encrypted:
             api_key = self.keys.open(assistant.api_key_encrypted)
-        elif assistant.api_key_env:
+        elif assistant.api_key_env and assistant.api_key_env in self.settings.assistant_key_envs:
+            # The server's key goes to the operator's URL for it, whatever an older row says.
             api_key = self.settings.environment_secret(assistant.api_key_env)
-        base_url = assistant.base_url
+            base_url, guard = self.key_env_url(assistant.api_key_env), None
         if assistant.provider == "openai" and base_url is None and api_key is None:
-            base_url, api_key = self.settings.openai_base_url, self.settings.openai_api_key
+            base_url, api_key, guard = self.settings.openai_base_url, self.settings.openai_api_key, None
         return ProviderTarget(
             assistant_id=assistant.id,
             name=assistant.name,
@@ -213,4 +248,5 @@ class AssistantService:
             api_key=api_key,
             parameters=dict(assistant.parameters),
             context_token_budget=assistant.context_token_budget,
+            guard=guard,
         )

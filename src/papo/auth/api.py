@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response, status
 
@@ -14,6 +14,10 @@ from papo.auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyOut,
+    InvitationAccept,
+    InvitationCreate,
+    InvitationCreated,
+    InvitationOut,
     Me,
     MemberOut,
     MemberPatch,
@@ -21,9 +25,10 @@ from papo.auth.schemas import (
     TokenRequest,
     TokenResponse,
 )
+from papo.auth.service import Principal
 from papo.auth.tokens import issue_token
-from papo.errors import Unauthorized
-from papo.ops.ratelimit import RateLimited, client_address, webhook_allowance
+from papo.ops.ratelimit import client_address, webhook_allowance
+from papo.state import AppState
 
 router = APIRouter(tags=["identity"])
 
@@ -35,16 +40,17 @@ async def jwks(state: State) -> dict[str, Any]:
 
 @router.post("/api/v1/auth/token", response_model=TokenResponse)
 async def sign_in(body: TokenRequest, request: Request, session: DbSession, state: State) -> TokenResponse:
-    """Exchange a built-in account's e-mail and password for a bearer token. Repeated failures from
-    one address or for one account are refused with 429 for a while."""
-    address = client_address(request)
-    if refusal := await state.limiter.sign_in_refusal(address, body.email):
-        raise RateLimited(refusal, "too many failed sign-ins; wait before trying again")
-    try:
-        principal = await service.login(session, body.email, body.password, body.tenant_id)
-    except Unauthorized:
-        await state.limiter.sign_in_failed(address, body.email)
-        raise
+    """Exchange a built-in account's e-mail and password for a bearer token. After repeated failures
+    from one address or for one account, attempts are refused with 429 for a growing (capped) delay."""
+    principal = await state.limiter.sign_in(
+        client_address(request),
+        body.email,
+        lambda: service.login(session, body.email, body.password, body.tenant_id),
+    )
+    return _token_response(state, principal)
+
+
+def _token_response(state: AppState, principal: Principal) -> TokenResponse:
     assert principal.user_id is not None
     token, ttl = issue_token(
         state.settings,
@@ -97,6 +103,58 @@ async def list_members(principal: AdminPrincipal, session: DbSession) -> list[Me
 async def change_role(user_id: str, body: MemberPatch, principal: AdminPrincipal, session: DbSession) -> Response:
     await tenant_settings.set_role(session, principal, user_id, body.role)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete("/api/v1/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["admin"])
+async def remove_member(user_id: str, principal: AdminPrincipal, session: DbSession) -> Response:
+    await tenant_settings.remove_member(session, principal, user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _inviter(principal: CurrentPrincipal) -> Principal:
+    if not principal.is_service:
+        principal.require_admin()
+    return principal
+
+
+Inviter = Annotated[Principal, Depends(_inviter)]
+
+
+@router.post(
+    "/api/v1/invitations", status_code=status.HTTP_201_CREATED, response_model=InvitationCreated, tags=["admin"]
+)
+async def invite(body: InvitationCreate, principal: Inviter, session: DbSession, state: State) -> InvitationCreated:
+    """Invite an e-mail address to this tenant (admins and API keys). No membership exists until the
+    person accepts; the link is e-mailed when SMTP is configured, otherwise returned once in `url`."""
+    created = await state.accounts.invite(session, principal, body.email, body.role)
+    return InvitationCreated(**vars(created))
+
+
+@router.get("/api/v1/invitations", response_model=list[InvitationOut], tags=["admin"])
+async def pending_invitations(principal: Inviter, session: DbSession, state: State) -> list[InvitationOut]:
+    return [InvitationOut(**vars(p)) for p in await state.accounts.pending(session, principal)]
+
+
+@router.delete("/api/v1/invitations/{invitation_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["admin"])
+async def revoke_invitation(invitation_id: uuid.UUID, principal: Inviter, session: DbSession, state: State) -> Response:
+    await state.accounts.revoke(session, principal, invitation_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/api/v1/invitations/accept", response_model=TokenResponse, tags=["identity"])
+async def accept_invitation(
+    body: InvitationAccept, request: Request, session: DbSession, state: State
+) -> TokenResponse:
+    """Join the invitation's tenant: with a new password when the address has no account yet, with the
+    existing account's password, or (`reset`, e-mailed links only) by choosing a new one for it.
+    Password checks count as sign-in attempts for that address (the same throttle)."""
+    invitation = await state.accounts.view(session, body.token)
+    principal = await state.limiter.sign_in(
+        client_address(request),
+        invitation.email,
+        lambda: state.accounts.accept(session, body.token, password=body.password, name=body.name, reset=body.reset),
+    )
+    return _token_response(state, principal)
 
 
 @router.patch("/api/v1/tenant/settings", status_code=status.HTTP_204_NO_CONTENT, tags=["admin"])

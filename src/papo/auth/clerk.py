@@ -35,12 +35,15 @@ def verify_event(settings: Settings, body: bytes, headers: dict[str, str]) -> di
 
 
 def _primary_email(data: dict[str, Any]) -> str | None:
+    """The primary address, and only when Clerk has verified it (papo matches on verified ones only)."""
     primary = data.get("primary_email_address_id")
-    addresses = [a for a in data.get("email_addresses") or [] if isinstance(a, dict)]
-    for address in addresses:
-        if address.get("id") == primary:
+    for address in data.get("email_addresses") or []:
+        if not isinstance(address, dict) or address.get("id") != primary:
+            continue
+        verification = address.get("verification")
+        if isinstance(verification, dict) and verification.get("status") == "verified":
             return str(address.get("email_address"))
-    return str(addresses[0].get("email_address")) if addresses else None
+    return None
 
 
 def _full_name(data: dict[str, Any]) -> str | None:

@@ -41,10 +41,13 @@ async def cookie_principal(request: Request, session: AsyncSession, state: AppSt
     """The browser's member: papo's own session cookie, else Clerk's `__session` token (verified
     like a bearer token). None when neither is there."""
     if cookie := request.cookies.get(web_sessions.SESSION_COOKIE):
-        principal, _ = await web_sessions.authenticate(session, cookie)
+        principal, web_session_id = await web_sessions.authenticate(session, cookie)
+        request.state.web_session_id = web_session_id
         return principal
     if clerk_token := request.cookies.get(CLERK_SESSION_COOKIE):
-        return await authenticate(session, state.verifier, clerk_token)
+        principal = await authenticate(session, state.verifier, clerk_token)
+        request.state.provider_cookie = True
+        return principal
     return None
 
 

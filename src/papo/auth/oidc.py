@@ -3,8 +3,9 @@
 The pending sign-in (state, nonce, PKCE verifier, where to go after) travels in a short-lived
 cookie sealed with the server key, so any server process can finish what another started. The ID
 token is verified against the provider's JWKS (issuer, audience, expiry, nonce); its e-mail must be
-verified by the provider. The member is then found by that e-mail, or joins a tenant that allows
-sign-up.
+verified by the provider. The member is found by the (issuer, subject) linked before, else — once,
+then linked — by that e-mail among accounts whose address papo has seen verified; or joins a tenant
+that allows sign-up.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class Pending:
 
 @dataclass(frozen=True)
 class VerifiedIdentity:
+    issuer: str
+    subject: str
     email: str
     name: str | None
 
@@ -178,13 +181,15 @@ class OidcClients:
         if not isinstance(email, str) or "@" not in email or claims.get("email_verified") is not True:
             raise Forbidden(f"{provider.label} did not vouch for an e-mail address on this account")
         name = claims.get("name") if isinstance(claims.get("name"), str) else None
-        return VerifiedIdentity(email.lower(), name)
+        return VerifiedIdentity(str(claims["iss"]), str(claims["sub"]), email.lower(), name)
 
 
 async def member_for(session: AsyncSession, identity: VerifiedIdentity, tenant: uuid.UUID | None) -> Principal:
     """The membership the verified e-mail signs into (joining `tenant` when it allows sign-up)."""
     connection = driver(session)
-    rows = await connection.fetch("SELECT * FROM papo_member_candidates($1)", identity.email)
+    rows = await connection.fetch(
+        "SELECT * FROM papo_member_candidates($1, $2, $3)", identity.issuer, identity.subject, identity.email
+    )
     if tenant is not None:
         rows = [row for row in rows if row["candidate_tenant_id"] == tenant]
     if len(rows) > 1:
@@ -192,13 +197,23 @@ async def member_for(session: AsyncSession, identity: VerifiedIdentity, tenant: 
     if rows:
         row = rows[0]
         principal = Principal(row["candidate_tenant_id"], row["candidate_user_id"], row["candidate_role"])
+        # from now on this provider account signs in by (issuer, subject), whatever its e-mail becomes
+        await connection.execute(
+            "SELECT papo_link_identity($1, $2, $3)", identity.issuer, identity.subject, principal.user_id
+        )
     elif tenant is None:
         raise Forbidden("no workspace here knows this e-mail; ask an admin for an invitation")
     else:
         await connection.execute("SAVEPOINT join_verified")
         try:
             user_id = await connection.fetchval(
-                "SELECT papo_join_verified($1, $2, $3, $4)", tenant, str(new_id()), identity.email, identity.name
+                "SELECT papo_join_verified($1, $2, $3, $4, $5, $6)",
+                tenant,
+                str(new_id()),
+                identity.email,
+                identity.name,
+                identity.issuer,
+                identity.subject,
             )
         except asyncpg.InsufficientPrivilegeError as exc:
             await connection.execute("ROLLBACK TO SAVEPOINT join_verified")

@@ -84,3 +84,42 @@ class TenantSettingsPatch(BaseModel):
 
     brand: BrandIn | None = None
     signup_open: bool | None = None
+
+
+class InvitationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: str = Field(min_length=3, max_length=320)
+    role: Role = Role.member
+
+
+class InvitationOut(BaseModel):
+    id: uuid.UUID
+    email: str
+    role: Role
+    user_id: str = Field(description="The account that chats opened for the invitee belong to until they accept.")
+    expires_at: datetime
+    invited_by: str | None = None
+    created_at: datetime | None = None
+
+
+class InvitationCreated(InvitationOut):
+    emailed: bool = Field(description="The link went to the address by e-mail (SMTP configured).")
+    url: str | None = Field(
+        default=None,
+        description="The link, only when it was not e-mailed: hand it to the person yourself. Such a link "
+        "cannot verify the address or reset an existing account's password.",
+    )
+
+
+class InvitationAccept(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=10, max_length=200)
+    password: str = Field(max_length=1024, description="A new password, or the existing account's password.")
+    name: str | None = Field(default=None, max_length=200)
+    reset: bool = Field(
+        default=False,
+        description="Set `password` as the new password of the existing account with this e-mail "
+        "(only for a link that was e-mailed).",
+    )

@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select, text, update
@@ -28,7 +29,7 @@ _DUMMY_HASH = _password_hasher.hash(secrets.token_urlsafe(16))
 AUTHENTICATE_API_KEY = "SELECT key_id, key_tenant_id FROM papo_authenticate_api_key($1)"
 AUTHENTICATE_SUBJECT = (
     "SELECT subject_tenant_id, subject_user_id, subject_role "
-    "FROM papo_authenticate_subject($1, $2, $3, $4, $5, $6, $7, $8)"
+    "FROM papo_authenticate_subject($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 )
 
 
@@ -94,9 +95,14 @@ async def authenticate(session: AsyncSession, verifier: TokenVerifier, credentia
         identity.role,
         external,  # provision tenants, users and memberships just in time for external issuers
         new_id(),
+        identity.issuer if external else None,  # an outside subject is bound to its issuer
     )
     if subject is None:
         raise Unauthorized("no such member: the account or its membership no longer exists")
+    if identity.web_session_id is not None and not await connection.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM web_sessions WHERE id = $1 AND expires_at > now())", identity.web_session_id
+    ):  # minted for a browser that has signed out since (or been signed out everywhere)
+        raise Unauthorized("your session has ended; sign in again")
     return Principal(
         subject["subject_tenant_id"],
         subject["subject_user_id"],
@@ -156,24 +162,29 @@ async def create_tenant(session: AsyncSession, name: str, external_id: str | Non
 async def add_member(
     session: AsyncSession, *, email: str, name: str | None, password: str | None, role: Role | None
 ) -> tuple[str, bool]:
-    """Add a person to the context tenant; returns (user id, whether the user was created)."""
+    """Add a NEW account to the context tenant; returns (user id, whether it was created). A member
+    of this tenant keeps their account (the role is updated); an address that any other account
+    uses is refused with Conflict: that person joins through an invitation, never by address."""
     password_hash = hash_password(password) if password else None
-    row = (
-        await session.execute(
-            text(
-                "SELECT member_user_id, member_created FROM papo_add_member("
-                ":new_user_id, :email, :name, :password_hash, :role)"
-            ),
-            {
-                "new_user_id": str(new_id()),
-                "email": email,
-                "name": name,
-                "password_hash": password_hash,
-                "role": role.value if role else None,
-            },
+    connection = driver(session)
+    await connection.execute("SAVEPOINT add_member")
+    try:
+        row = await connection.fetchrow(
+            "SELECT member_user_id, member_created FROM papo_add_member($1, $2, $3, $4, $5)",
+            str(new_id()),
+            email,
+            name,
+            password_hash,
+            role.value if role else None,
         )
-    ).one()
-    return str(row.member_user_id), bool(row.member_created)
+    except asyncpg.UniqueViolationError as exc:
+        await connection.execute("ROLLBACK TO SAVEPOINT add_member")
+        raise Conflict("an account with this e-mail already exists; invite it to this tenant instead") from exc
+    except asyncpg.InsufficientPrivilegeError as exc:
+        await connection.execute("ROLLBACK TO SAVEPOINT add_member")
+        raise Forbidden(str(exc.args[0]) if exc.args else "not allowed") from exc
+    assert row is not None
+    return str(row["member_user_id"]), bool(row["member_created"])
 
 
 async def find_member(session: AsyncSession, user_id: str) -> Membership:

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from papo.auth.models import Role
+from papo.auth.models import ADMIN_ROLES, Role
 from papo.auth.service import Principal
 from papo.auth.tenant_cache import TenantCache
 from papo.db.engine import driver
@@ -78,15 +78,23 @@ async def members(session: AsyncSession, principal: Principal) -> list[MemberRow
     return [MemberRow(r["id"], r["email"], r["name"], r["role"]) for r in rows]
 
 
-async def set_role(session: AsyncSession, principal: Principal, user_id: str, role: Role) -> None:
+async def _other_members_role(session: AsyncSession, principal: Principal, user_id: str, not_yourself: str) -> str:
+    """The current role of another member of the admin's tenant (404 for anyone else)."""
     principal.require_admin()
     if user_id == principal.user_id:
-        raise Forbidden("you cannot change your own role; ask another admin")
-    current = await driver(session).fetchval(
+        raise Forbidden(not_yourself)
+    current: str | None = await driver(session).fetchval(
         "SELECT role::text FROM memberships WHERE tenant_id = $1 AND user_id = $2", principal.tenant_id, user_id
     )
     if current is None:
         raise NotFound("no such member in this tenant")
+    return current
+
+
+async def set_role(session: AsyncSession, principal: Principal, user_id: str, role: Role) -> None:
+    current = await _other_members_role(
+        session, principal, user_id, "you cannot change your own role; ask another admin"
+    )
     if Role.owner.value in (role.value, current) and principal.role != Role.owner.value:
         raise Forbidden("only owners grant or take the owner role")
     await driver(session).execute(
@@ -94,6 +102,44 @@ async def set_role(session: AsyncSession, principal: Principal, user_id: str, ro
         principal.tenant_id,
         user_id,
         role.value,
+    )
+    if current in ADMIN_ROLES and role not in ADMIN_ROLES:
+        await _withdraw_admin_powers(session, principal, user_id)
+
+
+async def remove_member(session: AsyncSession, principal: Principal, user_id: str) -> None:
+    """Take a person out of the tenant. Their requests, browser sessions and open streams stop at
+    once (every one of them checks the membership); their chats stay with the tenant."""
+    current = await _other_members_role(session, principal, user_id, "you cannot remove yourself; ask another admin")
+    if current == Role.owner.value and principal.role != Role.owner.value:
+        raise Forbidden("only owners remove owners")
+    await driver(session).execute(
+        "DELETE FROM memberships WHERE tenant_id = $1 AND user_id = $2", principal.tenant_id, user_id
+    )
+    await _withdraw_admin_powers(session, principal, user_id)
+    # remembered, so an outside issuer's next token for this person does not provision them again
+    await driver(session).execute(
+        "INSERT INTO membership_removals (tenant_id, user_id) VALUES ($1, $2) "
+        "ON CONFLICT (tenant_id, user_id) DO UPDATE SET removed_at = now()",
+        principal.tenant_id,
+        user_id,
+    )
+
+
+async def _withdraw_admin_powers(session: AsyncSession, principal: Principal, user_id: str) -> None:
+    """What a former admin could still use: the API keys they created (they saw the secrets) and
+    the invitations they sent (each would admit whoever holds it, with the role they chose)."""
+    connection = driver(session)
+    await connection.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE tenant_id = $1 AND created_by = $2 AND revoked_at IS NULL",
+        principal.tenant_id,
+        user_id,
+    )
+    await connection.execute(
+        "UPDATE invitations SET revoked_at = now() "
+        "WHERE tenant_id = $1 AND invited_by = $2 AND accepted_at IS NULL AND revoked_at IS NULL",
+        principal.tenant_id,
+        user_id,
     )
 
 

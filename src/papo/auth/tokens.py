@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from papo.errors import Forbidden, Unauthorized
+from papo.private_files import read_or_create_private_file
 from papo.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -71,11 +72,10 @@ def _thumbprint_kid(public_jwk: dict[str, Any]) -> str:
 
 
 def _write_new_key(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """A new signing key, 0600 from the first byte; if another process wrote one first, that one stays."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    path.write_bytes(pem)
-    path.chmod(0o600)
+    read_or_create_private_file(path, lambda: pem)
 
 
 def issue_token(
@@ -86,8 +86,10 @@ def issue_token(
     user_id: str,
     role: str,
     ttl_seconds: int | None = None,
+    session_id: uuid.UUID | None = None,
 ) -> tuple[str, int]:
-    """A Clerk-shaped session token (v2 claims) for a built-in account; returns it and its lifetime."""
+    """A Clerk-shaped session token (v2 claims) for a built-in account; returns it and its lifetime.
+    With `session_id` (a browser session), the token works only while that session lasts."""
     ttl = ttl_seconds or settings.token_ttl_seconds
     now = int(time.time())
     claims = {
@@ -100,6 +102,8 @@ def issue_token(
         "v": 2,
         "o": {"id": str(tenant_id), "rol": role},
     }
+    if session_id is not None:
+        claims["sid"] = str(session_id)
     return key.sign(claims), ttl
 
 
@@ -107,6 +111,7 @@ def issue_token(
 class VerifiedIdentity:
     """What a valid token says about its bearer, before the database maps it to a membership."""
 
+    issuer: str
     issuer_is_papo: bool
     user_id: str
     tenant_ref: str
@@ -114,6 +119,8 @@ class VerifiedIdentity:
     email: str | None
     name: str | None
     expires_at: float
+    # papo's own tokens minted for a browser session: valid only while that session exists
+    web_session_id: uuid.UUID | None = None
 
 
 class RemoteKeySet:
@@ -217,14 +224,18 @@ class TokenVerifier:
             key = await self.remote.get(header.get("kid"))
         else:
             raise Unauthorized("token issuer not trusted")
+        # An audience is checked for the external issuer when the operator names one (generic
+        # OIDC issuers mint tokens for many clients); papo's own tokens carry none.
+        audience = None if own else self.settings.auth_audience
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key=key,
                 algorithms=[algorithm],
                 issuer=issuer,
+                audience=audience,
                 leeway=self.settings.auth_leeway_seconds,
-                options={"require": ["exp", "sub", "iss"], "verify_aud": False},
+                options={"require": ["exp", "sub", "iss"], "verify_aud": audience is not None},
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("token expired") from exc
@@ -239,8 +250,10 @@ class TokenVerifier:
         if claims.get("sts") == "pending":
             raise Unauthorized("session is pending (unfinished sign-in tasks)")
         parties = self.settings.auth_authorized_parties
-        if not own and parties and "azp" in claims and claims["azp"] not in parties:
-            raise Unauthorized("token authorized party not allowed")
+        # With an allow-list, a token must name its authorized party: one without `azp` could have
+        # been minted for any other front end of the same identity provider.
+        if not own and parties and claims.get("azp") not in parties:
+            raise Unauthorized("token authorized party missing or not allowed")
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject or len(subject) > 255:
             raise Unauthorized("token subject missing")
@@ -259,13 +272,17 @@ class TokenVerifier:
                 uuid.UUID(str(tenant_ref))
             except ValueError as exc:
                 raise Unauthorized("token organization malformed") from exc
+        # An address is only worth matching on when the provider vouches for it.
+        email = _str_claim(claims, "email") if claims.get("email_verified") is True else None
         return VerifiedIdentity(
+            issuer=str(claims["iss"]),
             issuer_is_papo=own,
             user_id=subject,
             tenant_ref=str(tenant_ref),
             role=role,
-            email=_str_claim(claims, "email"),
+            email=email,
             name=_str_claim(claims, "name"),
+            web_session_id=_session_claim(claims) if own else None,
             expires_at=float(claims["exp"]),
         )
 
@@ -273,3 +290,13 @@ class TokenVerifier:
 def _str_claim(claims: dict[str, Any], name: str) -> str | None:
     value = claims.get(name)
     return value if isinstance(value, str) and len(value) <= 320 else None
+
+
+def _session_claim(claims: dict[str, Any]) -> uuid.UUID | None:
+    value = claims.get("sid")
+    if value is None:
+        return None
+    try:
+        return uuid.UUID(str(value))
+    except ValueError as exc:
+        raise Unauthorized("token session malformed") from exc

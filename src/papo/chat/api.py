@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from papo.assistants.api import Assistants, resolve_assistant
 from papo.assistants.conversation import Conversation, PendingReply
 from papo.auth.deps import CurrentPrincipal, DbSession, State
+from papo.auth.models import Role
 from papo.auth.service import Principal
 from papo.chat.caching import CONDITIONAL
 from papo.chat.export import MEDIA_TYPES, ExportFormat, stream_export
@@ -287,14 +288,22 @@ async def patch_message(
 
 
 @router.post("/chats", status_code=status.HTTP_201_CREATED, response_model=SessionOut, tags=["back-office"])
-async def create_chat_for_user(body: ChatCreate, chat: Chat, assistants: Assistants) -> SessionOut:
-    """Open a chat for a member of the caller's tenant, by user id or e-mail (tenant API key or admin)."""
+async def create_chat_for_user(
+    body: ChatCreate, chat: Chat, assistants: Assistants, session: DbSession, principal: CurrentPrincipal, state: State
+) -> SessionOut:
+    """Open a chat for a member of the caller's tenant, by user id or e-mail (tenant API key or admin).
+    With `create_user`, an e-mail that is not a member yet is invited (the chat waits for them)."""
+
+    async def invite(email: str) -> str:
+        invitation = await state.accounts.invite(session, principal, email, Role.member)
+        return invitation.user_id
+
     created = await chat.open_chat_for_member(
         user_id=body.user.id,
         email=body.user.email,
         title=body.title,
         metadata=body.metadata,
-        create_user=body.create_user,
+        invite=invite if body.create_user else None,
         assistant_id=await resolve_assistant(assistants, body.assistant_id),
     )
     return SessionOut.model_validate(created)

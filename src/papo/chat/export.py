@@ -68,9 +68,20 @@ async def _messages(db: AsyncSession, chat: ChatSession) -> AsyncIterator[Messag
         yield message
 
 
+# A cell starting with one of these is a formula to a spreadsheet (=HYPERLINK(...), +cmd|...,
+# @SUM(...)), and a leading tab or carriage return hides the character after it; some spreadsheets
+# also take the full-width forms, or skip leading spaces. Such cells get a leading single quote
+# (OWASP's advice), which spreadsheets show as text and do not run.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def csv_cell(value: str) -> str:
+    return "'" + value if value.lstrip(" ").startswith(FORMULA_STARTS) else value
+
+
 def _csv_line(values: list[str]) -> str:
     buffer = io.StringIO()
-    csv.writer(buffer).writerow(values)
+    csv.writer(buffer).writerow([csv_cell(value) for value in values])
     return buffer.getvalue()
 
 

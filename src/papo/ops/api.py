@@ -81,4 +81,9 @@ async def database_gauges(state: AppState) -> metrics.DatabaseGauges:
         ),
         "papo_queue_depth": ("Work waiting in a database queue", ["queue"], samples("queue_depth")),
         "papo_queue_oldest_seconds": ("Age of the oldest waiting item", ["queue"], samples("queue_oldest_seconds")),
+        "papo_queue_dead_letters": (
+            "Items that failed their last attempt and wait for the operator",
+            ["queue"],
+            samples("queue_dead_letters"),
+        ),
     }

@@ -10,7 +10,9 @@ is right however many processes there are."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -80,9 +82,43 @@ def fresh_metrics_dir(settings: Settings) -> Path:
     return directory
 
 
+class BoundedLabel:
+    """Label values that come from tenant input (the model name an admin typed). Each distinct value
+    is a new series in every scrape and in the process's memory, so at most `limit` distinct values
+    get their own series (per process, first come), each cut to `max_length` characters of a plain
+    alphabet; everything past the limit is counted under "other". `known` values always pass."""
+
+    OTHER, UNKNOWN = "other", "unknown"
+    _UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+-]")
+
+    def __init__(self, limit: int, *, max_length: int = 64, known: Iterable[str] = ()) -> None:
+        self.limit = limit
+        self.max_length = max_length
+        self.known = frozenset(known)
+        self.seen: set[str] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, value: object) -> str:
+        if value is None or value == "":
+            return self.UNKNOWN
+        label = self._UNSAFE.sub("_", str(value)[: self.max_length])
+        if label in self.known or label in self.seen:
+            return label
+        with self.lock:
+            if len(self.seen) >= self.limit:
+                return self.OTHER
+            self.seen.add(label)
+        return label
+
+
+# Providers are a fixed vocabulary; models are whatever a tenant admin configures.
+PROVIDER_LABEL = BoundedLabel(0, known=("openai", "demo"))
+MODEL_LABEL = BoundedLabel(50)
+
+
 def record_ai_reply(meta: dict[str, Any], outcome: str) -> None:
     """One finished reply (complete, failed, interrupted) from its metadata."""
-    provider, model = str(meta.get("provider") or "unknown"), str(meta.get("model") or "unknown")
+    provider, model = PROVIDER_LABEL(meta.get("provider")), MODEL_LABEL(meta.get("model"))
     AI_REPLIES.labels(provider, model, outcome).inc()
     usage = meta.get("usage") or {}
     for kind in ("prompt", "completion"):

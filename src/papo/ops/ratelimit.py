@@ -7,16 +7,25 @@ allowance is whole again, so a check is one atomic call on either backend, using
 clock. Keys are hashed before they are stored: they name users, API keys and addresses.
 
 Answers carry RateLimit-Limit / -Remaining / -Reset and RateLimit-Policy (the IETF httpapi
-draft's fields); a refusal is a 429 problem with Retry-After."""
+draft's fields); a refusal is a 429 problem with Retry-After.
+
+Sign-in is guarded differently (`RateLimiter.sign_in`): a progressive delay per account from one
+address (an IPv6 /64), per address with a longer cap, and per account across every address only
+after many failures. Each attempt is counted as a failure before the password is checked, so
+concurrent guesses cannot all pass a check made before any of them failed; a right password clears
+the account's guards. Guessing from one place therefore never holds back the owner signing in from
+another; only a campaign from many addresses reaches the account-wide guard, and its delay is capped."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 from starlette.requests import HTTPConnection, Request
@@ -24,12 +33,16 @@ from starlette.requests import HTTPConnection, Request
 from papo.auth.service import Principal
 from papo.db.engine import application_name
 from papo.db.errors import database_unreachable
-from papo.errors import DatabaseUnavailable, QuotaExceeded
+from papo.errors import DatabaseUnavailable, QuotaExceeded, Unauthorized
 from papo.ops.metrics import RATE_LIMITED
 from papo.settings import Settings
 
 MINUTE, DAY = 60.0, 86400.0
 STATE_KEY = "rate_limits"  # request.state: decisions whose headers go on the response
+SIGN_IN_FIRST_DELAY = 30.0  # seconds; doubles with every further failure up to the configured cap
+SIGN_IN_FORGET = 15 * MINUTE  # quiet time (after the last delay ran out) that clears a sign-in guard
+ACCOUNT_GUARDS = frozenset({"sign_in_account", "sign_in_account_everywhere"})  # the right password clears
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,43 @@ class Limit:
     @property
     def interval(self) -> float:
         return self.period / self.count
+
+
+@dataclass(frozen=True)
+class Penalty:
+    """A progressive delay: the first `free` - 1 failures cost nothing, then each further attempt
+    waits `first_delay` seconds, doubling per failure up to `max_delay`. `forget` quiet seconds
+    after the last delay ran out, the count starts afresh."""
+
+    name: str
+    free: int
+    first_delay: float
+    max_delay: float
+    forget: float
+
+    @property
+    def limit(self) -> Limit:  # what the RateLimit-Policy header describes
+        return Limit(self.name, self.free, self.forget)
+
+    def delay(self, failures: int) -> float:
+        """The wait that `failures` counted failures earn (the backends compute the same)."""
+        if failures < self.free:
+            return 0.0
+        return min(self.max_delay, self.first_delay * 2.0 ** min(failures - self.free, 60))
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A backend's answer to one sign-in attempt: let through (and counted) or told to wait."""
+
+    allowed: bool
+    failures: int  # counted, this attempt included when allowed
+    not_before: float  # epoch seconds: when the next attempt may start
+    now: float  # the backend's clock
+
+    @property
+    def wait(self) -> float:
+        return max(0.0, self.not_before - self.now)
 
 
 @dataclass(frozen=True)
@@ -77,6 +127,10 @@ class RateLimited(QuotaExceeded):
         self.decision = decision
 
 
+def _refusal(penalty: Penalty, attempt: Attempt) -> Decision:
+    return Decision(penalty.limit, False, remaining=0, reset_seconds=attempt.wait, retry_after_seconds=attempt.wait)
+
+
 def _period_words(seconds: float) -> str:
     return {MINUTE: "minute", 3600.0: "hour", DAY: "day"}.get(seconds, f"{seconds:g} s")
 
@@ -84,6 +138,14 @@ def _period_words(seconds: float) -> str:
 class Backend(Protocol):
     async def gcra(self, key: bytes, interval: float, period: float, consume: bool) -> tuple[bool, float, float]:
         """(allowed, arrival time of the bucket, the backend's clock), both in epoch seconds."""
+        ...
+
+    async def attempt(self, key: bytes, penalty: Penalty) -> Attempt:
+        """One guarded attempt, atomically: refused while the key waits, else counted as a failure."""
+        ...
+
+    async def settle(self, key: bytes, attempt: Attempt, *, clear: bool) -> None:
+        """An allowed attempt that was no failure: clear the key, or (clear=False) take the attempt back."""
         ...
 
     async def close(self) -> None: ...
@@ -111,17 +173,34 @@ class PostgresBackend:
                     )
         return self.pool
 
-    async def gcra(self, key: bytes, interval: float, period: float, consume: bool) -> tuple[bool, float, float]:
+    async def _fetchrow(self, query: str, *args: Any) -> Any:
         pool = await self._pool()
         try:
-            row = await pool.fetchrow(
-                "SELECT allowed, tat, now_epoch FROM papo_rate_limit($1, $2, $3, $4)", key, interval, period, consume
-            )
+            return await pool.fetchrow(query, *args)
         except Exception as exc:
             if database_unreachable(exc):
                 raise DatabaseUnavailable from exc
             raise
+
+    async def gcra(self, key: bytes, interval: float, period: float, consume: bool) -> tuple[bool, float, float]:
+        row = await self._fetchrow(
+            "SELECT allowed, tat, now_epoch FROM papo_rate_limit($1, $2, $3, $4)", key, interval, period, consume
+        )
         return bool(row["allowed"]), float(row["tat"]), float(row["now_epoch"])
+
+    async def attempt(self, key: bytes, penalty: Penalty) -> Attempt:
+        row = await self._fetchrow(
+            "SELECT allowed, failures, not_before, now_epoch FROM papo_sign_in_attempt($1, $2, $3, $4, $5)",
+            key,
+            penalty.free,
+            penalty.first_delay,
+            penalty.max_delay,
+            penalty.forget,
+        )
+        return Attempt(bool(row["allowed"]), int(row["failures"]), float(row["not_before"]), float(row["now_epoch"]))
+
+    async def settle(self, key: bytes, attempt: Attempt, *, clear: bool) -> None:
+        await self._fetchrow("SELECT papo_sign_in_settle($1, $2, $3, $4)", key, clear, attempt.not_before, attempt.now)
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -147,12 +226,75 @@ return {0, string.format('%.6f', base), string.format('%.6f', now)}
 """
 
 
+# papo_sign_in_attempt() and papo_sign_in_settle() (migration 0023), on Redis's clock.
+_REDIS_SIGN_IN_ATTEMPT = """
+local free = tonumber(ARGV[1])
+local first_delay = tonumber(ARGV[2])
+local max_delay = tonumber(ARGV[3])
+local forget = tonumber(ARGV[4])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local stored = redis.call('HMGET', KEYS[1], 'failures', 'not_before', 'forget_at')
+local failures = tonumber(stored[1]) or 0
+local not_before = tonumber(stored[2]) or 0
+if now >= (tonumber(stored[3]) or 0) then
+  failures = 0
+  not_before = 0
+end
+if now < not_before then
+  return {0, failures, string.format('%.6f', not_before), string.format('%.6f', now)}
+end
+failures = failures + 1
+local delay = 0
+if failures >= free then
+  delay = math.min(max_delay, first_delay * 2 ^ math.min(failures - free, 60))
+end
+not_before = now + delay
+redis.call('HSET', KEYS[1], 'failures', failures, 'not_before', string.format('%.6f', not_before),
+           'forget_at', string.format('%.6f', not_before + forget))
+redis.call('PEXPIRE', KEYS[1], math.ceil((not_before + forget - now) * 1000))
+return {1, failures, string.format('%.6f', not_before), string.format('%.6f', now)}
+"""
+
+_REDIS_SIGN_IN_SETTLE = """
+if ARGV[1] == '1' then
+  return redis.call('DEL', KEYS[1])
+end
+local stored = redis.call('HMGET', KEYS[1], 'failures', 'not_before')
+if not stored[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'failures', math.max(tonumber(stored[1]) - 1, 0))
+if math.abs(tonumber(stored[2]) - tonumber(ARGV[2])) < 0.000002 then
+  redis.call('HSET', KEYS[1], 'not_before', ARGV[3])
+end
+return 1
+"""
+
+
 class RedisBackend:
     def __init__(self, url: str) -> None:
         import redis.asyncio as redis
 
         self.client = redis.Redis.from_url(url)
         self.script = self.client.register_script(_REDIS_GCRA)
+        self.attempt_script = self.client.register_script(_REDIS_SIGN_IN_ATTEMPT)
+        self.settle_script = self.client.register_script(_REDIS_SIGN_IN_SETTLE)
+
+    @staticmethod
+    def _guard_key(key: bytes) -> bytes:
+        return b"papo:sg:" + key.hex().encode()
+
+    async def attempt(self, key: bytes, penalty: Penalty) -> Attempt:
+        allowed, failures, not_before, now = await self.attempt_script(
+            keys=[self._guard_key(key)], args=[penalty.free, penalty.first_delay, penalty.max_delay, penalty.forget]
+        )
+        return Attempt(bool(int(allowed)), int(failures), float(not_before), float(now))
+
+    async def settle(self, key: bytes, attempt: Attempt, *, clear: bool) -> None:
+        await self.settle_script(
+            keys=[self._guard_key(key)], args=[int(clear), f"{attempt.not_before:.6f}", f"{attempt.now:.6f}"]
+        )
 
     async def gcra(self, key: bytes, interval: float, period: float, consume: bool) -> tuple[bool, float, float]:
         allowed, tat, now = await self.script(
@@ -172,13 +314,45 @@ def configured_limits(settings: Settings) -> dict[str, Limit]:
         Limit("user_ai_replies", settings.rate_limit_user_ai_replies_per_minute, MINUTE),
         Limit("user_ai_replies_daily", settings.rate_limit_user_ai_replies_per_day, DAY),
         Limit("api_key_ai_replies", settings.rate_limit_api_key_ai_replies_per_minute, MINUTE),
-        Limit("sign_in_address", settings.rate_limit_sign_in_failures_per_address, 15 * MINUTE),
-        Limit("sign_in_account", settings.rate_limit_sign_in_failures_per_account, 15 * MINUTE),
         Limit("sign_up_address", settings.rate_limit_sign_ups_per_address_per_hour, 3600.0),
         Limit("webhook_address", settings.rate_limit_webhooks_per_address_per_minute, MINUTE),
         Limit("whatsapp_sends", settings.whatsapp_sends_per_minute, MINUTE),
     ]
     return {limit.name: limit for limit in wanted if limit.count > 0}
+
+
+def configured_penalties(settings: Settings) -> dict[str, Penalty]:
+    """The sign-in guards, by name; a count of 0 switches one off.
+
+    The tight guard is per account *and* address: guesses from one place slow down quickly, while
+    the owner signing in from anywhere else is not held back by them (a stranger cannot lock them
+    out by guessing once each time the delay runs out). Across all addresses an account only waits
+    after many more failures (a spread-out guessing campaign). Per address the delay may grow
+    longer: an address is the attacker's own, an account is the victim's."""
+    wanted = [
+        Penalty(
+            "sign_in_account",
+            settings.rate_limit_sign_in_failures_per_account,
+            SIGN_IN_FIRST_DELAY,
+            settings.rate_limit_sign_in_max_delay_seconds,
+            SIGN_IN_FORGET,
+        ),
+        Penalty(
+            "sign_in_account_everywhere",
+            settings.rate_limit_sign_in_failures_per_account_everywhere,
+            SIGN_IN_FIRST_DELAY,
+            settings.rate_limit_sign_in_max_delay_seconds,
+            SIGN_IN_FORGET,
+        ),
+        Penalty(
+            "sign_in_address",
+            settings.rate_limit_sign_in_failures_per_address,
+            SIGN_IN_FIRST_DELAY,
+            settings.rate_limit_sign_in_address_max_delay_seconds,
+            SIGN_IN_FORGET,
+        ),
+    ]
+    return {penalty.name: penalty for penalty in wanted if penalty.free > 0}
 
 
 @dataclass
@@ -195,18 +369,36 @@ LEASE_MAX = 20
 MAX_LEASES = 10_000
 
 
+def _key(name: str, identity: str) -> bytes:
+    return hashlib.sha256(f"{name}\x00{identity}".encode()).digest()[:20]
+
+
 class RateLimiter:
-    def __init__(self, backend: Backend, limits: dict[str, Limit], *, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        limits: dict[str, Limit],
+        *,
+        enabled: bool = True,
+        penalties: dict[str, Penalty] | None = None,
+    ) -> None:
         self.backend = backend
         self.limits = limits
         self.enabled = enabled
+        self.penalties = penalties or {}
         self.leases: dict[bytes, Lease] = {}
+        self.password_checks = 0  # sign-in attempts this process let through to the password check
 
     @classmethod
     def from_settings(cls, settings: Settings, dsn: str) -> RateLimiter:
         """`dsn`: the runtime role's plain connection string (used when no Redis is configured)."""
         backend: Backend = RedisBackend(settings.redis_url) if settings.redis_url else PostgresBackend(dsn)
-        return cls(backend, configured_limits(settings), enabled=settings.rate_limits_enabled)
+        return cls(
+            backend,
+            configured_limits(settings),
+            enabled=settings.rate_limits_enabled,
+            penalties=configured_penalties(settings),
+        )
 
     async def check(self, name: str, identity: str, *, consume: bool = True) -> Decision | None:
         """Spend one unit of `name` for `identity` (or, with consume=False, only look whether one is
@@ -220,7 +412,7 @@ class RateLimiter:
         limit = self.limits.get(name)
         if limit is None or not self.enabled:
             return None
-        key = hashlib.sha256(f"{name}\x00{identity}".encode()).digest()[:20]
+        key = _key(name, identity)
         clock = time.monotonic()
         lease = self.leases.get(key)
         if consume and lease is not None and lease.units > 0 and clock < lease.expires:
@@ -281,20 +473,52 @@ class RateLimiter:
         await self.enforce(connection, "user_ai_replies", identity)
         await self.enforce(connection, "user_ai_replies_daily", identity)
 
-    async def sign_in_refusal(self, address: str, account: str) -> Decision | None:
-        """Before checking a password: the refusal, if this address or account failed too often."""
-        refusals = [
-            decision
-            for name, identity in (("sign_in_address", address), ("sign_in_account", account.strip().lower()))
-            if (decision := await self.check(name, identity, consume=False)) is not None and not decision.allowed
-        ]
-        for refusal in refusals:
-            RATE_LIMITED.labels(refusal.limit.name).inc()
-        return max(refusals, key=lambda d: d.retry_after_seconds, default=None)
+    async def sign_in(self, address: str, account: str, check: Callable[[], Awaitable[T]]) -> T:
+        """Run `check` (the password check) as one sign-in attempt for `account` from `address`.
 
-    async def sign_in_failed(self, address: str, account: str) -> None:
-        await self.check("sign_in_address", address)
-        await self.check("sign_in_account", account.strip().lower())
+        While either guard says wait, `check` does not run: RateLimited (429, Retry-After). Otherwise
+        the attempt is counted as a failure first, then checked. Unauthorized from `check` leaves it
+        counted; success clears the account's count and takes the attempt back from the address;
+        any other error takes it back from both."""
+        taken: list[tuple[str, bytes, Attempt]] = []
+        if self.enabled:
+            try:
+                account = account.strip().lower()
+                place = address_block(address)
+                guards = (
+                    ("sign_in_account", f"{account}\x00{place}"),
+                    ("sign_in_address", place),
+                    ("sign_in_account_everywhere", account),
+                )
+                for name, identity in guards:
+                    penalty = self.penalties.get(name)
+                    if penalty is None:
+                        continue
+                    key = _key(name, identity)
+                    attempt = await self.backend.attempt(key, penalty)
+                    if not attempt.allowed:
+                        RATE_LIMITED.labels(name).inc()
+                        raise RateLimited(
+                            _refusal(penalty, attempt), "too many failed sign-ins; wait before trying again"
+                        )
+                    taken.append((name, key, attempt))
+            except BaseException:
+                await self._settle(taken, succeeded=False)
+                raise
+        self.password_checks += 1
+        try:
+            result = await check()
+        except Unauthorized:
+            raise
+        except Exception:
+            await self._settle(taken, succeeded=False)
+            raise
+        await self._settle(taken, succeeded=True)
+        return result
+
+    async def _settle(self, taken: list[tuple[str, bytes, Attempt]], *, succeeded: bool) -> None:
+        for name, key, attempt in taken:
+            await self.backend.settle(key, attempt, clear=succeeded and name in ACCOUNT_GUARDS)
 
     async def close(self) -> None:
         await self.backend.close()
@@ -318,6 +542,20 @@ def response_headers(state: dict[str, Any]) -> list[tuple[bytes, bytes]]:
         return []
     tightest = min(decisions, key=lambda d: (d.remaining, -d.reset_seconds))
     return [(name.lower().encode(), value.encode()) for name, value in tightest.headers().items()]
+
+
+def address_block(address: str) -> str:
+    """Where an attempt comes from, for the sign-in guards: an IPv4 address, or the /64 an IPv6
+    address belongs to (one subscriber usually holds a whole /64)."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed)
 
 
 def client_address(connection: HTTPConnection) -> str:

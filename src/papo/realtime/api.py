@@ -3,7 +3,12 @@
 A stream subscribes to the process's hub *first*, then replays the outbox from the client's cursor
 through RLS, then serves live events, skipping any id it already sent: nothing is lost or repeated
 at the seam between replay and live. Live-only events (`{"type": "live"}`, e.g. reply deltas) carry
-no id and are never replayed; SSE sends them without an `id:` line, so Last-Event-ID is unchanged."""
+no id and are never replayed; SSE sends them without an `id:` line, so Last-Event-ID is unchanged.
+
+A stream follows its principal (see papo.realtime.access): it ends when its token expires, when
+the member is removed or their role changes, when the browser session it came from is signed out
+(SSE with the cookie; a socket whose upgrade request carried the cookie, as the web app's does),
+or when an API key is revoked. Streams per member and token refreshes per socket are limited."""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,24 +25,32 @@ import structlog
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 
-from papo.auth.deps import CurrentPrincipal
+from papo.auth import web_sessions
+from papo.auth.deps import CurrentPrincipal, DbSession
 from papo.auth.service import Principal, authenticate
 from papo.errors import BadRequest, DomainError, Forbidden
-from papo.realtime.hub import Subscriber
-from papo.realtime.service import bounds, read_own_events
+from papo.realtime.codes import (
+    CLOSE_BAD_REQUEST,
+    CLOSE_FORBIDDEN,
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_BIG,
+    CLOSE_TOO_MANY,
+    CLOSE_TRY_AGAIN,
+    CLOSE_UNAUTHORIZED,
+)
+from papo.realtime.hub import Subscriber, TooManyStreams
+from papo.realtime.service import Event, bounds, read_own_events
 from papo.state import AppState
+from papo.waiting import wake_or_timeout
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["realtime"])
 
-# WebSocket close codes (4000-4999 are the application's).
-CLOSE_GOING_AWAY = 1001
-CLOSE_TOO_BIG = 1009
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_FORBIDDEN = 4003
-CLOSE_SLOW_CONSUMER = 4008
-CLOSE_BAD_REQUEST = 4400
 REPLAY_BATCH = 500
+# A refused socket's close code by the problem's HTTP status (503: the database is away; retry).
+CLOSE_CODES = {401: CLOSE_UNAUTHORIZED, 403: CLOSE_FORBIDDEN, 429: CLOSE_TOO_MANY, 503: CLOSE_TRY_AGAIN}
 HEARTBEAT: dict[str, Any] = {"type": "heartbeat"}
 
 
@@ -72,21 +87,36 @@ async def event_stream(state: AppState, subscriber: Subscriber, since: int | Non
     yield {"type": "ready", "id": last}
     heartbeat = state.settings.realtime_heartbeat_seconds
     quiet_since = time.monotonic()
+    held_back: Event | None = None  # taken from the queue just as a re-check began
     while True:
+        if subscriber.ended is not None:
+            raise StreamEnded(*subscriber.ended)
         if subscriber.closing.is_set():
             raise StreamEnded(CLOSE_GOING_AWAY, "server shutting down")
-        if subscriber.overflowed.is_set() and subscriber.queue.empty():
+        if subscriber.overflowed.is_set() and subscriber.queue.empty() and held_back is None:
             raise StreamEnded(CLOSE_SLOW_CONSUMER, "too far behind; reconnect with your last id to resume")
         expires_at = subscriber.principal.expires_at
         if expires_at is not None and time.time() > expires_at + state.settings.auth_leeway_seconds:
             raise StreamEnded(CLOSE_UNAUTHORIZED, "token expired; reconnect (or send a fresh token) to resume")
-        try:
-            async with asyncio.timeout(min(heartbeat, 1.0)):  # not wait_for: see papo.waiting
-                event = await subscriber.queue.get()
-        except TimeoutError:
-            if time.monotonic() - quiet_since >= heartbeat:
-                quiet_since = time.monotonic()
-                yield HEARTBEAT  # lets SSE keep proxies from closing an idle stream
+        if not subscriber.cleared.is_set():  # access being re-checked: send nothing until it stands
+            await wake_or_timeout(subscriber.cleared, 1.0)
+            continue
+        if held_back is not None:
+            event, held_back = held_back, None
+        else:
+            try:
+                async with asyncio.timeout(min(heartbeat, 1.0)):  # not wait_for: see papo.waiting
+                    event = await subscriber.queue.get()
+            except TimeoutError:
+                if time.monotonic() - quiet_since >= heartbeat:
+                    quiet_since = time.monotonic()
+                    yield HEARTBEAT  # lets SSE keep proxies from closing an idle stream
+                continue
+            if not subscriber.cleared.is_set() or subscriber.ended is not None:
+                held_back = event  # a notice arrived while we waited: the re-check decides
+                continue
+        principal = subscriber.principal  # as of now: a refreshed token may carry another role
+        if not event.visible_to(principal.tenant_id, principal.user_id, principal.role):
             continue
         if event.id is None:  # live: never replayed, so never a duplicate
             yield event.wire()
@@ -109,19 +139,32 @@ def _parse_since(value: Any) -> int | None:
 async def server_sent_events(
     request: Request,
     principal: CurrentPrincipal,
+    session: DbSession,
     since: int | None = Query(default=None, ge=0, description="Last event id seen (or send Last-Event-ID)."),
     last_event_id: str | None = Header(default=None),
 ) -> StreamingResponse:
-    """Server-sent events: the same stream as the WebSocket, resumable with Last-Event-ID."""
+    """Server-sent events: the same stream as the WebSocket, resumable with Last-Event-ID. Over the
+    per-member cap of open streams: 429."""
     principal.require_user()
     if last_event_id is not None:
         if not last_event_id.isdigit():
             raise BadRequest("Last-Event-ID must be an event id")
         since = int(last_event_id)
     state: AppState = request.app.state.papo
+    limit = state.settings.realtime_max_streams_per_user
+    if limit > 0 and state.hub.streams_of(principal) >= limit:
+        raise TooManyStreams(limit)
+    web_session_id = None
+    if "authorization" not in request.headers and (cookie := request.cookies.get(web_sessions.SESSION_COOKIE)):
+        # The principal came from this browser session (see current_principal): signing it out ends the stream.
+        _, web_session_id = await web_sessions.authenticate(session, cookie)
 
     async def body() -> AsyncIterator[str]:
-        subscriber = state.hub.subscribe(principal, "sse")
+        try:
+            subscriber = state.hub.subscribe(principal, "sse", web_session_id=web_session_id, max_per_user=limit)
+        except TooManyStreams as refused:  # another stream opened since the check above
+            yield f"event: error\ndata: {json.dumps({'type': 'error', 'detail': refused.detail})}\n\n"
+            return
         try:
             async for message in event_stream(state, subscriber, since):
                 if message is HEARTBEAT:
@@ -155,6 +198,13 @@ async def realtime_socket(websocket: WebSocket) -> None:
             raise StreamEnded(CLOSE_UNAUTHORIZED, 'the first frame must be {"type": "auth", "token": …}')
         principal = await _authenticate(state, frame)
         since = _parse_since(frame.get("since"))
+        web_session_id = await _browser_session(state, websocket, principal)
+        subscriber = state.hub.subscribe(
+            principal,
+            "websocket",
+            web_session_id=web_session_id,
+            max_per_user=state.settings.realtime_max_streams_per_user,
+        )
     except TimeoutError:
         await _close(websocket, CLOSE_UNAUTHORIZED, "no auth frame received in time")
         return
@@ -162,13 +212,12 @@ async def realtime_socket(websocket: WebSocket) -> None:
         await _close(websocket, ended.code, ended.reason)
         return
     except DomainError as exc:
-        code = CLOSE_UNAUTHORIZED if exc.status == 401 else CLOSE_FORBIDDEN if exc.status == 403 else CLOSE_BAD_REQUEST
+        code = CLOSE_CODES.get(exc.status, CLOSE_BAD_REQUEST)
         await _close(websocket, code, exc.detail)
         return
     except WebSocketDisconnect:
         return
 
-    subscriber = state.hub.subscribe(principal, "websocket")
     sender = asyncio.create_task(_send_events(websocket, state, subscriber, since))
     receiver = asyncio.create_task(_receive_controls(websocket, state, subscriber))
     try:
@@ -178,7 +227,7 @@ async def realtime_socket(websocket: WebSocket) -> None:
             await _close(websocket, failure.code, failure.reason)
         elif failure is not None and not isinstance(failure, WebSocketDisconnect):
             log.error("realtime socket failed", exc_info=failure)
-            await _close(websocket, 1011, "internal error")
+            await _close(websocket, CLOSE_INTERNAL, "internal error")
     finally:
         for task in (sender, receiver):
             task.cancel()
@@ -194,6 +243,8 @@ async def _send_events(websocket: WebSocket, state: AppState, subscriber: Subscr
 
 
 async def _receive_controls(websocket: WebSocket, state: AppState, subscriber: Subscriber) -> None:
+    limit = state.settings.realtime_auth_frames_per_minute
+    refreshes: deque[float] = deque()  # when the last auth frames came, for the per-minute limit
     while True:
         try:
             frame = await _receive(websocket, state)
@@ -206,6 +257,13 @@ async def _receive_controls(websocket: WebSocket, state: AppState, subscriber: S
         if kind == "ping":
             await websocket.send_text('{"type":"pong"}')
         elif kind == "auth":
+            # Each one costs a signature check and a query, valid or not: count them all.
+            now = time.monotonic()
+            refreshes.append(now)
+            while refreshes and refreshes[0] <= now - 60:
+                refreshes.popleft()
+            if limit > 0 and len(refreshes) > limit:
+                raise StreamEnded(CLOSE_TOO_MANY, f"too many auth frames (at most {limit} a minute); reconnect")
             try:
                 fresh = await _authenticate(state, frame)
             except DomainError as exc:
@@ -247,6 +305,20 @@ async def _authenticate(state: AppState, frame: dict[str, Any]) -> Principal:
     if principal.user_id is None:
         raise Forbidden("realtime streams belong to users; API keys cannot subscribe")
     return principal
+
+
+async def _browser_session(state: AppState, websocket: WebSocket, principal: Principal) -> uuid.UUID | None:
+    """The browser session behind a socket opened by the web app: its upgrade request carries the
+    session cookie (the token in the auth frame was minted from it). Signing that session out ends
+    the socket at once rather than when the token expires. A cookie of an ended session refuses it."""
+    cookie = websocket.cookies.get(web_sessions.SESSION_COOKIE)
+    if not cookie:
+        return None
+    async with state.db.transaction() as session:
+        browser, web_session_id = await web_sessions.authenticate(session, cookie)
+    if (browser.tenant_id, browser.user_id) != (principal.tenant_id, principal.user_id):
+        return None  # someone else's browser: the token alone speaks for this socket
+    return web_session_id
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:

@@ -7,7 +7,11 @@ silently, and after a reconnect the relay simply reads on from the last id it ha
 
 Live events (reply deltas) skip the outbox: the process that makes one hands it to its own
 subscribers at once, and NOTIFYs the other processes with the event itself as payload, batched.
-Losing one costs a reader nothing it cannot refetch: the durable state lands in the outbox too."""
+Losing one costs a reader nothing it cannot refetch: the durable state lands in the outbox too.
+
+The same connection hears what withdraws access (papo.realtime.access): each stream a notice
+concerns is held and re-checked, and closed if it lost access; every stream is also re-checked on
+a timer and after the listener reconnects. Streams per member are capped per process."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,8 +30,10 @@ import structlog
 
 from papo.auth.service import Principal
 from papo.db.engine import Database, application_name
-from papo.errors import DatabaseUnavailable
+from papo.errors import DatabaseUnavailable, QuotaExceeded
 from papo.ops.metrics import REALTIME_CONNECTIONS, REALTIME_EVENT_LAG
+from papo.realtime.access import ACCESS_CHANNEL, Grant, Notice, standings, verdict
+from papo.realtime.codes import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 from papo.realtime.service import Event, bounds, read_all_events
 from papo.waiting import wake_or_timeout
 
@@ -38,6 +45,9 @@ MISSED = "*"
 BATCH = 500
 # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; publishers keep live events well under.
 MAX_LIVE_PAYLOAD_BYTES = 7900
+# A stream held for an access re-check that cannot be done (the database is away) closes after this
+# long rather than go on serving what it may no longer see; the client reconnects and re-authenticates.
+REVIEW_PATIENCE_SECONDS = 10.0
 
 
 @dataclass(eq=False)
@@ -48,12 +58,37 @@ class Subscriber:
     principal: Principal
     capacity: int
     transport: str
+    web_session_id: uuid.UUID | None = None  # the browser session it came from, if any
     queue: asyncio.Queue[Event] = field(init=False)
     overflowed: asyncio.Event = field(default_factory=asyncio.Event)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: tuple[int, str] | None = None  # (close code, reason) once the stream must end
+    # Set while the stream's access stands; cleared while a re-check is due, so that nothing goes
+    # out to a principal that may just have been demoted, removed or signed out.
+    cleared: asyncio.Event = field(default_factory=asyncio.Event)
+    held_since: float | None = None
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(maxsize=self.capacity)
+        self.cleared.set()
+
+    def grant(self) -> Grant:
+        return Grant.of(self.principal, self.web_session_id)
+
+    def end(self, code: int, reason: str) -> None:
+        if self.ended is None:
+            self.ended = (code, reason)
+        self.closing.set()
+        self.cleared.set()
+
+    def hold(self) -> None:
+        if self.cleared.is_set() and self.ended is None:
+            self.cleared.clear()
+            self.held_since = time.monotonic()
+
+    def release(self) -> None:
+        self.cleared.set()
+        self.held_since = None
 
     def offer(self, event: Event) -> None:
         p = self.principal
@@ -65,6 +100,11 @@ class Subscriber:
             self.overflowed.set()
 
 
+class TooManyStreams(QuotaExceeded):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"too many open streams for this user (at most {limit} per server); close one first")
+
+
 def _payload_only(callback: Callable[[str], None]) -> Callable[..., None]:
     def listener(_connection: Any, _pid: int, _channel: str, payload: str) -> None:
         callback(payload)
@@ -73,12 +113,26 @@ def _payload_only(callback: Callable[[str], None]) -> Callable[..., None]:
 
 
 class EventHub:
-    def __init__(self, db: Database, listen_dsn: str, *, poll_seconds: float, queue_size: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        listen_dsn: str,
+        *,
+        poll_seconds: float,
+        queue_size: int,
+        access_check_seconds: float = 60.0,
+    ) -> None:
         self.db = db
         self.listen_dsn = listen_dsn
         self.poll_seconds = poll_seconds
         self.queue_size = queue_size
         self.subscribers: set[Subscriber] = set()
+        self.per_user: Counter[tuple[uuid.UUID, str | None]] = Counter()
+        self.access_check_seconds = max(1.0, access_check_seconds)
+        self.to_review: set[Subscriber] = set()
+        self.review_all = False
+        self.access_wake = asyncio.Event()
+        self.access_task: asyncio.Task[None] | None = None
         self.last_id = 0
         self.wake = asyncio.Event()
         self.listener: asyncpg.Connection | None = None
@@ -97,11 +151,12 @@ class EventHub:
         await self._listen()
         self.task = asyncio.create_task(self._run(), name="papo-event-relay")
         self.notifier = asyncio.create_task(self._notify_others(), name="papo-live-notifier")
+        self.access_task = asyncio.create_task(self._watch_access(), name="papo-realtime-access")
 
     async def stop(self) -> None:
         for subscriber in self.subscribers:
-            subscriber.closing.set()
-        for task in (self.task, self.notifier):
+            subscriber.end(CLOSE_GOING_AWAY, "server shutting down")
+        for task in (self.task, self.notifier, self.access_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -124,15 +179,38 @@ class EventHub:
         """Whether the LISTEN connection is up (without it, other processes' events wait for the poll)."""
         return self.listener is not None and not self.listener.is_closed()
 
-    def subscribe(self, principal: Principal, transport: str) -> Subscriber:
-        subscriber = Subscriber(principal, self.queue_size, transport)
+    def streams_of(self, principal: Principal) -> int:
+        return self.per_user[(principal.tenant_id, principal.user_id)]
+
+    def subscribe(
+        self,
+        principal: Principal,
+        transport: str,
+        *,
+        web_session_id: uuid.UUID | None = None,
+        max_per_user: int = 0,
+    ) -> Subscriber:
+        """A new stream, held until its access is confirmed once more: a change committed between
+        authenticating it and this moment was announced before anyone here listened for it."""
+        if max_per_user > 0 and self.streams_of(principal) >= max_per_user:
+            raise TooManyStreams(max_per_user)
+        subscriber = Subscriber(principal, self.queue_size, transport, web_session_id)
         self.subscribers.add(subscriber)
+        self.per_user[(principal.tenant_id, principal.user_id)] += 1
         REALTIME_CONNECTIONS.labels(transport).inc()
+        subscriber.hold()
+        self.to_review.add(subscriber)
+        self.access_wake.set()
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         if subscriber in self.subscribers:
             self.subscribers.discard(subscriber)
+            self.to_review.discard(subscriber)
+            key = (subscriber.principal.tenant_id, subscriber.principal.user_id)
+            self.per_user[key] -= 1
+            if self.per_user[key] <= 0:
+                del self.per_user[key]
             REALTIME_CONNECTIONS.labels(subscriber.transport).dec()
 
     def publish_live(self, event: Event) -> None:
@@ -199,10 +277,13 @@ class EventHub:
             )
             await self.listener.add_listener(CHANNEL, self._notified)
             await self.listener.add_listener(LIVE_CHANNEL, self._live_notified)
+            await self.listener.add_listener(ACCESS_CHANNEL, self._access_notified)
             for channel, callback in self.channels.items():
                 await self.listener.add_listener(channel, _payload_only(callback))
                 callback(MISSED)  # notifications sent while not listening are lost
             self.listener.add_termination_listener(self._terminated)
+            self.review_all = True  # so are access changes: re-check every open stream
+            self.access_wake.set()
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("realtime listener could not connect; polling until it can", error=str(exc))
             self.listener = None
@@ -210,6 +291,66 @@ class EventHub:
 
     def _notified(self, *_: Any) -> None:
         self.wake.set()
+
+    def _access_notified(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        notice = Notice.parse(payload)
+        if notice is None:
+            log.warning("malformed access notice; re-checking every stream")
+            self.review_all = True
+            self.access_wake.set()
+            return
+        for subscriber in self.subscribers:
+            if notice.concerns(subscriber.grant()):
+                subscriber.hold()  # synchronously, before any later event can be handed out
+                self.to_review.add(subscriber)
+        if self.to_review:
+            self.access_wake.set()
+
+    async def _watch_access(self) -> None:
+        """Re-check held streams as soon as they are held, and every stream each interval."""
+        next_round = time.monotonic() + self.access_check_seconds
+        while True:
+            await wake_or_timeout(self.access_wake, max(0.0, next_round - time.monotonic()))
+            self.access_wake.clear()
+            batch, self.to_review = self.to_review, set()
+            if self.review_all or time.monotonic() >= next_round:
+                self.review_all = False
+                next_round = time.monotonic() + self.access_check_seconds
+                batch |= self.subscribers
+            batch &= self.subscribers
+            if not batch:
+                continue
+            try:
+                await self._review(batch)
+            except Exception as exc:  # the watch must outlive any one failure: it guards every stream
+                log.warning("could not re-check open streams' access; retrying", error=str(exc))
+                self._retry_later(batch)
+                await asyncio.sleep(1)
+
+    async def _review(self, batch: set[Subscriber]) -> None:
+        grants = {subscriber: subscriber.grant() for subscriber in batch}
+        async with self.db.transaction() as session:
+            found = await standings(session, grants.values())
+        for subscriber, grant in grants.items():
+            standing = found.get(grant)
+            outcome = verdict(grant, standing) if standing is not None else None
+            if outcome is not None:
+                log.info("realtime stream closed", reason=outcome[1], tenant_id=str(grant.tenant_id))
+                subscriber.end(*outcome)
+            if subscriber not in self.to_review:  # a notice during the query: held for the next round
+                subscriber.release()
+
+    def _retry_later(self, batch: set[Subscriber]) -> None:
+        now = time.monotonic()
+        for subscriber in batch:
+            if subscriber.held_since is None:
+                continue  # a routine round: the next one tries again
+            if now - subscriber.held_since > REVIEW_PATIENCE_SECONDS:
+                subscriber.end(CLOSE_TRY_AGAIN, "could not confirm your access just now; reconnect")
+            else:
+                self.to_review.add(subscriber)
+        if self.to_review:
+            self.access_wake.set()
 
     def _terminated(self, *_: Any) -> None:
         log.warning("realtime listener connection lost; reconnecting")

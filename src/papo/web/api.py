@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,7 +35,7 @@ from papo.db.engine import after_commit
 from papo.errors import Conflict, DomainError, Forbidden, NotFound, Unauthorized
 from papo.insights.chart import activity_chart
 from papo.insights.service import usage_summary
-from papo.ops.ratelimit import Decision, client_address
+from papo.ops.ratelimit import Decision, RateLimited, client_address
 from papo.realtime.service import bounds as realtime_bounds
 from papo.state import AppState
 from papo.web import brand, markdown
@@ -318,12 +319,13 @@ async def login_submit(
     check_form_csrf(page, state, csrf_token)
     address = client_address(request)
     values = {"next": local_path(next), "email": email}
-    if refusal := await state.limiter.sign_in_refusal(address, email):
-        return await _throttled(page, state, session, "login.html", tenant, refusal, **values)
     try:
-        principal = await auth_service.login(session, email.strip(), password, tenant)
+        principal = await state.limiter.sign_in(
+            address, email, lambda: auth_service.login(session, email.strip(), password, tenant)
+        )
+    except RateLimited as refused:
+        return await _throttled(page, state, session, "login.html", tenant, refused.decision, **values)
     except Unauthorized:
-        await state.limiter.sign_in_failed(address, email)
         error = page.t("auth.wrong")
         return await _sign_in_page(page, state, session, "login.html", tenant, status_code=401, error=error, **values)
     except DomainError as exc:
@@ -387,6 +389,10 @@ async def signup_submit(
         return await _sign_in_page(
             page, state, session, "signup.html", tenant, status_code=status_code, error=message, **values
         )
+    assert principal.user_id is not None
+    # The address is unproven until this link is opened: until then the account belongs to this
+    # workspace only (no invitation elsewhere, no sign-in by that e-mail through a provider).
+    await state.accounts.send_verification(principal.user_id, email.strip().lower())
     return await _open_session(page, state, session, principal, "/")
 
 
@@ -467,16 +473,28 @@ async def logout(
 
 
 @router.post("/web/realtime-token")
-async def realtime_token(principal: CurrentPrincipal, state: State) -> JSONResponse:
-    """A short-lived bearer token for the realtime socket's auth frame (the cookie is HttpOnly)."""
-    user_id = principal.require_user()
+async def realtime_token(request: Request, principal: CurrentPrincipal, state: State) -> JSONResponse:
+    """A short-lived bearer token for the realtime socket's auth frame (the cookie is HttpOnly).
+
+    Only a browser's cookie gets one, never a bearer token, so a token cannot mint its successor.
+    papo's own session binds the token to itself (signing out ends it); a token taken from an
+    identity provider's cookie (Clerk) lasts no longer than that token does."""
+    web_session_id = getattr(request.state, "web_session_id", None)
+    ttl = REALTIME_TOKEN_SECONDS
+    if web_session_id is None:
+        if not getattr(request.state, "provider_cookie", False) or principal.expires_at is None:
+            raise Forbidden("this endpoint serves the web app's signed-in browser only")
+        ttl = min(ttl, int(principal.expires_at - time.time()))
+        if ttl <= 0:
+            raise Unauthorized("your session has ended; sign in again")
     token, ttl = issue_token(
         state.settings,
         state.signing_key,
         tenant_id=principal.tenant_id,
-        user_id=user_id,
+        user_id=principal.require_user(),
         role=principal.role,
-        ttl_seconds=REALTIME_TOKEN_SECONDS,
+        ttl_seconds=ttl,
+        session_id=web_session_id,
     )
     return JSONResponse({"token": token, "expires_in": ttl}, headers={"Cache-Control": "no-store"})
 
@@ -610,7 +628,8 @@ async def _settings(page: Page, state: AppState, session: Any, status_code: int 
         usage=usage_rows,
         signup_open=public.signup_open if public else False,
         signup_link=f"{base}/signup?tenant={principal.tenant_id}",
-        **{"notice": None, "error": None, "new_key": None, **values},
+        invitations=await state.accounts.pending(session, principal),
+        **{"notice": None, "error": None, "new_key": None, "invite_link": None, **values},
     )
 
 
@@ -659,6 +678,137 @@ async def save_role(
         detail = exc.detail if isinstance(exc, DomainError) else "unknown role"
         return await _settings(page, state, session, status_code=getattr(exc, "status", 422), error=detail)
     return redirect(page, state, "/settings?saved=1")
+
+
+@router.post("/settings/members/{user_id}/remove")
+async def remove_member(
+    user_id: str, request: Request, state: State, session: DbSession, csrf_token: str = Form("")
+) -> Response:
+    page, refused = await _admin_page(request, state, session)
+    check_form_csrf(page, state, csrf_token)
+    if refused:
+        return refused
+    try:
+        await tenant_settings.remove_member(session, page.member, user_id)
+    except DomainError as exc:
+        return await _settings(page, state, session, status_code=exc.status, error=exc.detail)
+    return await _settings(page, state, session, notice=page.t("settings.removed"))
+
+
+@router.post("/settings/invitations")
+async def invite_member(
+    request: Request,
+    state: State,
+    session: DbSession,
+    csrf_token: str = Form(""),
+    email: str = Form(..., max_length=320),
+    role: str = Form("member"),
+) -> Response:
+    page, refused = await _admin_page(request, state, session)
+    check_form_csrf(page, state, csrf_token)
+    if refused:
+        return refused
+    try:
+        created = await state.accounts.invite(session, page.member, email, Role(role))
+    except (DomainError, ValueError) as exc:
+        detail = exc.detail if isinstance(exc, DomainError) else "unknown role"
+        return await _settings(page, state, session, status_code=getattr(exc, "status", 422), error=detail)
+    if created.url is None:
+        return await _settings(page, state, session, notice=page.t("invite.sent", email=created.email))
+    return await _settings(page, state, session, invite_link=created.url, invite_email=created.email)
+
+
+@router.post("/settings/invitations/{invitation_id}/revoke")
+async def revoke_invitation(
+    invitation_id: uuid.UUID, request: Request, state: State, session: DbSession, csrf_token: str = Form("")
+) -> Response:
+    page, refused = await _admin_page(request, state, session)
+    check_form_csrf(page, state, csrf_token)
+    if refused:
+        return refused
+    await state.accounts.revoke(session, page.member, invitation_id)
+    return redirect(page, state, "/settings?saved=1")
+
+
+@router.get("/invitations/{token}")
+async def invitation_page(token: str, request: Request, state: State, session: DbSession) -> Response:
+    page = _page(request, state)
+    try:
+        invitation = await state.accounts.view(session, token)
+    except NotFound:
+        return render(page, state, "error.html", status_code=404, message=page.t("error.not_found"))
+    return await _sign_in_page(
+        page, state, session, "invitation.html", invitation.tenant_id, invitation=invitation, token=token, error=None
+    )
+
+
+@router.post("/invitations/{token}")
+async def accept_invitation(
+    token: str,
+    request: Request,
+    state: State,
+    session: DbSession,
+    csrf_token: str = Form(""),
+    password: str = Form(..., max_length=1024),
+    name: str = Form("", max_length=200),
+    reset: bool = Form(False),
+) -> Response:
+    page = _page(request, state)
+    check_form_csrf(page, state, csrf_token)
+    try:
+        invitation = await state.accounts.view(session, token)
+    except NotFound:
+        return render(page, state, "error.html", status_code=404, message=page.t("error.not_found"))
+    try:
+        principal = await state.limiter.sign_in(
+            client_address(request),
+            invitation.email,
+            lambda: state.accounts.accept(session, token, password=password, name=name, reset=reset),
+        )
+    except DomainError as exc:
+        response = await _sign_in_page(
+            page,
+            state,
+            session,
+            "invitation.html",
+            invitation.tenant_id,
+            status_code=exc.status,
+            invitation=invitation,
+            token=token,
+            error=exc.detail,
+        )
+        response.headers.update(exc.headers or {})
+        return response
+    return await _open_session(page, state, session, principal, "/")
+
+
+@router.get("/verify-email")
+async def verify_email_page(request: Request, state: State, session: DbSession, token: str = "") -> Response:
+    """A button, not the confirmation itself: mail scanners open links, and GET changes nothing.
+    Only the account's own signed-in browser may confirm (see Accounts.verify_email)."""
+    page = _page(request, state)
+    if not await signed_in(page, session, state):
+        return to_sign_in(page, state)
+    return render(page, state, "verify_email.html", token=token[:2000])
+
+
+@router.post("/verify-email")
+async def verify_email(
+    request: Request,
+    state: State,
+    session: DbSession,
+    token: str = Form("", max_length=2000),
+    csrf_token: str = Form(""),
+) -> Response:
+    page = _page(request, state)
+    check_form_csrf(page, state, csrf_token)
+    if not await signed_in(page, session, state):
+        return to_sign_in(page, state)
+    try:
+        await state.accounts.verify_email(session, token, page.user_id)
+    except DomainError as exc:
+        return render(page, state, "error.html", status_code=exc.status, message=exc.detail)
+    return render(page, state, "error.html", message=page.t("verify.done"), title=page.t("verify.done"))
 
 
 @router.post("/settings/api-keys")

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import json
 import random
 import secrets
-import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -36,6 +33,7 @@ from papo.auth.service import Principal
 from papo.db.base import new_id
 from papo.db.engine import Database, after_commit, driver
 from papo.errors import InvalidInput, NotFound
+from papo.netguard import NOT_ALLOWED, NetGuard, TargetRefused
 from papo.ops.metrics import WEBHOOK_ATTEMPTS
 from papo.realtime.service import Event
 from papo.settings import Settings
@@ -76,7 +74,8 @@ REFERENCE_FIELDS = frozenset(
 MAX_RETRY_SECONDS = 3600.0
 SEND_TIMEOUT_SECONDS = 10.0
 LEASE_SECONDS = 60.0
-MAX_RESPONSE_NOTE = 300
+UNREACHABLE = "receiver unreachable"
+TIMED_OUT = "receiver did not answer in time"
 
 
 @dataclass(frozen=True)
@@ -106,28 +105,24 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
-def _refuse(detail: str) -> InvalidInput:
-    return InvalidInput(detail, field="url")
-
-
-async def check_target(url: str, *, allow_private: bool) -> None:
-    """http(s) only, and (unless allowed) never an address inside the server's own network: a tenant
-    admin must not be able to make papo call its database, metadata service or neighbours."""
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise _refuse("the URL must be http:// or https:// with a host")
-    if parts.username or parts.password:
-        raise _refuse("credentials in the URL are not accepted; put a token in the path or query")
-    if allow_private:
-        return
+async def check_target(url: str, guard: NetGuard) -> None:
+    """http(s) only, and never an address inside the server's own network unless the operator allowed
+    it: a tenant admin must not be able to make papo call its database, metadata service or neighbours.
+    (Telling the admin now; every delivery's connection is checked again, see WebhookSender.)"""
     try:
-        addresses = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443)
-    except socket.gaierror as exc:
-        raise _refuse(f"cannot resolve {parts.hostname}") from exc
-    for *_, sockaddr in addresses:
-        address = ipaddress.ip_address(sockaddr[0])
-        if not address.is_global:
-            raise _refuse(f"{parts.hostname} resolves to a non-public address ({address})")
+        await guard.check_url(url)
+    except TargetRefused as exc:
+        raise InvalidInput(exc.detail, field="url") from None
+
+
+def failure_note(exc: Exception) -> str:
+    """What the delivery log says about a failed attempt: never the receiver's own words or which
+    address and port did not answer, which would make the log a scanner of the server's network."""
+    if isinstance(exc, TargetRefused | httpx.InvalidURL):
+        return NOT_ALLOWED
+    if isinstance(exc, httpx.TimeoutException):
+        return TIMED_OUT
+    return UNREACHABLE
 
 
 def _check_types(event_types: Sequence[str]) -> list[str]:
@@ -168,15 +163,24 @@ _UPDATE_ENDPOINT = (
 class WebhookService:
     """A tenant admin's subscriptions and delivery log (row-level security keeps it to their tenant)."""
 
-    def __init__(self, session: AsyncSession, principal: Principal, settings: Settings, keys: KeyBox) -> None:
+    def __init__(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        settings: Settings,
+        keys: KeyBox,
+        guard: NetGuard | None = None,
+    ) -> None:
         principal.require_admin()
         self.db = driver(session)
         self.principal = principal
         self.settings = settings
         self.keys = keys
+        self.guard = guard or NetGuard.from_settings(settings, webhooks=True)
 
     async def create(self, url: str, event_types: Sequence[str], description: str | None) -> tuple[Endpoint, str]:
-        await check_target(url, allow_private=self.settings.webhook_allow_private_targets)
+        types = _check_types(event_types)
+        await check_target(url, self.guard)
         secret = new_secret()
         row = await self.db.fetchrow(
             _INSERT_ENDPOINT,
@@ -184,7 +188,7 @@ class WebhookService:
             new_id(),
             url,
             description,
-            _check_types(event_types),
+            types,
             self.keys.seal(secret),
         )
         return _endpoint(row), secret
@@ -202,9 +206,9 @@ class WebhookService:
     async def update(self, endpoint_id: uuid.UUID, changes: dict[str, Any]) -> Endpoint:
         current = await self.get(endpoint_id)
         url = changes.get("url", current.url)
-        if url != current.url:
-            await check_target(url, allow_private=self.settings.webhook_allow_private_targets)
         types = _check_types(changes["event_types"]) if "event_types" in changes else current.event_types
+        if url != current.url:
+            await check_target(url, self.guard)
         row = await self.db.fetchrow(
             _UPDATE_ENDPOINT,
             self.principal.tenant_id,
@@ -275,13 +279,15 @@ class WebhookService:
 
 
 class WebhookSender:
-    """Sends due deliveries from any process; woken when deliveries are added, else polls."""
+    """Sends due deliveries from any process; woken when deliveries are added, else polls. Its own
+    HTTP client connects through the guard: only to checked addresses, whatever DNS says later."""
 
-    def __init__(self, db: Database, settings: Settings, keys: KeyBox, http: httpx.AsyncClient) -> None:
+    def __init__(self, db: Database, settings: Settings, keys: KeyBox, guard: NetGuard | None = None) -> None:
         self.db = db
         self.settings = settings
         self.keys = keys
-        self.http = http
+        self.guard = guard or NetGuard.from_settings(settings, webhooks=True)
+        self.http = self.guard.client()
         self.wake = asyncio.Event()
 
     async def fan_out(self, session: AsyncSession, events: Sequence[Event]) -> None:
@@ -302,15 +308,18 @@ class WebhookSender:
             after_commit(session, self.wake.set)
 
     async def run(self) -> None:
-        while True:
-            await wake_or_timeout(self.wake, self.settings.webhook_poll_seconds)
-            self.wake.clear()
-            try:
-                while await self.send_due():
-                    pass
-            except Exception as exc:  # the database away for a moment: the next round retries
-                log.warning("webhook sender failed; retrying", error=str(exc))
-                await asyncio.sleep(1)
+        try:
+            while True:
+                await wake_or_timeout(self.wake, self.settings.webhook_poll_seconds)
+                self.wake.clear()
+                try:
+                    while await self.send_due():
+                        pass
+                except Exception as exc:  # the database away for a moment: the next round retries
+                    log.warning("webhook sender failed; retrying", error=str(exc))
+                    await asyncio.sleep(1)
+        finally:
+            await self.http.aclose()
 
     async def send_due(self) -> int:
         async with self.db.transaction() as session:
@@ -326,7 +335,6 @@ class WebhookSender:
         status_code: int | None = None
         error: str | None = None
         try:
-            await check_target(row["delivery_url"], allow_private=self.settings.webhook_allow_private_targets)
             signed_at = datetime.now(UTC)
             signature = Webhook(self.keys.open(row["delivery_secret"])).sign(f"msg_{delivery_id}", signed_at, body)
             response = await self.http.post(
@@ -344,9 +352,10 @@ class WebhookSender:
             )
             status_code = response.status_code
             if not 200 <= status_code < 300:
-                error = f"HTTP {status_code}: {response.text[:MAX_RESPONSE_NOTE]}"
-        except (httpx.HTTPError, InvalidInput) as exc:
-            error = (getattr(exc, "detail", None) or str(exc) or type(exc).__name__)[:MAX_RESPONSE_NOTE]
+                error = f"HTTP {status_code}"  # not the body: it is the receiver's, and could be anyone's
+        except (httpx.HTTPError, httpx.InvalidURL, TargetRefused) as exc:
+            error = failure_note(exc)
+            log.info("webhook attempt failed", delivery_id=delivery_id, error=type(exc).__name__, reason=str(exc))
         delivered = error is None
         retry_at: datetime | None = None
         if not delivered:

@@ -9,7 +9,7 @@ import uuid
 from typing import Annotated, Any
 
 import segno
-from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Query, Request, Response, status
 
 from papo.auth.deps import CurrentPrincipal, DbSession, State
 from papo.errors import Conflict, Forbidden, NotFound
@@ -71,10 +71,18 @@ async def stats(sessions: Sessions) -> SessionStats:
     return await sessions.stats()
 
 
-@router.get("/cleanup", response_model=CleanupReport, summary="Clean up (seed: GET)")
 @router.post("/cleanup", response_model=CleanupReport)
 async def cleanup(sessions: Sessions, stale_days: Annotated[int, Query(ge=1, le=36500)] = 30) -> CleanupReport:
+    """Deactivate sessions idle for `stale_days` and remove orphaned credential files (seed 004
+    did this on GET; a change of state never answers GET here: a link or an image on any page could
+    trigger it with the admin's cookie)."""
     return await sessions.cleanup_inactive_sessions_from_database(stale_days=stale_days)
+
+
+@router.get("/cleanup", include_in_schema=False)
+async def cleanup_by_get() -> None:
+    # Without this, GET /cleanup would reach GET /{session_id} and answer 422.
+    raise HTTPException(status.HTTP_405_METHOD_NOT_ALLOWED, "clean-up changes state: use POST", {"Allow": "POST"})
 
 
 @router.post("/sync", response_model=list[SyncChange])
@@ -88,8 +96,15 @@ async def get_session(session_id: uuid.UUID, sessions: Sessions) -> SessionOut:
 
 
 @router.patch("/{session_id}", response_model=SessionOut)
-async def update_session(session_id: uuid.UUID, body: SessionPatch, sessions: Sessions) -> SessionOut:
-    return session_out(await sessions.update(session_id, body))
+async def update_session(
+    session_id: uuid.UUID, body: SessionPatch, sessions: Sessions, state: State, background: BackgroundTasks
+) -> SessionOut:
+    """Rename, reconfigure or change the assistant. A Cloud API number whose number or token changes
+    is checked with the Graph API again (it receives the new number's webhooks once it answers)."""
+    row, reverify = await sessions.update(session_id, body)
+    if reverify:
+        _later(background, state, SessionKey(row.tenant_id, row.id), "restart")
+    return session_out(row)
 
 
 @router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -1,4 +1,4 @@
-"""WhatsApp tables (see migration 0010)."""
+"""WhatsApp tables (see migrations 0010 and 0021)."""
 
 from __future__ import annotations
 
@@ -28,3 +28,6 @@ class WhatsappSession(Timestamps, Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
     transport: Mapped[str] = mapped_column(Text, nullable=False)
     assistant_id: Mapped[uuid.UUID | None] = mapped_column()
+    # The Cloud API phone_number_id the Graph API accepted this row's token for (migration 0021):
+    # only a verified number receives webhooks.
+    verified_number: Mapped[str | None] = mapped_column(Text)

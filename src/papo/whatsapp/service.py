@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 import asyncpg
 import structlog
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.assistants.replies import ReplyManager
@@ -29,7 +31,7 @@ from papo.auth.service import SERVICE_ROLE, Principal
 from papo.chat.service import ChatService
 from papo.db.base import new_id
 from papo.db.engine import Database, application_name, driver
-from papo.errors import Conflict, InvalidInput, NotFound
+from papo.errors import Conflict, InvalidInput, NotFound, causes
 from papo.ops.metrics import WHATSAPP_MESSAGES
 from papo.realtime.service import emit
 from papo.settings import Settings
@@ -49,6 +51,38 @@ INGEST_BATCH = 200
 RUNNING = frozenset({SessionStatus.STARTING, SessionStatus.SCAN_QR_CODE, SessionStatus.WORKING})
 COMMAND_CHANNEL = "papo_whatsapp_commands"
 OWNER_NAME = "papo-whatsapp-owner"
+MAX_RETRY_SECONDS = 3600.0
+# A Cloud API number's id as Meta gives it (digits; no leading zero, so one number has one spelling).
+PHONE_NUMBER_ID = re.compile(r"[1-9][0-9]{0,31}")
+# The one answer to "is this number someone's?": it says nothing about whose (migration 0021).
+NUMBER_TAKEN = "this number is already connected to papo"
+VERIFIED_NUMBER_INDEX = "uq_whatsapp_sessions_verified_number"
+TENANT_NUMBER_INDEX = "uq_whatsapp_sessions_tenant_cloud_number"
+TENANT_NAME_INDEX = "uq_whatsapp_sessions_tenant_name"
+
+
+def violated(exc: BaseException, constraint: str) -> bool:
+    """Whether `exc` is (or wraps) a violation of the named constraint or unique index."""
+    return any(getattr(seen, "constraint_name", None) == constraint for seen in causes(exc))
+
+
+def stored_number(row: WhatsappSession) -> str | None:
+    """The Cloud API number a row names (as the database's `config->>'phone_number_id'` reads it)."""
+    value = row.config.get("phone_number_id")
+    return None if value is None else str(value)
+
+
+def cloud_number(config: dict[str, Any]) -> str:
+    """The `phone_number_id` of a Cloud API session's config, checked (a JSON number is taken too)."""
+    value = config.get("phone_number_id")
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not PHONE_NUMBER_ID.fullmatch(value.strip()):
+        raise InvalidInput(
+            "a Cloud API session needs config.phone_number_id: the number's id in Meta's WhatsApp Manager (digits)",
+            field="config.phone_number_id",
+        )
+    return value.strip()
 
 
 def lock_id(key: SessionKey) -> int:
@@ -261,8 +295,43 @@ class WhatsappHub:
         qr: str | None = None,
         phone_number: str | None = None,
         deactivate: bool = False,
+        verified_number: str | None = None,
+        unverify: bool = False,
     ) -> bool:
-        """Move the session's row to `target` if the state machine allows it; announce it."""
+        """Move the session's row to `target` if the state machine allows it; announce it.
+
+        `verified_number`: the Graph API accepted the row's token for this Cloud API number, which
+        makes the row the number's (its webhooks reach it) unless another company's row holds it
+        verified already: then this row FAILS. `unverify`: the Graph API refused the token."""
+        try:
+            return await self._apply(
+                key,
+                target,
+                reason=reason,
+                qr=qr,
+                phone_number=phone_number,
+                deactivate=deactivate,
+                verified_number=verified_number,
+                unverify=unverify,
+            )
+        except IntegrityError as exc:
+            if verified_number is None or not violated(exc, VERIFIED_NUMBER_INDEX):
+                raise
+        log.warning("whatsapp number already verified by another session", session=str(key.session_id))
+        return await self._apply(key, S.FAILED, reason=NUMBER_TAKEN, unverify=True)
+
+    async def _apply(
+        self,
+        key: SessionKey,
+        target: SessionStatus,
+        *,
+        reason: str | None,
+        qr: str | None = None,
+        phone_number: str | None = None,
+        deactivate: bool = False,
+        verified_number: str | None = None,
+        unverify: bool = False,
+    ) -> bool:
         async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
             row = await session.scalar(
                 select(WhatsappSession)
@@ -275,6 +344,14 @@ class WhatsappHub:
             if not can_move(current, target):
                 log.info("whatsapp status change refused", session=str(key.session_id), current=current, target=target)
                 return False
+            if verified_number is not None:
+                if not row.is_active or row.transport != "cloud" or stored_number(row) != verified_number:
+                    # the number changed while the Graph API was asked: the restart that follows asks again
+                    log.info("whatsapp verification of a number the session no longer has", session=str(key.session_id))
+                    return False
+                row.verified_number = verified_number
+            if unverify or deactivate:
+                row.verified_number = None
             row.status = target.value
             row.status_reason = reason
             row.qr_code = qr if target is S.SCAN_QR_CODE else None
@@ -364,7 +441,7 @@ class WhatsappHub:
     def wake_ingest(self) -> None:
         self.ingest_ready.set()
 
-    async def ingest(self, handle: Callable[[SessionKey, dict[str, Any]], Awaitable[None]]) -> None:
+    async def ingest(self, handle: Callable[[SessionKey, Any], Awaitable[None]]) -> None:
         """Work off queued webhook deliveries (from any process): a sender's deliveries in order,
         different senders side by side; each row deleted once handled, claimed again if not."""
         while True:
@@ -377,14 +454,19 @@ class WhatsappHub:
                 log.warning("whatsapp webhook queue could not be worked off", error=str(exc))
                 await asyncio.sleep(1)
 
-    async def _ingest_batch(self, handle: Callable[[SessionKey, dict[str, Any]], Awaitable[None]]) -> int:
+    async def _ingest_batch(self, handle: Callable[[SessionKey, Any], Awaitable[None]]) -> int:
         async with self.db.transaction() as session:
-            rows = await driver(session).fetch("SELECT * FROM papo_claim_webhook_deliveries($1)", INGEST_BATCH)
+            rows = await driver(session).fetch(
+                "SELECT * FROM papo_claim_webhook_deliveries($1, $2)",
+                INGEST_BATCH,
+                self.settings.whatsapp_webhook_max_attempts,
+            )
         lanes: dict[tuple[uuid.UUID, str], list[Any]] = {}
         for row in rows:
             stored = row["delivery_payload"]  # decoded JSON (the engine's codec), or its text
             payload = json.loads(stored) if isinstance(stored, str | bytes) else stored
-            senders = [m.get("from") for m in payload.get("messages") or [] if isinstance(m, dict)]
+            messages = payload.get("messages") if isinstance(payload, dict) else None
+            senders = [m.get("from") for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
             lanes.setdefault((row["delivery_session_id"], str(senders[0] if senders else "")), []).append(
                 (row, payload)
             )
@@ -394,8 +476,8 @@ class WhatsappHub:
                 key = SessionKey(row["delivery_tenant_id"], row["delivery_session_id"])
                 try:
                     await handle(key, payload)
-                except Exception:
-                    log.exception("whatsapp webhook delivery failed; it will be retried", delivery=row["delivery_id"])
+                except Exception as exc:
+                    await self._delivery_failed(key, row["delivery_id"], row["delivery_attempts"], exc)
                     continue
                 async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
                     await driver(session).execute(
@@ -406,6 +488,44 @@ class WhatsappHub:
 
         await asyncio.gather(*(lane(items) for items in lanes.values()))
         return len(rows)
+
+    async def _delivery_failed(self, key: SessionKey, delivery_id: int, attempts: int, exc: Exception) -> None:
+        """Record a failed attempt: tried again after a growing pause, or, out of attempts, kept as a
+        dead letter for the operator (`papo whatsapp dead-letters` / `replay`)."""
+        dead = attempts >= self.settings.whatsapp_webhook_max_attempts
+        pause = min(self.settings.whatsapp_webhook_retry_seconds * 2 ** min(attempts - 1, 20), MAX_RETRY_SECONDS)
+        # the driver's message, not SQLAlchemy's wrapper (which quotes the statement's parameters)
+        cause = getattr(exc, "orig", None) or exc
+        error = f"{cause.__class__.__name__}: {cause}"[:1000]
+        if dead:
+            log.error(
+                "whatsapp webhook delivery failed for the last time; it is a dead letter",
+                delivery=delivery_id,
+                attempts=attempts,
+                exc_info=exc,
+            )
+        else:
+            log.warning(
+                "whatsapp webhook delivery failed; it will be retried",
+                delivery=delivery_id,
+                attempts=attempts,
+                retry_in_seconds=pause,
+                exc_info=exc,
+            )
+        try:
+            async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+                await driver(session).execute(
+                    "UPDATE whatsapp_webhook_deliveries SET claimed_at = NULL, last_error = $3, "
+                    "retry_at = now() + make_interval(secs => $4), dead_at = CASE WHEN $5 THEN now() END "
+                    "WHERE tenant_id = $1 AND id = $2",
+                    key.tenant_id,
+                    delivery_id,
+                    error,
+                    pause,
+                    dead,
+                )
+        except Exception as failure:  # its claim expires instead: retried, or dead once out of attempts
+            log.warning("whatsapp webhook delivery failure could not be recorded", error=str(failure))
 
     async def heartbeat(self) -> None:
         """Keep `last_seen` of the sessions this process runs fresh, so other processes (and sync)
@@ -490,6 +610,12 @@ class TransportEvents:
     async def failed(self, reason: str) -> None:
         await self.hub.apply(self.key, S.FAILED, reason=reason)
 
+    async def verified(self, phone_number_id: str) -> None:
+        await self.hub.apply(self.key, S.WORKING, reason=None, verified_number=phone_number_id)
+
+    async def rejected(self, reason: str) -> None:
+        await self.hub.apply(self.key, S.FAILED, reason=reason, unverify=True)
+
     async def message(self, inbound: InboundMessage) -> None:
         await self.hub.receive(self.key, inbound)
 
@@ -525,20 +651,49 @@ class SessionService:
         self.principal.require_admin()
         self.hub.transport(body.transport)
         await self._check_unique_name(body.name)
+        config = self._seal(body.config)
+        if body.transport == "cloud":
+            config["phone_number_id"] = cloud_number(body.config)
+            await self._check_number_free(config["phone_number_id"])
         row = WhatsappSession(
             tenant_id=self.principal.tenant_id,
             id=new_id(),
             name=body.name.strip(),
             transport=body.transport,
-            config=self._seal(body.config),
+            config=config,
             assistant_id=body.assistant_id,
             status=S.STOPPED.value,
         )
         self.db.add(row)
-        await self.db.flush()
+        await self._flush_checked(body.name)
         await self.db.refresh(row)
         announce(self.db, row)
         return row
+
+    async def _check_number_free(self, number: str, *, except_id: uuid.UUID | None = None) -> None:
+        """A Cloud API number this company already has (active), or that another company verified,
+        is not registered again; an unverified claim of another company blocks nobody (0021)."""
+        taken = await driver(self.db).fetchval(
+            "SELECT EXISTS (SELECT 1 FROM whatsapp_sessions WHERE tenant_id = $1 AND transport = 'cloud' "
+            "AND is_active AND config->>'phone_number_id' = $2 AND id IS DISTINCT FROM $3) "
+            "OR papo_whatsapp_number_connected($2, $3)",
+            self.principal.tenant_id,
+            number,
+            except_id,
+        )
+        if taken:
+            raise Conflict(NUMBER_TAKEN)
+
+    async def _flush_checked(self, name: str) -> None:
+        """Flush; a concurrent request that took the same name or number is a 409, not a 500."""
+        try:
+            await self.db.flush()
+        except IntegrityError as exc:
+            if violated(exc, TENANT_NUMBER_INDEX):
+                raise Conflict(NUMBER_TAKEN) from exc
+            if violated(exc, TENANT_NAME_INDEX):
+                raise Conflict(f"this company already has a WhatsApp session named {name!r}") from exc
+            raise
 
     async def _check_unique_name(self, name: str, *, except_id: uuid.UUID | None = None) -> None:
         query = select(WhatsappSession.id).where(
@@ -561,21 +716,35 @@ class SessionService:
             sealed[SEALED_TOKEN] = keep[SEALED_TOKEN]
         return sealed
 
-    async def update(self, session_id: uuid.UUID, body: SessionPatch) -> WhatsappSession:
+    async def update(self, session_id: uuid.UUID, body: SessionPatch) -> tuple[WhatsappSession, bool]:
+        """Returns the row and whether it must be restarted after commit (a Cloud API number or token
+        changed: the Graph API is asked again; a new number is not the row's until it answers)."""
         self.principal.require_admin()
         row = await self.find_one_by_company(session_id)
         sent = body.model_fields_set
+        reverify = False
         if "name" in sent and body.name is not None:
             await self._check_unique_name(body.name, except_id=row.id)
             row.name = body.name.strip()
         if "config" in sent and body.config is not None:
-            row.config = self._seal(body.config, keep=row.config)
+            config = self._seal(body.config, keep=row.config)
+            if row.transport == "cloud":
+                # like the token, a config sent without the number keeps the stored one
+                number = cloud_number({"phone_number_id": row.config.get("phone_number_id"), **body.config})
+                config["phone_number_id"] = number
+                moved = number != stored_number(row)
+                if moved:
+                    if row.is_active:
+                        await self._check_number_free(number, except_id=row.id)
+                    row.verified_number = None
+                reverify = row.is_active and (moved or "access_token" in body.config)
+            row.config = config
         if "assistant_id" in sent:
             row.assistant_id = body.assistant_id
-        await self.db.flush()
+        await self._flush_checked(row.name)
         await self.db.refresh(row)
         announce(self.db, row)
-        return row
+        return row, reverify
 
     async def remove(self, session_id: uuid.UUID) -> WhatsappSession:
         """Deactivate (kept for history; the name is free again); the caller logs it out after commit."""
@@ -585,6 +754,7 @@ class SessionService:
         row.status = S.STOPPED.value
         row.status_reason = "removed"
         row.qr_code = None
+        row.verified_number = None
         await self.db.flush()
         await self.db.refresh(row)
         announce(self.db, row)
@@ -657,6 +827,7 @@ class SessionService:
             idle_since = row.last_seen or row.created_at
             if row.is_active and S(row.status) in (S.STOPPED, S.FAILED) and idle_since < cutoff:
                 row.is_active = False
+                row.verified_number = None
                 row.status_reason = f"deactivated by clean-up: idle since {idle_since.date().isoformat()}"
                 report.deactivated += 1
         await self.db.flush()
@@ -672,13 +843,8 @@ class SessionService:
         return report
 
 
-async def import_legacy_sessions(
-    db: AsyncSession, principal: Principal, content: str, *, transport: str
-) -> dict[str, Any]:
-    """Seed's loadLegacySessions: the old system's `sessions.json` into the principal's company;
-    idempotent (a name already here is skipped), every entry judged on its own. Imported sessions are
-    STOPPED until restarted (the old process's credentials are not papo's)."""
-    principal.require_admin()
+def legacy_entries(content: str) -> list[Any]:
+    """The entries of a legacy `sessions.json` (a list, a map by name, or either under "sessions")."""
     try:
         document = json.loads(content)
     except ValueError as exc:
@@ -688,12 +854,75 @@ async def import_legacy_sessions(
         entries = [{"name": name, **(value if isinstance(value, dict) else {})} for name, value in entries.items()]
     if not isinstance(entries, list):
         raise InvalidInput("sessions.json must hold a list (or a map) of sessions", field="file")
+    return entries
+
+
+def _company_field(entry: Any) -> Any:
+    return entry.get("companyId", entry.get("company_id")) if isinstance(entry, dict) else None
+
+
+def legacy_company(entry: Any) -> str | None:
+    """An entry's company (seed 004's `companyId`), as text; None when it names none usable."""
+    value = _company_field(entry)
+    if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
+        return None
+    return str(value).strip()
+
+
+def legacy_companies(content: str) -> set[str]:
+    """Every company the file's entries name (to be looked up before importing)."""
+    return {ref for ref in map(legacy_company, legacy_entries(content)) if ref is not None}
+
+
+def _company_mismatch(
+    ref: str | None, matches: list[uuid.UUID], tenant_id: uuid.UUID, *, names_companies: bool
+) -> str | None:
+    """Why an entry naming company `ref` (which names the tenants `matches`) stays out of `tenant_id`."""
+    if ref is None:
+        return "no companyId, in a file whose other entries name companies" if names_companies else None
+    if matches == [tenant_id]:
+        return None
+    if not matches:
+        return f"unknown companyId {ref!r}"
+    if len(matches) > 1:
+        return f"companyId {ref!r} names several companies; import it by tenant id"
+    return f"companyId {ref!r} is another company (tenant {matches[0]}): import it with --tenant {matches[0]}"
+
+
+async def import_legacy_sessions(
+    db: AsyncSession,
+    principal: Principal,
+    content: str,
+    *,
+    transport: str,
+    companies: dict[str, list[uuid.UUID]] | None = None,
+) -> dict[str, Any]:
+    """Seed's loadLegacySessions: the old system's `sessions.json` into the principal's company;
+    idempotent (a name already here is skipped), every entry judged on its own. Imported sessions are
+    STOPPED until restarted (the old process's credentials are not papo's).
+
+    An entry's `companyId` decides where it belongs: `companies` maps each one to the tenants it
+    names (see `legacy_companies`). An entry of another company, or of an unknown or ambiguous one,
+    is skipped with the reason, never imported here. In a file without any companyId (one
+    company's) every entry is the principal's company's; in a file that names companies, an entry
+    without one is skipped (whose it is cannot be told)."""
+    principal.require_admin()
+    entries = legacy_entries(content)
+    names_companies = any(_company_field(entry) is not None for entry in entries)
     imported: list[str] = []
     skipped: list[dict[str, str]] = []
     for index, entry in enumerate(entries):
         name = entry.get("name") or entry.get("id") if isinstance(entry, dict) else None
         if not isinstance(name, str) or not name.strip() or len(name) > 100:
             skipped.append({"entry": str(index), "reason": "no usable name"})
+            continue
+        ref = legacy_company(entry)
+        if ref is None and _company_field(entry) is not None:
+            skipped.append({"entry": name, "reason": "companyId is not an id"})
+            continue
+        matches = (companies or {}).get(ref or "", [])
+        if mismatch := _company_mismatch(ref, matches, principal.tenant_id, names_companies=names_companies):
+            skipped.append({"entry": name, "reason": mismatch})
             continue
         existing = await db.scalar(
             select(WhatsappSession.id).where(

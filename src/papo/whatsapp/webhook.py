@@ -1,10 +1,16 @@
 """The WhatsApp Cloud API webhook: Meta's verification handshake, then signed deliveries.
 
 Deliveries are checked (X-Hub-Signature-256 over the raw body, constant time), routed to the company
-of the receiving number, queued in the database (Meta does not deliver again after a 200), answered,
-and worked off by `WhatsappHub.ingest` in any server process. Meta retries for days:
-a message id already stored does nothing, and receipts only move a message forward, whatever order
-they arrive in.
+whose token the Graph API accepted for the receiving number (migration 0021), queued in the database
+(Meta does not deliver again after a 200), answered, and worked off by `WhatsappHub.ingest` in any
+server process. Meta retries for days: a message id already stored does nothing, and receipts only
+move a message forward, whatever order they arrive in.
+
+Meta retries anything but a 200 for days, so what papo cannot use is answered 200 and logged: a
+number no company verified, a part of the delivery of the wrong shape. What is queued is the
+well-formed part only, rebuilt from checked fields (`clean_value`), so the worker never meets a
+shape it cannot handle. Only a body that is not a webhook delivery at all (not JSON, no `entry`
+list) is a 400; either way the delivery is queued whole or not at all (one transaction).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from typing import Any
 
 import structlog
@@ -19,14 +26,19 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Respons
 
 from papo.auth.deps import DbSession, State
 from papo.db.engine import apply_context, driver
-from papo.errors import BadRequest, DomainError, Forbidden, NotFound, Unauthorized
+from papo.errors import BadRequest, DomainError, Forbidden, Unauthorized
 from papo.ops.ratelimit import webhook_allowance
 from papo.state import AppState
-from papo.whatsapp.service import service_principal
+from papo.whatsapp.service import PHONE_NUMBER_ID, service_principal
 from papo.whatsapp.transports.base import InboundMessage, SessionKey
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/api/v1/whatsapp/webhook", tags=["whatsapp"])
+
+MESSAGE_KIND = re.compile(r"[a-z_]{1,40}")
+MAX_ID = 256  # WhatsApp's message ids and wa_ids are far shorter; anything longer is not theirs
+MAX_NAME = 200
+MAX_TEXT = 32_000
 
 
 class NotConfigured(DomainError):
@@ -59,53 +71,130 @@ def check_signature(state: AppState, body: bytes, header: str | None) -> None:
         raise Unauthorized("missing or wrong X-Hub-Signature-256")
 
 
-def changes_of(payload: Any) -> list[dict[str, Any]]:
-    """The `value` objects of a delivery (Meta nests them under entry[].changes[])."""
+def changes_of(payload: Any) -> list[Any]:
+    """The `value`s of a delivery (Meta nests them under entry[].changes[]), unchecked."""
     if not isinstance(payload, dict) or not isinstance(payload.get("entry"), list):
         raise BadRequest("not a WhatsApp webhook delivery (no entry list)")
     values = []
     for entry in payload["entry"]:
-        for change in (entry.get("changes") or []) if isinstance(entry, dict) else []:
-            value = change.get("value") if isinstance(change, dict) else None
-            if isinstance(value, dict):
-                values.append(value)
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        for change in changes if isinstance(changes, list) else []:
+            if isinstance(change, dict):
+                values.append(change.get("value"))
     return values
 
 
-def inbound_messages(value: dict[str, Any]) -> list[InboundMessage]:
-    names = {
-        c.get("wa_id"): (c.get("profile") or {}).get("name") for c in value.get("contacts") or [] if isinstance(c, dict)
+def _text(value: Any, limit: int) -> str | None:
+    """A string field as PostgreSQL can store it (no NUL; a lone surrogate, which JSON can carry
+    but UTF-8 cannot, becomes U+FFFD), or None if it is not a string."""
+    if not isinstance(value, str):
+        return None
+    cleaned = value.replace("\x00", "").encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return cleaned[:limit]
+
+
+def _id(value: Any) -> str | None:
+    """An id (a JSON number is taken as its digits); None when missing or too long to be WhatsApp's."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    found = _text(value, MAX_ID + 1)
+    return found if found and len(found) <= MAX_ID else None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def phone_number_id(value: Any) -> str | None:
+    """The receiving number of one `value`, if it has a well-formed one."""
+    number = _id(_dict(_dict(value).get("metadata")).get("phone_number_id"))
+    return number if number is not None and PHONE_NUMBER_ID.fullmatch(number) else None
+
+
+def _message(raw: Any) -> dict[str, Any] | None:
+    message = _dict(raw)
+    external_id, sender = _id(message.get("id")), _id(message.get("from"))
+    if not external_id or not sender:
+        return None
+    kind = _text(message.get("type"), 40) or ""
+    if not MESSAGE_KIND.fullmatch(kind) or kind in ("id", "from", "type"):
+        kind = "unknown"  # also keeps the kind's own key from overwriting the message's fields
+    if kind == "text":
+        text = _text(_dict(message.get("text")).get("body"), MAX_TEXT)
+        if text is None:
+            return None  # a text message without its text is not stored as an empty one
+        return {"id": external_id, "from": sender, "type": kind, "text": {"body": text}}
+    caption = _text(_dict(message.get(kind)).get("caption"), MAX_TEXT) or ""
+    return {"id": external_id, "from": sender, "type": kind, kind: {"caption": caption}}
+
+
+def _receipt(raw: Any) -> dict[str, str] | None:
+    receipt = _dict(raw)
+    external_id, status = _id(receipt.get("id")), _text(receipt.get("status"), 40)
+    return {"id": external_id, "status": status} if external_id and status else None
+
+
+def _contact(raw: Any) -> dict[str, Any] | None:
+    contact = _dict(raw)
+    wa_id = _id(contact.get("wa_id"))
+    name = _text(_dict(contact.get("profile")).get("name"), MAX_NAME)
+    return {"wa_id": wa_id, "profile": {"name": name}} if wa_id and name else None
+
+
+def clean_value(value: Any) -> dict[str, Any] | None:
+    """One `value` rebuilt from its well-formed fields only (the shape `process` reads); None when
+    it has no usable receiving number. Parts of the wrong shape are left out."""
+    number = phone_number_id(value)
+    if number is None:
+        return None
+    found = _dict(value)
+    messages = [m for m in map(_message, _list(found.get("messages"))) if m is not None]
+    return {
+        "metadata": {"phone_number_id": number},
+        "contacts": [c for c in map(_contact, _list(found.get("contacts"))) if c is not None],
+        "messages": messages,
+        "statuses": [r for r in map(_receipt, _list(found.get("statuses"))) if r is not None],
     }
+
+
+def inbound_messages(value: dict[str, Any]) -> list[InboundMessage]:
+    names = {c["wa_id"]: c["profile"]["name"] for c in value["contacts"]}
     found = []
-    for message in value.get("messages") or []:
-        if not isinstance(message, dict) or not message.get("id") or not message.get("from"):
-            continue
-        kind = str(message.get("type") or "unknown")
-        if kind == "text":
-            text = str((message.get("text") or {}).get("body") or "")
-        else:
-            text = str((message.get(kind) or {}).get("caption") or "") if isinstance(message.get(kind), dict) else ""
-        sender = str(message["from"])
-        found.append(InboundMessage(str(message["id"]), sender, names.get(sender), text, kind))
+    for message in value["messages"]:
+        kind = message["type"]
+        text = message[kind]["body" if kind == "text" else "caption"]
+        found.append(InboundMessage(message["id"], message["from"], names.get(message["from"]), text, kind))
     return found
 
 
 @router.post("", dependencies=[Depends(webhook_allowance)])
 async def deliver(request: Request, session: DbSession, state: State, background: BackgroundTasks) -> dict[str, Any]:
-    """Check, route and queue the delivery (one insert each), answer 200; any process works it off."""
+    """Check, route and queue the delivery (one insert per usable part), answer 200; any process
+    works it off."""
     body = await request.body()
     check_signature(state, body, request.headers.get("x-hub-signature-256"))
     try:
         payload = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
         raise BadRequest("the body is not JSON") from exc
     routed: list[tuple[SessionKey, dict[str, Any]]] = []
-    for value in changes_of(payload):
-        number = str((value.get("metadata") or {}).get("phone_number_id") or "")
+    for raw in changes_of(payload):
+        value = clean_value(raw)
+        if value is None:
+            log.warning("whatsapp webhook change without a usable phone_number_id ignored")
+            continue
+        if not value["messages"] and not value["statuses"]:
+            continue  # nothing papo acts on (another kind of notification)
+        number = value["metadata"]["phone_number_id"]
         route = await driver(session).fetchrow("SELECT * FROM papo_whatsapp_route($1)", number)
         if route is None:
-            log.warning("whatsapp webhook for an unknown number", phone_number_id=number)
-            raise NotFound(f"no active WhatsApp Cloud API session has phone_number_id {number!r}")
+            # Meta would retry anything but a 200 for days; no company verified this number
+            log.warning("whatsapp webhook for a number no company verified ignored", phone_number_id=number)
+            continue
         routed.append((SessionKey(route["route_tenant_id"], route["route_session_id"]), value))
     for key, value in routed:
         await apply_context(session, service_principal(key.tenant_id).context())
@@ -115,14 +204,18 @@ async def deliver(request: Request, session: DbSession, state: State, background
             key.session_id,
             json.dumps(value),
         )
-    background.add_task(state.whatsapp.wake_ingest)  # after the commit
+    if routed:
+        background.add_task(state.whatsapp.wake_ingest)  # after the commit
     return {"received": len(routed)}
 
 
-async def process(state: AppState, key: SessionKey, value: dict[str, Any]) -> None:
-    """One queued delivery: its messages stored, its receipts applied (both idempotent)."""
-    for inbound in inbound_messages(value):
+async def process(state: AppState, key: SessionKey, value: Any) -> None:
+    """One queued delivery: its messages stored, its receipts applied (both idempotent). Rows queued
+    before deliveries were cleaned at the door are cleaned here."""
+    cleaned = clean_value(value)
+    if cleaned is None:
+        return
+    for inbound in inbound_messages(cleaned):
         await state.whatsapp.receive(key, inbound)
-    for receipt in value.get("statuses") or []:
-        if isinstance(receipt, dict) and receipt.get("id") and receipt.get("status"):
-            await state.whatsapp.receipt(key, str(receipt["id"]), str(receipt["status"]))
+    for receipt in cleaned["statuses"]:
+        await state.whatsapp.receipt(key, receipt["id"], receipt["status"])

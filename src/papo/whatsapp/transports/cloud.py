@@ -1,7 +1,8 @@
 """The WhatsApp Cloud API (Meta's official API): messages come in through the webhook
 (papo.whatsapp.webhook), go out through the Graph API. A session's `config` holds its
-`phone_number_id` and access token (stored encrypted). No QR code: a number is WORKING once the
-Graph API accepts its token."""
+`phone_number_id` and access token (stored encrypted). No QR code: a number is WORKING, and
+verified as the session's (so its webhooks reach it), once the Graph API answers for that very
+number with the session's token."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ from papo.whatsapp.transports.base import SessionEvents, SessionKey, Transport
 
 
 class CloudApiError(RuntimeError):
-    pass
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the Graph API's HTTP status; None when it could not be reached
+
+    @property
+    def refused(self) -> bool:
+        """The Graph API answered and said no (a bad token, a number it does not give this token),
+        as opposed to being unreachable or failing on its side."""
+        return self.status is not None and 400 <= self.status < 500
 
 
 class CloudTransport(Transport):
@@ -43,7 +52,9 @@ class CloudTransport(Transport):
             payload = {}
         if response.status_code >= 400:
             error = payload.get("error", {}) if isinstance(payload.get("error"), dict) else {}
-            raise CloudApiError(f"Graph API {response.status_code}: {error.get('message') or response.text[:200]}")
+            raise CloudApiError(
+                f"Graph API {response.status_code}: {error.get('message') or response.text[:200]}", response.status_code
+            )
         return payload
 
     async def start(self, key: SessionKey, config: dict[str, Any], events: SessionEvents) -> None:
@@ -51,12 +62,15 @@ class CloudTransport(Transport):
         try:
             details = await self._call("GET", f"{self.graph_url}/{number}", headers)
         except CloudApiError as exc:
-            await events.failed(str(exc))
+            await (events.rejected if exc.refused else events.failed)(str(exc))
+            return
+        if str(details.get("id", number)) != number:
+            await events.rejected("the Graph API answered for another number")
             return
         phone = details.get("display_phone_number")
         if isinstance(phone, str) and phone:
             await events.paired(phone)
-        await events.connected()
+        await events.verified(number)
 
     async def stop(self, key: SessionKey) -> None:
         return None  # nothing held open: the webhook brings messages whatever runs

@@ -1,0 +1,490 @@
+"""A phone number belongs to one company (issue 13, item 3), attacked through the public API: number
+squatting, webhooks for unknown numbers and of the wrong shape, deliveries that keep failing (dead
+letters and replay), a legacy import naming two companies, and clean-up by a cross-site GET."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from papo.auth.models import Role
+from papo.db.engine import Database, RlsContext, driver
+from papo.ops.alerts import Alerts
+from papo.settings import Settings
+from tests.cli.test_cli import papo
+from tests.conftest import ProvisionedDatabase, plain_dsn
+from tests.support import METRICS_TOKEN, FakeGraphApi, Member, TenantHandle, wait_status
+from tests.support import WHATSAPP_SESSIONS as BASE
+from tests.whatsapp.test_cloud import HOOK, INBOX, delivery, signed, text_message, worked_off
+
+TAKEN = "this number is already connected to papo"
+PROBLEM = "application/problem+json"
+
+
+def new_number() -> str:
+    return str(10**14 + secrets.randbelow(9 * 10**14))
+
+
+def wamid() -> str:
+    return "wamid.own-" + secrets.token_hex(8)
+
+
+async def register(
+    client: httpx.AsyncClient, admin: Member, number: str | None, token: str, name: str | None = None
+) -> httpx.Response:
+    return await client.post(
+        BASE,
+        json={
+            "name": name or "n" + secrets.token_hex(3),
+            "transport": "cloud",
+            "config": {"phone_number_id": number, "access_token": token},
+        },
+        headers=admin.headers,
+    )
+
+
+async def owned_number(client: httpx.AsyncClient, admin: Member, number: str | None = None) -> tuple[str, str]:
+    """A Cloud API number the Graph API accepted for the admin's company: (session id, number)."""
+    number = number or new_number()
+    created = await register(client, admin, number, FakeGraphApi.access_token)
+    assert created.status_code == 201, created.text
+    await wait_status(client, admin, created.json()["id"], "WORKING")
+    return created.json()["id"], number
+
+
+async def inbox_texts(client: httpx.AsyncClient, who: Member) -> list[str]:
+    texts = []
+    for conversation in (await client.get(INBOX, headers=who.headers)).json():
+        messages = (await client.get(f"{INBOX}/{conversation['id']}/messages", headers=who.headers)).json()
+        texts += [m["content"] for m in messages]
+    return texts
+
+
+@pytest.fixture
+async def owner(database: ProvisionedDatabase) -> AsyncIterator[asyncpg.Connection]:
+    """The database as its owner sees it (every company's rows), to check what was stored."""
+    connection = await asyncpg.connect(plain_dsn(database.owner_url))
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+async def two_companies(make_tenant: Any) -> tuple[TenantHandle, Member, TenantHandle, Member]:
+    owner_company, squatter = await make_tenant("Dona"), await make_tenant("Invasora")
+    return owner_company, await owner_company.member(Role.admin), squatter, await squatter.member(Role.admin)
+
+
+class TestSquatting:
+    async def test_a_refused_token_claims_nothing_and_the_owner_gets_its_number(
+        self,
+        client: httpx.AsyncClient,
+        two_companies: tuple[TenantHandle, Member, TenantHandle, Member],
+        database: ProvisionedDatabase,
+    ) -> None:
+        _, a, _, b = two_companies
+        number = new_number()
+        squat = await register(client, b, number, "not-their-token")
+        assert squat.status_code == 201  # nobody verified the number yet: a claim, not a connection
+        refused = await wait_status(client, b, squat.json()["id"], "FAILED")
+        assert "Invalid OAuth access token" in refused["status_reason"]
+
+        mine = await register(client, a, number, FakeGraphApi.access_token)
+        assert mine.status_code == 201, mine.text  # was a 500 (unique index on any active claim)
+        await wait_status(client, a, mine.json()["id"], "WORKING")
+
+        body = delivery(number, messages=[text_message(wamid(), "5511988887777", "pedido 42")])
+        answer = await client.post(HOOK, content=body, headers=signed(body))
+        assert answer.json() == {"received": 1}
+        await worked_off(database)
+        assert await inbox_texts(client, a) == ["pedido 42"]
+        assert (await client.get(INBOX, headers=b.headers)).json() == []  # was delivered to the squatter
+
+        for who in (b, a):  # the squatter trying again, and the owner adding its own number twice
+            again = await register(client, who, number, FakeGraphApi.access_token)
+            assert again.status_code == 409, again.text
+            assert again.headers["content-type"] == PROBLEM
+            assert again.json()["detail"] == TAKEN
+        restarted = await client.post(f"{BASE}/{squat.json()['id']}/restart", headers=b.headers)
+        assert restarted.status_code == 202
+        await wait_status(client, b, squat.json()["id"], "FAILED")  # still refused, still receives nothing
+
+    async def test_a_second_token_for_a_held_number_fails_its_session(
+        self,
+        client: httpx.AsyncClient,
+        two_companies: tuple[TenantHandle, Member, TenantHandle, Member],
+        database: ProvisionedDatabase,
+    ) -> None:
+        """The squatter's row, unverified, later gets a token the Graph API accepts (say, a partner's):
+        the number stays with the company that verified it first."""
+        _, a, _, b = two_companies
+        number = new_number()
+        squat = await register(client, b, number, "wrong")
+        await wait_status(client, b, squat.json()["id"], "FAILED")
+        await owned_number(client, a, number)
+
+        new_token = {"config": {"access_token": FakeGraphApi.access_token}}
+        patched = await client.patch(f"{BASE}/{squat.json()['id']}", json=new_token, headers=b.headers)
+        assert patched.status_code == 200  # a new token is checked again with the Graph API
+        failed = await wait_status(client, b, squat.json()["id"], "FAILED")
+        assert failed["status_reason"] == TAKEN
+
+        body = delivery(number, messages=[text_message(wamid(), "5511977776666", "ainda da dona")])
+        await client.post(HOOK, content=body, headers=signed(body))
+        await worked_off(database)
+        assert await inbox_texts(client, a) == ["ainda da dona"]
+        assert (await client.get(INBOX, headers=b.headers)).json() == []
+
+    async def test_moving_a_session_to_a_held_number_is_refused_and_a_move_needs_verifying(
+        self,
+        client: httpx.AsyncClient,
+        two_companies: tuple[TenantHandle, Member, TenantHandle, Member],
+        database: ProvisionedDatabase,
+        owner: asyncpg.Connection,
+    ) -> None:
+        _, a, _, b = two_companies
+        _, held = await owned_number(client, a)
+        b_session, old = await owned_number(client, b)
+        moved = await client.patch(f"{BASE}/{b_session}", json={"config": {"phone_number_id": held}}, headers=b.headers)
+        assert moved.status_code == 409
+        assert moved.json()["detail"] == TAKEN
+
+        fresh = new_number()
+        moved = await client.patch(
+            f"{BASE}/{b_session}", json={"config": {"phone_number_id": fresh}}, headers=b.headers
+        )
+        assert moved.status_code == 200
+        await wait_status(client, b, b_session, "WORKING")  # the Graph API answered for the new number
+        assert (
+            await owner.fetchval("SELECT verified_number FROM whatsapp_sessions WHERE id = $1", uuid.UUID(b_session))
+            == fresh
+        )
+        body = delivery(old, messages=[text_message(wamid(), "5511966665555", "para o número antigo")])
+        assert (await client.post(HOOK, content=body, headers=signed(body))).json() == {"received": 0}
+
+    async def test_bad_numbers_are_refused_clearly(
+        self, client: httpx.AsyncClient, two_companies: tuple[TenantHandle, Member, TenantHandle, Member]
+    ) -> None:
+        _, a, _, _ = two_companies
+        for number in ("", "abc", "0123", "12 34", None):
+            answer = await register(client, a, number, FakeGraphApi.access_token)
+            assert answer.status_code == 422, (number, answer.text)
+            assert answer.json()["errors"][0]["field"] == "config.phone_number_id"
+
+    async def test_the_route_is_the_verified_row_only_even_as_the_runtime_role(
+        self,
+        client: httpx.AsyncClient,
+        two_companies: tuple[TenantHandle, Member, TenantHandle, Member],
+        app_role_connection: asyncpg.Connection,
+    ) -> None:
+        owner_company, a, _, b = two_companies
+        number = new_number()
+        squat = await register(client, b, number, "nope")
+        await wait_status(client, b, squat.json()["id"], "FAILED")
+        assert await app_role_connection.fetch("SELECT * FROM papo_whatsapp_route($1)", number) == []
+        session_id, _ = await owned_number(client, a, number)
+        routes = await app_role_connection.fetch("SELECT * FROM papo_whatsapp_route($1)", number)
+        assert [(r["route_tenant_id"], r["route_session_id"]) for r in routes] == [
+            (owner_company.id, uuid.UUID(session_id))
+        ]
+        # the runtime role cannot mark a row verified behind the Graph API's back for another number
+        async with owner_company.db.transaction(RlsContext(owner_company.id, None, "service")) as session:
+            with pytest.raises(Exception, match="ck_whatsapp_sessions_verified_number"):
+                await driver(session).execute(
+                    "UPDATE whatsapp_sessions SET verified_number = '999' WHERE id = $1", uuid.UUID(session_id)
+                )
+
+
+class TestWebhookInput:
+    async def test_unknown_and_mixed_numbers(
+        self,
+        client: httpx.AsyncClient,
+        two_companies: tuple[TenantHandle, Member, TenantHandle, Member],
+        database: ProvisionedDatabase,
+        owner: asyncpg.Connection,
+    ) -> None:
+        _, a, _, _ = two_companies
+        _, number = await owned_number(client, a)
+        stranger, lost = new_number(), wamid()
+        body = delivery(stranger, messages=[text_message(lost, "5511955554444", "alguém?")])
+        answer = await client.post(HOOK, content=body, headers=signed(body))
+        assert answer.status_code == 200
+        assert answer.json() == {"received": 0}
+
+        known = json.loads(delivery(number, messages=[text_message(wamid(), "5511944443333", "oi")]))
+        unknown = json.loads(delivery(stranger, messages=[text_message(wamid(), "5511944443333", "perdido")]))
+        mixed = {"object": "whatsapp_business_account", "entry": unknown["entry"] + known["entry"]}
+        raw = json.dumps(mixed).encode()
+        answer = await client.post(HOOK, content=raw, headers=signed(raw))
+        assert answer.json() == {"received": 1}
+        await worked_off(database)
+        assert await inbox_texts(client, a) == ["oi"]
+        assert await owner.fetchval("SELECT count(*) FROM messages WHERE external_id = $1", lost) == 0
+        assert (
+            await owner.fetchval(
+                "SELECT count(*) FROM whatsapp_webhook_deliveries WHERE payload->'metadata'->>'phone_number_id' = $1",
+                stranger,
+            )
+            == 0
+        )
+
+    async def test_signed_bodies_of_the_wrong_shape_never_fail_the_server(
+        self,
+        client: httpx.AsyncClient,
+        two_companies: tuple[TenantHandle, Member, TenantHandle, Member],
+        database: ProvisionedDatabase,
+        owner: asyncpg.Connection,
+    ) -> None:
+        _, a, _, _ = two_companies
+        _, number = await owned_number(client, a)
+        meta = {"display_phone_number": "5511400000000", "phone_number_id": number}
+        good = {"from": "5511933332222", "id": "wamid.bad-good", "type": "text", "text": {"body": "ok"}}
+
+        def wrap(value: Any) -> Any:
+            return {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"value": value}]}]}
+
+        refused = {  # not a webhook delivery at all: 4xx
+            "a list": [],
+            "a string": "entry",
+            "null": None,
+            "entry an object": {"entry": {"changes": []}},
+            "entry a string": {"entry": "x"},
+        }
+        ignored = {  # a delivery, but nothing in it papo can use: 200, nothing stored
+            "metadata a string": wrap({"metadata": "x", "messages": [good]}),
+            "metadata null": wrap({"metadata": None, "messages": [good]}),
+            "phone_number_id a list": wrap({"metadata": {"phone_number_id": [number]}, "messages": [good]}),
+            "phone_number_id an object": wrap({"metadata": {"phone_number_id": {"id": number}}, "messages": [good]}),
+            "changes null": {"entry": [{"changes": None}]},
+            "changes an object": {"entry": [{"changes": {"value": {"metadata": meta, "messages": [good]}}}]},
+            "changes a string": {"entry": [{"changes": "x"}]},
+            "entry items not objects": {"entry": [1, "x", None, []]},
+            "value a string": wrap("x"),
+            "value null": wrap(None),
+            "messages an object": wrap({"metadata": meta, "messages": good}),
+            "messages a string": wrap({"metadata": meta, "messages": "x"}),
+            "message not an object": wrap({"metadata": meta, "messages": ["x", 1, None]}),
+            "message id an object": wrap({"metadata": meta, "messages": [{**good, "id": {"x": 1}}]}),
+            "message from a list": wrap({"metadata": meta, "messages": [{**good, "from": ["1"]}]}),
+            "text a string": wrap({"metadata": meta, "messages": [{**good, "id": "wamid.bad-t", "text": "ok"}]}),
+            "text body a number": wrap(
+                {"metadata": meta, "messages": [{**good, "id": "wamid.bad-n", "text": {"body": 5}}]}
+            ),
+            "statuses an object": wrap({"metadata": meta, "statuses": {"id": "x", "status": "read"}}),
+            "status fields wrong": wrap({"metadata": meta, "statuses": [{"id": [], "status": {}}]}),
+            "id too long": wrap({"metadata": meta, "messages": [{**good, "id": "wamid." + "x" * 1000}]}),
+        }
+        for label, payload in {**refused, **ignored}.items():
+            raw = json.dumps(payload).encode()
+            answer = await client.post(HOOK, content=raw, headers=signed(raw))
+            assert answer.status_code < 500, (label, answer.status_code, answer.text)
+            if label in refused:
+                assert 400 <= answer.status_code < 500, label
+                assert answer.headers["content-type"] == PROBLEM
+            else:
+                assert answer.status_code == 200, (label, answer.text)
+                assert answer.json() == {"received": 0}, label
+        for raw in (b'{"entry": ["\xff\xfe"]}', b'{"entry": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"):
+            answer = await client.post(HOOK, content=raw, headers=signed(raw))  # not UTF-8; deeper than the parser goes
+            assert answer.status_code == 400, answer.text
+        await worked_off(database)
+        assert await inbox_texts(client, a) == []
+        assert await owner.fetchval("SELECT count(*) FROM messages WHERE external_id LIKE 'wamid.bad-%'") == 0
+
+        # odd but usable: a numeric phone_number_id, text PostgreSQL cannot hold as it came, a contact
+        # whose profile is not an object, a kind named like a field: stored cleanly, once
+        odd = wrap(
+            {
+                "metadata": {"phone_number_id": int(number)},
+                "contacts": [{"wa_id": "5511933332222", "profile": "x"}],
+                "messages": [
+                    {**good, "id": "wamid.odd-1", "text": {"body": "nul\u0000 e \ud800 sozinho"}},
+                    {"from": "5511933332222", "id": "wamid.odd-2", "type": "id", "id_": {"caption": 1}},
+                ],
+                "statuses": [{"id": "wamid.none", "status": "read"}, "x"],
+            }
+        )
+        raw = json.dumps(odd).encode()
+        answer = await client.post(HOOK, content=raw, headers=signed(raw))
+        assert answer.json() == {"received": 1}
+        await worked_off(database)
+        assert await inbox_texts(client, a) == ["nul e \ufffd sozinho", "[unsupported message: unknown]"]
+
+
+class TestDeadLetters:
+    async def test_a_failing_delivery_stops_becomes_a_dead_letter_and_replays(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        two_companies: tuple[TenantHandle, Member, TenantHandle, Member],
+        database: ProvisionedDatabase,
+        owner: asyncpg.Connection,
+        settings: Settings,
+        db: Database,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        _, a, _, _ = two_companies
+        _, number = await owned_number(client, a)
+        hub = app.state.papo.whatsapp
+        quick = {"whatsapp_webhook_max_attempts": 3, "whatsapp_webhook_retry_seconds": 0.05}
+        monkeypatch.setattr(hub, "settings", hub.settings.model_copy(update=quick))
+        # The database refuses this customer (a fault past the webhook, where retrying cannot help).
+        customer, trigger = "55119" + str(secrets.randbelow(10**8)).zfill(8), "refuse_" + secrets.token_hex(4)
+        await owner.execute(
+            f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF NEW.wa_id = '{customer}' THEN RAISE EXCEPTION 'contact refused by the test'; END IF; "
+            f"RETURN NEW; END $$; "
+            f"CREATE TRIGGER {trigger} BEFORE INSERT ON contacts FOR EACH ROW EXECUTE FUNCTION {trigger}()"
+        )
+        try:
+            body = delivery(number, messages=[text_message(wamid(), customer, "não vai passar")])
+            assert (await client.post(HOOK, content=body, headers=signed(body))).json() == {"received": 1}
+            async with asyncio.timeout(20):
+                while True:
+                    dead = await owner.fetchrow(
+                        "SELECT id, attempts, last_error FROM whatsapp_webhook_deliveries "
+                        "WHERE dead_at IS NOT NULL AND payload->'messages'->0->>'from' = $1",
+                        customer,
+                    )
+                    if dead is not None:
+                        break
+                    await asyncio.sleep(0.05)
+            assert dead["attempts"] == 3
+            assert "contact refused by the test" in dead["last_error"]
+            for _ in range(3):  # dead letters are not claimed again
+                hub.wake_ingest()
+                await asyncio.sleep(0.2)
+            attempts = await owner.fetchval(
+                "SELECT attempts FROM whatsapp_webhook_deliveries WHERE id = $1", dead["id"]
+            )
+            assert attempts == 3
+
+            scrape = (await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})).text
+            series = 'papo_queue_dead_letters{queue="whatsapp_webhooks"}'
+            line = next(x for x in scrape.splitlines() if x.startswith(series))
+            assert float(line.rpartition(" ")[2]) >= 1
+            async with db.transaction() as session:
+                signals = await Alerts(db, settings, app.state.papo.http).signals(session)
+            assert next(x for x in signals if x.key == "queue:queue_dead_letters:whatsapp_webhooks").firing
+
+            listed = papo(settings, "whatsapp", "dead-letters")
+            assert re.search(rf"^{dead['id']}\t.*3 attempts.*contact refused by the test", listed.stdout, re.M)
+            letters = json.loads(papo(settings, "whatsapp", "dead-letters", "--json").stdout)["dead_letters"]
+            assert dead["id"] in [letter["id"] for letter in letters]
+            assert papo(settings, "whatsapp", "replay", check=False).returncode == 1  # an id or --all
+        finally:
+            await owner.execute(f"DROP TRIGGER {trigger} ON contacts; DROP FUNCTION {trigger}()")
+        assert papo(settings, "whatsapp", "replay", str(dead["id"])).stdout.strip() == "1"
+        await worked_off(database)
+        assert await inbox_texts(client, a) == ["não vai passar"]
+
+    async def test_operator_functions_are_not_the_runtime_roles(self, app_role_connection: asyncpg.Connection) -> None:
+        for call in (
+            "SELECT * FROM papo_operator_whatsapp_dead_letters()",
+            "SELECT papo_operator_whatsapp_replay(NULL)",
+            "SELECT * FROM papo_operator_tenants_named('x')",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await app_role_connection.fetch(call)
+
+
+class TestLegacyImport:
+    async def test_entries_of_two_companies_land_each_in_its_own(
+        self,
+        client: httpx.AsyncClient,
+        two_companies: tuple[TenantHandle, Member, TenantHandle, Member],
+        owner: asyncpg.Connection,
+        settings: Settings,
+        tmp_path: Path,
+    ) -> None:
+        first, a, second, b = two_companies
+        first_name = await owner.fetchval("SELECT name FROM tenants WHERE id = $1", first.id)
+        legacy = tmp_path / "sessions.json"
+        legacy.write_text(
+            json.dumps(
+                [
+                    {"name": "a-vendas", "companyId": str(first.id), "phoneNumber": "+5511900000001"},
+                    {"name": "a-suporte", "companyId": first_name.upper()},  # by name, any case
+                    {"name": "b-vendas", "companyId": str(second.id), "phoneNumber": "+5511900000002"},
+                    {"name": "fantasma", "companyId": "cmp_" + secrets.token_hex(4)},
+                    {"name": "estranha", "companyId": {"id": str(first.id)}},
+                    {"name": "sem-empresa"},
+                ]
+            )
+        )
+        into_a = json.loads(
+            papo(settings, "whatsapp", "import-sessions", str(legacy), "--tenant", str(first.id), "--json").stdout
+        )
+        assert into_a["imported"] == ["a-vendas", "a-suporte"]
+        reasons = {item["entry"]: item["reason"] for item in into_a["skipped"]}
+        assert set(reasons) == {"b-vendas", "fantasma", "estranha", "sem-empresa"}
+        assert "another company" in reasons["b-vendas"] and str(second.id) in reasons["b-vendas"]
+        assert reasons["fantasma"].startswith("unknown companyId")
+        assert reasons["estranha"] == "companyId is not an id"
+        assert "no companyId" in reasons["sem-empresa"]
+
+        into_b = papo(settings, "whatsapp", "import-sessions", str(legacy), "--tenant", str(second.id))
+        assert into_b.stdout.splitlines()[0] == "imported b-vendas"
+        assert "skipped a-vendas: companyId" in into_b.stdout
+
+        in_a = (await client.get(BASE, headers=a.headers)).json()
+        assert sorted(s["name"] for s in in_a) == ["a-suporte", "a-vendas"]
+        assert [s["name"] for s in (await client.get(BASE, headers=b.headers)).json()] == ["b-vendas"]
+
+
+class TestNoStateChangeOnGet:
+    async def test_cleanup_is_post_only_with_csrf_for_cookies(
+        self, app: FastAPI, client: httpx.AsyncClient, make_tenant: Any
+    ) -> None:
+        tenant = await make_tenant("Limpeza")
+        admin = await tenant.member(Role.admin)
+        idle = (await client.post(BASE, json={"name": "parada", "transport": "fake"}, headers=admin.headers)).json()
+        await client.post(f"{BASE}/{idle['id']}/stop", headers=admin.headers)
+        await wait_status(client, admin, idle["id"], "STOPPED")
+        async with tenant.db.transaction(RlsContext(tenant.id, None, "service")) as session:
+            await driver(session).execute(
+                "UPDATE whatsapp_sessions SET created_at = now() - interval '90 days', last_seen = NULL WHERE id = $1",
+                uuid.UUID(idle["id"]),
+            )
+
+        async def still_active() -> bool:
+            return bool((await client.get(f"{BASE}/{idle['id']}", headers=admin.headers)).json()["is_active"])
+
+        paths = ("/session/cleanup", f"{BASE}/cleanup")
+        for path in paths:
+            for headers in (admin.headers, {}):
+                answer = await client.get(path, headers=headers)
+                assert answer.status_code == 405, (path, answer.status_code)
+                assert answer.headers["allow"] == "POST"
+                assert answer.headers["content-type"] == PROBLEM
+        assert await still_active()
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://papo.test") as browser:
+            page = await browser.get("/login")
+            found = re.search(r'name="csrf-token" content="([0-9a-f]+)"', page.text)
+            assert found is not None
+            token = found.group(1)
+            signed_in = await browser.post(
+                "/login", data={"email": admin.email, "password": admin.password, "csrf_token": token, "next": "/"}
+            )
+            assert signed_in.status_code == 303, signed_in.text
+            for path in paths:  # what a page on another site can make the browser send: the cookie alone
+                assert (await browser.get(path)).status_code == 405
+                forged = await browser.post(path)
+                assert forged.status_code == 403, (path, forged.status_code)
+                assert forged.headers["content-type"] == PROBLEM
+            assert await still_active()
+            done = await browser.post("/session/cleanup", headers={"X-CSRF-Token": token})
+            assert done.status_code == 200
+            assert done.json()["deactivated"] == 1
+        assert not await still_active()
