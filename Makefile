@@ -31,6 +31,7 @@ lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: bench-core bench-realtime bench-assistants bench-web bench-whatsapp bench-ops
 

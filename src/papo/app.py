@@ -17,7 +17,6 @@ from papo import __version__
 from papo.assistants.api import router as assistants_router
 from papo.assistants.api import usage_router
 from papo.assistants.replies import ReplyManager
-from papo.assistants.service import KeyBox
 from papo.auth.api import router as auth_router
 from papo.auth.invitations import Accounts
 from papo.auth.oidc import OidcClients
@@ -26,6 +25,7 @@ from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
 from papo.chat.api import router as chat_router
 from papo.chat.legacy_api import router as legacy_chat_router
+from papo.crypto import KeyBox
 from papo.db.engine import Database, locate_database
 from papo.db.migrate import head_revision
 from papo.errors import install_error_handlers
@@ -36,6 +36,7 @@ from papo.ops.alerts import Alerts
 from papo.ops.api import router as ops_router
 from papo.ops.logging import configure_logging
 from papo.ops.maintenance import maintenance_loop
+from papo.ops.metrics import DatabaseMetrics
 from papo.ops.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from papo.ops.ratelimit import RateLimiter
 from papo.realtime.api import router as realtime_router
@@ -74,7 +75,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         location = locate_database(settings)
-        db = Database(location.app_url, pool_size=settings.db_pool_size)
+        db = Database(location.app_url, pool_size=settings.db_pool_size, observer=DatabaseMetrics())
         http = httpx.AsyncClient()
         listen_dsn = location.app_url.set(drivername="postgresql").render_as_string(hide_password=False)
         hub = EventHub(

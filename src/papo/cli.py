@@ -14,16 +14,16 @@ import typer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from papo.assistants.service import KeyBox
 from papo.auth import service as auth_service
 from papo.auth.invitations import Accounts, CreatedInvitation
 from papo.auth.models import Role
 from papo.auth.service import Principal
 from papo.auth.tokens import SigningKey, issue_token
 from papo.chat.service import purge_deleted_sessions
+from papo.crypto import KeyBox
 from papo.db.engine import Database, RlsContext, locate_database
 from papo.db.migrate import AppRoleConflict, ensure_database, migrate
-from papo.errors import Conflict, DomainError, NotFound
+from papo.errors import Conflict, DomainError
 from papo.ops.logging import configure_logging
 from papo.ops.metrics import MULTIPROCESS_ENV, fresh_metrics_dir
 from papo.realtime.service import prune_events
@@ -203,8 +203,7 @@ def _emit_invitation(invitation: CreatedInvitation, as_json: bool) -> None:
 
 
 async def _require_tenant(session: AsyncSession) -> None:
-    if await session.scalar(text("SELECT count(*) FROM tenants")) != 1:
-        raise NotFound("no such tenant")
+    await auth_service.require_context_tenant(session)
 
 
 @app.command("token")

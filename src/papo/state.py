@@ -8,12 +8,12 @@ import httpx
 from starlette.requests import HTTPConnection
 
 from papo.assistants.replies import ReplyManager
-from papo.assistants.service import KeyBox
 from papo.auth.invitations import Accounts
 from papo.auth.oidc import OidcClients
 from papo.auth.tenant_cache import TenantCache
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
+from papo.crypto import KeyBox
 from papo.db.engine import Database
 from papo.ops.alerts import Alerts
 from papo.ops.looplag import LoopLagMonitor

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from papo.assistants.service import KeyBox
 from papo.auth.tokens import SigningKey
+from papo.crypto import KeyBox
 from papo.db.engine import Database, locate_database
 from papo.db.server import app_role_password
 from papo.demo import ensure_demo

@@ -34,10 +34,11 @@ from papo.assistants.providers import (
     stream_demo,
     stream_openai,
 )
-from papo.assistants.service import AssistantService, KeyBox, ProviderTarget
+from papo.assistants.service import AssistantService, ProviderTarget
 from papo.assistants.usage import record as record_usage
 from papo.auth.service import Principal
 from papo.chat.service import ChatService
+from papo.crypto import KeyBox
 from papo.db.engine import Database, driver
 from papo.ops.metrics import record_ai_reply
 from papo.realtime.hub import EventHub

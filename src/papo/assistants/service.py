@@ -1,55 +1,28 @@
-"""Assistants: CRUD for tenant admins, key encryption, and what a reply needs to reach its provider."""
+"""Assistants: CRUD for tenant admins and what a reply needs to reach its provider."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.assistants.models import Assistant
 from papo.assistants.schemas import AssistantCreate, AssistantOut, AssistantPatch
 from papo.auth.service import Principal
+from papo.crypto import KeyBox
 from papo.db.base import new_id
 from papo.db.engine import driver
 from papo.errors import InvalidInput, NotFound
 from papo.netguard import NetGuard, TargetRefused
-from papo.private_files import read_or_create_private_file
 from papo.settings import Settings
 
 DEMO_MODEL = "papo-demo"
 OPENAI_URL = "https://api.openai.com/v1"  # where the SDK goes when nothing else is configured
 ASSISTANT_NOT_FOUND = "assistant not found"
-
-
-class KeyBox:
-    """Encrypts provider keys at rest with the server's secret key (Fernet: AES-128-CBC + HMAC)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.secret = self._load(settings)  # also the root of other server-side keys (CSRF)
-        self.fernet = Fernet(self.secret)
-
-    @staticmethod
-    def _load(settings: Settings) -> bytes:
-        if settings.secret_key:
-            return settings.secret_key.encode()
-        path: Path = settings.data_dir / "keys" / "secret.key"
-        # 0600 from the first byte; concurrent first starts agree on one key (see papo.private_files).
-        return read_or_create_private_file(path, Fernet.generate_key).strip()
-
-    def seal(self, plaintext: str) -> str:
-        return self.fernet.encrypt(plaintext.encode()).decode()
-
-    def open(self, token: str) -> str:
-        try:
-            return self.fernet.decrypt(token.encode()).decode()
-        except InvalidToken as exc:
-            raise RuntimeError("stored provider key cannot be decrypted: was PAPO_SECRET_KEY changed?") from exc
 
 
 @dataclass(frozen=True)

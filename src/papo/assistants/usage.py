@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import date
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from papo.auth import tenant_settings
 from papo.auth.service import Principal
 from papo.db.engine import driver
 from papo.errors import QuotaExceeded
@@ -44,7 +44,7 @@ async def record(session: AsyncSession, principal: Principal, prompt_tokens: int
 
 
 async def daily_quota(session: AsyncSession, tenant_id: uuid.UUID) -> int | None:
-    value = await driver(session).fetchval("SELECT settings->>$2 FROM tenants WHERE id = $1", tenant_id, QUOTA_KEY)
+    value = await tenant_settings.setting(session, tenant_id, QUOTA_KEY)
     return int(value) if value is not None else None
 
 
@@ -64,17 +64,7 @@ async def check_quota(session: AsyncSession, principal: Principal) -> None:
 
 
 async def set_quota(session: AsyncSession, principal: Principal, tokens: int | None) -> None:
-    principal.require_admin()
-    if tokens is None:
-        await driver(session).execute(
-            "UPDATE tenants SET settings = settings - $2 WHERE id = $1", principal.tenant_id, QUOTA_KEY
-        )
-        return
-    await driver(session).execute(
-        "UPDATE tenants SET settings = settings || $2::jsonb WHERE id = $1",
-        principal.tenant_id,
-        json.dumps({QUOTA_KEY: tokens}),
-    )
+    await tenant_settings.set_setting(session, principal, QUOTA_KEY, tokens)
 
 
 async def report(

@@ -187,6 +187,12 @@ async def add_member(
     return str(row["member_user_id"]), bool(row["member_created"])
 
 
+async def require_context_tenant(session: AsyncSession) -> None:
+    """The tenant the transaction's context names exists (the operator's CLI names it by id)."""
+    if not await driver(session).fetchval("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = papo_current_tenant())"):
+        raise NotFound("no such tenant")
+
+
 async def find_member(session: AsyncSession, user_id: str) -> Membership:
     membership = await session.scalar(select(Membership).where(Membership.user_id == user_id))
     if membership is None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,9 +15,13 @@ from papo.auth.service import Principal
 from papo.auth.tenant_cache import TenantCache
 from papo.db.engine import driver
 from papo.errors import Forbidden, InvalidInput, NotFound
-from papo.web.brand import valid_colour
 
 MAX_BRAND_NAME = 80
+HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+def valid_colour(value: str | None) -> bool:
+    return bool(value and HEX_COLOUR.match(value))
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,29 @@ async def update(
         patch["signup_open"] = signup_open
     await driver(session).execute(
         "UPDATE tenants SET settings = settings || $2::jsonb WHERE id = $1", principal.tenant_id, json.dumps(patch)
+    )
+
+
+async def setting(session: AsyncSession, tenant_id: uuid.UUID, key: str) -> str | None:
+    """One top-level value of the tenant's settings, as text (None when unset)."""
+    value: str | None = await driver(session).fetchval(
+        "SELECT settings->>$2 FROM tenants WHERE id = $1", tenant_id, key
+    )
+    return value
+
+
+async def set_setting(session: AsyncSession, principal: Principal, key: str, value: Any) -> None:
+    """Set (or, with None, remove) one top-level value of the admin's tenant settings."""
+    principal.require_admin()
+    if value is None:
+        await driver(session).execute(
+            "UPDATE tenants SET settings = settings - $2 WHERE id = $1", principal.tenant_id, key
+        )
+        return
+    await driver(session).execute(
+        "UPDATE tenants SET settings = settings || $2::jsonb WHERE id = $1",
+        principal.tenant_id,
+        json.dumps({key: value}),
     )
 
 

@@ -17,16 +17,14 @@ from fastapi import Depends, Request, Response
 from papo.auth.deps import CurrentPrincipal, DbSession
 from papo.db.engine import driver
 from papo.errors import NotModified
+from papo.realtime.service import latest_event_id
 
 CACHE_CONTROL = "private, no-cache"  # a browser may keep it, but asks every time (cheaply)
 
-_VERSION_SQL = """
-SELECT coalesce(
-         (SELECT max(id) FROM events WHERE tenant_id = $1 AND user_id = $2),
-         (SELECT pruned_through FROM papo_events_bounds())) AS version,
-       EXISTS (SELECT 1 FROM messages
+_STREAMING_SQL = """
+SELECT EXISTS (SELECT 1 FROM messages
                 WHERE reply_state = 'streaming' AND tenant_id = $1
-                  AND ($3::uuid IS NULL OR session_id = $3)) AS streaming
+                  AND ($2::uuid IS NULL OR session_id = $2))
 """
 
 
@@ -45,13 +43,13 @@ async def conditional(request: Request, response: Response, session: DbSession, 
         scope = uuid.UUID(raw_scope) if raw_scope else None
     except ValueError:  # the endpoint's own validation answers it
         return
-    row = await driver(session).fetchrow(_VERSION_SQL, principal.tenant_id, principal.user_id, scope)
-    if row["streaming"]:
+    if await driver(session).fetchval(_STREAMING_SQL, principal.tenant_id, scope):
         response.headers["Cache-Control"] = "no-store"
         return
+    version = await latest_event_id(session, principal.tenant_id, principal.user_id)
     query = urlencode(sorted(request.query_params.multi_items()))
     digest = hashlib.sha256(f"{principal.user_id}\x00{request.url.path}\x00{query}".encode()).hexdigest()[:16]
-    etag = f'W/"{row["version"]}-{digest}"'
+    etag = f'W/"{version}-{digest}"'
     if _matches(request.headers.get("if-none-match", ""), etag):
         raise NotModified({"ETag": etag, "Cache-Control": CACHE_CONTROL})
     response.headers["ETag"] = etag

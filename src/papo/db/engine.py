@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from sqlalchemy import event, text
@@ -25,7 +25,6 @@ from papo.db.server import (
     start_embedded,
 )
 from papo.errors import UNSTORABLE_TEXT, DatabaseUnavailable, DomainError, InvalidInput, unstorable_text
-from papo.ops.metrics import DB_POOL_IN_USE, DB_POOL_OPEN, observe_query
 from papo.private_files import ensure_private_dir
 from papo.settings import Settings
 
@@ -100,10 +99,20 @@ def locate_database(settings: Settings) -> DatabaseLocation:
     return DatabaseLocation(owner_url=owner_url, app_url=app_url, embedded=embedded)
 
 
+class DatabaseObserver(Protocol):
+    """What the layer above watches (ops attaches its metrics here; the database imports no ops)."""
+
+    def query(self, record: Any) -> None:
+        """After every statement: an asyncpg LoggedQuery (elapsed time, exception)."""
+
+    def pool(self, in_use: int, open_connections: int) -> None:
+        """After every checkout and checkin."""
+
+
 class Database:
     """The runtime role's connection pool. Every unit of work is one transaction."""
 
-    def __init__(self, app_url: URL, *, pool_size: int = 10) -> None:
+    def __init__(self, app_url: URL, *, pool_size: int = 10, observer: DatabaseObserver | None = None) -> None:
         # AUTOCOMMIT at the SQLAlchemy level: transactions are asyncpg's (see `transaction`).
         self.engine: AsyncEngine = create_async_engine(
             app_url,
@@ -114,17 +123,18 @@ class Database:
             hide_parameters=True,
             connect_args={"server_settings": {"application_name": application_name("papo")}},
         )
-        self._instrument()
+        if observer is not None:
+            self._instrument(observer)
 
-    def _instrument(self) -> None:
+    def _instrument(self, observer: DatabaseObserver) -> None:
         pool = self.engine.sync_engine.pool
 
         def on_connect(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.driver_connection.add_query_logger(observe_query)
+            dbapi_connection.driver_connection.add_query_logger(observer.query)
 
         def on_checkout_or_in(*_: Any) -> None:
-            DB_POOL_IN_USE.set(pool.checkedout())  # type: ignore[attr-defined]
-            DB_POOL_OPEN.set(pool.checkedout() + pool.checkedin())  # type: ignore[attr-defined]
+            in_use = pool.checkedout()  # type: ignore[attr-defined]
+            observer.pool(in_use, in_use + pool.checkedin())  # type: ignore[attr-defined]
 
         event.listen(pool, "connect", on_connect)
         event.listen(pool, "checkout", on_checkout_or_in)

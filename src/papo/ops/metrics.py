@@ -130,11 +130,20 @@ def record_ai_reply(meta: dict[str, Any], outcome: str) -> None:
         AI_FIRST_TOKEN.labels(provider, model).observe(first_token_ms / 1000)
 
 
-def observe_query(record: Any) -> None:
-    """asyncpg query logger: every statement's time (called by asyncpg after the statement)."""
-    DB_QUERY_LATENCY.observe(record.elapsed)
-    if record.exception is not None:
-        DB_QUERY_ERRORS.inc()
+class DatabaseMetrics:
+    """Attached to the database layer (papo.db.engine.DatabaseObserver): statement latency and
+    errors, pool connections open and in use."""
+
+    @staticmethod
+    def query(record: Any) -> None:
+        DB_QUERY_LATENCY.observe(record.elapsed)
+        if record.exception is not None:
+            DB_QUERY_ERRORS.inc()
+
+    @staticmethod
+    def pool(in_use: int, open_connections: int) -> None:
+        DB_POOL_IN_USE.set(in_use)
+        DB_POOL_OPEN.set(open_connections)
 
 
 DatabaseGauges = dict[str, tuple[str, list[str], list[tuple[tuple[str, ...], float]]]]

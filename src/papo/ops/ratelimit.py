@@ -23,6 +23,7 @@ import hashlib
 import ipaddress
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -30,7 +31,6 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 from starlette.requests import HTTPConnection, Request
 
-from papo.auth.service import Principal
 from papo.db.engine import application_name
 from papo.db.errors import database_unreachable
 from papo.errors import DatabaseUnavailable, QuotaExceeded, Unauthorized
@@ -42,6 +42,21 @@ STATE_KEY = "rate_limits"  # request.state: decisions whose headers go on the re
 SIGN_IN_FIRST_DELAY = 30.0  # seconds; doubles with every further failure up to the configured cap
 SIGN_IN_FORGET = 15 * MINUTE  # quiet time (after the last delay ran out) that clears a sign-in guard
 ACCOUNT_GUARDS = frozenset({"sign_in_account", "sign_in_account_everywhere"})  # the right password clears
+
+
+class Caller(Protocol):
+    """Who a request acts for (papo.auth's Principal has this shape; limits need nothing more)."""
+
+    @property
+    def tenant_id(self) -> uuid.UUID: ...
+
+    @property
+    def user_id(self) -> str | None: ...
+
+    @property
+    def api_key_id(self) -> uuid.UUID | None: ...
+
+
 T = TypeVar("T")
 
 
@@ -457,14 +472,14 @@ class RateLimiter:
             remember(connection, decision)
         return decision
 
-    async def messages(self, connection: HTTPConnection, principal: Principal) -> None:
+    async def messages(self, connection: HTTPConnection, principal: Caller) -> None:
         """A message written by a member or an API key."""
         if principal.api_key_id is not None:
             await self.enforce(connection, "api_key_messages", f"key:{principal.api_key_id}")
         else:
             await self.enforce(connection, "user_messages", f"user:{principal.tenant_id}:{principal.user_id}")
 
-    async def ai_reply(self, connection: HTTPConnection, principal: Principal) -> None:
+    async def ai_reply(self, connection: HTTPConnection, principal: Caller) -> None:
         """A reply the caller asked an assistant for: a per-minute rate and, for members, a daily quota."""
         if principal.api_key_id is not None:
             await self.enforce(connection, "api_key_ai_replies", f"key:{principal.api_key_id}")

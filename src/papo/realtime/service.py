@@ -108,6 +108,18 @@ async def read_all_events(session: AsyncSession, after: int, limit: int) -> list
     return [_event(row) for row in rows]
 
 
+async def latest_event_id(session: AsyncSession, tenant_id: uuid.UUID, user_id: str) -> int:
+    """The newest event of this member's own stream (or the pruned horizon when they have none): a
+    version of everything written to them, for conditional GETs."""
+    latest: int = await driver(session).fetchval(
+        "SELECT coalesce((SELECT max(id) FROM events WHERE tenant_id = $1 AND user_id = $2), "
+        "(SELECT pruned_through FROM papo_events_bounds()))",
+        tenant_id,
+        user_id,
+    )
+    return latest
+
+
 async def bounds(session: AsyncSession) -> tuple[int, int]:
     """(pruned_through, head): a resume must start at or after the first, at or before the second."""
     row = await driver(session).fetchrow("SELECT pruned_through, head FROM papo_events_bounds()")

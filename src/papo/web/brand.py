@@ -6,18 +6,13 @@ links is darkened (light theme) or lightened (dark theme) until it reaches 4.5:1
 
 from __future__ import annotations
 
-import re
+from papo.auth.tenant_settings import valid_colour
 
 DEFAULT_PRIMARY = "#0f766e"  # teal: calm, readable, not the usual blue
 DEFAULT_ACCENT = "#f59e0b"
 LIGHT_BACKGROUND = "#ffffff"
 DARK_BACKGROUND = "#111417"
 AA = 4.5
-HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
-
-
-def valid_colour(value: str | None) -> bool:
-    return bool(value and HEX.match(value))
 
 
 def _rgb(colour: str) -> tuple[float, float, float]:

@@ -28,8 +28,8 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 from svix.webhooks import Webhook
 
-from papo.assistants.service import KeyBox
 from papo.auth.service import Principal
+from papo.crypto import KeyBox
 from papo.db.base import new_id
 from papo.db.engine import Database, after_commit, driver
 from papo.errors import InvalidInput, NotFound

@@ -26,9 +26,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.assistants.replies import ReplyManager
-from papo.assistants.service import KeyBox
 from papo.auth.service import SERVICE_ROLE, Principal
 from papo.chat.service import ChatService
+from papo.crypto import KeyBox
 from papo.db.base import new_id
 from papo.db.engine import Database, application_name, driver
 from papo.errors import Conflict, InvalidInput, NotFound, causes
