@@ -14,42 +14,49 @@ import structlog
 from fastapi import FastAPI
 
 from papo import __version__
+from papo.assistants.api import AssistantsRuntime, usage_router
 from papo.assistants.api import router as assistants_router
-from papo.assistants.api import usage_router
 from papo.assistants.replies import ReplyManager
 from papo.auth.api import router as auth_router
+from papo.auth.deps import AuthRuntime
 from papo.auth.invitations import Accounts
 from papo.auth.oidc import OidcClients
 from papo.auth.tenant_cache import CHANNEL as TENANT_CHANNEL
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
+from papo.chat.api import ChatRuntime
 from papo.chat.api import router as chat_router
 from papo.chat.legacy_api import router as legacy_chat_router
 from papo.crypto import KeyBox
 from papo.db.engine import Database, locate_database
 from papo.db.migrate import head_revision
 from papo.errors import install_error_handlers
+from papo.insights.api import InsightsRuntime
 from papo.insights.api import router as insights_router
 from papo.insights.sentiment import SentimentScorer
 from papo.insights.service import SentimentWorker
 from papo.ops.alerts import Alerts
+from papo.ops.api import OpsRuntime
 from papo.ops.api import router as ops_router
 from papo.ops.logging import configure_logging
 from papo.ops.maintenance import maintenance_loop
 from papo.ops.metrics import DatabaseMetrics
 from papo.ops.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from papo.ops.ratelimit import RateLimiter
+from papo.realtime.api import RealtimeRuntime
 from papo.realtime.api import router as realtime_router
 from papo.realtime.consumer import OutboxConsumer
 from papo.realtime.hub import EventHub
 from papo.settings import Settings, get_settings
 from papo.state import AppState
+from papo.web.api import WebRuntime
 from papo.web.api import router as web_router
+from papo.webhooks.api import WebhooksRuntime
 from papo.webhooks.api import router as webhooks_router
 from papo.webhooks.service import WebhookSender
 from papo.whatsapp.api import conversations_router
 from papo.whatsapp.api import router as whatsapp_router
-from papo.whatsapp.service import WhatsappHub
+from papo.whatsapp.service import WhatsappHub, WhatsappRuntime
 from papo.whatsapp.transports.registry import load_transports
 from papo.whatsapp.webhook import process as process_webhook
 from papo.whatsapp.webhook import router as whatsapp_webhook_router
@@ -125,6 +132,7 @@ def create_app(
                 Alerts(db, settings, http),
                 Accounts(settings, keys.secret),
             )
+            satisfies_every_feature(state)  # mypy's check that every feature's runtime Protocol holds
             app.state.papo = state
             hub.on_notify(TENANT_CHANNEL, state.tenants.notified)
             await hub.start()
@@ -212,6 +220,24 @@ def create_worker_app() -> FastAPI:
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
     return create_app(settings)
+
+
+def satisfies_every_feature(
+    state: AppState,
+) -> tuple[
+    AuthRuntime,
+    ChatRuntime,
+    RealtimeRuntime,
+    AssistantsRuntime,
+    WebhooksRuntime,
+    InsightsRuntime,
+    WhatsappRuntime,
+    OpsRuntime,
+    WebRuntime,
+]:
+    """The wiring's object seen as each feature's runtime: mypy checks here that it gives every
+    feature what its Protocol asks for."""
+    return (state, state, state, state, state, state, state, state, state)
 
 
 def app_state_of(app: FastAPI) -> AppState:

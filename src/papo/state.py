@@ -1,11 +1,11 @@
-"""What a running papo process holds: settings, the database pool, keys and the verifier."""
+"""What a running papo process holds (the wiring's object on `app.state.papo`). Features never import
+this: each reads the attributes it needs through a Protocol of its own (see papo.runtime)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import httpx
-from starlette.requests import HTTPConnection
 
 from papo.assistants.replies import ReplyManager
 from papo.auth.invitations import Accounts
@@ -43,9 +43,3 @@ class AppState:
     accounts: Accounts
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     tenants: TenantCache = field(default_factory=TenantCache)
-
-
-async def app_state(connection: HTTPConnection) -> AppState:
-    """A dependency; async so FastAPI does not hand it to a worker thread on every request."""
-    state: AppState = connection.app.state.papo
-    return state

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,8 +12,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from papo.assistants import usage
 from papo.assistants.schemas import AssistantCreate, AssistantOut, AssistantPatch
 from papo.assistants.service import AssistantService, to_out
-from papo.auth.deps import CurrentPrincipal, DbSession, State
+from papo.auth.deps import CurrentPrincipal, DbSession
+from papo.crypto import KeyBox
 from papo.errors import BadRequest
+from papo.runtime import current_runtime
+from papo.settings import Settings
+
+
+class AssistantsRuntime(Protocol):
+    settings: Settings
+    keys: KeyBox
+
+
+State = Annotated[AssistantsRuntime, Depends(current_runtime)]
 
 router = APIRouter(prefix="/api/v1/assistants", tags=["assistants"])
 usage_router = APIRouter(prefix="/api/v1/usage", tags=["usage"])

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response, status
 
 from papo.auth import clerk, service, tenant_settings
-from papo.auth.deps import AdminPrincipal, CurrentPrincipal, DbSession, State
+from papo.auth.deps import AdminPrincipal, Auth, AuthRuntime, CurrentPrincipal, DbSession
 from papo.auth.models import Role
 from papo.auth.schemas import (
     ApiKeyCreate,
@@ -28,18 +28,17 @@ from papo.auth.schemas import (
 from papo.auth.service import Principal
 from papo.auth.tokens import issue_token
 from papo.ops.ratelimit import client_address, webhook_allowance
-from papo.state import AppState
 
 router = APIRouter(tags=["identity"])
 
 
 @router.get("/.well-known/jwks.json", include_in_schema=True)
-async def jwks(state: State) -> dict[str, Any]:
+async def jwks(state: Auth) -> dict[str, Any]:
     return state.signing_key.jwks()
 
 
 @router.post("/api/v1/auth/token", response_model=TokenResponse)
-async def sign_in(body: TokenRequest, request: Request, session: DbSession, state: State) -> TokenResponse:
+async def sign_in(body: TokenRequest, request: Request, session: DbSession, state: Auth) -> TokenResponse:
     """Exchange a built-in account's e-mail and password for a bearer token. After repeated failures
     from one address or for one account, attempts are refused with 429 for a growing (capped) delay."""
     principal = await state.limiter.sign_in(
@@ -50,7 +49,7 @@ async def sign_in(body: TokenRequest, request: Request, session: DbSession, stat
     return _token_response(state, principal)
 
 
-def _token_response(state: AppState, principal: Principal) -> TokenResponse:
+def _token_response(state: AuthRuntime, principal: Principal) -> TokenResponse:
     assert principal.user_id is not None
     token, ttl = issue_token(
         state.settings,
@@ -123,7 +122,7 @@ Inviter = Annotated[Principal, Depends(_inviter)]
 @router.post(
     "/api/v1/invitations", status_code=status.HTTP_201_CREATED, response_model=InvitationCreated, tags=["admin"]
 )
-async def invite(body: InvitationCreate, principal: Inviter, session: DbSession, state: State) -> InvitationCreated:
+async def invite(body: InvitationCreate, principal: Inviter, session: DbSession, state: Auth) -> InvitationCreated:
     """Invite an e-mail address to this tenant (admins and API keys). No membership exists until the
     person accepts; the link is e-mailed when SMTP is configured, otherwise returned once in `url`."""
     created = await state.accounts.invite(session, principal, body.email, body.role)
@@ -131,20 +130,18 @@ async def invite(body: InvitationCreate, principal: Inviter, session: DbSession,
 
 
 @router.get("/api/v1/invitations", response_model=list[InvitationOut], tags=["admin"])
-async def pending_invitations(principal: Inviter, session: DbSession, state: State) -> list[InvitationOut]:
+async def pending_invitations(principal: Inviter, session: DbSession, state: Auth) -> list[InvitationOut]:
     return [InvitationOut(**vars(p)) for p in await state.accounts.pending(session, principal)]
 
 
 @router.delete("/api/v1/invitations/{invitation_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["admin"])
-async def revoke_invitation(invitation_id: uuid.UUID, principal: Inviter, session: DbSession, state: State) -> Response:
+async def revoke_invitation(invitation_id: uuid.UUID, principal: Inviter, session: DbSession, state: Auth) -> Response:
     await state.accounts.revoke(session, principal, invitation_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/api/v1/invitations/accept", response_model=TokenResponse, tags=["identity"])
-async def accept_invitation(
-    body: InvitationAccept, request: Request, session: DbSession, state: State
-) -> TokenResponse:
+async def accept_invitation(body: InvitationAccept, request: Request, session: DbSession, state: Auth) -> TokenResponse:
     """Join the invitation's tenant: with a new password when the address has no account yet, with the
     existing account's password, or (`reset`, e-mailed links only) by choosing a new one for it.
     Password checks count as sign-in attempts for that address (the same throttle)."""
@@ -159,7 +156,7 @@ async def accept_invitation(
 
 @router.patch("/api/v1/tenant/settings", status_code=status.HTTP_204_NO_CONTENT, tags=["admin"])
 async def update_tenant_settings(
-    body: TenantSettingsPatch, principal: AdminPrincipal, session: DbSession, state: State
+    body: TenantSettingsPatch, principal: AdminPrincipal, session: DbSession, state: Auth
 ) -> Response:
     """Brand (name, logo, primary and accent colours) and whether people may sign themselves up."""
     brand = body.brand.model_dump(exclude_none=True) if body.brand is not None else None
@@ -173,7 +170,7 @@ async def update_tenant_settings(
     tags=["webhooks"],
     dependencies=[Depends(webhook_allowance)],
 )
-async def clerk_webhook(request: Request, session: DbSession, state: State) -> Response:
+async def clerk_webhook(request: Request, session: DbSession, state: Auth) -> Response:
     """Clerk user and organization events, verified with the Svix signature."""
     event = clerk.verify_event(state.settings, await request.body(), dict(request.headers))
     await clerk.apply_event(session, event)

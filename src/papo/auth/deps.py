@@ -3,30 +3,49 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.auth import web_sessions
+from papo.auth.invitations import Accounts
 from papo.auth.service import Principal, authenticate
+from papo.auth.tenant_cache import TenantCache
+from papo.auth.tokens import SigningKey, TokenVerifier
+from papo.db.engine import Database
 from papo.errors import Unauthorized
-from papo.state import AppState, app_state
+from papo.ops.ratelimit import RateLimiter
+from papo.runtime import current_runtime, running
+from papo.settings import Settings
 
 CLERK_SESSION_COOKIE = "__session"
 
 
+class AuthRuntime(Protocol):
+    """What identity needs from the running process (the app's wiring provides it)."""
+
+    settings: Settings
+    db: Database
+    signing_key: SigningKey
+    verifier: TokenVerifier
+    csrf: web_sessions.CsrfGuard
+    limiter: RateLimiter
+    accounts: Accounts
+    tenants: TenantCache
+
+
 async def request_tx(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed when the handler returns, rolled back if it raises."""
-    state: AppState = request.app.state.papo
-    async with state.db.transaction() as session:
+    runtime: AuthRuntime = running(request)
+    async with runtime.db.transaction() as session:
         yield session
 
 
 # scope="function": commit before the response is sent, so a client never sees a 2xx for
 # work that then fails to commit.
 DbSession = Annotated[AsyncSession, Depends(request_tx, scope="function")]
-State = Annotated[AppState, Depends(app_state)]
+Auth = Annotated[AuthRuntime, Depends(current_runtime)]
 
 
 def bearer_credential(request: Request) -> str:
@@ -37,7 +56,7 @@ def bearer_credential(request: Request) -> str:
     return credential.strip()
 
 
-async def cookie_principal(request: Request, session: AsyncSession, state: AppState) -> Principal | None:
+async def cookie_principal(request: Request, session: AsyncSession, state: AuthRuntime) -> Principal | None:
     """The browser's member: papo's own session cookie, else Clerk's `__session` token (verified
     like a bearer token). None when neither is there."""
     if cookie := request.cookies.get(web_sessions.SESSION_COOKIE):
@@ -51,7 +70,7 @@ async def cookie_principal(request: Request, session: AsyncSession, state: AppSt
     return None
 
 
-async def current_principal(request: Request, session: DbSession, state: State) -> Principal:
+async def current_principal(request: Request, session: DbSession, state: Auth) -> Principal:
     """A bearer token or API key; else the browser's session cookie (with CSRF on writes), so the
     web app's script calls the same API as everyone else."""
     if "authorization" not in request.headers and (principal := await cookie_principal(request, session, state)):

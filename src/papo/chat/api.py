@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from papo.assistants.api import Assistants, resolve_assistant
 from papo.assistants.conversation import Conversation, PendingReply
-from papo.auth.deps import CurrentPrincipal, DbSession, State
+from papo.auth.deps import CurrentPrincipal, DbSession
+from papo.auth.invitations import Accounts
 from papo.auth.models import Role
 from papo.auth.service import Principal
 from papo.chat.caching import CONDITIONAL
@@ -35,9 +36,36 @@ from papo.chat.schemas import (
 )
 from papo.chat.search import search_messages
 from papo.chat.service import MAX_PAGE, ChatService, message_cursor
+from papo.db.engine import Database
 from papo.errors import BadRequest
-from papo.state import AppState
+from papo.ops.ratelimit import RateLimiter
+from papo.runtime import current_runtime
+from papo.settings import Settings
 
+
+class ReplyRunner(Protocol):
+    """Whatever generates assistant replies in this process (assistants' ReplyManager plugs in)."""
+
+    async def spawn(
+        self, principal: Principal, session_id: uuid.UUID, reply_id: uuid.UUID, assistant_id: uuid.UUID
+    ) -> None: ...
+
+    def text_so_far(self, reply_id: uuid.UUID) -> str | None: ...
+
+    async def halt(self, reply_id: uuid.UUID) -> None: ...
+
+
+class ChatRuntime(Protocol):
+    settings: Settings
+    db: Database
+    limiter: RateLimiter
+    accounts: Accounts
+
+    @property
+    def replies(self) -> ReplyRunner: ...
+
+
+State = Annotated[ChatRuntime, Depends(current_runtime)]
 router = APIRouter(prefix="/api/v1", tags=["chat"])
 
 
@@ -134,7 +162,7 @@ MessageAllowance = Depends(message_allowance)
 
 async def schedule(
     background: BackgroundTasks,
-    state: AppState,
+    state: ChatRuntime,
     request: Request,
     principal: Principal,
     reply: PendingReply | None,
@@ -296,7 +324,8 @@ async def create_chat_for_user(
 
     async def invite(email: str) -> str:
         invitation = await state.accounts.invite(session, principal, email, Role.member)
-        return invitation.user_id
+        invitee: str = invitation.user_id
+        return invitee
 
     created = await chat.open_chat_for_member(
         user_id=body.user.id,
@@ -336,7 +365,7 @@ async def search(
     return SearchPage(items=[SearchHit(**vars(hit)) for hit in hits], next_cursor=next_cursor)
 
 
-def _export_response(state: AppState, principal: Principal, fmt: ExportFormat, session_id: uuid.UUID | None) -> Any:
+def _export_response(state: ChatRuntime, principal: Principal, fmt: ExportFormat, session_id: uuid.UUID | None) -> Any:
     return StreamingResponse(
         stream_export(state.db, principal, fmt, session_id),
         media_type=MEDIA_TYPES[fmt],

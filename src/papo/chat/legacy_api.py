@@ -7,8 +7,8 @@ import uuid
 from fastapi import APIRouter, BackgroundTasks, Request, status
 
 from papo.assistants.conversation import Conversation
-from papo.auth.deps import CurrentPrincipal, State
-from papo.chat.api import Chat, MessageAllowance, schedule
+from papo.auth.deps import CurrentPrincipal
+from papo.chat.api import Chat, MessageAllowance, State, schedule
 from papo.chat.caching import CONDITIONAL
 from papo.chat.models import Channel, MessageRole
 from papo.chat.schemas import LegacyDeleted, LegacyMessageCreate, LegacySessionCreate, MessageOut, SessionOut

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import UTC, date, datetime
-from typing import Annotated
+from typing import Annotated, Protocol
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
-from papo.auth.deps import AdminPrincipal, DbSession, State
+from papo.auth.deps import AdminPrincipal, DbSession
 from papo.insights import service
 from papo.insights.schemas import UsageSummaryOut
+from papo.runtime import current_runtime
+from papo.settings import Settings
+
+
+class InsightsRuntime(Protocol):
+    settings: Settings
+
+
+State = Annotated[InsightsRuntime, Depends(current_runtime)]
 
 router = APIRouter(prefix="/api/v1/usage", tags=["usage"])
 

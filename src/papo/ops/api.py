@@ -4,25 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from papo.db.engine import driver
+from papo.db.engine import Database, driver
 from papo.db.migrate import head_revision
 from papo.errors import NotFound, Unauthorized, problem
 from papo.ops import metrics
-from papo.state import AppState
+from papo.ops.looplag import LoopLagMonitor
+from papo.realtime.hub import EventHub
+from papo.runtime import running
+from papo.settings import Settings
 
 router = APIRouter(tags=["ops"])
 READY_TIMEOUT_SECONDS = 2.0
 
 
+class OpsRuntime(Protocol):
+    """What health and metrics read from the running process."""
+
+    settings: Settings
+    db: Database
+    hub: EventHub
+    loop_lag: LoopLagMonitor
+
+
 @router.get("/healthz")
 async def healthz(request: Request) -> dict[str, Any]:
     """Liveness: the process answers. With the event loop's lag over the last minute (ms)."""
-    state: AppState = request.app.state.papo
+    state: OpsRuntime = running(request)
     return {"status": "ok", "loop_lag_ms": state.loop_lag.summary()}
 
 
@@ -30,7 +42,7 @@ async def healthz(request: Request) -> dict[str, Any]:
 async def readyz(request: Request) -> Response:
     """Readiness: the database answers at the schema this build needs, and the realtime listener
     is connected (without it, events from other processes only arrive at the next poll)."""
-    state: AppState = request.app.state.papo
+    state: OpsRuntime = running(request)
     checks = {"database": "ok", "migrations": "ok", "realtime_listener": "ok"}
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS), state.db.transaction() as session:
@@ -56,7 +68,7 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/metrics", include_in_schema=False)
 async def scrape(request: Request) -> Response:
-    state: AppState = request.app.state.papo
+    state: OpsRuntime = running(request)
     expected = state.settings.metrics_token
     if not expected:
         raise NotFound("metrics are off: set PAPO_METRICS_TOKEN and scrape with that bearer token")
@@ -66,7 +78,7 @@ async def scrape(request: Request) -> Response:
     return Response(metrics.render(await database_gauges(state)), media_type=metrics.CONTENT_TYPE)
 
 
-async def database_gauges(state: AppState) -> metrics.DatabaseGauges:
+async def database_gauges(state: OpsRuntime) -> metrics.DatabaseGauges:
     async with state.db.transaction() as session:
         rows = await driver(session).fetch(metrics.OPERATIONAL_COUNTS_SQL)
 

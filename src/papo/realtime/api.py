@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
@@ -28,6 +28,8 @@ from fastapi.responses import StreamingResponse
 from papo.auth import web_sessions
 from papo.auth.deps import CurrentPrincipal, DbSession
 from papo.auth.service import Principal, authenticate
+from papo.auth.tokens import TokenVerifier
+from papo.db.engine import Database
 from papo.errors import BadRequest, DomainError, Forbidden
 from papo.realtime.codes import (
     CLOSE_BAD_REQUEST,
@@ -40,9 +42,10 @@ from papo.realtime.codes import (
     CLOSE_TRY_AGAIN,
     CLOSE_UNAUTHORIZED,
 )
-from papo.realtime.hub import Subscriber, TooManyStreams
+from papo.realtime.hub import EventHub, Subscriber, TooManyStreams
 from papo.realtime.service import Event, bounds, read_own_events
-from papo.state import AppState
+from papo.runtime import running
+from papo.settings import Settings
 from papo.waiting import wake_or_timeout
 
 log = structlog.get_logger(__name__)
@@ -61,7 +64,18 @@ class StreamEnded(Exception):
         self.reason = reason
 
 
-async def event_stream(state: AppState, subscriber: Subscriber, since: int | None) -> AsyncIterator[dict[str, Any]]:
+class RealtimeRuntime(Protocol):
+    """What the streams need from the running process."""
+
+    settings: Settings
+    db: Database
+    hub: EventHub
+    verifier: TokenVerifier
+
+
+async def event_stream(
+    state: RealtimeRuntime, subscriber: Subscriber, since: int | None
+) -> AsyncIterator[dict[str, Any]]:
     """Replay from `since`, then live events, as wire messages. `subscriber` must already be subscribed."""
     context = subscriber.principal.context()
     async with state.db.transaction(context) as session:
@@ -150,7 +164,7 @@ async def server_sent_events(
         if not last_event_id.isdigit():
             raise BadRequest("Last-Event-ID must be an event id")
         since = int(last_event_id)
-    state: AppState = request.app.state.papo
+    state: RealtimeRuntime = running(request)
     limit = state.settings.realtime_max_streams_per_user
     if limit > 0 and state.hub.streams_of(principal) >= limit:
         raise TooManyStreams(limit)
@@ -189,7 +203,7 @@ async def server_sent_events(
 async def realtime_socket(websocket: WebSocket) -> None:
     """First frame: {"type": "auth", "token": "…", "since": <last event id or null>}; later
     {"type": "auth", "token": "…"} refreshes the token and {"type": "ping"} is answered."""
-    state: AppState = websocket.app.state.papo
+    state: RealtimeRuntime = running(websocket)
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol="papo.v1" if "papo.v1" in offered else None)
     try:
@@ -236,13 +250,13 @@ async def realtime_socket(websocket: WebSocket) -> None:
         state.hub.unsubscribe(subscriber)
 
 
-async def _send_events(websocket: WebSocket, state: AppState, subscriber: Subscriber, since: int | None) -> None:
+async def _send_events(websocket: WebSocket, state: RealtimeRuntime, subscriber: Subscriber, since: int | None) -> None:
     async for message in event_stream(state, subscriber, since):
         if message is not HEARTBEAT:  # WebSocket liveness is the protocol's ping/pong
             await websocket.send_text(json.dumps(message, separators=(",", ":")))
 
 
-async def _receive_controls(websocket: WebSocket, state: AppState, subscriber: Subscriber) -> None:
+async def _receive_controls(websocket: WebSocket, state: RealtimeRuntime, subscriber: Subscriber) -> None:
     limit = state.settings.realtime_auth_frames_per_minute
     refreshes: deque[float] = deque()  # when the last auth frames came, for the per-minute limit
     while True:
@@ -278,7 +292,7 @@ async def _receive_controls(websocket: WebSocket, state: AppState, subscriber: S
             await websocket.send_text(json.dumps({"type": "error", "detail": f"unknown message type {kind!r}"}))
 
 
-async def _receive(websocket: WebSocket, state: AppState) -> dict[str, Any]:
+async def _receive(websocket: WebSocket, state: RealtimeRuntime) -> dict[str, Any]:
     message = await websocket.receive()
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
@@ -296,7 +310,7 @@ async def _receive(websocket: WebSocket, state: AppState) -> dict[str, Any]:
     return frame
 
 
-async def _authenticate(state: AppState, frame: dict[str, Any]) -> Principal:
+async def _authenticate(state: RealtimeRuntime, frame: dict[str, Any]) -> Principal:
     token = frame.get("token")
     if not isinstance(token, str) or not token or len(token) > 8192:
         raise StreamEnded(CLOSE_UNAUTHORIZED, "auth frame needs a `token` string")
@@ -307,7 +321,7 @@ async def _authenticate(state: AppState, frame: dict[str, Any]) -> Principal:
     return principal
 
 
-async def _browser_session(state: AppState, websocket: WebSocket, principal: Principal) -> uuid.UUID | None:
+async def _browser_session(state: RealtimeRuntime, websocket: WebSocket, principal: Principal) -> uuid.UUID | None:
     """The browser session behind a socket opened by the web app: its upgrade request carries the
     session cookie (the token in the auth frame was minted from it). Signing that session out ends
     the socket at once rather than when the token expires. A cookie of an ended session refuses it."""

@@ -13,9 +13,9 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
@@ -24,29 +24,42 @@ from papo.assistants import usage
 from papo.assistants.service import AssistantService
 from papo.auth import oidc, tenant_settings, web_sessions
 from papo.auth import service as auth_service
-from papo.auth.deps import CurrentPrincipal, DbSession, State, cookie_principal
+from papo.auth.deps import AuthRuntime, CurrentPrincipal, DbSession, cookie_principal
 from papo.auth.models import Role
 from papo.auth.service import Principal
 from papo.auth.tokens import issue_token
 from papo.chat.models import Channel, SessionStatus
 from papo.chat.schemas import MessageOut
 from papo.chat.service import ChatService
+from papo.crypto import KeyBox
 from papo.db.engine import after_commit
 from papo.errors import Conflict, DomainError, Forbidden, NotFound, Unauthorized
 from papo.insights.chart import activity_chart
 from papo.insights.service import usage_summary
 from papo.ops.ratelimit import Decision, RateLimited, client_address
 from papo.realtime.service import bounds as realtime_bounds
-from papo.state import AppState
+from papo.runtime import current_runtime
 from papo.web import brand, markdown
 from papo.web.i18n import LANG_COOKIE, LANGUAGES, Translator, pick_language
 from papo.webhooks.service import EVENT_TYPES as WEBHOOK_EVENT_TYPES
-from papo.webhooks.service import WebhookService
+from papo.webhooks.service import WebhookSender, WebhookService
 from papo.whatsapp.inbox import Inbox
-from papo.whatsapp.service import SessionService, session_out
+from papo.whatsapp.service import SessionService, WhatsappHub, session_out
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+
+
+class WebRuntime(AuthRuntime, Protocol):
+    """What the pages need from the running process, beyond identity's part."""
+
+    keys: KeyBox
+    oidc: oidc.OidcClients
+    webhooks: WebhookSender
+    whatsapp: WhatsappHub
+
+
+State = Annotated[WebRuntime, Depends(current_runtime)]
 router = APIRouter(include_in_schema=False)
 THEME_COOKIE = "papo_theme"
 THEMES = ("system", "light", "dark")
@@ -122,7 +135,7 @@ class Page:
         }
 
 
-def _page(request: Request, state: AppState) -> Page:
+def _page(request: Request, state: WebRuntime) -> Page:
     csrf_cookie = request.cookies.get(web_sessions.CSRF_COOKIE)
     fresh = not csrf_cookie
     if not csrf_cookie:
@@ -138,12 +151,12 @@ def _page(request: Request, state: AppState) -> Page:
     )
 
 
-def _secure(request: Request, state: AppState) -> bool:
+def _secure(request: Request, state: WebRuntime) -> bool:
     public = state.settings.public_url or ""
     return request.url.scheme == "https" or public.startswith("https://")
 
 
-def _finish(response: Response, page: Page, state: AppState) -> Response:
+def _finish(response: Response, page: Page, state: WebRuntime) -> Response:
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["Cache-Control"] = "no-store"
     if page.new_csrf_cookie:
@@ -158,12 +171,12 @@ def _finish(response: Response, page: Page, state: AppState) -> Response:
     return response
 
 
-def render(page: Page, state: AppState, template: str, status_code: int = 200, **values: Any) -> Response:
+def render(page: Page, state: WebRuntime, template: str, status_code: int = 200, **values: Any) -> Response:
     response = templates.TemplateResponse(page.request, template, page.context(**values), status_code=status_code)
     return _finish(response, page, state)
 
 
-def redirect(page: Page, state: AppState, to: str) -> Response:
+def redirect(page: Page, state: WebRuntime, to: str) -> Response:
     return _finish(RedirectResponse(to, status_code=303), page, state)
 
 
@@ -174,7 +187,7 @@ def local_path(value: str | None, default: str = "/") -> str:
     return value
 
 
-async def signed_in(page: Page, session: Any, state: AppState) -> bool:
+async def signed_in(page: Page, session: Any, state: WebRuntime) -> bool:
     """Resolve the browser's session (papo's cookie or Clerk's) into the page and the RLS context."""
     try:
         principal = await cookie_principal(page.request, session, state)
@@ -192,16 +205,16 @@ async def signed_in(page: Page, session: Any, state: AppState) -> bool:
     return True
 
 
-def to_sign_in(page: Page, state: AppState) -> Response:
+def to_sign_in(page: Page, state: WebRuntime) -> Response:
     target = page.request.url.path + (f"?{page.request.url.query}" if page.request.url.query else "")
     return redirect(page, state, f"/login?next={target}")
 
 
-def check_form_csrf(page: Page, state: AppState, token: str) -> None:
+def check_form_csrf(page: Page, state: WebRuntime, token: str) -> None:
     state.csrf.check(page.request.cookies.get(web_sessions.CSRF_COOKIE), token)
 
 
-def chat_service(session: Any, page: Page, state: AppState) -> ChatService:
+def chat_service(session: Any, page: Page, state: WebRuntime) -> ChatService:
     return ChatService(session, page.member, state.settings)
 
 
@@ -259,7 +272,7 @@ async def set_preferences(
 
 
 async def _sign_in_page(
-    page: Page, state: AppState, session: Any, template: str, tenant: uuid.UUID | None, **values: Any
+    page: Page, state: WebRuntime, session: Any, template: str, tenant: uuid.UUID | None, **values: Any
 ) -> Response:
     public = await state.tenants.public(session, tenant) if tenant else None
     if public is not None:
@@ -269,7 +282,13 @@ async def _sign_in_page(
 
 
 async def _throttled(
-    page: Page, state: AppState, session: Any, template: str, tenant: uuid.UUID | None, refusal: Decision, **values: Any
+    page: Page,
+    state: WebRuntime,
+    session: Any,
+    template: str,
+    tenant: uuid.UUID | None,
+    refusal: Decision,
+    **values: Any,
 ) -> Response:
     headers = refusal.headers()
     error = page.t("auth.throttled", seconds=headers["Retry-After"])
@@ -288,7 +307,7 @@ async def login_page(
     return await _sign_in_page(page, state, session, "login.html", tenant, next=local_path(next), error=None)
 
 
-async def _open_session(page: Page, state: AppState, session: Any, principal: Principal, next_path: str) -> Response:
+async def _open_session(page: Page, state: WebRuntime, session: Any, principal: Principal, next_path: str) -> Response:
     token, _ = await web_sessions.start(
         session, principal, ttl_seconds=SESSION_TTL_SECONDS, user_agent=page.request.headers.get("user-agent")
     )
@@ -342,7 +361,7 @@ async def signup_page(request: Request, state: State, session: DbSession, tenant
     return await _sign_in_page(page, state, session, "signup.html", tenant, error=None, email="", name="")
 
 
-def default_tenant(state: AppState) -> uuid.UUID | None:
+def default_tenant(state: WebRuntime) -> uuid.UUID | None:
     """Sign-up without a workspace in the link goes to the configured default workspace."""
     ref = state.settings.auth_default_tenant
     try:
@@ -587,7 +606,7 @@ async def message_fragment(
 # ---- tenant admins' settings ---------------------------------------------------------------------
 
 
-async def _admin_page(request: Request, state: AppState, session: Any) -> tuple[Page, Response | None]:
+async def _admin_page(request: Request, state: WebRuntime, session: Any) -> tuple[Page, Response | None]:
     page = _page(request, state)
     if not await signed_in(page, session, state):
         return page, to_sign_in(page, state)
@@ -596,7 +615,7 @@ async def _admin_page(request: Request, state: AppState, session: Any) -> tuple[
     return page, None
 
 
-async def _settings(page: Page, state: AppState, session: Any, status_code: int = 200, **values: Any) -> Response:
+async def _settings(page: Page, state: WebRuntime, session: Any, status_code: int = 200, **values: Any) -> Response:
     principal = page.member
     public = await state.tenants.public(session, principal.tenant_id)
     members = await tenant_settings.members(session, principal)
@@ -844,7 +863,9 @@ async def revoke_key(
 # ---- outbound webhooks (tenant admins) --------------------------------------------------------------
 
 
-async def _webhooks_page(page: Page, state: AppState, session: Any, status_code: int = 200, **values: Any) -> Response:
+async def _webhooks_page(
+    page: Page, state: WebRuntime, session: Any, status_code: int = 200, **values: Any
+) -> Response:
     service = WebhookService(session, page.member, state.settings, state.keys)
     hooks = [
         {"endpoint": endpoint, "deliveries": await service.deliveries(endpoint.id, 20, None)}
@@ -931,7 +952,7 @@ STAFF = ("owner", "admin", "agent")
 
 
 async def _staff_page(
-    request: Request, state: AppState, session: Any, *, admins: bool = False
+    request: Request, state: WebRuntime, session: Any, *, admins: bool = False
 ) -> tuple[Page, Response | None]:
     page = _page(request, state)
     if not await signed_in(page, session, state):

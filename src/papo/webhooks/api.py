@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 
-from papo.auth.deps import AdminPrincipal, DbSession, State
+from papo.auth.deps import AdminPrincipal, DbSession
+from papo.crypto import KeyBox
 from papo.db.engine import after_commit
 from papo.errors import InvalidInput
+from papo.runtime import current_runtime
+from papo.settings import Settings
 from papo.webhooks.schemas import DeliveryOut, WebhookCreate, WebhookCreated, WebhookOut, WebhookPatch
-from papo.webhooks.service import WebhookService
+from papo.webhooks.service import WebhookSender, WebhookService
+
+
+class WebhooksRuntime(Protocol):
+    settings: Settings
+    keys: KeyBox
+    webhooks: WebhookSender
+
+
+State = Annotated[WebhooksRuntime, Depends(current_runtime)]
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
 MAX_ID = 2**63 - 1  # delivery ids are bigint

@@ -11,9 +11,8 @@ from typing import Annotated, Any
 import segno
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Query, Request, Response, status
 
-from papo.auth.deps import CurrentPrincipal, DbSession, State
+from papo.auth.deps import CurrentPrincipal, DbSession
 from papo.errors import Conflict, Forbidden, NotFound
-from papo.state import AppState
 from papo.whatsapp.inbox import Inbox
 from papo.whatsapp.models import WhatsappSession
 from papo.whatsapp.schemas import (
@@ -30,7 +29,7 @@ from papo.whatsapp.schemas import (
     SessionStats,
     SyncChange,
 )
-from papo.whatsapp.service import SessionService, session_out
+from papo.whatsapp.service import SessionService, State, WhatsappRuntime, session_out
 from papo.whatsapp.status import SessionStatus
 from papo.whatsapp.transports.base import SessionKey
 
@@ -46,7 +45,7 @@ async def session_service(principal: CurrentPrincipal, session: DbSession, state
 Sessions = Annotated[SessionService, Depends(session_service)]
 
 
-def _later(background: BackgroundTasks, state: AppState, key: SessionKey, action: str) -> None:
+def _later(background: BackgroundTasks, state: WhatsappRuntime, key: SessionKey, action: str) -> None:
     """After the commit: restart / stop / forget the session in whichever process runs it."""
     background.add_task(state.whatsapp.command, key, action)
 

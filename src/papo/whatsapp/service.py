@@ -17,10 +17,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, Protocol
 
 import asyncpg
 import structlog
+from fastapi import Depends
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,7 +34,9 @@ from papo.db.base import new_id
 from papo.db.engine import Database, application_name, driver
 from papo.errors import Conflict, InvalidInput, NotFound, causes
 from papo.ops.metrics import WHATSAPP_MESSAGES
+from papo.ops.ratelimit import RateLimiter
 from papo.realtime.service import emit
+from papo.runtime import current_runtime
 from papo.settings import Settings
 from papo.waiting import wake_or_timeout
 from papo.whatsapp.inbox import DEFAULT_HANDOFF_WORDS, Inbox, OutgoingReply, Received
@@ -951,3 +954,14 @@ async def import_legacy_sessions(
         await db.flush()
         imported.append(name)
     return {"imported": imported, "skipped": skipped}
+
+
+class WhatsappRuntime(Protocol):
+    """What WhatsApp's endpoints need from the running process."""
+
+    settings: Settings
+    whatsapp: WhatsappHub
+    limiter: RateLimiter
+
+
+State = Annotated[WhatsappRuntime, Depends(current_runtime)]

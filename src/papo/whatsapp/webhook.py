@@ -24,12 +24,11 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response
 
-from papo.auth.deps import DbSession, State
+from papo.auth.deps import DbSession
 from papo.db.engine import apply_context, driver
 from papo.errors import BadRequest, DomainError, Forbidden, Unauthorized
 from papo.ops.ratelimit import webhook_allowance
-from papo.state import AppState
-from papo.whatsapp.service import PHONE_NUMBER_ID, service_principal
+from papo.whatsapp.service import PHONE_NUMBER_ID, State, WhatsappRuntime, service_principal
 from papo.whatsapp.transports.base import InboundMessage, SessionKey
 
 log = structlog.get_logger(__name__)
@@ -62,7 +61,7 @@ async def verify(
     return Response(challenge, media_type="text/plain")
 
 
-def check_signature(state: AppState, body: bytes, header: str | None) -> None:
+def check_signature(state: WhatsappRuntime, body: bytes, header: str | None) -> None:
     secret = state.settings.whatsapp_app_secret
     if not secret:
         raise NotConfigured("set PAPO_WHATSAPP_APP_SECRET to accept WhatsApp webhooks")
@@ -209,7 +208,7 @@ async def deliver(request: Request, session: DbSession, state: State, background
     return {"received": len(routed)}
 
 
-async def process(state: AppState, key: SessionKey, value: Any) -> None:
+async def process(state: WhatsappRuntime, key: SessionKey, value: Any) -> None:
     """One queued delivery: its messages stored, its receipts applied (both idempotent). Rows queued
     before deliveries were cleaned at the door are cleaned here."""
     cleaned = clean_value(value)
