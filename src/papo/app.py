@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from papo import __version__
 from papo.assistants.api import AssistantsRuntime, usage_router
 from papo.assistants.api import router as assistants_router
+from papo.assistants.conversation import AssistantReplies
 from papo.assistants.replies import ReplyManager
 from papo.auth.api import router as auth_router
 from papo.auth.deps import AuthRuntime
@@ -131,6 +132,7 @@ def create_app(
                 WebhookSender(db, settings, keys),  # its own client, through the outbound guard
                 Alerts(db, settings, http),
                 Accounts(settings, keys.secret),
+                AssistantReplies(settings, keys),
             )
             satisfies_every_feature(state)  # mypy's check that every feature's runtime Protocol holds
             app.state.papo = state

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from papo.assistants.conversation import AssistantReplies
 from papo.assistants.replies import ReplyManager
 from papo.auth.invitations import Accounts
 from papo.auth.oidc import OidcClients
@@ -41,5 +42,6 @@ class AppState:
     webhooks: WebhookSender
     alerts: Alerts
     accounts: Accounts
+    conversations: AssistantReplies
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     tenants: TenantCache = field(default_factory=TenantCache)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Protocol
 
 from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,17 +35,6 @@ async def assistant_service(session: DbSession, principal: CurrentPrincipal, sta
 
 
 Assistants = Annotated[AssistantService, Depends(assistant_service)]
-
-
-async def resolve_assistant(
-    assistants: AssistantService, choice: uuid.UUID | Literal["default"] | None
-) -> uuid.UUID | None:
-    """An assistant of the caller's tenant (404 otherwise), the tenant's default, or none."""
-    if choice is None:
-        return None
-    if choice == "default":
-        return await assistants.default_id()
-    return (await assistants.get(choice)).id
 
 
 @router.get("", response_model=list[AssistantOut])

@@ -6,30 +6,18 @@ spawns it after the transaction commits (see papo.assistants.replies)."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from papo.assistants.service import AssistantService
 from papo.assistants.usage import check_quota
 from papo.chat.models import MessageRole
+from papo.chat.replies import PendingReply, Posted
 from papo.chat.service import ChatService, StoredMessage
+from papo.crypto import KeyBox
 from papo.errors import Conflict
+from papo.settings import Settings
 
 BUSY = "the assistant is still writing its reply; stop it or wait, then send again"
-
-
-@dataclass(frozen=True)
-class PendingReply:
-    """A reply row created in this transaction, to generate once it has committed."""
-
-    session_id: uuid.UUID
-    reply_id: uuid.UUID
-    assistant_id: uuid.UUID
-
-
-@dataclass(frozen=True)
-class Posted:
-    message: StoredMessage
-    reply: PendingReply | None
 
 
 class Conversation:
@@ -93,3 +81,36 @@ class Conversation:
         await check_quota(self.chat.db, self.chat.principal)
         placeholder = await self.chat.add_reply_placeholder(session_id, {"assistant_id": str(assistant_id)}, branch_of)
         return placeholder, PendingReply(session_id, placeholder.id, assistant_id)
+
+
+class AssistantReplies:
+    """Assistants' reply policy for chat (papo.chat.replies.ReplyPolicy), put in the running process."""
+
+    def __init__(self, settings: Settings, keys: KeyBox) -> None:
+        self.settings = settings
+        self.keys = keys
+
+    async def post(
+        self,
+        chat: ChatService,
+        session_id: uuid.UUID,
+        role: MessageRole,
+        content: str,
+        metadata: dict[str, Any] | None,
+    ) -> Posted:
+        return await Conversation(chat).post(session_id, role, content, metadata)
+
+    async def regenerate(
+        self, chat: ChatService, session_id: uuid.UUID, user_id: str
+    ) -> tuple[StoredMessage, PendingReply]:
+        return await Conversation(chat).regenerate(session_id, user_id)
+
+    async def edit_and_resend(
+        self, chat: ChatService, session_id: uuid.UUID, message_id: uuid.UUID, user_id: str, content: str
+    ) -> Posted:
+        return await Conversation(chat).edit_and_resend(session_id, message_id, user_id, content)
+
+    async def resolve_assistant(
+        self, chat: ChatService, choice: uuid.UUID | Literal["default"] | None
+    ) -> uuid.UUID | None:
+        return await AssistantService(chat.db, chat.principal, self.settings, self.keys).resolve(choice)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
@@ -190,6 +190,14 @@ class AssistantService:
         assistant = await self.get(assistant_id)
         await self.db.delete(assistant)
         await self.db.flush()
+
+    async def resolve(self, choice: uuid.UUID | Literal["default"] | None) -> uuid.UUID | None:
+        """An assistant of the caller's tenant (404 otherwise), the tenant's default, or none."""
+        if choice is None:
+            return None
+        if choice == "default":
+            return await self.default_id()
+        return (await self.get(choice)).id
 
     async def default_id(self) -> uuid.UUID:
         """The tenant's default assistant, created from the server settings on first use."""

@@ -8,8 +8,6 @@ from typing import Annotated, Any, Protocol
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from papo.assistants.api import Assistants, resolve_assistant
-from papo.assistants.conversation import Conversation, PendingReply
 from papo.auth.deps import CurrentPrincipal, DbSession
 from papo.auth.invitations import Accounts
 from papo.auth.models import Role
@@ -18,6 +16,7 @@ from papo.chat.caching import CONDITIONAL
 from papo.chat.export import MEDIA_TYPES, ExportFormat, stream_export
 from papo.chat.export import filename as export_filename
 from papo.chat.models import SessionStatus
+from papo.chat.replies import PendingReply, ReplyPolicy, ReplyRunner
 from papo.chat.schemas import (
     ChatCreate,
     MessageCreate,
@@ -43,18 +42,6 @@ from papo.runtime import current_runtime
 from papo.settings import Settings
 
 
-class ReplyRunner(Protocol):
-    """Whatever generates assistant replies in this process (assistants' ReplyManager plugs in)."""
-
-    async def spawn(
-        self, principal: Principal, session_id: uuid.UUID, reply_id: uuid.UUID, assistant_id: uuid.UUID
-    ) -> None: ...
-
-    def text_so_far(self, reply_id: uuid.UUID) -> str | None: ...
-
-    async def halt(self, reply_id: uuid.UUID) -> None: ...
-
-
 class ChatRuntime(Protocol):
     settings: Settings
     db: Database
@@ -63,6 +50,9 @@ class ChatRuntime(Protocol):
 
     @property
     def replies(self) -> ReplyRunner: ...
+
+    @property
+    def conversations(self) -> ReplyPolicy: ...
 
 
 State = Annotated[ChatRuntime, Depends(current_runtime)]
@@ -78,15 +68,13 @@ Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 
 
 @router.post("/sessions", status_code=status.HTTP_201_CREATED, response_model=SessionOut)
-async def create_session(
-    body: SessionCreate, chat: Chat, principal: CurrentPrincipal, assistants: Assistants
-) -> SessionOut:
+async def create_session(body: SessionCreate, chat: Chat, principal: CurrentPrincipal, state: State) -> SessionOut:
     created = await chat.create_chat_session(
         principal.require_user(),
         body.title,
         metadata=body.metadata,
         channel=body.channel,
-        assistant_id=await resolve_assistant(assistants, body.assistant_id),
+        assistant_id=await state.conversations.resolve_assistant(chat, body.assistant_id),
     )
     return SessionOut.model_validate(created)
 
@@ -114,7 +102,7 @@ async def get_session(session_id: uuid.UUID, chat: Chat, principal: CurrentPrinc
 
 @router.patch("/sessions/{session_id}", response_model=SessionOut)
 async def patch_session(
-    session_id: uuid.UUID, body: SessionPatch, chat: Chat, principal: CurrentPrincipal, assistants: Assistants
+    session_id: uuid.UUID, body: SessionPatch, chat: Chat, principal: CurrentPrincipal, state: State
 ) -> SessionOut:
     updated = await chat.update_chat_session(
         session_id,
@@ -123,7 +111,7 @@ async def patch_session(
         metadata=body.metadata,
         status=body.status,
         fields=body.model_fields_set,
-        assistant_id=await resolve_assistant(assistants, body.assistant_id),
+        assistant_id=await state.conversations.resolve_assistant(chat, body.assistant_id),
     )
     return SessionOut.model_validate(updated)
 
@@ -199,7 +187,7 @@ async def send_message(
     its id is in the `X-Reply-Id` header, and it streams through the realtime events (`reply.delta`).
     While a reply is being written, another user message is refused with 409: stop it or wait."""
     principal.require_user()
-    posted = await Conversation(chat).post(session_id, body.role, body.content, body.metadata)
+    posted = await state.conversations.post(chat, session_id, body.role, body.content, body.metadata)
     await schedule(background, state, request, principal, posted.reply, response)
     return MessageOut.model_validate(posted.message)
 
@@ -219,7 +207,7 @@ async def regenerate(
     background: BackgroundTasks,
 ) -> MessageOut:
     """Write the last reply again (also: retry one that failed). The previous reply is kept, superseded."""
-    placeholder, reply = await Conversation(chat).regenerate(session_id, principal.require_user())
+    placeholder, reply = await state.conversations.regenerate(chat, session_id, principal.require_user())
     await schedule(background, state, request, principal, reply)
     return MessageOut.model_validate(placeholder)
 
@@ -244,7 +232,9 @@ async def edit_and_resend(
 ) -> MessageOut:
     """Replace one of your messages with a new version and continue from it. The old version and what
     followed it stay readable as a superseded branch (`?include_superseded=true`)."""
-    posted = await Conversation(chat).edit_and_resend(session_id, message_id, principal.require_user(), body.content)
+    posted = await state.conversations.edit_and_resend(
+        chat, session_id, message_id, principal.require_user(), body.content
+    )
     await schedule(background, state, request, principal, posted.reply, response)
     return MessageOut.model_validate(posted.message)
 
@@ -317,7 +307,7 @@ async def patch_message(
 
 @router.post("/chats", status_code=status.HTTP_201_CREATED, response_model=SessionOut, tags=["back-office"])
 async def create_chat_for_user(
-    body: ChatCreate, chat: Chat, assistants: Assistants, session: DbSession, principal: CurrentPrincipal, state: State
+    body: ChatCreate, chat: Chat, session: DbSession, principal: CurrentPrincipal, state: State
 ) -> SessionOut:
     """Open a chat for a member of the caller's tenant, by user id or e-mail (tenant API key or admin).
     With `create_user`, an e-mail that is not a member yet is invited (the chat waits for them)."""
@@ -333,7 +323,7 @@ async def create_chat_for_user(
         title=body.title,
         metadata=body.metadata,
         invite=invite if body.create_user else None,
-        assistant_id=await resolve_assistant(assistants, body.assistant_id),
+        assistant_id=await state.conversations.resolve_assistant(chat, body.assistant_id),
     )
     return SessionOut.model_validate(created)
 

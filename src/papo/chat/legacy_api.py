@@ -6,7 +6,6 @@ import uuid
 
 from fastapi import APIRouter, BackgroundTasks, Request, status
 
-from papo.assistants.conversation import Conversation
 from papo.auth.deps import CurrentPrincipal
 from papo.chat.api import Chat, MessageAllowance, State, schedule
 from papo.chat.caching import CONDITIONAL
@@ -49,7 +48,7 @@ async def send_message(
     background: BackgroundTasks,
 ) -> MessageOut:
     principal.require_user()
-    posted = await Conversation(chat).post(body.sessionId, MessageRole.user, body.message, None)
+    posted = await state.conversations.post(chat, body.sessionId, MessageRole.user, body.message, None)
     await schedule(background, state, request, principal, posted.reply)
     return MessageOut.model_validate(posted.message)
 
