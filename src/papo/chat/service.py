@@ -65,6 +65,12 @@ class StoredMessage:
     assistant_id: uuid.UUID | None = None
 
 
+def message_payload(message: Any, **channel_fields: Any) -> dict[str, Any]:
+    """`message.created`'s one shape, whatever the channel: the API's message, plus what a channel
+    adds (channel, external_id, delivery_status) or a reply's `streaming` flag."""
+    return MessageOut.model_validate(message).model_dump(mode="json") | channel_fields
+
+
 T = TypeVar("T")
 
 
@@ -419,7 +425,7 @@ class ChatService:
         except (asyncpg.NoDataFoundError, asyncpg.InsufficientPrivilegeError) as exc:
             raise NotFound(SESSION_NOT_FOUND) from exc
         message = StoredMessage(**dict(row))
-        self._emit("message.created", MessageOut.model_validate(message).model_dump(mode="json"))
+        self._emit("message.created", message_payload(message))
         return message
 
     # ---- assistant replies (driven by papo.assistants.replies) --------------------------------
@@ -450,7 +456,7 @@ class ChatService:
             branch_of,
         )
         message = StoredMessage(**dict(row))
-        self._emit("message.created", MessageOut.model_validate(message).model_dump(mode="json") | {"streaming": True})
+        self._emit("message.created", message_payload(message, streaming=True))
         return message
 
     async def save_reply_progress(self, message: uuid.UUID, content: str) -> bool:
@@ -479,7 +485,7 @@ class ChatService:
             content,
         )
         if row is not None:
-            self._emit("message.updated", MessageOut.model_validate(StoredMessage(**dict(row))).model_dump(mode="json"))
+            self._emit("message.updated", message_payload(StoredMessage(**dict(row))))
 
     async def announce_update(self, message_id: uuid.UUID) -> None:
         """Publish a message's current state (after a change made outside this service's calls)."""
@@ -487,7 +493,7 @@ class ChatService:
             select(Message).where(Message.tenant_id == self.principal.tenant_id, Message.id == message_id)
         )
         if message is not None:
-            self._emit("message.updated", MessageOut.model_validate(message).model_dump(mode="json"))
+            self._emit("message.updated", message_payload(message))
 
     async def touch_reply(self, message: uuid.UUID) -> bool:
         """Show the reply is still alive (updated_at moves), so no sweep takes it for abandoned."""
@@ -519,7 +525,7 @@ class ChatService:
         )
         if row is None:
             return False
-        self._emit("message.updated", MessageOut.model_validate(StoredMessage(**dict(row))).model_dump(mode="json"))
+        self._emit("message.updated", message_payload(StoredMessage(**dict(row))))
         return True
 
     async def stop_reply(
@@ -545,7 +551,7 @@ class ChatService:
         if row is None and message.reply_state != "stopped":
             raise Conflict("this message is not a reply being written")
         if row is not None:
-            self._emit("message.updated", MessageOut.model_validate(message).model_dump(mode="json"))
+            self._emit("message.updated", message_payload(message))
         return message
 
     async def retire_from(self, session_id: uuid.UUID, message: Message) -> int:
@@ -689,7 +695,7 @@ class ChatService:
         self._raise_if_metadata_too_large(row[1])
         message: Message = row[0]
         await self.db.refresh(message)
-        payload = MessageOut.model_validate(message).model_dump(mode="json")
+        payload = message_payload(message)
         self._emit("message.status_changed" if status is not None else "message.updated", payload)
         return message
 

@@ -1,0 +1,294 @@
+"""Conversations that arrive through a channel (WhatsApp): chat's sessions and messages with their
+ticket and delivery columns, and the contact on the other side. This is the only SQL on those rows;
+the channel's rules (handoff, the 24-hour window, who may be assigned) stay in the channel's
+feature (papo.whatsapp.inbox). Messages are announced with chat's one `message.created` shape.
+
+Runs in the company's context: as "service" for the process running the number, as themselves for
+agents (row-level security lets staff see the tenant's channel conversations)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from papo.auth.service import Principal
+from papo.chat.service import message_payload
+from papo.db.base import new_id
+from papo.db.engine import driver
+from papo.errors import Conflict, NotFound
+from papo.realtime.service import emit
+
+CONVERSATION_NOT_FOUND = "conversation not found"
+# What a channel message shows: the API's message fields plus the channel's own.
+MESSAGE_COLUMNS = (
+    "id, session_id, role, content, status, metadata, reply_state, superseded_at, branch_of, created_at, "
+    "updated_at, external_id, delivery_status"
+)
+# A conversation with its contact (fixed text, completed with fixed conditions below).
+CONVERSATION_SELECT = """
+SELECT c.id, c.title, c.ticket_status, c.assigned_to, c.bot_enabled, c.last_inbound_at, c.last_message_at,
+       c.whatsapp_session_id, c.contact_id, k.wa_id, k.name AS contact_name, c.created_at
+  FROM chat_sessions c JOIN contacts k ON k.tenant_id = c.tenant_id AND k.id = c.contact_id
+"""
+OUTBOUND_SELECT = """
+SELECT m.content, m.session_id, c.whatsapp_session_id, k.wa_id
+  FROM messages m
+  JOIN chat_sessions c ON c.tenant_id = m.tenant_id AND c.id = m.session_id AND c.channel = 'whatsapp'
+  JOIN contacts k ON k.tenant_id = c.tenant_id AND k.id = c.contact_id
+ WHERE m.tenant_id = $1 AND m.id = $2 AND m.delivery_status = 'pending'
+"""
+
+
+def plain(row: Any) -> dict[str, Any]:
+    """A database row as a dict, with its JSON columns decoded."""
+    values = dict(row)
+    if isinstance(values.get("metadata"), str):
+        values["metadata"] = json.loads(values["metadata"])
+    return values
+
+
+def wire(row: Any) -> dict[str, Any]:
+    """A row as an event payload (JSON types only)."""
+    result: dict[str, Any] = json.loads(json.dumps(plain(row), default=str))
+    return result
+
+
+class ChannelConversations:
+    def __init__(self, session: AsyncSession, principal: Principal, channel: str = "whatsapp") -> None:
+        self.db = session
+        self.principal = principal
+        self.channel = channel
+
+    def _announce_message(self, row: Any) -> dict[str, Any]:
+        values = plain(row)
+        payload = message_payload(
+            values, channel=self.channel, external_id=values["external_id"], delivery_status=values["delivery_status"]
+        )
+        emit(self.db, "message.created", payload, tenant_id=self.principal.tenant_id, user_id=None)
+        return values
+
+    def _announce_status(self, row: Any) -> None:
+        emit(self.db, "message.status_changed", wire(row), tenant_id=self.principal.tenant_id, user_id=None)
+
+    async def contact(self, wa_id: str, name: str | None) -> uuid.UUID:
+        """The contact with this WhatsApp id (created, or its name refreshed)."""
+        contact_id: uuid.UUID = await driver(self.db).fetchval(
+            """
+            INSERT INTO contacts (tenant_id, id, wa_id, name) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (tenant_id, wa_id) DO UPDATE SET name = coalesce(EXCLUDED.name, contacts.name)
+            RETURNING id
+            """,
+            self.principal.tenant_id,
+            new_id(),
+            wa_id,
+            name,
+        )
+        return contact_id
+
+    async def open_conversation(
+        self,
+        number_id: uuid.UUID,
+        contact_id: uuid.UUID,
+        title: str,
+        assistant_id: uuid.UUID | None,
+    ) -> uuid.UUID:
+        """The open conversation of this number and contact, started if there is none (a unique index
+        settles concurrent arrivals); locked for the rest of the transaction."""
+        connection = driver(self.db)
+        await connection.execute(
+            """
+            INSERT INTO chat_sessions (tenant_id, id, title, channel, ticket_status, bot_enabled,
+                                       whatsapp_session_id, contact_id, assistant_id)
+            VALUES ($1, $2, $3, 'whatsapp', 'open', $4, $5, $6, $7)
+            ON CONFLICT (tenant_id, whatsapp_session_id, contact_id)
+              WHERE channel = 'whatsapp' AND ticket_status <> 'closed' DO NOTHING
+            """,
+            self.principal.tenant_id,
+            new_id(),
+            title,
+            assistant_id is not None,
+            number_id,
+            contact_id,
+            assistant_id,
+        )
+        conversation_id: uuid.UUID = await connection.fetchval(
+            "SELECT id FROM chat_sessions WHERE tenant_id = $1 AND whatsapp_session_id = $2 AND contact_id = $3 "
+            "AND channel = 'whatsapp' AND ticket_status <> 'closed' FOR UPDATE",
+            self.principal.tenant_id,
+            number_id,
+            contact_id,
+        )
+        return conversation_id
+
+    async def store_inbound(
+        self, conversation_id: uuid.UUID, content: str, metadata: dict[str, Any], external_id: str
+    ) -> dict[str, Any] | None:
+        """A customer's message, stored once by its channel id (None: delivered before) and announced."""
+        connection = driver(self.db)
+        row = await connection.fetchrow(
+            f"""
+            INSERT INTO messages (tenant_id, id, session_id, role, content, status, metadata, external_id)
+            VALUES ($1, $2, $3, 'user', $4, 'delivered', $5, $6)
+            ON CONFLICT (tenant_id, external_id) WHERE external_id IS NOT NULL DO NOTHING
+            RETURNING {MESSAGE_COLUMNS}
+            """,  # noqa: S608  (fixed column list)
+            self.principal.tenant_id,
+            new_id(),
+            conversation_id,
+            content[:32_000],
+            json.dumps(metadata),
+            external_id,
+        )
+        if row is None:
+            return None
+        await connection.execute(
+            "UPDATE chat_sessions SET last_inbound_at = now() WHERE tenant_id = $1 AND id = $2",
+            self.principal.tenant_id,
+            conversation_id,
+        )
+        return self._announce_message(row)
+
+    async def hand_off(self, conversation_id: uuid.UUID) -> None:
+        """The bot stops answering; the conversation waits for a person."""
+        await driver(self.db).execute(
+            "UPDATE chat_sessions SET bot_enabled = false, ticket_status = 'pending' WHERE tenant_id = $1 AND id = $2",
+            self.principal.tenant_id,
+            conversation_id,
+        )
+
+    async def find(self, conversation_id: uuid.UUID, *, lock: bool = False) -> dict[str, Any]:
+        row = await driver(self.db).fetchrow(
+            CONVERSATION_SELECT
+            + "WHERE c.tenant_id = $1 AND c.id = $2 AND c.channel = 'whatsapp'"
+            + (" FOR UPDATE OF c" if lock else ""),
+            self.principal.tenant_id,
+            conversation_id,
+        )
+        if row is None:
+            raise NotFound(CONVERSATION_NOT_FOUND)
+        return dict(row)
+
+    async def find_all(self, ticket_status: str | None, limit: int) -> list[dict[str, Any]]:
+        rows = await driver(self.db).fetch(
+            CONVERSATION_SELECT
+            + "WHERE c.tenant_id = $1 AND c.channel = 'whatsapp' AND ($2::text IS NULL OR c.ticket_status = $2) "
+            "ORDER BY c.activity_at DESC, c.id DESC LIMIT $3",
+            self.principal.tenant_id,
+            ticket_status,
+            limit,
+        )
+        return [dict(row) for row in rows]
+
+    async def messages(self, conversation_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
+        rows = await driver(self.db).fetch(
+            "SELECT id, session_id, role, content, status, metadata, external_id, delivery_status, created_at "
+            "FROM messages WHERE tenant_id = $1 AND session_id = $2 ORDER BY created_at, id LIMIT $3",
+            self.principal.tenant_id,
+            conversation_id,
+            limit,
+        )
+        return [plain(row) for row in rows]
+
+    async def set_ticket(
+        self, conversation_id: uuid.UUID, status: str, assigned_to: str | None, bot_enabled: bool
+    ) -> None:
+        connection = driver(self.db)
+        await connection.execute("SAVEPOINT set_ticket")
+        try:
+            await connection.execute(
+                "UPDATE chat_sessions SET ticket_status = $3, assigned_to = $4, bot_enabled = $5 "
+                "WHERE tenant_id = $1 AND id = $2",
+                self.principal.tenant_id,
+                conversation_id,
+                status,
+                assigned_to,
+                bot_enabled,
+            )
+        except asyncpg.UniqueViolationError as exc:  # reopening while the contact has another open one
+            await connection.execute("ROLLBACK TO SAVEPOINT set_ticket")
+            raise Conflict("this contact already has an open conversation on this number") from exc
+
+    async def store_outbound(self, conversation_id: uuid.UUID, text: str, metadata: dict[str, Any]) -> dict[str, Any]:
+        """An agent's or the bot's message, stored (delivery pending) before it is sent, and announced."""
+        row = await driver(self.db).fetchrow(
+            f"""
+            INSERT INTO messages (tenant_id, id, session_id, role, content, status, metadata, delivery_status)
+            VALUES ($1, $2, $3, 'assistant', $4, 'sent', $5, 'pending')
+            RETURNING {MESSAGE_COLUMNS}
+            """,  # noqa: S608  (fixed column list)
+            self.principal.tenant_id,
+            new_id(),
+            conversation_id,
+            text,
+            json.dumps(metadata),
+        )
+        assert row is not None
+        return self._announce_message(row)
+
+    async def pending_outbound(self, message_id: uuid.UUID) -> dict[str, Any] | None:
+        """A stored message still waiting to be sent, with where to."""
+        row = await driver(self.db).fetchrow(OUTBOUND_SELECT, self.principal.tenant_id, message_id)
+        return dict(row) if row is not None else None
+
+    async def release_reply(self, conversation_id: uuid.UUID, message_id: uuid.UUID) -> dict[str, Any] | None:
+        """A finished bot reply becomes pending delivery; with where to send it (None: not such a reply)."""
+        row = await driver(self.db).fetchrow(
+            """
+            UPDATE messages m SET delivery_status = 'pending'
+              FROM chat_sessions c JOIN contacts k ON k.tenant_id = c.tenant_id AND k.id = c.contact_id
+             WHERE m.tenant_id = $1 AND m.id = $2 AND m.session_id = $3 AND m.delivery_status IS NULL
+               AND c.tenant_id = m.tenant_id AND c.id = m.session_id AND c.channel = 'whatsapp'
+            RETURNING m.content, c.whatsapp_session_id, k.wa_id
+            """,
+            self.principal.tenant_id,
+            message_id,
+            conversation_id,
+        )
+        return dict(row) if row is not None else None
+
+    async def mark_sent(self, message_id: uuid.UUID, external_id: str | None, error: str | None) -> None:
+        status = "sent" if error is None else "failed"
+        row = await driver(self.db).fetchrow(
+            "UPDATE messages SET external_id = coalesce($3, external_id), delivery_status = $4, "
+            "status = CASE WHEN $4 = 'failed' THEN 'error'::message_status ELSE status END, "
+            "metadata = CASE WHEN $5::text IS NULL THEN metadata "
+            "ELSE metadata || jsonb_build_object('error', $5::text) END "
+            "WHERE tenant_id = $1 AND id = $2 AND delivery_status = 'pending' "
+            "RETURNING id, session_id, delivery_status, status",
+            self.principal.tenant_id,
+            message_id,
+            external_id,
+            status,
+            error,
+        )
+        if row is not None:
+            self._announce_status(row)
+
+    async def apply_receipt(self, external_id: str, status: str) -> bool:
+        """A delivery receipt; only ever moves forward (out-of-order receipts change nothing)."""
+        row = await driver(self.db).fetchrow(
+            """
+            UPDATE messages SET delivery_status = $3,
+                   status = CASE WHEN $3 = 'failed' THEN 'error'::message_status
+                                 WHEN $3 IN ('delivered', 'read') THEN 'delivered'::message_status ELSE status END
+             WHERE tenant_id = $1 AND external_id = $2 AND CASE
+                   WHEN $3 = 'failed' THEN coalesce(delivery_status, 'pending') IN ('pending', 'sent')
+                   ELSE coalesce(delivery_status, 'pending') <> 'failed'
+                        AND array_position(ARRAY['pending', 'sent', 'delivered', 'read'], $3)
+                          > array_position(ARRAY['pending', 'sent', 'delivered', 'read'],
+                                           coalesce(delivery_status, 'pending'))
+                   END
+            RETURNING id, session_id, delivery_status, status
+            """,
+            self.principal.tenant_id,
+            external_id,
+            status,
+        )
+        if row is None:
+            return False
+        self._announce_status(row)
+        return True
