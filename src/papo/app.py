@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -25,6 +23,7 @@ from papo.auth.oidc import OidcClients
 from papo.auth.tenant_cache import CHANNEL as TENANT_CHANNEL
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
+from papo.background import Workers
 from papo.chat.api import ChatRuntime
 from papo.chat.api import router as chat_router
 from papo.chat.legacy_api import router as legacy_chat_router
@@ -93,16 +92,8 @@ def create_app(
             queue_size=settings.realtime_queue_size,
             access_check_seconds=settings.realtime_access_check_seconds,
         )
-        housekeeping: asyncio.Task[None] | None = None
-        restoring: asyncio.Task[dict[str, int]] | None = None
-        whatsapp_heartbeat: asyncio.Task[None] | None = None
-        whatsapp_ingest: asyncio.Task[None] | None = None
-        sentiment: asyncio.Task[None] | None = None
-        webhook_fan_out: asyncio.Task[None] | None = None
-        webhook_sender: asyncio.Task[None] | None = None
-        alerting: asyncio.Task[None] | None = None
+        workers = Workers()
         whatsapp: WhatsappHub | None = None
-        lag_watch: asyncio.Task[None] | None = None
         replies: ReplyManager | None = None
         limiter: RateLimiter | None = None
         try:
@@ -133,6 +124,7 @@ def create_app(
                 Alerts(db, settings, http),
                 Accounts(settings, keys.secret),
                 AssistantReplies(settings, keys),
+                workers,
             )
             satisfies_every_feature(state)  # mypy's check that every feature's runtime Protocol holds
             app.state.papo = state
@@ -141,44 +133,27 @@ def create_app(
             await replies.sweep()
             whatsapp.owner_dsn = listen_dsn
             await whatsapp.connect_owner()
-            restoring = asyncio.create_task(whatsapp.load_existing_sessions(), name="papo-whatsapp-restore")
-            whatsapp_heartbeat = asyncio.create_task(whatsapp.heartbeat(), name="papo-whatsapp-heartbeat")
-            whatsapp_ingest = asyncio.create_task(
-                whatsapp.ingest(partial(process_webhook, state)), name="papo-whatsapp-ingest"
-            )
-            housekeeping = asyncio.create_task(maintenance_loop(db, settings, replies), name="papo-maintenance")
+            workers.start("whatsapp-restore", whatsapp.load_existing_sessions)
+            workers.start("whatsapp-heartbeat", whatsapp.heartbeat)
+            workers.start("whatsapp-ingest", partial(whatsapp.ingest, partial(process_webhook, state)))
+            workers.start("maintenance", partial(maintenance_loop, db, settings, replies))
             if settings.sentiment_enabled:
                 scoring = OutboxConsumer(
                     db, "sentiment", SentimentWorker(SentimentScorer(settings.sentiment_default_language))
                 )
                 hub.follow(scoring.wake)
-                sentiment = asyncio.create_task(scoring.run(), name="papo-sentiment")
+                workers.start("sentiment", scoring.run)
             fan_out = OutboxConsumer(db, "webhooks", state.webhooks.fan_out)
             hub.follow(fan_out.wake)
-            webhook_fan_out = asyncio.create_task(fan_out.run(), name="papo-webhook-fan-out")
-            webhook_sender = asyncio.create_task(state.webhooks.run(), name="papo-webhook-sender")
-            alerting = asyncio.create_task(state.alerts.run(), name="papo-alerts")
-            lag_watch = asyncio.create_task(state.loop_lag.run(), name="papo-loop-lag")
+            workers.start("webhook-fan-out", fan_out.run)
+            workers.start("webhook-sender", state.webhooks.run)
+            workers.start("alerts", state.alerts.run)
+            workers.start("loop-lag", state.loop_lag.run)
             if on_ready is not None:
                 await on_ready(state)
             yield
         finally:
-            for background in (
-                housekeeping,
-                lag_watch,
-                whatsapp_heartbeat,
-                whatsapp_ingest,
-                sentiment,
-                webhook_fan_out,
-                webhook_sender,
-                alerting,
-            ):
-                if background is not None:
-                    background.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await background
-            if restoring is not None and not restoring.done():
-                restoring.cancel()
+            await workers.stop()
             if whatsapp is not None:
                 await whatsapp.shutdown()
             if replies is not None:

@@ -14,6 +14,7 @@ from papo.auth.oidc import OidcClients
 from papo.auth.tenant_cache import TenantCache
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
+from papo.background import Workers
 from papo.crypto import KeyBox
 from papo.db.engine import Database
 from papo.ops.alerts import Alerts
@@ -43,5 +44,6 @@ class AppState:
     alerts: Alerts
     accounts: Accounts
     conversations: AssistantReplies
+    workers: Workers
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     tenants: TenantCache = field(default_factory=TenantCache)

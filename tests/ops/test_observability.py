@@ -122,7 +122,7 @@ async def test_readiness_follows_the_realtime_listener(
     assert (await client.get("/healthz")).json()["status"] == "ok"
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "migrations": "ok", "realtime_listener": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "migrations": "ok", "realtime_listener": "ok", "workers": "ok"}
 
     admin = await asyncpg.connect(plain_dsn(database.owner_url))
     try:

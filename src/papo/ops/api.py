@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from papo.background import Workers
 from papo.db.engine import Database, driver
 from papo.db.migrate import head_revision
 from papo.errors import NotFound, Unauthorized, problem
@@ -29,6 +30,7 @@ class OpsRuntime(Protocol):
     db: Database
     hub: EventHub
     loop_lag: LoopLagMonitor
+    workers: Workers
 
 
 @router.get("/healthz")
@@ -40,10 +42,11 @@ async def healthz(request: Request) -> dict[str, Any]:
 
 @router.get("/readyz", responses={503: {"description": "Not ready; `checks` says what failed"}})
 async def readyz(request: Request) -> Response:
-    """Readiness: the database answers at the schema this build needs, and the realtime listener
-    is connected (without it, events from other processes only arrive at the next poll)."""
+    """Readiness: the database answers at the schema this build needs, the realtime listener is
+    connected (without it, events from other processes only arrive at the next poll), and no
+    background worker is waiting to be restarted after a crash."""
     state: OpsRuntime = running(request)
-    checks = {"database": "ok", "migrations": "ok", "realtime_listener": "ok"}
+    checks = {"database": "ok", "migrations": "ok", "realtime_listener": "ok", "workers": "ok"}
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS), state.db.transaction() as session:
             revision = await driver(session).fetchval("SELECT version_num FROM alembic_version")
@@ -54,6 +57,8 @@ async def readyz(request: Request) -> Response:
         checks["migrations"] = "unknown"
     if not state.hub.listening:
         checks["realtime_listener"] = "not connected"
+    if crashed := state.workers.restarting():
+        checks["workers"] = "; ".join(f"{name} restarting after {error}" for name, error in sorted(crashed.items()))
     if any(value != "ok" for value in checks.values()):
         return problem(
             503,

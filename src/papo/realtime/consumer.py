@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
-import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.db.engine import Database, driver
 from papo.realtime.service import Event, read_all_events
-from papo.waiting import wake_or_timeout
+from papo.waiting import work_when_woken
 
-log = structlog.get_logger(__name__)
 Handler = Callable[[AsyncSession, Sequence[Event]], Awaitable[None]]
 
 
@@ -46,12 +44,8 @@ class OutboxConsumer:
             return len(events)
 
     async def run(self) -> None:
-        while True:
-            await wake_or_timeout(self.wake, self.poll_seconds)
-            self.wake.clear()
-            try:
-                while (await self.run_once() or 0) >= self.batch:
-                    pass
-            except Exception as exc:  # the database away for a moment: the next round retries
-                log.warning("outbox consumer failed; retrying", consumer=self.name, error=str(exc))
-                await asyncio.sleep(1)
+        await work_when_woken(self.wake, self.poll_seconds, self._full_batch, name=f"outbox consumer {self.name}")
+
+    async def _full_batch(self) -> bool:
+        """One batch; True when it was full (there may be more right away)."""
+        return (await self.run_once() or 0) >= self.batch

@@ -35,7 +35,7 @@ from papo.ops.metrics import REALTIME_CONNECTIONS, REALTIME_EVENT_LAG
 from papo.realtime.access import ACCESS_CHANNEL, Grant, Notice, standings, verdict
 from papo.realtime.codes import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 from papo.realtime.service import Event, bounds, read_all_events
-from papo.waiting import wake_or_timeout
+from papo.waiting import wake_or_timeout, work_when_woken
 
 log = structlog.get_logger(__name__)
 CHANNEL = "papo_events"
@@ -358,16 +358,19 @@ class EventHub:
         self.wake.set()
 
     async def _run(self) -> None:
-        while True:
-            await wake_or_timeout(self.wake, self.poll_seconds)
-            self.wake.clear()
-            try:
-                if self.listener is None or self.listener.is_closed():
-                    await self._listen()
-                await self._relay()
-            except (OSError, asyncpg.PostgresError, DatabaseUnavailable) as exc:
-                log.warning("realtime relay failed; retrying", error=str(exc))
-                await asyncio.sleep(1)
+        await work_when_woken(
+            self.wake,
+            self.poll_seconds,
+            self._listen_and_relay,
+            name="realtime relay",
+            retry_on=(OSError, asyncpg.PostgresError, DatabaseUnavailable),
+        )
+
+    async def _listen_and_relay(self) -> None:
+        """Reconnect the listener if it dropped, then relay everything committed since the last round."""
+        if self.listener is None or self.listener.is_closed():
+            await self._listen()
+        await self._relay()
 
     async def _relay(self) -> None:
         while True:

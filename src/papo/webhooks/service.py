@@ -37,7 +37,7 @@ from papo.netguard import NOT_ALLOWED, NetGuard, TargetRefused
 from papo.ops.metrics import WEBHOOK_ATTEMPTS
 from papo.realtime.service import Event
 from papo.settings import Settings
-from papo.waiting import wake_or_timeout
+from papo.waiting import work_when_woken
 
 log = structlog.get_logger(__name__)
 
@@ -309,15 +309,7 @@ class WebhookSender:
 
     async def run(self) -> None:
         try:
-            while True:
-                await wake_or_timeout(self.wake, self.settings.webhook_poll_seconds)
-                self.wake.clear()
-                try:
-                    while await self.send_due():
-                        pass
-                except Exception as exc:  # the database away for a moment: the next round retries
-                    log.warning("webhook sender failed; retrying", error=str(exc))
-                    await asyncio.sleep(1)
+            await work_when_woken(self.wake, self.settings.webhook_poll_seconds, self.send_due, name="webhook sender")
         finally:
             await self.http.aclose()
 

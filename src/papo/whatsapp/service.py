@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Annotated, Any, Protocol
 
 import asyncpg
@@ -38,7 +39,7 @@ from papo.ops.ratelimit import RateLimiter
 from papo.realtime.service import emit
 from papo.runtime import current_runtime
 from papo.settings import Settings
-from papo.waiting import wake_or_timeout
+from papo.waiting import work_when_woken
 from papo.whatsapp.inbox import DEFAULT_HANDOFF_WORDS, Inbox, OutgoingReply, Received
 from papo.whatsapp.models import WhatsappSession
 from papo.whatsapp.schemas import CleanupReport, SessionCreate, SessionOut, SessionPatch, SessionStats, SyncChange
@@ -447,15 +448,9 @@ class WhatsappHub:
     async def ingest(self, handle: Callable[[SessionKey, Any], Awaitable[None]]) -> None:
         """Work off queued webhook deliveries (from any process): a sender's deliveries in order,
         different senders side by side; each row deleted once handled, claimed again if not."""
-        while True:
-            await wake_or_timeout(self.ingest_ready, INGEST_POLL_SECONDS)
-            self.ingest_ready.clear()
-            try:
-                while await self._ingest_batch(handle):
-                    pass
-            except Exception as exc:  # the database away for a moment: the next round retries
-                log.warning("whatsapp webhook queue could not be worked off", error=str(exc))
-                await asyncio.sleep(1)
+        await work_when_woken(
+            self.ingest_ready, INGEST_POLL_SECONDS, partial(self._ingest_batch, handle), name="whatsapp webhook queue"
+        )
 
     async def _ingest_batch(self, handle: Callable[[SessionKey, Any], Awaitable[None]]) -> int:
         async with self.db.transaction() as session:
