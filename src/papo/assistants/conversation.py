@@ -11,8 +11,9 @@ from typing import Any, Literal
 from papo.assistants.service import AssistantService
 from papo.assistants.usage import check_quota
 from papo.chat.models import MessageRole
+from papo.chat.records import StoredMessage
 from papo.chat.replies import PendingReply, Posted
-from papo.chat.service import ChatService, StoredMessage
+from papo.chat.service import ChatService
 from papo.crypto import KeyBox
 from papo.errors import Conflict
 from papo.settings import Settings

@@ -16,7 +16,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.auth.service import Principal
-from papo.chat.service import message_payload
+from papo.chat.records import message_payload
 from papo.db.base import new_id
 from papo.db.engine import driver
 from papo.errors import Conflict, NotFound

@@ -10,7 +10,8 @@ from typing import Any, Literal, Protocol
 
 from papo.auth.service import Principal
 from papo.chat.models import MessageRole
-from papo.chat.service import ChatService, StoredMessage
+from papo.chat.records import StoredMessage
+from papo.chat.service import ChatService
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,221 @@
+"""The life of an assistant's reply as chat's rows: a placeholder that streams, saves of the text
+so far, stop, finish, and the retiring of superseded branches for regenerate and edit-and-resend
+(driven by papo.assistants.replies). ChatService includes these methods; they are apart because
+they are a job of their own."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from papo.auth.service import Principal
+from papo.chat.models import ChatSession, Message, MessageRole
+from papo.chat.records import StoredMessage, message_payload
+from papo.db.base import new_id
+from papo.db.engine import driver
+from papo.errors import Conflict
+
+
+class ChatRows(Protocol):
+    """What the reply lifecycle uses of the service it is part of."""
+
+    db: AsyncSession
+    principal: Principal
+
+    def _emit(self, event_type: str, data: dict[str, Any], user_id: str | None = None) -> None: ...
+
+    async def get_message(self, session_id: uuid.UUID, message_id: uuid.UUID, user_id: str) -> Message: ...
+
+    async def require_chat_session(self, session_id: uuid.UUID, user_id: str) -> ChatSession: ...
+
+
+class ReplyLifecycle:
+    async def streaming_reply(self: ChatRows, session_id: uuid.UUID) -> uuid.UUID | None:
+        return await self.db.scalar(
+            select(Message.id).where(
+                Message.tenant_id == self.principal.tenant_id,
+                Message.session_id == session_id,
+                Message.reply_state == "streaming",
+            )
+        )
+
+    async def add_reply_placeholder(
+        self: ChatRows, session_id: uuid.UUID, metadata: dict[str, Any], branch_of: uuid.UUID | None = None
+    ) -> StoredMessage:
+        """The assistant's message, empty and `streaming`, so a reload shows the reply as it grows."""
+        row = await driver(self.db).fetchrow(
+            """
+            INSERT INTO messages (tenant_id, id, session_id, role, content, status, metadata, reply_state, branch_of)
+            VALUES ($1, $2, $3, 'assistant', '', 'sent', $4, 'streaming', $5)
+            RETURNING id, session_id, role, content, status, metadata, reply_state, branch_of, created_at, updated_at
+            """,
+            self.principal.tenant_id,
+            new_id(),
+            session_id,
+            json.dumps(metadata),
+            branch_of,
+        )
+        message = StoredMessage(**dict(row))
+        self._emit("message.created", message_payload(message, streaming=True))
+        return message
+
+    async def save_reply_progress(self: ChatRows, message: uuid.UUID, content: str) -> bool:
+        """Store what is written so far (readers who arrive later start from it); False once stopped.
+        The text itself reaches open pages as live `reply.delta` events, not through here."""
+        still_streaming = await driver(self.db).fetchval(
+            "UPDATE messages SET content = $3 WHERE tenant_id = $1 AND id = $2 AND reply_state = 'streaming' "
+            "RETURNING true",
+            self.principal.tenant_id,
+            message,
+            content,
+        )
+        return bool(still_streaming)
+
+    async def keep_stopped_text(self: ChatRows, message: uuid.UUID, content: str) -> None:
+        """A stopped reply keeps everything its reader was shown, including the text generated after
+        the last save and before the generator noticed the stop."""
+        row = await driver(self.db).fetchrow(
+            """
+            UPDATE messages SET content = $3
+             WHERE tenant_id = $1 AND id = $2 AND reply_state = 'stopped' AND length(content) < length($3)
+            RETURNING id, session_id, role, content, status, metadata, reply_state, created_at, updated_at
+            """,
+            self.principal.tenant_id,
+            message,
+            content,
+        )
+        if row is not None:
+            self._emit("message.updated", message_payload(StoredMessage(**dict(row))))
+
+    async def announce_update(self: ChatRows, message_id: uuid.UUID) -> None:
+        """Publish a message's current state (after a change made outside this service's calls)."""
+        message = await self.db.scalar(
+            select(Message).where(Message.tenant_id == self.principal.tenant_id, Message.id == message_id)
+        )
+        if message is not None:
+            self._emit("message.updated", message_payload(message))
+
+    async def touch_reply(self: ChatRows, message: uuid.UUID) -> bool:
+        """Show the reply is still alive (updated_at moves), so no sweep takes it for abandoned."""
+        alive = await driver(self.db).fetchval(
+            "UPDATE messages SET reply_state = reply_state WHERE tenant_id = $1 AND id = $2 "
+            "AND reply_state = 'streaming' RETURNING true",
+            self.principal.tenant_id,
+            message,
+        )
+        return bool(alive)
+
+    async def finish_reply(
+        self: ChatRows,
+        message: uuid.UUID,
+        content: str,
+        *,
+        failed: bool,
+        metadata: dict[str, Any],
+        state: str | None = None,
+    ) -> bool:
+        """Close a streaming reply: delivered and complete, or error and failed. False if it was stopped."""
+        reply_state = state or ("failed" if failed else "complete")
+        row = await driver(self.db).fetchrow(
+            """
+            UPDATE messages SET content = $3, status = $4, reply_state = $5, metadata = metadata || $6::jsonb
+             WHERE tenant_id = $1 AND id = $2 AND reply_state = 'streaming'
+            RETURNING id, session_id, role, content, status, metadata, reply_state, created_at, updated_at
+            """,
+            self.principal.tenant_id,
+            message,
+            content,
+            "error" if failed else "delivered",
+            reply_state,
+            json.dumps(metadata),
+        )
+        if row is None:
+            return False
+        self._emit("message.updated", message_payload(StoredMessage(**dict(row))))
+        return True
+
+    async def stop_reply(
+        self: ChatRows, session_id: uuid.UUID, message_id: uuid.UUID, user_id: str, live_text: str | None = None
+    ) -> Message:
+        """Stop a reply mid-stream: it keeps what was written (`live_text`, when this process is
+        generating it and knows more than the last save), marked stopped."""
+        await self.require_chat_session(session_id, user_id)
+        row = await driver(self.db).fetchrow(
+            """
+            UPDATE messages SET status = 'delivered', reply_state = 'stopped',
+                   content = CASE WHEN length(coalesce($4, '')) > length(content) THEN $4 ELSE content END,
+                   metadata = metadata || '{"stopped": true}'::jsonb
+             WHERE tenant_id = $1 AND session_id = $2 AND id = $3 AND reply_state = 'streaming'
+            RETURNING id
+            """,
+            self.principal.tenant_id,
+            session_id,
+            message_id,
+            live_text,
+        )
+        message = await self.get_message(session_id, message_id, user_id)
+        if row is None and message.reply_state != "stopped":
+            raise Conflict("this message is not a reply being written")
+        if row is not None:
+            self._emit("message.updated", message_payload(message))
+        return message
+
+    async def retire_from(self: ChatRows, session_id: uuid.UUID, message: Message) -> int:
+        """Retire `message` and everything after it on the current line (kept, no longer current)."""
+        retired = await driver(self.db).fetch(
+            """
+            UPDATE messages SET superseded_at = now()
+             WHERE tenant_id = $1 AND session_id = $2 AND superseded_at IS NULL AND (created_at, id) >= ($3, $4)
+            RETURNING id
+            """,
+            self.principal.tenant_id,
+            session_id,
+            message.created_at,
+            message.id,
+        )
+        for row in retired:
+            self._emit("message.superseded", {"id": str(row["id"]), "session_id": str(session_id)})
+        return len(retired)
+
+    async def last_on_line(self: ChatRows, session_id: uuid.UUID, role: MessageRole) -> Message | None:
+        return await self.db.scalar(
+            select(Message)
+            .where(
+                Message.tenant_id == self.principal.tenant_id,
+                Message.session_id == session_id,
+                Message.superseded_at.is_(None),
+                Message.role == role.value,
+            )
+            .order_by(Message.created_at.desc(), Message.id.desc())
+            .limit(1)
+        )
+
+    async def history_for_model(
+        self: ChatRows, session_id: uuid.UUID, token_budget: int, estimate: Any
+    ) -> list[dict[str, str]]:
+        """The newest messages that fit the budget, oldest first; replies still being written or that
+        failed are left out."""
+        rows = await driver(self.db).fetch(
+            """
+            SELECT role, content FROM messages
+             WHERE tenant_id = $1 AND session_id = $2 AND superseded_at IS NULL
+               AND (reply_state IS NULL OR reply_state IN ('complete', 'stopped')) AND content <> ''
+             ORDER BY created_at DESC, id DESC LIMIT 500
+            """,
+            self.principal.tenant_id,
+            session_id,
+        )
+        picked: list[dict[str, str]] = []
+        spent = 0
+        for row in rows:
+            cost = estimate(row["content"])
+            if picked and spent + cost > token_budget:
+                break
+            picked.append({"role": row["role"], "content": row["content"]})
+            spent += cost
+        picked.reverse()
+        return picked
