@@ -62,12 +62,10 @@ async def mailing(app: FastAPI, settings: Settings, mailbox: tuple[Mailbox, int]
 
 async def self_sign_up(http: httpx.AsyncClient, tenant: TenantHandle, email: str, password: str) -> httpx.Response:
     """The web sign-up form, as a browser posts it (CSRF token from the page)."""
-    form = await http.get(f"/signup?tenant={tenant.id}")
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
-    assert csrf, form.text[:500]
+    csrf = await csrf_of(http, f"/signup?tenant={tenant.id}")
     return await http.post(
         "/signup",
-        data={"email": email, "password": password, "name": "", "csrf_token": csrf.group(1), "tenant": str(tenant.id)},
+        data={"email": email, "password": password, "name": "", "csrf_token": csrf, "tenant": str(tenant.id)},
     )
 
 

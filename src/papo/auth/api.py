@@ -149,7 +149,9 @@ async def accept_invitation(body: InvitationAccept, request: Request, session: D
     principal = await state.limiter.sign_in(
         client_address(request),
         invitation.email,
-        lambda: state.accounts.accept(session, body.token, password=body.password, name=body.name, reset=body.reset),
+        lambda: state.accounts.accept(
+            session, body.token, invitation, password=body.password, name=body.name, reset=body.reset
+        ),
     )
     return _token_response(state, principal)
 

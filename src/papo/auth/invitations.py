@@ -195,11 +195,19 @@ class Accounts:
         )
 
     async def accept(
-        self, session: AsyncSession, token: str, *, password: str, name: str | None, reset: bool
+        self,
+        session: AsyncSession,
+        token: str,
+        view: InvitationView,
+        *,
+        password: str,
+        name: str | None,
+        reset: bool,
     ) -> Principal:
         """Accept with a new account's password, the existing account's password, or (`reset`,
-        only for a link that reached the mailbox) a new password for the existing account."""
-        view = await self.view(session, token)
+        only for a link that reached the mailbox) a new password for the existing account. `view` is
+        what `view(token)` showed the caller (who needed its address for the sign-in throttle); the
+        acceptance itself re-checks everything under the invitation's row lock."""
         if view.state != "pending":
             raise Unauthorized(f"this invitation is {view.state}; ask for a new one")
         account: str | None = None

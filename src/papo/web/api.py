@@ -782,7 +782,7 @@ async def accept_invitation(
         principal = await state.limiter.sign_in(
             client_address(request),
             invitation.email,
-            lambda: state.accounts.accept(session, token, password=password, name=name, reset=reset),
+            lambda: state.accounts.accept(session, token, invitation, password=password, name=name, reset=reset),
         )
     except DomainError as exc:
         response = await _sign_in_page(
