@@ -49,14 +49,15 @@ from papo.realtime.consumer import OutboxConsumer
 from papo.realtime.hub import EventHub
 from papo.settings import Settings, get_settings
 from papo.state import AppState
-from papo.web.api import WebRuntime
-from papo.web.api import router as web_router
+from papo.web.api import install as install_web
+from papo.web.pages import WebRuntime
 from papo.webhooks.api import WebhooksRuntime
 from papo.webhooks.api import router as webhooks_router
 from papo.webhooks.service import WebhookSender
 from papo.whatsapp.api import conversations_router
 from papo.whatsapp.api import router as whatsapp_router
-from papo.whatsapp.service import WhatsappHub, WhatsappRuntime
+from papo.whatsapp.hub import WhatsappHub
+from papo.whatsapp.service import WhatsappRuntime
 from papo.whatsapp.transports.registry import load_transports
 from papo.whatsapp.webhook import process as process_webhook
 from papo.whatsapp.webhook import router as whatsapp_webhook_router
@@ -131,11 +132,11 @@ def create_app(
             hub.on_notify(TENANT_CHANNEL, state.tenants.notified)
             await hub.start()
             await replies.sweep()
-            whatsapp.owner_dsn = listen_dsn
-            await whatsapp.connect_owner()
+            whatsapp.ownership.dsn = listen_dsn
+            await whatsapp.ownership.connect()
             workers.start("whatsapp-restore", whatsapp.load_existing_sessions)
             workers.start("whatsapp-heartbeat", whatsapp.heartbeat)
-            workers.start("whatsapp-ingest", partial(whatsapp.ingest, partial(process_webhook, state)))
+            workers.start("whatsapp-ingest", partial(whatsapp.ingest.run, partial(process_webhook, state)))
             workers.start("maintenance", partial(maintenance_loop, db, settings, replies))
             if settings.sentiment_enabled:
                 scoring = OutboxConsumer(
@@ -182,7 +183,7 @@ def create_app(
     app.include_router(usage_router)
     app.include_router(insights_router)
     app.include_router(webhooks_router)
-    app.include_router(web_router)
+    install_web(app)
     app.include_router(whatsapp_router, prefix="/api/v1/whatsapp/sessions")
     app.include_router(whatsapp_router, prefix="/session", include_in_schema=False)  # seed 004's paths
     app.include_router(conversations_router)

@@ -28,7 +28,7 @@ from papo.ops.logging import configure_logging
 from papo.ops.metrics import MULTIPROCESS_ENV, fresh_metrics_dir
 from papo.realtime.service import prune_events
 from papo.settings import Settings, get_settings
-from papo.whatsapp.service import import_legacy_sessions, legacy_companies
+from papo.whatsapp.legacy_import import import_legacy_sessions, legacy_companies
 
 T = TypeVar("T")
 

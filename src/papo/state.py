@@ -23,7 +23,7 @@ from papo.ops.ratelimit import RateLimiter
 from papo.realtime.hub import EventHub
 from papo.settings import Settings
 from papo.webhooks.service import WebhookSender
-from papo.whatsapp.service import WhatsappHub
+from papo.whatsapp.hub import WhatsappHub
 
 
 @dataclass

@@ -228,7 +228,7 @@ async def test_every_route_with_an_id_refuses_other_tenants(
             for parameter in params:
                 value = NOT_TENANT_DATA.get(parameter) or id_for(parameter, template, world["ids"])
                 url = url.replace("{" + parameter + "}", value)
-            if getattr(route, "endpoint", None).__module__ != "papo.web.api":
+            if not getattr(route, "endpoint", None).__module__.startswith("papo.web."):
                 # the API: bearer tokens and keys, with a JSON body its schema accepts
                 body = json_body(route, document, template, method, components)
                 for who, headers in attackers.items():

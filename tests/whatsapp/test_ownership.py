@@ -337,7 +337,7 @@ class TestDeadLetters:
         _, number = await owned_number(client, a)
         hub = app.state.papo.whatsapp
         quick = {"whatsapp_webhook_max_attempts": 3, "whatsapp_webhook_retry_seconds": 0.05}
-        monkeypatch.setattr(hub, "settings", hub.settings.model_copy(update=quick))
+        monkeypatch.setattr(hub.ingest, "settings", hub.ingest.settings.model_copy(update=quick))
         # The database refuses this customer (a fault past the webhook, where retrying cannot help).
         customer, trigger = "55119" + str(secrets.randbelow(10**8)).zfill(8), "refuse_" + secrets.token_hex(4)
         await owner.execute(
@@ -362,7 +362,7 @@ class TestDeadLetters:
             assert dead["attempts"] == 3
             assert "contact refused by the test" in dead["last_error"]
             for _ in range(3):  # dead letters are not claimed again
-                hub.wake_ingest()
+                hub.ingest.wake()
                 await asyncio.sleep(0.2)
             attempts = await owner.fetchval(
                 "SELECT attempts FROM whatsapp_webhook_deliveries WHERE id = $1", dead["id"]

@@ -1,11 +1,12 @@
-"""Assistants: papo's own entity (the OpenAI Assistants API is retired), per tenant."""
+"""Assistants: papo's own entity (the OpenAI Assistants API is retired), per tenant; token usage per day."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import date
 from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, Text, text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -18,12 +19,36 @@ class Assistant(Timestamps, Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(Text, nullable=False)
-    instructions: Mapped[str] = mapped_column(Text, nullable=False, default="")
-    provider: Mapped[str] = mapped_column(Text, nullable=False, default="openai")
+    instructions: Mapped[str] = mapped_column(Text, nullable=False, default="", server_default=text("''"))
+    provider: Mapped[str] = mapped_column(Text, nullable=False, default="openai", server_default=text("'openai'"))
     model: Mapped[str] = mapped_column(Text, nullable=False)
     base_url: Mapped[str | None] = mapped_column(Text)
     api_key_encrypted: Mapped[str | None] = mapped_column(Text)
     api_key_env: Mapped[str | None] = mapped_column(Text)
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
-    context_token_budget: Mapped[int] = mapped_column(Integer, nullable=False, default=8000)
-    is_default: Mapped[bool] = mapped_column(nullable=False, default=False)
+    context_token_budget: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=8000, server_default=text("8000")
+    )
+    is_default: Mapped[bool] = mapped_column(nullable=False, default=False, server_default=text("false"))
+
+    __table_args__ = (
+        CheckConstraint("provider IN ('openai', 'demo')", name="provider"),
+        CheckConstraint("context_token_budget BETWEEN 256 AND 2000000", name="budget"),
+        # At most one default assistant per tenant: the one a member's first AI chat creates.
+        Index("uq_assistants_tenant_id_default", "tenant_id", unique=True, postgresql_where=text("is_default")),
+    )
+
+
+class DailyUsage(Base):
+    """One member's token usage on one day (migration 0007): counts only, no content."""
+
+    __tablename__ = "usage_daily"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(primary_key=True)
+    replies: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+    __table_args__ = (Index("ix_usage_daily_tenant_day", "tenant_id", "day"),)

@@ -1,4 +1,4 @@
-"""Chat sessions and messages (seed 000), with tenant, owner and channel."""
+"""Chat sessions and messages (seed 000), with tenant, owner and channel; WhatsApp contacts."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -61,20 +62,51 @@ class ChatSession(Timestamps, Base):
     user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     title: Mapped[str | None] = mapped_column(Text)
     status: Mapped[SessionStatus] = mapped_column(
-        _pg_enum(SessionStatus, "chat_session_status"), nullable=False, default=SessionStatus.active
+        _pg_enum(SessionStatus, "chat_session_status"),
+        nullable=False,
+        default=SessionStatus.active,
+        server_default=text("'active'"),
     )
-    channel: Mapped[Channel] = mapped_column(_pg_enum(Channel, "chat_channel"), nullable=False, default=Channel.api)
+    channel: Mapped[Channel] = mapped_column(
+        _pg_enum(Channel, "chat_channel"), nullable=False, default=Channel.api, server_default=text("'api'")
+    )
     last_message_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     assistant_id: Mapped[uuid.UUID | None] = mapped_column()
+    # Never NULL (created_at is not), but the migrated column carries no NOT NULL: the same here.
     activity_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), Computed("coalesce(last_message_at, created_at)", persisted=True)
+        DateTime(timezone=True), Computed("coalesce(last_message_at, created_at)", persisted=True), nullable=True
     )
+    # A WhatsApp conversation (migration 0011): the number that received it, the contact, and the ticket.
+    whatsapp_session_id: Mapped[uuid.UUID | None] = mapped_column()
+    contact_id: Mapped[uuid.UUID | None] = mapped_column()
+    ticket_status: Mapped[str | None] = mapped_column(Text)
+    assigned_to: Mapped[str | None] = mapped_column(Text)
+    bot_enabled: Mapped[bool] = mapped_column(server_default=text("false"))
+    last_inbound_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "assistant_id"],
+            ["assistants.tenant_id", "assistants.id"],
+            ondelete="SET NULL (assistant_id)",
+        ),
+        ForeignKeyConstraint(
+            ["tenant_id", "contact_id"], ["contacts.tenant_id", "contacts.id"], name="fk_chat_sessions_contact"
+        ),
+        ForeignKeyConstraint(
+            ["tenant_id", "whatsapp_session_id"],
+            ["whatsapp_sessions.tenant_id", "whatsapp_sessions.id"],
+            name="fk_chat_sessions_whatsapp_session",
+        ),
+        CheckConstraint(
+            "(channel = 'whatsapp') = (ticket_status IS NOT NULL)"
+            " AND (ticket_status IS NULL OR ticket_status IN ('open', 'pending', 'closed'))",
+            name="ticket",
+        ),
         Index(
             "ix_chat_sessions_owner_listing",
             "tenant_id",
@@ -84,6 +116,21 @@ class ChatSession(Timestamps, Base):
             text("id DESC"),
         ),
         Index("ix_chat_sessions_deleted_at", "deleted_at", postgresql_where=text("deleted_at IS NOT NULL")),
+        Index(
+            "uq_chat_sessions_open_conversation",
+            "tenant_id",
+            "whatsapp_session_id",
+            "contact_id",
+            unique=True,
+            postgresql_where=text("channel = 'whatsapp' AND ticket_status <> 'closed'"),
+        ),
+        Index(
+            "ix_chat_sessions_inbox",
+            "tenant_id",
+            "ticket_status",
+            text("activity_at DESC"),
+            postgresql_where=text("channel = 'whatsapp'"),
+        ),
     )
 
 
@@ -99,7 +146,10 @@ class Message(Base):
     role: Mapped[str] = mapped_column(Text, nullable=False)
     content: Mapped[str] = mapped_column(Text, nullable=False)
     status: Mapped[MessageStatus] = mapped_column(
-        _pg_enum(MessageStatus, "message_status"), nullable=False, default=MessageStatus.sent
+        _pg_enum(MessageStatus, "message_status"),
+        nullable=False,
+        default=MessageStatus.sent,
+        server_default=text("'sent'"),
     )
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")
@@ -113,8 +163,12 @@ class Message(Base):
     search_vector: Mapped[str] = mapped_column(
         TSVECTOR,
         Computed("to_tsvector('simple'::regconfig, papo_fold(content))", persisted=True),
+        nullable=True,  # as migrated, though never NULL (content is not)
         deferred=True,
     )
+    # WhatsApp's message id (unique per tenant) and its delivery status, which only moves forward.
+    external_id: Mapped[str | None] = mapped_column(Text)
+    delivery_status: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         ForeignKeyConstraint(
@@ -122,8 +176,41 @@ class Message(Base):
             ["chat_sessions.tenant_id", "chat_sessions.id"],
             ondelete="CASCADE",
         ),
+        ForeignKeyConstraint(
+            ["tenant_id", "branch_of"], ["messages.tenant_id", "messages.id"], ondelete="SET NULL (branch_of)"
+        ),
         CheckConstraint("role IN ('user', 'assistant', 'system')", name="role"),
+        CheckConstraint(
+            "reply_state IN ('streaming', 'complete', 'stopped', 'failed', 'interrupted')", name="reply_state"
+        ),
+        CheckConstraint(
+            "delivery_status IS NULL OR delivery_status IN ('pending', 'sent', 'delivered', 'read', 'failed')",
+            name="delivery",
+        ),
         Index("ix_messages_session_keyset", "tenant_id", "session_id", "created_at", "id"),
         Index("ix_messages_owner_recent", "tenant_id", "user_id", text("created_at DESC")),
         Index("ix_messages_search_vector", "search_vector", postgresql_using="gin"),
+        Index("ix_messages_streaming", "updated_at", postgresql_where=text("reply_state = 'streaming'")),
+        Index("ix_messages_branch_of", "tenant_id", "branch_of", postgresql_where=text("branch_of IS NOT NULL")),
+        Index(
+            "uq_messages_external_id",
+            "tenant_id",
+            "external_id",
+            unique=True,
+            postgresql_where=text("external_id IS NOT NULL"),
+        ),
+        Index("ix_messages_tenant_created", "tenant_id", "created_at"),
     )
+
+
+class Contact(Timestamps, Base):
+    """A WhatsApp customer of a tenant, by WhatsApp id (migration 0011)."""
+
+    __tablename__ = "contacts"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    wa_id: Mapped[str] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (UniqueConstraint("tenant_id", "wa_id", name="uq_contacts_tenant_wa_id"),)

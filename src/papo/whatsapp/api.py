@@ -15,6 +15,7 @@ from papo.auth.deps import CurrentPrincipal, DbSession
 from papo.errors import Conflict, Forbidden, NotFound
 from papo.whatsapp.inbox import Inbox
 from papo.whatsapp.models import WhatsappSession
+from papo.whatsapp.rows import session_out
 from papo.whatsapp.schemas import (
     CleanupReport,
     ConversationOut,
@@ -29,7 +30,7 @@ from papo.whatsapp.schemas import (
     SessionStats,
     SyncChange,
 )
-from papo.whatsapp.service import SessionService, State, WhatsappRuntime, session_out
+from papo.whatsapp.service import SessionService, State, WhatsappRuntime
 from papo.whatsapp.status import SessionStatus
 from papo.whatsapp.transports.base import SessionKey
 

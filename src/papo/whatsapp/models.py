@@ -1,4 +1,4 @@
-"""WhatsApp tables (see migrations 0010 and 0021)."""
+"""WhatsApp tables (see migrations 0010, 0013 and 0021)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,20 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Text, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    Integer,
+    Text,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -31,3 +44,63 @@ class WhatsappSession(Timestamps, Base):
     # The Cloud API phone_number_id the Graph API accepted this row's token for (migration 0021):
     # only a verified number receives webhooks.
     verified_number: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("status IN ('STOPPED', 'STARTING', 'SCAN_QR_CODE', 'WORKING', 'FAILED')", name="status"),
+        CheckConstraint("length(name) BETWEEN 1 AND 100", name="name"),
+        CheckConstraint(
+            "verified_number IS NULL OR (transport = 'cloud' AND verified_number = config->>'phone_number_id')",
+            name="verified_number",
+        ),
+        Index(
+            "uq_whatsapp_sessions_tenant_name",
+            "tenant_id",
+            text("lower(name)"),
+            unique=True,
+            postgresql_where=text("is_active"),
+        ),
+        Index("ix_whatsapp_sessions_active", "is_active", postgresql_where=text("is_active")),
+        # One active verified row per number across every tenant: inbound routing is never ambiguous.
+        Index(
+            "uq_whatsapp_sessions_verified_number",
+            "verified_number",
+            unique=True,
+            postgresql_where=text("is_active AND verified_number IS NOT NULL"),
+        ),
+        Index(
+            "uq_whatsapp_sessions_tenant_cloud_number",
+            "tenant_id",
+            text("(config->>'phone_number_id')"),
+            unique=True,
+            postgresql_where=text("transport = 'cloud' AND is_active AND config ? 'phone_number_id'"),
+        ),
+    )
+
+
+class WhatsappWebhookDelivery(Base):
+    """A Cloud API webhook delivery, queued before the 200 goes back and processed afterwards (migration 0013)."""
+
+    __tablename__ = "whatsapp_webhook_deliveries"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column()
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # A failed attempt waits until retry_at; after the last one the delivery is a dead letter (dead_at).
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    dead_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "session_id"],
+            ["whatsapp_sessions.tenant_id", "whatsapp_sessions.id"],
+            name="fk_whatsapp_webhook_deliveries_session",
+            ondelete="CASCADE",
+        ),
+        Index("ix_whatsapp_webhook_deliveries_waiting", "id", postgresql_where=text("dead_at IS NULL")),
+        Index("ix_whatsapp_webhook_deliveries_dead", "id", postgresql_where=text("dead_at IS NOT NULL")),
+    )

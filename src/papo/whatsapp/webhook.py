@@ -2,7 +2,7 @@
 
 Deliveries are checked (X-Hub-Signature-256 over the raw body, constant time), routed to the company
 whose token the Graph API accepted for the receiving number (migration 0021), queued in the database
-(Meta does not deliver again after a 200), answered, and worked off by `WhatsappHub.ingest` in any
+(Meta does not deliver again after a 200), answered, and worked off by `IngestQueue` (ingest.py) in any
 server process. Meta retries for days: a message id already stored does nothing, and receipts only
 move a message forward, whatever order they arrive in.
 
@@ -28,7 +28,8 @@ from papo.auth.deps import DbSession
 from papo.db.engine import apply_context, driver
 from papo.errors import BadRequest, DomainError, Forbidden, Unauthorized
 from papo.ops.ratelimit import webhook_allowance
-from papo.whatsapp.service import PHONE_NUMBER_ID, State, WhatsappRuntime, service_principal
+from papo.whatsapp.rows import PHONE_NUMBER_ID, service_principal
+from papo.whatsapp.service import State, WhatsappRuntime
 from papo.whatsapp.transports.base import InboundMessage, SessionKey
 
 log = structlog.get_logger(__name__)
@@ -204,7 +205,7 @@ async def deliver(request: Request, session: DbSession, state: State, background
             json.dumps(value),
         )
     if routed:
-        background.add_task(state.whatsapp.wake_ingest)  # after the commit
+        background.add_task(state.whatsapp.ingest.wake)  # after the commit
     return {"received": len(routed)}
 
 

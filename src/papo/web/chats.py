@@ -1,0 +1,105 @@
+"""The end user's pages: the chat dashboard, a conversation, and the HTML of one finished message."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from markupsafe import Markup
+
+from papo.assistants.service import AssistantService
+from papo.auth.deps import CurrentPrincipal, DbSession
+from papo.chat.models import Channel, SessionStatus
+from papo.chat.schemas import MessageOut
+from papo.chat.service import ChatService
+from papo.web import markdown
+from papo.web.pages import Member, MemberForm, Page, State, WebRuntime, not_found, redirect, render
+
+router = APIRouter(include_in_schema=False)
+PAGE_SIZE = 50
+
+
+def chat_service(session: Any, page: Page, state: WebRuntime) -> ChatService:
+    return ChatService(session, page.member, state.settings)
+
+
+def message_view(message: Any) -> dict[str, Any]:
+    out = MessageOut.model_validate(message).model_dump(mode="json")
+    # nh3 has removed every tag, attribute and scheme that could run script
+    out["html"] = Markup(markdown.render(message.content)) if message.role == "assistant" else None  # noqa: S704
+    return out
+
+
+async def chat_list(page: Page, chat: ChatService, status: str, cursor: str | None = None) -> dict[str, Any]:
+    listing = SessionStatus.archived if status == "archived" else SessionStatus.active
+    rows, next_cursor = await chat.get_chat_sessions(page.user_id, listing, limit=PAGE_SIZE, cursor=cursor)
+    previews = await chat.previews([r.id for r in rows])
+    now = datetime.now(UTC)
+    chats = [
+        {
+            "id": r.id,
+            "title": r.title,
+            "preview": previews.get(r.id, ""),
+            "when": page.t.ago(r.last_message_at or r.created_at, now),
+            "when_iso": (r.last_message_at or r.created_at).isoformat(),
+        }
+        for r in rows
+    ]
+    return {"chats": chats, "next_cursor": next_cursor, "status": listing.value}
+
+
+@router.get("/")
+async def dashboard(
+    page: Member, state: State, session: DbSession, status: str = "active", cursor: str | None = None
+) -> Response:
+    listing = await chat_list(page, chat_service(session, page, state), status, cursor)
+    return render(page, state, "dashboard.html", current=None, **listing)
+
+
+@router.post("/chats")
+async def new_chat(page: MemberForm, state: State, session: DbSession) -> Response:
+    assistant_id = await AssistantService(session, page.member, state.settings, state.keys).default_id()
+    created = await chat_service(session, page, state).create_chat_session(
+        page.user_id, channel=Channel.web, assistant_id=assistant_id
+    )
+    return redirect(page, state, f"/chats/{created.id}")
+
+
+@router.get("/chats/{session_id}")
+async def chat_page(
+    session_id: uuid.UUID, page: Member, state: State, session: DbSession, versions: bool = False
+) -> Response:
+    """The conversation; with `versions=1`, earlier versions (regenerated or edited) are shown too."""
+    chat = chat_service(session, page, state)
+    found = await chat.get_chat_session(session_id, page.user_id)
+    if found is None:
+        return not_found(page, state)
+    history = await chat.get_messages(session_id, page.user_id, latest=True, limit=100, include_superseded=versions)
+    messages = [message_view(m) for m in history.items]
+    listing = await chat_list(page, chat, "active")
+    return render(
+        page,
+        state,
+        "chat.html",
+        chat=found,
+        messages=messages,
+        has_more=history.has_more,
+        current=found.id,
+        versions=versions,
+        **listing,
+    )
+
+
+@router.get("/web/chats/{session_id}/messages/{message_id}")
+async def message_fragment(
+    session_id: uuid.UUID, message_id: uuid.UUID, principal: CurrentPrincipal, session: DbSession, state: State
+) -> JSONResponse:
+    """A message with its safe HTML, for the script to swap in once a streamed reply is complete."""
+    chat = ChatService(session, principal, state.settings)
+    message = await chat.get_message(session_id, message_id, principal.require_user())
+    view = message_view(message)
+    view["html"] = str(view["html"]) if view["html"] is not None else None
+    return JSONResponse(view, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,57 @@
+"""Company staff's pages: the WhatsApp inbox (agents and admins) and the numbers (admins)."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Response
+
+from papo.auth import tenant_settings
+from papo.auth.deps import DbSession
+from papo.errors import NotFound
+from papo.web.pages import Admin, Staff, State, not_found, render
+from papo.whatsapp.inbox import Inbox
+from papo.whatsapp.rows import session_out
+from papo.whatsapp.service import SessionService
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/inbox")
+@router.get("/inbox/{conversation_id}")
+async def inbox_page(
+    page: Staff,
+    state: State,
+    session: DbSession,
+    conversation_id: uuid.UUID | None = None,
+    ticket: str = "open",
+) -> Response:
+    box = Inbox(session, page.member)
+    ticket = ticket if ticket in ("open", "pending", "closed") else "open"
+    current = messages = None
+    assignee = None
+    if conversation_id is not None:
+        try:
+            current = await box.conversation(conversation_id)
+            messages = await box.messages(conversation_id)
+        except NotFound:
+            return not_found(page, state)
+        if current["assigned_to"]:
+            members = {m.user_id: m.email for m in await tenant_settings.staff(session, page.member)}
+            assignee = members.get(current["assigned_to"])
+    return render(
+        page,
+        state,
+        "inbox.html",
+        conversations=await box.conversations(ticket),
+        ticket=ticket,
+        current=current,
+        messages=messages or [],
+        assignee=assignee,
+    )
+
+
+@router.get("/whatsapp")
+async def whatsapp_page(page: Admin, state: State, session: DbSession) -> Response:
+    rows = await SessionService(session, page.member, state.whatsapp).find_all_by_company()
+    return render(page, state, "whatsapp.html", sessions=[session_out(row) for row in rows])

@@ -1,0 +1,401 @@
+"""The WhatsApp sessions this process runs, and the door through which their transports report.
+
+The database row is the truth that survives restarts; `WhatsappHub` holds what this process is
+running (the seed's "hybrid cache"). Every transport event moves the row through the state machine
+in `status.py`, in the session's own company context, and is announced to the company's staff as
+a realtime `whatsapp.session.updated` event. Which process runs a session is `ownership.py`'s
+business; the webhook queue the hub works off is `ingest.py`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from papo.assistants.replies import ReplyManager
+from papo.auth.service import Principal
+from papo.chat.service import ChatService
+from papo.crypto import KeyBox
+from papo.db.engine import Database, driver
+from papo.errors import InvalidInput
+from papo.ops.metrics import WHATSAPP_MESSAGES
+from papo.settings import Settings
+from papo.whatsapp.inbox import DEFAULT_HANDOFF_WORDS, Inbox, OutgoingReply, Received
+from papo.whatsapp.ingest import IngestQueue
+from papo.whatsapp.models import WhatsappSession
+from papo.whatsapp.ownership import SessionOwnership
+from papo.whatsapp.rows import NUMBER_TAKEN, SEALED_TOKEN, announce, service_principal, stored_number, violated
+from papo.whatsapp.status import SessionStatus, can_move
+from papo.whatsapp.transports.base import InboundMessage, SessionKey, Transport
+
+log = structlog.get_logger(__name__)
+RUNNING = frozenset({SessionStatus.STARTING, SessionStatus.SCAN_QR_CODE, SessionStatus.WORKING})
+VERIFIED_NUMBER_INDEX = "uq_whatsapp_sessions_verified_number"
+
+S = SessionStatus
+
+
+@dataclass
+class LiveSession:
+    key: SessionKey
+    transport: Transport
+    status: SessionStatus = S.STARTING
+
+
+@dataclass
+class WhatsappHub:
+    """This process's running sessions, and the door through which transports report events."""
+
+    db: Database
+    settings: Settings
+    transports: dict[str, Transport]
+    keys: KeyBox
+    replies: ReplyManager | None = None  # the assistant that answers on numbers that have one
+    live: dict[SessionKey, LiveSession] = field(default_factory=dict)
+    # Ownership: a process runs a session only while it holds the session's lock (see ownership.py);
+    # lifecycle commands for a session run elsewhere are sent to its owner.
+    ownership: SessionOwnership = field(init=False)
+    ingest: IngestQueue = field(init=False)  # the Cloud API webhook deliveries, worked off here
+
+    def __post_init__(self) -> None:
+        self.ownership = SessionOwnership(self)
+        self.ingest = IngestQueue(self.db, self.settings)
+
+    def transport(self, kind: str) -> Transport:
+        found = self.transports.get(kind)
+        if found is None:
+            raise InvalidInput(
+                f"transport {kind!r} is not available here (available: {', '.join(sorted(self.transports)) or 'none'})",
+                field="transport",
+            )
+        return found
+
+    def open_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A session's config as its transport needs it: the stored access token decrypted."""
+        opened = {k: v for k, v in config.items() if k != SEALED_TOKEN}
+        if isinstance(config.get(SEALED_TOKEN), str):
+            opened["access_token"] = self.keys.open(config[SEALED_TOKEN])
+        return opened
+
+    async def command(self, key: SessionKey, action: str) -> None:
+        """restart / stop / forget a session wherever it runs (here, or by NOTIFY to its owner)."""
+        if await self.ownership.claim(key):
+            await self.perform(key, action)
+            return
+        await self.ownership.tell_owner(key, action)
+
+    async def _forward_send(self, key: SessionKey, message_id: uuid.UUID) -> bool:
+        """Hand a stored reply to the process running its number; False when none runs it."""
+        if await self.ownership.claim(key):  # nobody held the number: it runs nowhere
+            if key not in self.live:
+                await self.ownership.release(key)
+            return False
+        await self.ownership.tell_owner(key, "send", message=str(message_id))
+        return True
+
+    async def send_stored(self, key: SessionKey, message_id: uuid.UUID) -> None:
+        """Send a reply another process stored and handed to this one, which runs its number."""
+        principal = service_principal(key.tenant_id)
+        async with self.db.transaction(principal.context()) as session:
+            reply = await Inbox(session, principal).pending_reply(message_id)
+        if reply is not None:
+            await self.send(reply)
+
+    async def perform(self, key: SessionKey, action: str) -> None:
+        """Carry out a lifecycle command (restart / stop / forget) for a session this process owns."""
+        if action == "restart":
+            await self.restore(key, only_running=False)
+        elif action == "stop":
+            await self.stop(key)
+            await self.apply(key, S.STOPPED, reason="stopped by an admin")
+        elif action == "forget":
+            live = self.live.get(key)
+            await self.stop(key)
+            if live is not None:
+                await live.transport.forget(key)
+            else:
+                for transport in self.transports.values():
+                    await transport.forget(key)
+            await self.ownership.release(key)
+
+    async def start(self, key: SessionKey, kind: str, config: dict[str, Any]) -> None:
+        """Run the session in this process (it must own it: see `SessionOwnership.claim`)."""
+        transport = self.transport(kind)
+        await self.stop(key)
+        self.live[key] = LiveSession(key, transport)
+        await self.apply(key, S.STARTING, reason=None)
+        try:
+            await transport.start(key, self.open_config(config), TransportEvents(self, key))
+        except Exception as exc:  # a transport that cannot start fails its session, never the caller
+            log.warning("whatsapp transport failed to start", session=str(key.session_id), error=str(exc))
+            await self.apply(key, S.FAILED, reason=f"transport failed to start: {exc}")
+
+    async def stop(self, key: SessionKey) -> None:
+        live = self.live.pop(key, None)
+        if live is not None:
+            with contextlib.suppress(Exception):
+                await live.transport.stop(key)
+
+    async def shutdown(self) -> None:
+        for key in list(self.live):
+            await self.stop(key)
+        await self.ownership.close()
+
+    def memory_status(self, key: SessionKey) -> SessionStatus | None:
+        live = self.live.get(key)
+        return live.status if live is not None else None
+
+    async def apply(
+        self,
+        key: SessionKey,
+        target: SessionStatus,
+        *,
+        reason: str | None,
+        qr: str | None = None,
+        phone_number: str | None = None,
+        deactivate: bool = False,
+        verified_number: str | None = None,
+        unverify: bool = False,
+    ) -> bool:
+        """Move the session's row to `target` if the state machine allows it; announce it.
+
+        `verified_number`: the Graph API accepted the row's token for this Cloud API number, which
+        makes the row the number's (its webhooks reach it) unless another company's row holds it
+        verified already: then this row FAILS. `unverify`: the Graph API refused the token."""
+        try:
+            return await self._apply(
+                key,
+                target,
+                reason=reason,
+                qr=qr,
+                phone_number=phone_number,
+                deactivate=deactivate,
+                verified_number=verified_number,
+                unverify=unverify,
+            )
+        except IntegrityError as exc:
+            if verified_number is None or not violated(exc, VERIFIED_NUMBER_INDEX):
+                raise
+        log.warning("whatsapp number already verified by another session", session=str(key.session_id))
+        return await self._apply(key, S.FAILED, reason=NUMBER_TAKEN, unverify=True)
+
+    async def _apply(
+        self,
+        key: SessionKey,
+        target: SessionStatus,
+        *,
+        reason: str | None,
+        qr: str | None = None,
+        phone_number: str | None = None,
+        deactivate: bool = False,
+        verified_number: str | None = None,
+        unverify: bool = False,
+    ) -> bool:
+        async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+            row = await session.scalar(
+                select(WhatsappSession)
+                .where(WhatsappSession.tenant_id == key.tenant_id, WhatsappSession.id == key.session_id)
+                .with_for_update()
+            )
+            if row is None:
+                return False
+            current = S(row.status)
+            if not can_move(current, target):
+                log.info("whatsapp status change refused", session=str(key.session_id), current=current, target=target)
+                return False
+            if verified_number is not None:
+                if not row.is_active or row.transport != "cloud" or stored_number(row) != verified_number:
+                    # the number changed while the Graph API was asked: the restart that follows asks again
+                    log.info("whatsapp verification of a number the session no longer has", session=str(key.session_id))
+                    return False
+                row.verified_number = verified_number
+            if unverify or deactivate:
+                row.verified_number = None
+            row.status = target.value
+            row.status_reason = reason
+            row.qr_code = qr if target is S.SCAN_QR_CODE else None
+            if phone_number:
+                row.phone_number = phone_number
+            if target is S.WORKING:
+                row.last_seen = datetime.now(UTC)
+            if deactivate:
+                row.is_active = False
+            await session.flush()
+            await session.refresh(row)
+            announce(session, row)
+        live = self.live.get(key)
+        if live is not None:
+            live.status = target
+        return True
+
+    async def receive(self, key: SessionKey, inbound: InboundMessage) -> Received | None:
+        """A customer's message: contact, open conversation and message stored (once), staff told."""
+        async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+            row = await session.get(WhatsappSession, (key.tenant_id, key.session_id))
+            if row is None or not row.is_active:
+                log.warning("whatsapp message for an unknown or removed session", session=str(key.session_id))
+                return None
+            words = row.config.get("handoff_keywords") or DEFAULT_HANDOFF_WORDS
+            principal = service_principal(key.tenant_id)
+            received = await Inbox(session, principal).receive(
+                row.id, row.assistant_id, tuple(str(w) for w in words), inbound
+            )
+            if received.message_id:
+                WHATSAPP_MESSAGES.labels(row.transport, "in").inc()
+            bot_reply = None
+            if received.message_id and received.bot_enabled and row.assistant_id and self.replies is not None:
+                chat = ChatService(session, principal, self.settings)
+                if await chat.streaming_reply(received.conversation_id) is None:  # one answer at a time
+                    placeholder = await chat.add_reply_placeholder(
+                        received.conversation_id, {"assistant_id": str(row.assistant_id), "author": "bot"}
+                    )
+                    bot_reply = placeholder.id
+        if bot_reply is not None and self.replies is not None:
+            assert row.assistant_id is not None
+            await self.replies.spawn(principal, received.conversation_id, bot_reply, row.assistant_id)
+        return received
+
+    async def bot_reply_completed(
+        self, principal: Principal, conversation_id: uuid.UUID, reply_id: uuid.UUID, text: str
+    ) -> None:
+        """A bot reply was written (ReplyManager's completion hook): send it to the customer."""
+        if not principal.is_service:
+            return
+        async with self.db.transaction(principal.context()) as session:
+            outgoing = await Inbox(session, principal).bot_reply_ready(conversation_id, reply_id)
+        if outgoing is not None:
+            await self.send(outgoing)
+
+    async def receipt(self, key: SessionKey, external_id: str, status: str) -> bool:
+        async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+            return await Inbox(session, service_principal(key.tenant_id)).apply_receipt(external_id, status)
+
+    async def send(self, reply: OutgoingReply) -> None:
+        """After the reply was stored: send it, and record the outcome on the message (never lost)."""
+        key = SessionKey(reply.tenant_id, reply.whatsapp_session_id)
+        external_id: str | None = None
+        error: str | None = None
+        kind = "unknown"
+        try:
+            async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+                row = await session.get(WhatsappSession, (key.tenant_id, key.session_id))
+                if row is None or not row.is_active:
+                    raise RuntimeError("the WhatsApp number was removed")
+                kind, config = row.transport, dict(row.config)
+            transport = self.transport(kind)
+            if not transport.sends_from_any_process and key not in self.live:
+                if await self._forward_send(key, reply.message_id):
+                    return  # the owner sends it and records the outcome
+                raise RuntimeError("the WhatsApp number is not connected")
+            if self.memory_status(key) is not S.WORKING and not transport.sends_from_any_process:
+                raise RuntimeError("the WhatsApp number is not connected")
+            external_id = await transport.send_text(key, self.open_config(config), reply.to_wa_id, reply.text)
+        except Exception as exc:
+            error = str(exc) or exc.__class__.__name__
+            log.warning("whatsapp send failed", message=str(reply.message_id), error=error)
+        WHATSAPP_MESSAGES.labels(kind, "out" if error is None else "out_failed").inc()
+        async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+            await Inbox(session, service_principal(key.tenant_id)).mark_sent(reply.message_id, external_id, error)
+
+    async def heartbeat(self) -> None:
+        """Keep `last_seen` of the sessions this process runs fresh, so other processes (and sync)
+        can tell a session that is running somewhere from one nobody runs."""
+        while True:
+            await asyncio.sleep(self.settings.whatsapp_heartbeat_seconds)
+            if self.settings.whatsapp_adopt_orphans:
+                with contextlib.suppress(Exception):
+                    await self.load_existing_sessions()  # sessions whose process died come back here
+            for key, live in list(self.live.items()):
+                if live.status is not S.WORKING:
+                    continue
+                with contextlib.suppress(Exception):
+                    async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+                        await driver(session).execute(
+                            "UPDATE whatsapp_sessions SET last_seen = now() WHERE tenant_id = $1 AND id = $2",
+                            key.tenant_id,
+                            key.session_id,
+                        )
+
+    async def load_existing_sessions(self) -> dict[str, int]:
+        """Seed's loadExistingSessions: at start-up, every active session of every company comes back
+        (in the background, each on its own: one that fails does not stop the others)."""
+        async with self.db.transaction() as session:
+            rows = await driver(session).fetch("SELECT * FROM papo_active_whatsapp_sessions()")
+        keys = [SessionKey(r["wa_tenant_id"], r["wa_session_id"]) for r in rows]
+        keys = [key for key in keys if key not in self.live]
+        results = await asyncio.gather(*(self.restore(key) for key in keys), return_exceptions=True)
+        restored = sum(1 for result in results if result is True)
+        if restored:
+            log.info("whatsapp sessions restored", restored=restored)
+        return {"restored": restored, "elsewhere_or_idle": len(keys) - restored}
+
+    async def restore(self, key: SessionKey, *, only_running: bool = True) -> bool:
+        """Seed's restoreSessionFromDatabase: start a stored session again with its credentials, if
+        no other process runs it. At start-up only sessions that were running come back (one an admin
+        stopped, or that was logged out or failed, stays as it is)."""
+        try:
+            async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+                row = await session.get(WhatsappSession, (key.tenant_id, key.session_id))
+                if row is None or not row.is_active:
+                    return False
+                if only_running and S(row.status) not in RUNNING:
+                    return False
+                kind, config = row.transport, dict(row.config)
+            if not await self.ownership.claim(key):
+                return False  # another process runs it
+            await self.start(key, kind, config)
+            return True
+        except Exception as exc:
+            log.warning("whatsapp session could not be restored", session=str(key.session_id), error=str(exc))
+            with contextlib.suppress(Exception):
+                await self.apply(key, S.FAILED, reason=f"could not be restored: {exc}")
+            return False
+
+
+class TransportEvents:
+    """What a transport calls; each maps to a move of the state machine (see status.py)."""
+
+    def __init__(self, hub: WhatsappHub, key: SessionKey) -> None:
+        self.hub = hub
+        self.key = key
+
+    async def qr(self, code: str) -> None:
+        await self.hub.apply(self.key, S.SCAN_QR_CODE, reason=None, qr=code)
+
+    async def paired(self, phone_number: str) -> None:
+        await self.hub.apply(self.key, S.STARTING, reason="paired", phone_number=phone_number)
+
+    async def connected(self) -> None:
+        await self.hub.apply(self.key, S.WORKING, reason=None)
+
+    async def disconnected(self, reason: str) -> None:
+        await self.hub.apply(self.key, S.STARTING, reason=f"disconnected: {reason}; reconnecting")
+
+    async def logged_out(self, reason: str) -> None:
+        live = self.hub.live.pop(self.key, None)
+        if live is not None:
+            await live.transport.forget(self.key)
+        await self.hub.apply(self.key, S.STOPPED, reason=f"logged out: {reason}")
+
+    async def failed(self, reason: str) -> None:
+        await self.hub.apply(self.key, S.FAILED, reason=reason)
+
+    async def verified(self, phone_number_id: str) -> None:
+        await self.hub.apply(self.key, S.WORKING, reason=None, verified_number=phone_number_id)
+
+    async def rejected(self, reason: str) -> None:
+        await self.hub.apply(self.key, S.FAILED, reason=reason, unverify=True)
+
+    async def message(self, inbound: InboundMessage) -> None:
+        await self.hub.receive(self.key, inbound)
+
+    async def receipt(self, external_id: str, status: str) -> None:
+        await self.hub.receipt(self.key, external_id, status)

@@ -1,0 +1,118 @@
+"""The durable queue of Cloud API webhook deliveries (`whatsapp_webhook_deliveries`), worked off in
+any server process: claimed in batches, handled, deleted once handled; a delivery that fails is tried
+again after a growing pause and, out of attempts, kept as a dead letter for the operator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import structlog
+
+from papo.db.engine import Database, driver
+from papo.settings import Settings
+from papo.waiting import work_when_woken
+from papo.whatsapp.rows import service_principal
+from papo.whatsapp.transports.base import SessionKey
+
+log = structlog.get_logger(__name__)
+INGEST_POLL_SECONDS = 2.0  # webhook deliveries queued by another process are found this fast
+INGEST_BATCH = 200
+MAX_RETRY_SECONDS = 3600.0
+
+
+@dataclass
+class IngestQueue:
+    """This process's worker on the queue: woken when this process queued a delivery, polling for others'."""
+
+    db: Database
+    settings: Settings
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        self.ready.set()
+
+    async def run(self, handle: Callable[[SessionKey, Any], Awaitable[None]]) -> None:
+        """Work off queued webhook deliveries (from any process): a sender's deliveries in order,
+        different senders side by side; each row deleted once handled, claimed again if not."""
+        await work_when_woken(
+            self.ready, INGEST_POLL_SECONDS, partial(self._batch, handle), name="whatsapp webhook queue"
+        )
+
+    async def _batch(self, handle: Callable[[SessionKey, Any], Awaitable[None]]) -> int:
+        async with self.db.transaction() as session:
+            rows = await driver(session).fetch(
+                "SELECT * FROM papo_claim_webhook_deliveries($1, $2)",
+                INGEST_BATCH,
+                self.settings.whatsapp_webhook_max_attempts,
+            )
+        lanes: dict[tuple[uuid.UUID, str], list[Any]] = {}
+        for row in rows:
+            stored = row["delivery_payload"]  # decoded JSON (the engine's codec), or its text
+            payload = json.loads(stored) if isinstance(stored, str | bytes) else stored
+            messages = payload.get("messages") if isinstance(payload, dict) else None
+            senders = [m.get("from") for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+            lanes.setdefault((row["delivery_session_id"], str(senders[0] if senders else "")), []).append(
+                (row, payload)
+            )
+
+        async def lane(items: list[Any]) -> None:
+            for row, payload in items:
+                key = SessionKey(row["delivery_tenant_id"], row["delivery_session_id"])
+                try:
+                    await handle(key, payload)
+                except Exception as exc:
+                    await self._delivery_failed(key, row["delivery_id"], row["delivery_attempts"], exc)
+                    continue
+                async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+                    await driver(session).execute(
+                        "DELETE FROM whatsapp_webhook_deliveries WHERE tenant_id = $1 AND id = $2",
+                        key.tenant_id,
+                        row["delivery_id"],
+                    )
+
+        await asyncio.gather(*(lane(items) for items in lanes.values()))
+        return len(rows)
+
+    async def _delivery_failed(self, key: SessionKey, delivery_id: int, attempts: int, exc: Exception) -> None:
+        """Record a failed attempt: tried again after a growing pause, or, out of attempts, kept as a
+        dead letter for the operator (`papo whatsapp dead-letters` / `replay`)."""
+        dead = attempts >= self.settings.whatsapp_webhook_max_attempts
+        pause = min(self.settings.whatsapp_webhook_retry_seconds * 2 ** min(attempts - 1, 20), MAX_RETRY_SECONDS)
+        # the driver's message, not SQLAlchemy's wrapper (which quotes the statement's parameters)
+        cause = getattr(exc, "orig", None) or exc
+        error = f"{cause.__class__.__name__}: {cause}"[:1000]
+        if dead:
+            log.error(
+                "whatsapp webhook delivery failed for the last time; it is a dead letter",
+                delivery=delivery_id,
+                attempts=attempts,
+                exc_info=exc,
+            )
+        else:
+            log.warning(
+                "whatsapp webhook delivery failed; it will be retried",
+                delivery=delivery_id,
+                attempts=attempts,
+                retry_in_seconds=pause,
+                exc_info=exc,
+            )
+        try:
+            async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+                await driver(session).execute(
+                    "UPDATE whatsapp_webhook_deliveries SET claimed_at = NULL, last_error = $3, "
+                    "retry_at = now() + make_interval(secs => $4), dead_at = CASE WHEN $5 THEN now() END "
+                    "WHERE tenant_id = $1 AND id = $2",
+                    key.tenant_id,
+                    delivery_id,
+                    error,
+                    pause,
+                    dead,
+                )
+        except Exception as failure:  # its claim expires instead: retried, or dead once out of attempts
+            log.warning("whatsapp webhook delivery failure could not be recorded", error=str(failure))
