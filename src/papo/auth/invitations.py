@@ -22,13 +22,14 @@ from datetime import datetime, timedelta
 import asyncpg
 import jwt
 import structlog
+from sqlalchemy import Text, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from papo.auth.models import Role
+from papo.auth.models import Invitation, Role, Tenant
 from papo.auth.service import Principal, hash_password, verify_password
 from papo.auth.web_sessions import token_hash
 from papo.db.base import new_id
-from papo.db.engine import apply_context, driver
+from papo.db.engine import apply_context, driver, rows_changed
 from papo.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable
 from papo.mail import Mailer
 from papo.settings import Settings
@@ -131,7 +132,7 @@ class Accounts:
             raise Forbidden(str(exc.args[0]) if exc.args else "not allowed") from exc
         url = self.link(INVITATION_PATH + token)
         if send_mail:
-            tenant_name = await connection.fetchval("SELECT name FROM tenants WHERE id = $1", principal.tenant_id)
+            tenant_name = await session.scalar(select(Tenant.name).where(Tenant.id == principal.tenant_id))
             try:
                 await self.mailer.send(
                     [email],
@@ -157,23 +158,40 @@ class Accounts:
     @staticmethod
     async def pending(session: AsyncSession, principal: Principal) -> list[PendingInvitation]:
         _require_admin_or_key(principal)
-        rows = await driver(session).fetch(
-            "SELECT id, email, role::text AS role, user_id, invited_by, created_at, expires_at FROM invitations "
-            "WHERE tenant_id = $1 AND accepted_at IS NULL AND revoked_at IS NULL ORDER BY created_at DESC",
-            principal.tenant_id,
+        rows = await session.execute(
+            select(
+                Invitation.id,
+                Invitation.email,
+                Invitation.role.cast(Text).label("role"),
+                Invitation.user_id,
+                Invitation.invited_by,
+                Invitation.created_at,
+                Invitation.expires_at,
+            )
+            .where(
+                Invitation.tenant_id == principal.tenant_id,
+                Invitation.accepted_at.is_(None),
+                Invitation.revoked_at.is_(None),
+            )
+            .order_by(Invitation.created_at.desc())
         )
-        return [PendingInvitation(**dict(row)) for row in rows]
+        return [PendingInvitation(**row) for row in rows.mappings()]
 
     @staticmethod
     async def revoke(session: AsyncSession, principal: Principal, invitation_id: uuid.UUID) -> None:
         _require_admin_or_key(principal)
-        status = await driver(session).execute(
-            "UPDATE invitations SET revoked_at = now() "
-            "WHERE tenant_id = $1 AND id = $2 AND accepted_at IS NULL AND revoked_at IS NULL",
-            principal.tenant_id,
-            invitation_id,
+        revoked = await rows_changed(
+            session,
+            update(Invitation)
+            .where(
+                Invitation.tenant_id == principal.tenant_id,
+                Invitation.id == invitation_id,
+                Invitation.accepted_at.is_(None),
+                Invitation.revoked_at.is_(None),
+            )
+            .values(revoked_at=func.now()),
         )
-        if status.endswith(" 0"):
+        if revoked == 0:
             raise NotFound("no such pending invitation")
 
     @staticmethod
@@ -291,10 +309,14 @@ class Accounts:
 async def pending_invitee(session: AsyncSession, email: str) -> str | None:
     """The account a pending invitation of the context tenant holds for this address (chats opened
     for the invitee belong to it until they accept); None without one."""
-    user_id: str | None = await driver(session).fetchval(
-        "SELECT user_id FROM invitations WHERE tenant_id = papo_current_tenant() AND email = lower($1) "
-        "AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > now()",
-        email.strip(),
+    user_id: str | None = await session.scalar(
+        select(Invitation.user_id).where(
+            Invitation.tenant_id == func.papo_current_tenant(),
+            Invitation.email == func.lower(email.strip()),
+            Invitation.accepted_at.is_(None),
+            Invitation.revoked_at.is_(None),
+            Invitation.expires_at > func.now(),
+        )
     )
     return user_id
 

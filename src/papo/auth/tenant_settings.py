@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Text, delete, func, select
+from sqlalchemy import update as sql_update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from papo.auth.models import ADMIN_ROLES, Role
+from papo.auth.models import (
+    ADMIN_ROLES,
+    STAFF_ROLES,
+    ApiKey,
+    Invitation,
+    Membership,
+    MembershipRemoval,
+    Role,
+    Tenant,
+    User,
+)
 from papo.auth.service import Principal
 from papo.auth.tenant_cache import TenantCache
-from papo.db.engine import driver
 from papo.errors import Forbidden, InvalidInput, NotFound
 
 MAX_BRAND_NAME = 80
@@ -69,16 +81,19 @@ async def update(
         patch["brand"] = clean_brand(brand)
     if signup_open is not None:
         patch["signup_open"] = signup_open
-    await driver(session).execute(
-        "UPDATE tenants SET settings = settings || $2::jsonb WHERE id = $1", principal.tenant_id, json.dumps(patch)
+    await _merge_settings(session, principal.tenant_id, patch)
+
+
+async def _merge_settings(session: AsyncSession, tenant_id: uuid.UUID, patch: dict[str, Any]) -> None:
+    """Overwrite these top-level keys of the tenant's settings and keep the others."""
+    await session.execute(
+        sql_update(Tenant).where(Tenant.id == tenant_id).values(settings=Tenant.settings.concat(patch))
     )
 
 
 async def setting(session: AsyncSession, tenant_id: uuid.UUID, key: str) -> str | None:
     """One top-level value of the tenant's settings, as text (None when unset)."""
-    value: str | None = await driver(session).fetchval(
-        "SELECT settings->>$2 FROM tenants WHERE id = $1", tenant_id, key
-    )
+    value: str | None = await session.scalar(select(Tenant.settings[key].astext).where(Tenant.id == tenant_id))
     return value
 
 
@@ -86,25 +101,31 @@ async def set_setting(session: AsyncSession, principal: Principal, key: str, val
     """Set (or, with None, remove) one top-level value of the admin's tenant settings."""
     principal.require_admin()
     if value is None:
-        await driver(session).execute(
-            "UPDATE tenants SET settings = settings - $2 WHERE id = $1", principal.tenant_id, key
+        await session.execute(
+            sql_update(Tenant).where(Tenant.id == principal.tenant_id).values(settings=Tenant.settings.op("-")(key))
         )
         return
-    await driver(session).execute(
-        "UPDATE tenants SET settings = settings || $2::jsonb WHERE id = $1",
-        principal.tenant_id,
-        json.dumps({key: value}),
+    await _merge_settings(session, principal.tenant_id, {key: value})
+
+
+async def _members(
+    session: AsyncSession, principal: Principal, *, roles: Collection[Role] | None = None
+) -> list[MemberRow]:
+    """The principal's tenant's members (those in `roles`, when given), ordered by address."""
+    query = (
+        select(User.id, User.email, User.name, Membership.role.cast(Text))
+        .join(Membership, Membership.user_id == User.id)
+        .where(Membership.tenant_id == principal.tenant_id)
+        .order_by(func.lower(func.coalesce(User.email, User.id)))
     )
+    if roles is not None:
+        query = query.where(Membership.role.in_(roles))
+    return [MemberRow(*row) for row in await session.execute(query)]
 
 
 async def members(session: AsyncSession, principal: Principal) -> list[MemberRow]:
     principal.require_admin()
-    rows = await driver(session).fetch(
-        "SELECT u.id, u.email, u.name, m.role::text AS role FROM memberships m JOIN users u ON u.id = m.user_id "
-        "WHERE m.tenant_id = $1 ORDER BY lower(coalesce(u.email, u.id))",
-        principal.tenant_id,
-    )
-    return [MemberRow(r["id"], r["email"], r["name"], r["role"]) for r in rows]
+    return await _members(session, principal)
 
 
 async def _other_members_role(session: AsyncSession, principal: Principal, user_id: str, not_yourself: str) -> str:
@@ -112,8 +133,10 @@ async def _other_members_role(session: AsyncSession, principal: Principal, user_
     principal.require_admin()
     if user_id == principal.user_id:
         raise Forbidden(not_yourself)
-    current: str | None = await driver(session).fetchval(
-        "SELECT role::text FROM memberships WHERE tenant_id = $1 AND user_id = $2", principal.tenant_id, user_id
+    current: str | None = await session.scalar(
+        select(Membership.role.cast(Text)).where(
+            Membership.tenant_id == principal.tenant_id, Membership.user_id == user_id
+        )
     )
     if current is None:
         raise NotFound("no such member in this tenant")
@@ -126,11 +149,10 @@ async def set_role(session: AsyncSession, principal: Principal, user_id: str, ro
     )
     if Role.owner.value in (role.value, current) and principal.role != Role.owner.value:
         raise Forbidden("only owners grant or take the owner role")
-    await driver(session).execute(
-        "UPDATE memberships SET role = $3::membership_role WHERE tenant_id = $1 AND user_id = $2",
-        principal.tenant_id,
-        user_id,
-        role.value,
+    await session.execute(
+        sql_update(Membership)
+        .where(Membership.tenant_id == principal.tenant_id, Membership.user_id == user_id)
+        .values(role=role)
     )
     if current in ADMIN_ROLES and role not in ADMIN_ROLES:
         await _withdraw_admin_powers(session, principal, user_id)
@@ -142,41 +164,41 @@ async def remove_member(session: AsyncSession, principal: Principal, user_id: st
     current = await _other_members_role(session, principal, user_id, "you cannot remove yourself; ask another admin")
     if current == Role.owner.value and principal.role != Role.owner.value:
         raise Forbidden("only owners remove owners")
-    await driver(session).execute(
-        "DELETE FROM memberships WHERE tenant_id = $1 AND user_id = $2", principal.tenant_id, user_id
+    await session.execute(
+        delete(Membership).where(Membership.tenant_id == principal.tenant_id, Membership.user_id == user_id)
     )
     await _withdraw_admin_powers(session, principal, user_id)
     # remembered, so an outside issuer's next token for this person does not provision them again
-    await driver(session).execute(
-        "INSERT INTO membership_removals (tenant_id, user_id) VALUES ($1, $2) "
-        "ON CONFLICT (tenant_id, user_id) DO UPDATE SET removed_at = now()",
-        principal.tenant_id,
-        user_id,
+    await session.execute(
+        insert(MembershipRemoval)
+        .values(tenant_id=principal.tenant_id, user_id=user_id)
+        .on_conflict_do_update(
+            index_elements=[MembershipRemoval.tenant_id, MembershipRemoval.user_id],
+            set_={MembershipRemoval.removed_at: func.now()},
+        )
     )
 
 
 async def _withdraw_admin_powers(session: AsyncSession, principal: Principal, user_id: str) -> None:
     """What a former admin could still use: the API keys they created (they saw the secrets) and
     the invitations they sent (each would admit whoever holds it, with the role they chose)."""
-    connection = driver(session)
-    await connection.execute(
-        "UPDATE api_keys SET revoked_at = now() WHERE tenant_id = $1 AND created_by = $2 AND revoked_at IS NULL",
-        principal.tenant_id,
-        user_id,
+    await session.execute(
+        sql_update(ApiKey)
+        .where(ApiKey.tenant_id == principal.tenant_id, ApiKey.created_by == user_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=func.now())
     )
-    await connection.execute(
-        "UPDATE invitations SET revoked_at = now() "
-        "WHERE tenant_id = $1 AND invited_by = $2 AND accepted_at IS NULL AND revoked_at IS NULL",
-        principal.tenant_id,
-        user_id,
+    await session.execute(
+        sql_update(Invitation)
+        .where(
+            Invitation.tenant_id == principal.tenant_id,
+            Invitation.invited_by == user_id,
+            Invitation.accepted_at.is_(None),
+            Invitation.revoked_at.is_(None),
+        )
+        .values(revoked_at=func.now())
     )
 
 
 async def staff(session: AsyncSession, principal: Principal) -> list[MemberRow]:
     """The company's owners, admins and agents (whom a conversation can be assigned to)."""
-    rows = await driver(session).fetch(
-        "SELECT u.id, u.email, u.name, m.role::text AS role FROM memberships m JOIN users u ON u.id = m.user_id "
-        "WHERE m.tenant_id = $1 AND m.role IN ('owner', 'admin', 'agent') ORDER BY lower(coalesce(u.email, u.id))",
-        principal.tenant_id,
-    )
-    return [MemberRow(r["id"], r["email"], r["name"], r["role"]) for r in rows]
+    return await _members(session, principal, roles=STAFF_ROLES)

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from papo.auth.models import WebSession
 from papo.auth.service import Principal, hash_password
 from papo.db.base import new_id
-from papo.db.engine import RlsContext, apply_context, driver
+from papo.db.engine import RlsContext, apply_context, driver, rows_changed
 from papo.errors import Conflict, Forbidden, Unauthorized
 
 SESSION_COOKIE = "papo_session"
@@ -67,15 +69,15 @@ async def start(
     await apply_context(session, principal.context())
     token = secrets.token_urlsafe(32)
     expires_at = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
-    await driver(session).execute(
-        "INSERT INTO web_sessions (tenant_id, id, user_id, token_hash, user_agent, expires_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6)",
-        principal.tenant_id,
-        new_id(),
-        principal.user_id,
-        token_hash(token),
-        (user_agent or "")[:300] or None,
-        expires_at,
+    await session.execute(
+        insert(WebSession).values(
+            tenant_id=principal.tenant_id,
+            id=new_id(),
+            user_id=principal.user_id,
+            token_hash=token_hash(token),
+            user_agent=(user_agent or "")[:300] or None,
+            expires_at=expires_at,
+        )
     )
     return token, expires_at
 
@@ -94,15 +96,15 @@ async def authenticate(session: AsyncSession, token: str) -> tuple[Principal, uu
 
 async def end(session: AsyncSession, token: str) -> None:
     """Sign this browser out (the context must be the session's member)."""
-    await driver(session).execute("DELETE FROM web_sessions WHERE token_hash = $1", token_hash(token))
+    await session.execute(delete(WebSession).where(WebSession.token_hash == token_hash(token)))
 
 
 async def end_all(session: AsyncSession, principal: Principal) -> int:
     """Sign the member out of every browser (RLS keeps it to their own sessions)."""
-    status = await driver(session).execute(
-        "DELETE FROM web_sessions WHERE tenant_id = $1 AND user_id = $2", principal.tenant_id, principal.user_id
+    return await rows_changed(
+        session,
+        delete(WebSession).where(WebSession.tenant_id == principal.tenant_id, WebSession.user_id == principal.user_id),
     )
-    return int(status.split()[-1])
 
 
 async def public_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> PublicTenant | None:

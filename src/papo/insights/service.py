@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from sqlalchemy import ColumnElement, Uuid, any_, func, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.auth.service import Principal
 from papo.db.engine import driver
 from papo.errors import BadRequest
+from papo.insights.models import MessageSentiment
 from papo.insights.sentiment import SentimentScorer
 from papo.realtime.service import Event
 
@@ -64,14 +67,12 @@ async def message_sentiments(session: AsyncSession, message_ids: Sequence[uuid.U
     """Scores of these messages that the caller may see (row-level security decides)."""
     if not message_ids:
         return {}
-    rows = await driver(session).fetch(
-        "SELECT message_id, score, label, language FROM message_sentiments "
-        "WHERE tenant_id = papo_current_tenant() AND message_id = ANY($1::uuid[])",
-        list(message_ids),
+    rows = await session.execute(
+        select(MessageSentiment.message_id, MessageSentiment.score, MessageSentiment.label, MessageSentiment.language)
+        .where(MessageSentiment.tenant_id == func.papo_current_tenant())
+        .where(MessageSentiment.message_id == any_(_uuid_array(message_ids)))
     )
-    return {
-        row["message_id"]: {"score": row["score"], "label": row["label"], "language": row["language"]} for row in rows
-    }
+    return {row.message_id: {"score": row.score, "label": row.label, "language": row.language} for row in rows}
 
 
 async def session_sentiments(
@@ -80,20 +81,28 @@ async def session_sentiments(
     """Per conversation: the average score, how many messages were scored, and the latest mood."""
     if not session_ids:
         return {}
-    rows = await driver(session).fetch(
-        """
-        SELECT session_id, avg(score) AS average, count(*) AS scored,
-               (array_agg(label ORDER BY scored_at DESC, message_id DESC))[1] AS last_label
-          FROM message_sentiments
-         WHERE tenant_id = papo_current_tenant() AND session_id = ANY($1::uuid[])
-         GROUP BY session_id
-        """,
-        list(session_ids),
+    latest_first = aggregate_order_by(
+        MessageSentiment.label, MessageSentiment.scored_at.desc(), MessageSentiment.message_id.desc()
+    )
+    rows = await session.execute(
+        select(
+            MessageSentiment.session_id,
+            func.avg(MessageSentiment.score).label("average"),
+            func.count().label("scored"),
+            func.array_agg(latest_first)[1].label("last_label"),
+        )
+        .where(MessageSentiment.tenant_id == func.papo_current_tenant())
+        .where(MessageSentiment.session_id == any_(_uuid_array(session_ids)))
+        .group_by(MessageSentiment.session_id)
     )
     return {
-        row["session_id"]: SessionSentiment(round(float(row["average"]), 3), int(row["scored"]), row["last_label"])
-        for row in rows
+        row.session_id: SessionSentiment(round(float(row.average), 3), int(row.scored), row.last_label) for row in rows
     }
+
+
+def _uuid_array(ids: Sequence[uuid.UUID]) -> ColumnElement[list[uuid.UUID]]:
+    """One array parameter, not one parameter per id: a single statement whatever the list's length."""
+    return literal(list(ids), ARRAY(Uuid))
 
 
 @dataclass

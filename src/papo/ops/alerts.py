@@ -20,14 +20,17 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import structlog
+from sqlalchemy import case, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.db.engine import Database, driver
 from papo.mail import Mailer
 from papo.ops.metrics import ALERTS_SENT, OPERATIONAL_COUNTS_SQL
+from papo.ops.models import AlertState, OpsObservation
 from papo.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -97,21 +100,27 @@ class Alerts:
     async def report(self) -> None:
         """This process's recent server errors, for whichever process evaluates."""
         async with self.db.transaction() as session:
-            await driver(session).execute(
-                "INSERT INTO ops_observations (process, name, value) VALUES ($1, 'server_errors', $2) "
-                "ON CONFLICT (process, name) DO UPDATE SET value = EXCLUDED.value, observed_at = now()",
-                self.process,
-                float(recent_server_errors(self.clock())),
+            observation = insert(OpsObservation).values(
+                process=self.process, name="server_errors", value=float(recent_server_errors(self.clock()))
+            )
+            await session.execute(
+                observation.on_conflict_do_update(
+                    index_elements=[OpsObservation.process, OpsObservation.name],
+                    set_={"value": observation.excluded.value, "observed_at": func.now()},
+                )
             )
 
-    async def signals(self, session: Any) -> list[Signal]:
+    async def signals(self, session: AsyncSession) -> list[Signal]:
         s = self.settings
         connection = driver(session)
-        errors = await connection.fetchval(
-            "SELECT coalesce(sum(value), 0) FROM ops_observations "
-            "WHERE name = 'server_errors' AND observed_at > now() - make_interval(secs => $1)",
-            max(ERROR_WINDOW_SECONDS, 2 * s.alert_interval_seconds),
-        )
+        window = timedelta(seconds=max(ERROR_WINDOW_SECONDS, 2 * s.alert_interval_seconds))
+        errors = (
+            await session.execute(
+                select(func.coalesce(func.sum(OpsObservation.value), 0)).where(
+                    OpsObservation.name == "server_errors", OpsObservation.observed_at > func.now() - window
+                )
+            )
+        ).scalar_one()
         found = [
             Signal(
                 "server_errors",
@@ -146,12 +155,11 @@ class Alerts:
         """One round (if no other process is in one): compare signals with what was remembered,
         notify, remember. Returns what was sent."""
         async with self.db.transaction() as session:
-            connection = driver(session)
-            if not await connection.fetchval("SELECT pg_try_advisory_xact_lock($1)", ALERTS_LOCK):
+            if not await driver(session).fetchval("SELECT pg_try_advisory_xact_lock($1)", ALERTS_LOCK):
                 return []
             signals = {signal.key: signal for signal in await self.signals(session)}
-            firing_before = await connection.fetch("SELECT * FROM alert_states WHERE firing")
-            remembered = {row["key"]: row for row in firing_before}
+            firing_before = await session.scalars(select(AlertState).where(AlertState.firing))
+            remembered = {state.key: state for state in firing_before}
             now = datetime.now(UTC)
             repeat = timedelta(minutes=self.settings.alert_repeat_minutes)
             notices: list[Notice] = []
@@ -161,30 +169,43 @@ class Alerts:
                 state = remembered.get(key)
                 if state is None:
                     notices.append(Notice(key, "firing", signal.summary, now))
-                elif state["last_notified_at"] is None or now - state["last_notified_at"] >= repeat:
-                    notices.append(Notice(key, "reminder", signal.summary, state["since"]))
+                elif state.last_notified_at is None or now - state.last_notified_at >= repeat:
+                    notices.append(Notice(key, "reminder", signal.summary, state.since))
             for key, state in remembered.items():
                 if key not in signals or not signals[key].firing:
-                    notices.append(Notice(key, "resolved", state["summary"], state["since"]))
+                    notices.append(Notice(key, "resolved", state.summary, state.since))
             sent = [notice for notice in notices if await self.notify(notice)]
             for notice in sent:
                 if notice.kind == "resolved":
-                    await connection.execute(
-                        "UPDATE alert_states SET firing = false, updated_at = now() WHERE key = $1", notice.key
+                    await session.execute(
+                        update(AlertState)
+                        .where(AlertState.key == notice.key)
+                        .values(firing=False, updated_at=func.now())
                     )
                     continue
                 signal = signals[notice.key]
-                await connection.execute(
-                    "INSERT INTO alert_states (key, rule, firing, summary, value, since, last_notified_at) "
-                    "VALUES ($1, $2, true, $3, $4, $5, now()) "
-                    "ON CONFLICT (key) DO UPDATE SET firing = true, summary = EXCLUDED.summary, "
-                    "value = EXCLUDED.value, last_notified_at = now(), updated_at = now(), "
-                    "since = CASE WHEN alert_states.firing THEN alert_states.since ELSE EXCLUDED.since END",
-                    notice.key,
-                    signal.rule,
-                    signal.summary,
-                    signal.value,
-                    notice.since,
+                firing_state = insert(AlertState).values(
+                    key=notice.key,
+                    rule=signal.rule,
+                    firing=True,
+                    summary=signal.summary,
+                    value=signal.value,
+                    since=notice.since,
+                    last_notified_at=func.now(),
+                )
+                await session.execute(
+                    firing_state.on_conflict_do_update(
+                        index_elements=[AlertState.key],
+                        set_={
+                            "firing": True,
+                            "summary": firing_state.excluded.summary,
+                            "value": firing_state.excluded.value,
+                            "last_notified_at": func.now(),
+                            "updated_at": func.now(),
+                            # a reminder keeps when the alert started; one that fires again starts now
+                            "since": case((AlertState.firing, AlertState.since), else_=firing_state.excluded.since),
+                        },
+                    )
                 )
             return sent
 

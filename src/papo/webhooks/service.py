@@ -25,19 +25,22 @@ from typing import Any
 
 import httpx
 import structlog
+from sqlalchemy import Select, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 from svix.webhooks import Webhook
 
 from papo.auth.service import Principal
 from papo.crypto import KeyBox
 from papo.db.base import new_id
-from papo.db.engine import Database, after_commit, driver
+from papo.db.engine import Database, after_commit, driver, rows_changed
 from papo.errors import InvalidInput, NotFound
 from papo.netguard import NOT_ALLOWED, NetGuard, TargetRefused
 from papo.ops.metrics import WEBHOOK_ATTEMPTS
 from papo.realtime.service import Event
 from papo.settings import Settings
 from papo.waiting import work_when_woken
+from papo.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 log = structlog.get_logger(__name__)
 
@@ -134,30 +137,42 @@ def _check_types(event_types: Sequence[str]) -> list[str]:
     return sorted(set(event_types))
 
 
+ENDPOINT_COLUMNS = (
+    WebhookEndpoint.id,
+    WebhookEndpoint.url,
+    WebhookEndpoint.description,
+    WebhookEndpoint.event_types,
+    WebhookEndpoint.is_active,
+    WebhookEndpoint.created_at,
+    WebhookEndpoint.updated_at,
+)
+DELIVERY_COLUMNS = (
+    WebhookDelivery.id,
+    WebhookDelivery.event_id,
+    WebhookDelivery.event_type,
+    WebhookDelivery.status,
+    WebhookDelivery.attempts,
+    WebhookDelivery.next_attempt_at,
+    WebhookDelivery.last_attempt_at,
+    WebhookDelivery.last_status_code,
+    WebhookDelivery.last_error,
+    WebhookDelivery.delivered_at,
+    WebhookDelivery.replay_of,
+    WebhookDelivery.created_at,
+    WebhookDelivery.payload,
+)
+
+
 def _endpoint(row: Any) -> Endpoint:
     return Endpoint(
-        row["id"],
-        row["url"],
-        row["description"],
-        list(row["event_types"]),
-        row["is_active"],
-        row["created_at"],
-        row["updated_at"],
+        row.id,
+        row.url,
+        row.description,
+        list(row.event_types),
+        row.is_active,
+        row.created_at,
+        row.updated_at,
     )
-
-
-_INSERT_ENDPOINT = (
-    "INSERT INTO webhook_endpoints (tenant_id, id, url, description, event_types, secret_sealed) "
-    "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, url, description, event_types, is_active, created_at, updated_at"
-)
-_SELECT_ENDPOINTS = (
-    "SELECT id, url, description, event_types, is_active, created_at, updated_at FROM webhook_endpoints "
-    "WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id = $2) ORDER BY created_at"
-)
-_UPDATE_ENDPOINT = (
-    "UPDATE webhook_endpoints SET url = $3, description = $4, event_types = $5, is_active = $6 "
-    "WHERE tenant_id = $1 AND id = $2 RETURNING id, url, description, event_types, is_active, created_at, updated_at"
-)
 
 
 class WebhookService:
@@ -172,7 +187,7 @@ class WebhookService:
         guard: NetGuard | None = None,
     ) -> None:
         principal.require_admin()
-        self.db = driver(session)
+        self.db = session
         self.principal = principal
         self.settings = settings
         self.keys = keys
@@ -182,23 +197,32 @@ class WebhookService:
         types = _check_types(event_types)
         await check_target(url, self.guard)
         secret = new_secret()
-        row = await self.db.fetchrow(
-            _INSERT_ENDPOINT,
-            self.principal.tenant_id,
-            new_id(),
-            url,
-            description,
-            types,
-            self.keys.seal(secret),
+        created = await self.db.execute(
+            insert(WebhookEndpoint)
+            .values(
+                tenant_id=self.principal.tenant_id,
+                id=new_id(),
+                url=url,
+                description=description,
+                event_types=types,
+                secret_sealed=self.keys.seal(secret),
+            )
+            .returning(*ENDPOINT_COLUMNS)
         )
-        return _endpoint(row), secret
+        return _endpoint(created.one()), secret
+
+    def _endpoints(self) -> Select[uuid.UUID, str, str | None, list[str], bool, datetime, datetime]:
+        return (
+            select(*ENDPOINT_COLUMNS)
+            .where(WebhookEndpoint.tenant_id == self.principal.tenant_id)
+            .order_by(WebhookEndpoint.created_at)
+        )
 
     async def endpoints(self) -> list[Endpoint]:
-        rows = await self.db.fetch(_SELECT_ENDPOINTS, self.principal.tenant_id, None)
-        return [_endpoint(row) for row in rows]
+        return [_endpoint(row) for row in await self.db.execute(self._endpoints())]
 
     async def get(self, endpoint_id: uuid.UUID) -> Endpoint:
-        row = await self.db.fetchrow(_SELECT_ENDPOINTS, self.principal.tenant_id, endpoint_id)
+        row = (await self.db.execute(self._endpoints().where(WebhookEndpoint.id == endpoint_id))).first()
         if row is None:
             raise NotFound("no such webhook")
         return _endpoint(row)
@@ -209,50 +233,63 @@ class WebhookService:
         types = _check_types(changes["event_types"]) if "event_types" in changes else current.event_types
         if url != current.url:
             await check_target(url, self.guard)
-        row = await self.db.fetchrow(
-            _UPDATE_ENDPOINT,
-            self.principal.tenant_id,
-            endpoint_id,
-            url,
-            changes.get("description", current.description),
-            types,
-            changes.get("is_active", current.is_active),
+        updated = await self.db.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.tenant_id == self.principal.tenant_id, WebhookEndpoint.id == endpoint_id)
+            .values(
+                url=url,
+                description=changes.get("description", current.description),
+                event_types=types,
+                is_active=changes.get("is_active", current.is_active),
+            )
+            .returning(*ENDPOINT_COLUMNS)
         )
-        return _endpoint(row)
+        return _endpoint(updated.one())
 
     async def delete(self, endpoint_id: uuid.UUID) -> None:
-        status = await self.db.execute(
-            "DELETE FROM webhook_endpoints WHERE tenant_id = $1 AND id = $2", self.principal.tenant_id, endpoint_id
+        deleted = await rows_changed(
+            self.db,
+            delete(WebhookEndpoint).where(
+                WebhookEndpoint.tenant_id == self.principal.tenant_id, WebhookEndpoint.id == endpoint_id
+            ),
         )
-        if status == "DELETE 0":
+        if deleted == 0:
             raise NotFound("no such webhook")
 
     async def deliveries(self, endpoint_id: uuid.UUID, limit: int, before: int | None) -> list[dict[str, Any]]:
         await self.get(endpoint_id)
-        rows = await self.db.fetch(
-            "SELECT id, event_id, event_type, status, attempts, next_attempt_at, last_attempt_at, last_status_code, "
-            "last_error, delivered_at, replay_of, created_at, payload FROM webhook_deliveries "
-            "WHERE tenant_id = $1 AND endpoint_id = $2 AND ($3::bigint IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
-            self.principal.tenant_id,
-            endpoint_id,
-            before,
-            limit,
+        query = select(*DELIVERY_COLUMNS).where(
+            WebhookDelivery.tenant_id == self.principal.tenant_id, WebhookDelivery.endpoint_id == endpoint_id
         )
-        return [dict(row) for row in rows]
+        if before is not None:
+            query = query.where(WebhookDelivery.id < before)
+        rows = await self.db.execute(query.order_by(WebhookDelivery.id.desc()).limit(limit))
+        return [dict(row) for row in rows.mappings()]
 
     async def replay(self, endpoint_id: uuid.UUID, delivery_id: int) -> dict[str, Any]:
         """The same payload again, as a new delivery (the original's log stays as it was)."""
         await self.get(endpoint_id)
-        row = await self.db.fetchrow(
-            "INSERT INTO webhook_deliveries (tenant_id, endpoint_id, event_id, event_type, payload, replay_of) "
-            "SELECT tenant_id, endpoint_id, event_id, event_type, payload, id FROM webhook_deliveries "
-            "WHERE tenant_id = $1 AND endpoint_id = $2 AND id = $3 "
-            "RETURNING id, event_id, event_type, status, attempts, next_attempt_at, last_attempt_at, "
-            "last_status_code, last_error, delivered_at, replay_of, created_at, payload",
-            self.principal.tenant_id,
-            endpoint_id,
-            delivery_id,
+        original = aliased(WebhookDelivery)
+        replayed = await self.db.execute(
+            insert(WebhookDelivery)
+            .from_select(
+                ["tenant_id", "endpoint_id", "event_id", "event_type", "payload", "replay_of"],
+                select(
+                    original.tenant_id,
+                    original.endpoint_id,
+                    original.event_id,
+                    original.event_type,
+                    original.payload,
+                    original.id,
+                ).where(
+                    original.tenant_id == self.principal.tenant_id,
+                    original.endpoint_id == endpoint_id,
+                    original.id == delivery_id,
+                ),
+            )
+            .returning(*DELIVERY_COLUMNS)
         )
+        row = replayed.mappings().first()
         if row is None:
             raise NotFound("no such delivery")
         return dict(row)
@@ -266,16 +303,12 @@ class WebhookService:
             "event_id": None,
             "data": {},
         }
-        row = await self.db.fetchrow(
-            "INSERT INTO webhook_deliveries (tenant_id, endpoint_id, event_type, payload) VALUES ($1, $2, $3, $4) "
-            "RETURNING id, event_id, event_type, status, attempts, next_attempt_at, last_attempt_at, "
-            "last_status_code, last_error, delivered_at, replay_of, created_at, payload",
-            self.principal.tenant_id,
-            endpoint_id,
-            TEST_EVENT,
-            json.dumps(payload),
+        queued = await self.db.execute(
+            insert(WebhookDelivery)
+            .values(tenant_id=self.principal.tenant_id, endpoint_id=endpoint_id, event_type=TEST_EVENT, payload=payload)
+            .returning(*DELIVERY_COLUMNS)
         )
-        return dict(row)
+        return dict(queued.mappings().one())
 
 
 class WebhookSender:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from papo.assistants.replies import ReplyManager
@@ -318,10 +318,10 @@ class WhatsappHub:
                     continue
                 with contextlib.suppress(Exception):
                     async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
-                        await driver(session).execute(
-                            "UPDATE whatsapp_sessions SET last_seen = now() WHERE tenant_id = $1 AND id = $2",
-                            key.tenant_id,
-                            key.session_id,
+                        await session.execute(
+                            update(WhatsappSession)
+                            .where(WhatsappSession.tenant_id == key.tenant_id, WhatsappSession.id == key.session_id)
+                            .values(last_seen=func.now())
                         )
 
     async def load_existing_sessions(self) -> dict[str, int]:

@@ -12,13 +12,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Protocol
 
 from fastapi import Depends
-from sqlalchemy import func, select
+from sqlalchemy import Boolean, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.auth.service import Principal
 from papo.db.base import new_id
-from papo.db.engine import driver
 from papo.errors import Conflict, NotFound
 from papo.ops.ratelimit import RateLimiter
 from papo.runtime import current_runtime
@@ -95,14 +94,17 @@ class SessionService:
     async def _check_number_free(self, number: str, *, except_id: uuid.UUID | None = None) -> None:
         """A Cloud API number this company already has (active), or that another company verified,
         is not registered again; an unverified claim of another company blocks nobody (0021)."""
-        taken = await driver(self.db).fetchval(
-            "SELECT EXISTS (SELECT 1 FROM whatsapp_sessions WHERE tenant_id = $1 AND transport = 'cloud' "
-            "AND is_active AND config->>'phone_number_id' = $2 AND id IS DISTINCT FROM $3) "
-            "OR papo_whatsapp_number_connected($2, $3)",
-            self.principal.tenant_id,
-            number,
-            except_id,
+        this_company = exists().where(
+            WhatsappSession.tenant_id == self.principal.tenant_id,
+            WhatsappSession.transport == "cloud",
+            WhatsappSession.is_active,
+            WhatsappSession.config["phone_number_id"].astext == number,
+            WhatsappSession.id.is_distinct_from(except_id),
         )
+        verified_elsewhere = func.papo_whatsapp_number_connected(number, except_id, type_=Boolean)
+        # the row's pending changes are flushed by _flush_checked, which turns a lost race into a 409
+        with self.db.no_autoflush:
+            taken = await self.db.scalar(select(or_(this_company, verified_elsewhere)))
         if taken:
             raise Conflict(NUMBER_TAKEN)
 
