@@ -29,6 +29,7 @@ sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(0, str(BENCH_DIR.parent))
 from tests.fake_openai import API_KEY, FakeOpenAI  # noqa: E402
 
+import papo.models  # noqa: E402, F401  (every table, so cross-feature foreign keys resolve)
 from papo.auth import service as auth_service  # noqa: E402
 from papo.auth.models import Role  # noqa: E402
 from papo.auth.tokens import SigningKey, issue_token  # noqa: E402

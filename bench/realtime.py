@@ -25,6 +25,7 @@ import httpx
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import papo.models  # noqa: F401  (every table, so cross-feature foreign keys resolve)
 from papo.auth import service as auth_service
 from papo.auth.models import Role
 from papo.auth.tokens import SigningKey, issue_token

@@ -30,6 +30,7 @@ import httpx
 from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import papo.models  # noqa: F401  (every table, so cross-feature foreign keys resolve)
 from loadgen import LoadResult, build_request, run_load, sequential_latency
 from papo.auth import service as auth_service
 from papo.auth.models import Role

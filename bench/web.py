@@ -23,6 +23,7 @@ from playwright.async_api import Browser, async_playwright
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
+import papo.models  # noqa: E402, F401  (every table, so cross-feature foreign keys resolve)
 from papo.auth import service as auth_service  # noqa: E402
 from papo.auth.models import Role  # noqa: E402
 from papo.db.engine import Database  # noqa: E402

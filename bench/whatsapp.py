@@ -33,6 +33,7 @@ sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(0, str(BENCH_DIR.parent))
 from tests.support import FakeGraphApi  # noqa: E402
 
+import papo.models  # noqa: E402, F401  (every table, so cross-feature foreign keys resolve)
 from papo.auth import service as auth_service  # noqa: E402
 from papo.auth.models import Role  # noqa: E402
 from papo.auth.tokens import SigningKey, issue_token  # noqa: E402

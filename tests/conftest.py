@@ -20,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.engine import URL
 
+import papo.models  # noqa: F401  (every table, so cross-feature foreign keys resolve)
 from papo.app import create_app
 from papo.auth import service as auth_service
 from papo.auth.models import Role

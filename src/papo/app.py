@@ -11,6 +11,7 @@ import httpx
 import structlog
 from fastapi import FastAPI
 
+import papo.models  # noqa: F401  (every table, so cross-feature foreign keys resolve)
 from papo import __version__
 from papo.assistants.api import AssistantsRuntime, usage_router
 from papo.assistants.api import router as assistants_router

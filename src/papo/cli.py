@@ -14,6 +14,7 @@ import typer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import papo.models  # noqa: F401  (every table, so cross-feature foreign keys resolve)
 from papo.auth import service as auth_service
 from papo.auth.invitations import Accounts, CreatedInvitation
 from papo.auth.models import Role
