@@ -168,6 +168,7 @@ def settings(
         outbound_allowed_targets=["127.0.0.0/8"],  # fakes and receivers listen there: allowed explicitly
         webhook_first_retry_seconds=0.2,
         webhook_poll_seconds=0.2,
+        media_poll_seconds=0.2,  # retried downloads come round quickly
         alert_interval_seconds=3600,  # tests evaluate alerts themselves
         _env_file=None,  # type: ignore[call-arg]
     )

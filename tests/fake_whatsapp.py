@@ -13,6 +13,7 @@ import json
 import secrets
 from typing import Any
 
+from papo.chat.attachments import NewAttachment
 from papo.whatsapp.transports.base import InboundMessage, SessionEvents, SessionKey, Transport
 
 
@@ -81,9 +82,10 @@ class FakeTransport(Transport):
         name: str | None = None,
         external_id: str | None = None,
         kind: str = "text",
+        attachments: tuple[NewAttachment, ...] = (),
     ) -> str:
         external_id = external_id or "wamid.in-" + secrets.token_hex(8)
-        await self.events[key].message(InboundMessage(external_id, wa_id, name, text, kind))
+        await self.events[key].message(InboundMessage(external_id, wa_id, name, text, kind, attachments))
         return external_id
 
     async def receipt(self, key: SessionKey, external_id: str, status: str) -> None:

@@ -297,13 +297,18 @@ class FakeOidcProvider:
 
 
 class FakeGraphApi:
-    """Meta's Graph API for WhatsApp over real HTTP: a number's details and sending messages, with
-    the bearer token checked. Records what was sent."""
+    """Meta's Graph API for WhatsApp over real HTTP: a number's details, sending messages, and media
+    (a media id's short-lived URL, then the download from it), with the bearer token checked.
+    Records what was sent; `media` holds what customers sent (id -> bytes, mime type), and ids in
+    `failing_media` answer 500."""
 
     access_token = "EAAG-test-token"  # test-only credential of the fake API
 
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
+        self.media: dict[str, tuple[bytes, str]] = {}
+        self.failing_media: set[str] = set()
+        self.downloads = 0
         api = self
 
         class Handler(JsonHandler):
@@ -314,9 +319,38 @@ class FakeGraphApi:
                 return False
 
             def do_GET(self) -> None:
-                if self._authorised():
-                    number = self.path.strip("/").split("/")[-1]
+                if not self._authorised():
+                    return
+                parts = self.path.strip("/").split("/")
+                if len(parts) > 1 and parts[-2] == "media-download":
+                    return self._download(parts[-1])
+                found = api.media.get(parts[-1])
+                if parts[-1] in api.failing_media:
+                    self._json({"error": {"message": "Service temporarily unavailable", "code": 2}}, 500)
+                elif found is not None:
+                    body, mime_type = found
+                    self._json(
+                        {
+                            "messaging_product": "whatsapp",
+                            "url": f"{api.url}/media-download/{parts[-1]}",
+                            "mime_type": mime_type,
+                            "sha256": hashlib.sha256(body).hexdigest(),
+                            "file_size": len(body),
+                            "id": parts[-1],
+                        }
+                    )
+                else:
+                    number = parts[-1]
                     self._json({"id": number, "display_phone_number": "+55 11 4000-0000", "verified_name": "Loja"})
+
+            def _download(self, media_id: str) -> None:
+                body, mime_type = api.media[media_id]
+                api.downloads += 1
+                self.send_response(200)
+                self.send_header("Content-Type", mime_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def do_POST(self) -> None:
                 if not self._authorised():

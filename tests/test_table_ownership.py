@@ -25,7 +25,7 @@ OWNERS: dict[str, list[str]] = {
         "membership_removals",
         "user_identities",
     ],
-    "chat": ["chat_sessions", "messages", "contacts"],
+    "chat": ["chat_sessions", "messages", "contacts", "attachments", "blob_deletions"],
     "realtime": ["events", "events_retention", "outbox_cursors"],
     "assistants": ["assistants", "usage_daily"],
     "whatsapp": ["whatsapp_sessions", "whatsapp_webhook_deliveries"],

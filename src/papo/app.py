@@ -25,8 +25,12 @@ from papo.auth.tenant_cache import CHANNEL as TENANT_CHANNEL
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
 from papo.background import Workers
+from papo.blobs import FileBlobStore
 from papo.chat.api import ChatRuntime
 from papo.chat.api import router as chat_router
+from papo.chat.attachments import delete_removed_blobs
+from papo.chat.attachments_api import AttachmentsRuntime
+from papo.chat.attachments_api import router as attachments_router
 from papo.chat.legacy_api import router as legacy_chat_router
 from papo.crypto import KeyBox
 from papo.db.engine import Database, locate_database
@@ -58,6 +62,7 @@ from papo.webhooks.service import WebhookSender
 from papo.whatsapp.api import conversations_router
 from papo.whatsapp.api import router as whatsapp_router
 from papo.whatsapp.hub import WhatsappHub
+from papo.whatsapp.media import MediaDownloads
 from papo.whatsapp.service import WhatsappRuntime
 from papo.whatsapp.transports.registry import load_transports
 from papo.whatsapp.webhook import process as process_webhook
@@ -108,6 +113,7 @@ def create_app(
             replies = ReplyManager(db, settings, keys, hub)
             oidc = OidcClients(http, settings, keys.secret)
             whatsapp = WhatsappHub(db, settings, load_transports(settings, http), keys, replies)
+            blobs = FileBlobStore(settings.data_dir / "blobs")
             replies.on_complete = whatsapp.bot_reply_completed
             state = AppState(
                 settings,
@@ -127,6 +133,8 @@ def create_app(
                 Accounts(settings, keys.secret),
                 AssistantReplies(settings, keys),
                 workers,
+                blobs,
+                MediaDownloads(db, settings, blobs, whatsapp),
             )
             satisfies_every_feature(state)  # mypy's check that every feature's runtime Protocol holds
             app.state.papo = state
@@ -138,6 +146,8 @@ def create_app(
             workers.start("whatsapp-restore", whatsapp.load_existing_sessions)
             workers.start("whatsapp-heartbeat", whatsapp.heartbeat)
             workers.start("whatsapp-ingest", partial(whatsapp.ingest.run, partial(process_webhook, state)))
+            workers.start("whatsapp-media", state.media.run)
+            workers.start("blob-deletions", partial(delete_removed_blobs, db, blobs, settings.media_poll_seconds))
             workers.start("maintenance", partial(maintenance_loop, db, settings, replies))
             if settings.sentiment_enabled:
                 scoring = OutboxConsumer(
@@ -178,6 +188,7 @@ def create_app(
     app.add_middleware(RequestContextMiddleware, metrics=settings.metrics_enabled, access_log=settings.access_log)
     app.include_router(auth_router)
     app.include_router(chat_router)
+    app.include_router(attachments_router)
     app.include_router(legacy_chat_router)
     app.include_router(realtime_router)
     app.include_router(assistants_router)
@@ -213,10 +224,11 @@ def satisfies_every_feature(
     WhatsappRuntime,
     OpsRuntime,
     WebRuntime,
+    AttachmentsRuntime,
 ]:
     """The wiring's object seen as each feature's runtime: mypy checks here that it gives every
     feature what its Protocol asks for."""
-    return (state, state, state, state, state, state, state, state, state)
+    return (state, state, state, state, state, state, state, state, state, state)
 
 
 def app_state_of(app: FastAPI) -> AppState:

@@ -147,6 +147,22 @@ class Settings(BaseSettings):
     # (`papo whatsapp dead-letters`, `papo whatsapp replay`).
     whatsapp_webhook_max_attempts: int = Field(default=8, ge=1, le=1000)
     whatsapp_webhook_retry_seconds: float = Field(default=30.0, gt=0)
+    # What the bot answers a customer who sends only a file (a photo, a voice note, a document) it
+    # cannot read; the conversation then waits for a person.
+    whatsapp_text_only_notice: str = (
+        "Recebi seu arquivo, mas só consigo ler mensagens de texto. Uma pessoa da equipe vai ver e responder em breve."
+    )
+
+    # Media (photos, voice notes, videos, documents) kept with their messages: files in a blob store,
+    # under data_dir unless an S3-compatible bucket is configured. media_max_bytes caps one file (a
+    # larger one is kept as "too large" and not stored); media_quota_bytes caps what one tenant
+    # stores in all (0: no cap). Downloads that fail are retried after media_retry_seconds,
+    # doubling, media_max_attempts times; then the media is "unavailable".
+    media_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    media_quota_bytes: int = Field(default=0, ge=0)
+    media_max_attempts: int = Field(default=6, ge=1, le=100)
+    media_retry_seconds: float = Field(default=30.0, gt=0)
+    media_poll_seconds: float = Field(default=5.0, gt=0)
 
     # Insights. Sentiment of user and customer messages is scored in the background; text whose
     # language is unclear is taken to be in sentiment_default_language. Estimated AI cost uses

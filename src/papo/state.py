@@ -15,6 +15,7 @@ from papo.auth.tenant_cache import TenantCache
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
 from papo.background import Workers
+from papo.blobs import BlobStore
 from papo.crypto import KeyBox
 from papo.db.engine import Database
 from papo.ops.alerts import Alerts
@@ -24,6 +25,7 @@ from papo.realtime.hub import EventHub
 from papo.settings import Settings
 from papo.webhooks.service import WebhookSender
 from papo.whatsapp.hub import WhatsappHub
+from papo.whatsapp.media import MediaDownloads
 
 
 @dataclass
@@ -45,5 +47,7 @@ class AppState:
     accounts: Accounts
     conversations: AssistantReplies
     workers: Workers
+    blobs: BlobStore
+    media: MediaDownloads
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     tenants: TenantCache = field(default_factory=TenantCache)

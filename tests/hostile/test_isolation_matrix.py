@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import TypeAdapter
 
 from papo.auth.models import Role
+from papo.chat.attachments import NewAttachment
 from tests.fake_whatsapp import FakeTransport
 from tests.support import (
     WHATSAPP_SESSIONS,
@@ -123,7 +124,11 @@ async def victim_world(client: httpx.AsyncClient, tenant: TenantHandle, fake: Fa
     await fake.scan(wa_key, "+5511900001111")
     await wait_status(client, admin, number["id"], "WORKING")
     await fake.customer_writes(wa_key, "cliente da vítima", wa_id="5511900002222")
+    where = NewAttachment(kind="location", data={"latitude": -23.5, "longitude": -46.6, "name": None, "address": None})
+    await fake.customer_writes(wa_key, "", wa_id="5511900002222", kind="location", attachments=(where,))
     conversation = (await client.get("/api/v1/whatsapp/conversations", headers=admin.headers)).json()[0]
+    conversation_messages = f"/api/v1/whatsapp/conversations/{conversation['id']}/messages"
+    (attachment,) = (await client.get(conversation_messages, headers=admin.headers)).json()[-1]["attachments"]
     receiver = WebhookReceiver()
     hook = await client.post(
         "/api/v1/webhooks", json={"url": receiver.url, "event_types": ["message.created"]}, headers=admin.headers
@@ -147,6 +152,7 @@ async def victim_world(client: httpx.AsyncClient, tenant: TenantHandle, fake: Fa
             "key_id": str(key.id),
             "user_id": member.user_id,
             "invitation_id": invitation.json()["id"],
+            "attachment_id": attachment["id"],
         },
     }
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import struct
 import uuid
+import zlib
 from typing import Any
 
 import httpx
@@ -17,6 +19,10 @@ from tests.fake_openai import FakeOpenAI
 from tests.support import FakeOidcProvider, Member, TenantHandle, WebhookReceiver, create_session
 from tests.support import send as send_over_api
 from tests.web.conftest import default_assistant, screenshot, set_tenant_settings, sign_in, watch_errors
+from tests.whatsapp.test_cloud import cloud_number
+from tests.whatsapp.test_media import OGG, PDF, deliver, media_message, new_media
+
+__all__ = ["cloud_number"]  # the fixture
 
 STREAMING = '.msg.assistant[data-state="streaming"]'
 
@@ -555,4 +561,63 @@ class TestWhatsappPages:
         await page.click("[data-inbox-action=close]")
         await expect(page.locator("[data-inbox-action=reopen]")).to_be_visible()
         await screenshot(page, "inbox")
+        assert errors == []
+
+
+def tiny_png(width: int = 40, height: int = 30) -> bytes:
+    """A real PNG (a solid colour), so the browser can draw the thumbnail."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\x20\x80\xc0" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+class TestInboxMedia:
+    async def test_a_customers_photo_voice_note_document_and_location_appear_live(
+        self,
+        context: BrowserContext,
+        live_url: str,
+        client: httpx.AsyncClient,
+        cloud_number: Any,
+        graph_api: Any,
+        database: Any,
+    ) -> None:
+        tenant, _, _, number = cloud_number
+        agent = await tenant.member(Role.agent)
+        page = await context.new_page()
+        errors = watch_errors(page)
+        hello = {"from": "5511988887777", "id": "wamid.hi", "timestamp": "1", "type": "text", "text": {"body": "Oi"}}
+        await deliver(client, database, number, hello)
+        await sign_in(page, live_url, agent, next_path="/inbox")
+        await page.click("#conversations .chat-item a")
+        await expect(page.locator("#messages .msg.user")).to_have_count(1)
+        photo, voice = new_media(graph_api, tiny_png(), "image/png"), new_media(graph_api, OGG, "audio/ogg")
+        pdf = new_media(graph_api, PDF, "application/pdf")
+        await deliver(
+            client,
+            database,
+            number,
+            media_message("wamid.ph", "5511988887777", "image", photo, caption="comprovante", mime_type="image/png"),
+            media_message("wamid.vo", "5511988887777", "audio", voice, voice=True),
+            media_message("wamid.pd", "5511988887777", "document", pdf, filename="boleto.pdf"),
+            {"from": "5511988887777", "id": "wamid.lo", "timestamp": "2", "type": "location",
+             "location": {"latitude": -23.55, "longitude": -46.63, "name": "Loja Centro"}},
+        )  # fmt: skip
+        image = page.locator("#messages .attachment.image img")
+        await expect(image).to_be_visible(timeout=10_000)  # live: pending, then the stored photo
+        await page.wait_for_function("() => document.querySelector('.attachment.image img').naturalWidth === 40")
+        await expect(page.locator("#messages .attachment.voice audio")).to_have_count(1)
+        document = page.locator("#messages .attachment.document a.file")
+        await expect(document).to_contain_text("boleto.pdf")
+        await expect(document).to_contain_text("KB")
+        location = page.locator("#messages .attachment.location a")
+        await expect(location).to_contain_text("Loja Centro")
+        assert "openstreetmap.org" in (await location.get_attribute("href") or "")
+        await screenshot(page, "inbox-media")
+        await page.reload()  # the same, rendered by the server
+        await expect(page.locator("#messages .attachment")).to_have_count(4)
+        await expect(page.locator("#messages .msg.user .body").nth(1)).to_have_text("comprovante")
         assert errors == []

@@ -125,7 +125,8 @@ async def test_signed_deliveries_stored_once_replies_and_receipts(
     assert [c["contact_name"] for c in conversations] == ["Kerry Fisher"]
     conversation_id = conversations[0]["id"]
     messages = (await client.get(f"{INBOX}/{conversation_id}/messages", headers=admin.headers)).json()
-    assert [m["content"] for m in messages] == ["Oi!", "[unsupported message: image]"]
+    assert [m["content"] for m in messages] == ["Oi!", "meu comprovante"]  # the photo's caption
+    assert [a["kind"] for a in messages[1]["attachments"]] == ["image"]
 
     sent = await client.post(
         f"{INBOX}/{conversation_id}/messages", json={"content": "Olá Kerry!"}, headers=admin.headers

@@ -16,6 +16,8 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.auth.service import Principal
+from papo.chat.attachments import Attachments, NewAttachment, attachment_view
+from papo.chat.models import Attachment
 from papo.chat.records import message_payload
 from papo.db.base import new_id
 from papo.db.engine import driver
@@ -63,10 +65,14 @@ class ChannelConversations:
         self.principal = principal
         self.channel = channel
 
-    def _announce_message(self, row: Any) -> dict[str, Any]:
-        values = plain(row)
+    def _announce_message(self, row: Any, attachments: list[Attachment] | None = None) -> dict[str, Any]:
+        values = plain(row) | {"attachments": [attachment_view(a) for a in attachments or []]}
         payload = message_payload(
-            values, channel=self.channel, external_id=values["external_id"], delivery_status=values["delivery_status"]
+            values,
+            channel=self.channel,
+            external_id=values["external_id"],
+            delivery_status=values["delivery_status"],
+            attachments=values["attachments"],
         )
         emit(self.db, "message.created", payload, tenant_id=self.principal.tenant_id, user_id=None)
         return values
@@ -125,9 +131,15 @@ class ChannelConversations:
         return conversation_id
 
     async def store_inbound(
-        self, conversation_id: uuid.UUID, content: str, metadata: dict[str, Any], external_id: str
+        self,
+        conversation_id: uuid.UUID,
+        content: str,
+        metadata: dict[str, Any],
+        external_id: str,
+        attachments: tuple[NewAttachment, ...] = (),
     ) -> dict[str, Any] | None:
-        """A customer's message, stored once by its channel id (None: delivered before) and announced."""
+        """A customer's message with what it carries, stored once by its channel id (None: delivered
+        before) and announced."""
         connection = driver(self.db)
         row = await connection.fetchrow(
             f"""
@@ -150,7 +162,8 @@ class ChannelConversations:
             self.principal.tenant_id,
             conversation_id,
         )
-        return self._announce_message(row)
+        stored = await Attachments(self.db, self.principal).add(plain(row), list(attachments))
+        return self._announce_message(row, stored)
 
     async def hand_off(self, conversation_id: uuid.UUID) -> None:
         """The bot stops answering; the conversation waits for a person."""
@@ -191,7 +204,8 @@ class ChannelConversations:
             conversation_id,
             limit,
         )
-        return [plain(row) for row in rows]
+        attached = await Attachments(self.db, self.principal).for_messages([row["id"] for row in rows])
+        return [plain(row) | {"attachments": [attachment_view(a) for a in attached.get(row["id"], [])]} for row in rows]
 
     async def set_ticket(
         self, conversation_id: uuid.UUID, status: str, assigned_to: str | None, bot_enabled: bool

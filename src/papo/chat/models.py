@@ -8,13 +8,16 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Computed,
     DateTime,
     Enum,
     ForeignKey,
     ForeignKeyConstraint,
+    Identity,
     Index,
+    Integer,
     Text,
     UniqueConstraint,
     func,
@@ -214,3 +217,67 @@ class Contact(Timestamps, Base):
     name: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (UniqueConstraint("tenant_id", "wa_id", name="uq_contacts_tenant_wa_id"),)
+
+
+class Attachment(Base):
+    """A file or structured part of a message (migration 0024): visible exactly when its message is."""
+
+    __tablename__ = "attachments"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    message_id: Mapped[uuid.UUID] = mapped_column(nullable=False)
+    session_id: Mapped[uuid.UUID] = mapped_column(nullable=False)
+    channel: Mapped[Channel] = mapped_column(_pg_enum(Channel, "chat_channel"), nullable=False)
+    user_id: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    state: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'pending'"))
+    mime_type: Mapped[str | None] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(Text)
+    file_name: Mapped[str | None] = mapped_column(Text)
+    caption: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    blob_key: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    transcript: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "message_id"],
+            ["messages.tenant_id", "messages.id"],
+            ondelete="CASCADE",
+            name="fk_attachments_message",
+        ),
+        CheckConstraint(
+            "kind IN ('image', 'audio', 'voice', 'video', 'document', 'sticker', 'location', 'contacts')",
+            name="kind",
+        ),
+        CheckConstraint("state IN ('pending', 'stored', 'unavailable', 'rejected')", name="state"),
+        CheckConstraint("size IS NULL OR size >= 0", name="size"),
+        CheckConstraint("state <> 'stored' OR kind IN ('location', 'contacts') OR blob_key IS NOT NULL", name="stored"),
+        Index("ix_attachments_message", "tenant_id", "message_id"),
+        Index("ix_attachments_pending", "next_attempt_at", postgresql_where=text("state = 'pending'")),
+        Index(
+            "ix_attachments_stored_size",
+            "tenant_id",
+            postgresql_include=["size"],
+            postgresql_where=text("blob_key IS NOT NULL"),
+        ),
+    )
+
+
+class BlobDeletion(Base):
+    """A blob whose attachment row is gone, waiting for the worker that deletes it."""
+
+    __tablename__ = "blob_deletions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    blob_key: Mapped[str] = mapped_column(Text, nullable=False)
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())

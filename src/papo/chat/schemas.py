@@ -167,3 +167,22 @@ class LegacyMessageCreate(Strict):
 
 class LegacyDeleted(BaseModel):
     success: bool = True
+
+
+class AttachmentOut(BaseModel):
+    """A file or structured part of a message. `url` serves the file once it is `stored`."""
+
+    id: uuid.UUID
+    message_id: uuid.UUID
+    kind: Literal["image", "audio", "voice", "video", "document", "sticker", "location", "contacts"]
+    state: Literal["pending", "stored", "unavailable", "rejected"] = Field(
+        description="pending: being fetched (error says why the last try failed); rejected: not kept (error says why)"
+    )
+    mime_type: str | None = None
+    size: int | None = None
+    file_name: str | None = None
+    caption: str | None = None
+    data: dict[str, Any] | None = Field(default=None, description="A location's coordinates, or shared contact cards.")
+    transcript: str | None = None
+    error: str | None = None
+    url: str | None = None

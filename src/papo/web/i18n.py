@@ -79,8 +79,16 @@ class Translator:
     def number(self, value: float) -> str:
         return format_decimal(value, locale=self.locale)
 
+    def size(self, value: int | None) -> str:
+        """A file's size as people read it (1024-based, one decimal)."""
+        if value is None:
+            return ""
+        for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+            if value >= scale:
+                return f"{format_decimal(value / scale, format='#,##0.#', locale=self.locale)} {unit}"
+        return f"{value} B"
+
     def catalog(self) -> dict[str, str]:
         """The strings the page script needs (sent as JSON in the page)."""
-        return {
-            k: v for k, v in self.messages.items() if k.split(".")[0] in {"chat", "dash", "rt", "auth", "inbox", "wa"}
-        }
+        scripted = {"chat", "dash", "rt", "auth", "inbox", "wa", "media"}
+        return {k: v for k, v in self.messages.items() if k.split(".")[0] in scripted}

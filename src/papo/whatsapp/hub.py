@@ -261,6 +261,12 @@ class WhatsappHub:
         if bot_reply is not None and self.replies is not None:
             assert row.assistant_id is not None
             await self.replies.spawn(principal, received.conversation_id, bot_reply, row.assistant_id)
+        if received.text_only_notice:
+            async with self.db.transaction(principal.context()) as session:
+                notice, _ = await Inbox(session, principal).queue_reply(
+                    received.conversation_id, self.settings.whatsapp_text_only_notice, row.transport
+                )
+            await self.send(notice)
         return received
 
     async def bot_reply_completed(

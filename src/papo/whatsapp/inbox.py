@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from papo.auth import service as auth_service
 from papo.auth.models import STAFF_ROLES
 from papo.auth.service import Principal
+from papo.chat.attachments import FILE_KINDS
 from papo.chat.channel import ChannelConversations, wire
 from papo.errors import Conflict, InvalidInput, NotFound
 from papo.insights.service import SessionSentiment, message_sentiments, session_sentiments
@@ -51,6 +52,7 @@ class Received:
     message_id: uuid.UUID | None  # None: WhatsApp delivered this message before (nothing stored)
     handed_off: bool
     bot_enabled: bool = False
+    text_only_notice: bool = False  # the bot tells the customer it reads text only; a person takes over
 
 
 @dataclass(frozen=True)
@@ -89,19 +91,26 @@ class Inbox:
         conversation_id = await self.store.open_conversation(
             whatsapp_session_id, contact_id, inbound.contact_name or "+" + inbound.from_wa_id, assistant_id
         )
-        supported = inbound.kind == "text"
-        content = inbound.text if supported else f"[unsupported message: {inbound.kind}]"
-        metadata = {"wa_from": inbound.from_wa_id} | ({} if supported else {"unsupported": inbound.kind})
-        message = await self.store.store_inbound(conversation_id, content, metadata, inbound.external_id)
+        kept = inbound.kind == "text" or bool(inbound.attachments)
+        content = inbound.text if kept else f"[unsupported message: {inbound.kind}]"
+        metadata = {"wa_from": inbound.from_wa_id} | ({} if kept else {"unsupported": inbound.kind})
+        message = await self.store.store_inbound(
+            conversation_id, content, metadata, inbound.external_id, inbound.attachments
+        )
         if message is None:
             return Received(conversation_id, None, False)
         conversation = await self.store.find(conversation_id)
-        handed_off = bool(conversation["bot_enabled"]) and supported and asks_for_a_human(content, handoff_words)
+        bot_on = bool(conversation["bot_enabled"])
+        # the bot answers words (a text, a caption); a file alone goes to a person, and the customer is told
+        supported = kept and bool(content.strip())
+        files_only = bot_on and not supported and any(a.kind in FILE_KINDS for a in inbound.attachments)
+        handed_off = files_only or (bot_on and supported and asks_for_a_human(content, handoff_words))
         if handed_off:
             await self.store.hand_off(conversation_id)
             conversation = await self.store.find(conversation_id)
         self._announce(conversation)
-        return Received(conversation_id, message["id"], handed_off, bool(conversation["bot_enabled"]) and supported)
+        bot_answers = bool(conversation["bot_enabled"]) and supported  # after a handoff, no longer
+        return Received(conversation_id, message["id"], handed_off, bot_answers, files_only)
 
     async def conversations(self, ticket_status: str | None, limit: int = 100) -> list[dict[str, Any]]:
         if ticket_status is not None and ticket_status not in TICKET_STATUSES:

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from papo.chat.schemas import AttachmentOut
 from papo.whatsapp.status import SessionStatus, seed_status
 
 
@@ -137,3 +138,4 @@ class InboxMessageOut(BaseModel):
     delivery_status: str | None
     created_at: datetime
     sentiment: MessageSentiment | None = None
+    attachments: list[AttachmentOut] = []

@@ -23,6 +23,7 @@ from papo.ops.ratelimit import RateLimiter
 from papo.runtime import current_runtime
 from papo.settings import Settings
 from papo.whatsapp.hub import WhatsappHub
+from papo.whatsapp.media import MediaDownloads
 from papo.whatsapp.models import WhatsappSession
 from papo.whatsapp.rows import (
     NUMBER_TAKEN,
@@ -272,6 +273,7 @@ class WhatsappRuntime(Protocol):
 
     settings: Settings
     whatsapp: WhatsappHub
+    media: MediaDownloads
     limiter: RateLimiter
 
 

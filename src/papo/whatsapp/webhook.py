@@ -25,6 +25,7 @@ import structlog
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response
 
 from papo.auth.deps import DbSession
+from papo.chat.attachments import NewAttachment
 from papo.db.engine import apply_context, driver
 from papo.errors import BadRequest, DomainError, Forbidden, Unauthorized
 from papo.ops.ratelimit import webhook_allowance
@@ -39,6 +40,7 @@ MESSAGE_KIND = re.compile(r"[a-z_]{1,40}")
 MAX_ID = 256  # WhatsApp's message ids and wa_ids are far shorter; anything longer is not theirs
 MAX_NAME = 200
 MAX_TEXT = 32_000
+MEDIA_KINDS = ("image", "audio", "video", "document", "sticker")
 
 
 class NotConfigured(DomainError):
@@ -128,8 +130,56 @@ def _message(raw: Any) -> dict[str, Any] | None:
         if text is None:
             return None  # a text message without its text is not stored as an empty one
         return {"id": external_id, "from": sender, "type": kind, "text": {"body": text}}
-    caption = _text(_dict(message.get(kind)).get("caption"), MAX_TEXT) or ""
-    return {"id": external_id, "from": sender, "type": kind, kind: {"caption": caption}}
+    part = _dict(message.get(kind))
+    cleaned: dict[str, Any] = {"caption": _text(part.get("caption"), MAX_TEXT) or ""}
+    if kind in MEDIA_KINDS:
+        cleaned |= _media(part)
+    elif kind == "location":
+        cleaned |= _location(part)
+    elif kind == "contacts":  # Meta's shape kept, so cleaning again (when the queue is worked) changes nothing
+        cleaned = {"caption": "", "cards": [c for c in map(_card, _list(message.get("contacts"))[:20]) if c]}
+        return {"id": external_id, "from": sender, "type": kind, "contacts": cleaned["cards"]}
+    return {"id": external_id, "from": sender, "type": kind, kind: cleaned}
+
+
+def _media(part: dict[str, Any]) -> dict[str, Any]:
+    """A photo, voice note, video, document or sticker: the Graph API's media id to download it by,
+    and what WhatsApp says about it (checked again once downloaded)."""
+    return {
+        "id": _id(part.get("id")),
+        "mime_type": _text(part.get("mime_type"), 200),
+        "sha256": _text(part.get("sha256"), 100),
+        "filename": _text(part.get("filename"), 255),
+        "voice": part.get("voice") is True,
+    }
+
+
+def _number(value: Any, limit: float) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if -limit <= value <= limit else None
+
+
+def _location(part: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "latitude": _number(part.get("latitude"), 90),
+        "longitude": _number(part.get("longitude"), 180),
+        "name": _text(part.get("name"), MAX_NAME),
+        "address": _text(part.get("address"), 500),
+    }
+
+
+def _card(raw: Any) -> dict[str, Any] | None:
+    """A shared contact card in Meta's shape: its name, phones and e-mail addresses (the rest is not kept)."""
+    card = _dict(raw)
+    name = _text(_dict(card.get("name")).get("formatted_name"), MAX_NAME)
+    phones = [
+        {"phone": _text(p.get("phone"), 40), "wa_id": _id(p.get("wa_id")), "type": _text(p.get("type"), 40)}
+        for p in map(_dict, _list(card.get("phones"))[:10])
+        if _text(p.get("phone"), 40)
+    ]
+    emails = [{"email": e} for e in (_text(_dict(m).get("email"), 320) for m in _list(card.get("emails"))[:10]) if e]
+    return {"name": {"formatted_name": name}, "phones": phones, "emails": emails} if name or phones else None
 
 
 def _receipt(raw: Any) -> dict[str, str] | None:
@@ -166,9 +216,44 @@ def inbound_messages(value: dict[str, Any]) -> list[InboundMessage]:
     found = []
     for message in value["messages"]:
         kind = message["type"]
-        text = message[kind]["body" if kind == "text" else "caption"]
-        found.append(InboundMessage(message["id"], message["from"], names.get(message["from"]), text, kind))
+        part = message[kind]
+        text = "" if kind == "contacts" else part["body" if kind == "text" else "caption"]
+        attachment = _attachment(kind, part)
+        found.append(
+            InboundMessage(
+                message["id"],
+                message["from"],
+                names.get(message["from"]),
+                text,
+                kind,
+                (attachment,) if attachment is not None else (),
+            )
+        )
     return found
+
+
+def _attachment(kind: str, part: Any) -> NewAttachment | None:
+    """What a cleaned message carries besides its text (rows queued before media was kept have no
+    media id: they stay unsupported, as they were)."""
+    if kind in MEDIA_KINDS and part.get("id"):
+        return NewAttachment(
+            kind="voice" if kind == "audio" and part.get("voice") else kind,
+            source={"media_id": part["id"]},
+            mime_type=part.get("mime_type"),
+            file_name=part.get("filename"),
+            caption=part.get("caption") or None,
+            sha256=part.get("sha256"),
+        )
+    if kind == "location" and part.get("latitude") is not None and part.get("longitude") is not None:
+        data = {key: part.get(key) for key in ("latitude", "longitude", "name", "address")}
+        return NewAttachment(kind="location", data=data)
+    if kind == "contacts" and part:
+        cards = [
+            {"name": c["name"]["formatted_name"], "phones": c["phones"], "emails": [e["email"] for e in c["emails"]]}
+            for c in part
+        ]
+        return NewAttachment(kind="contacts", data={"cards": cards})
+    return None
 
 
 @router.post("", dependencies=[Depends(webhook_allowance)])
@@ -217,5 +302,7 @@ async def process(state: WhatsappRuntime, key: SessionKey, value: Any) -> None:
         return
     for inbound in inbound_messages(cleaned):
         await state.whatsapp.receive(key, inbound)
+        if inbound.attachments:
+            state.media.wake()  # stored (committed) with its media pending: fetch it now
     for receipt in cleaned["statuses"]:
         await state.whatsapp.receipt(key, receipt["id"], receipt["status"])

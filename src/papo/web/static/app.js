@@ -612,6 +612,51 @@ function setupChat() {
 
 const delivery = (status) => (status ? t(`inbox.delivery.${status}`) : "");
 
+function fileSize(bytes) {
+  for (const [unit, scale] of [["GB", 1024 ** 3], ["MB", 1024 ** 2], ["KB", 1024]]) {
+    if (bytes >= scale) return `${(bytes / scale).toLocaleString(document.documentElement.lang, { maximumFractionDigits: 1 })} ${unit}`;
+  }
+  return `${bytes} B`;
+}
+
+// The same markup as templates/_attachment.html, for attachments that arrive or change live.
+function attachmentNode(a) {
+  const muted = (text) => element("span", { class: "muted", text });
+  const parts = [];
+  if (a.kind === "location" && a.data) {
+    const { latitude: lat, longitude: lon } = a.data;
+    const where = `${lat}, ${lon}${a.data.address ? ` · ${a.data.address}` : ""}`;
+    const href = `https://www.openstreetmap.org/?mlat=${lat}&mlon=${lon}#map=17/${lat}/${lon}`;
+    parts.push(element("a", { class: "location", href, target: "_blank", rel: "noopener noreferrer" },
+      element("strong", { text: a.data.name || t("media.location") }), muted(where)));
+  } else if (a.kind === "contacts" && a.data) {
+    for (const card of a.data.cards) {
+      parts.push(element("div", { class: "card-contact" }, element("strong", { text: card.name || t("media.contact") }),
+        ...card.phones.map((phone) => muted(phone.phone)), ...card.emails.map((email) => muted(email))));
+    }
+  } else if (a.state === "stored" && a.url) {
+    if (a.kind === "image" || a.kind === "sticker") {
+      parts.push(element("a", { href: a.url, target: "_blank", rel: "noopener" },
+        element("img", { src: a.url, alt: a.caption || t("media.image"), loading: "lazy" })));
+    } else if (a.kind === "audio" || a.kind === "voice") {
+      parts.push(element("audio", { controls: true, preload: "none", src: a.url }));
+      if (a.transcript) parts.push(element("p", { class: "transcript", text: a.transcript }));
+    } else if (a.kind === "video") {
+      parts.push(element("video", { controls: true, preload: "metadata", src: a.url }));
+    } else {
+      parts.push(element("a", { class: "file", href: a.url, download: true },
+        element("strong", { text: a.file_name || t("media.document") }), " ", muted(fileSize(a.size))));
+    }
+  } else if (a.state === "pending") {
+    parts.push(muted(a.error ? t("media.unavailable_retrying") : t("media.pending")));
+  } else if (a.state === "unavailable") {
+    parts.push(muted(t("media.unavailable")));
+  } else {
+    parts.push(muted(`${t("media.rejected")}: ${a.error}`));
+  }
+  return element("div", { class: `attachment ${a.kind} ${a.state}`, id: `a-${a.id}`, "data-attachment": a.id }, ...parts);
+}
+
 function setupInbox() {
   const layout = $('[data-page="inbox"]');
   if (!layout) return;
@@ -628,6 +673,7 @@ function setupInbox() {
         { class: `msg ${data.role === "user" ? "user" : "assistant"}`, id: `m-${data.id}`, "data-id": data.id },
         element("div", { class: "who", text: who }),
         element("div", { class: "body plain", text: data.content }),
+        ...(data.attachments || []).map(attachmentNode),
         element("div", { class: "meta" }, element("span", { class: "status", "data-delivery": true, text: delivery(data.delivery_status) })),
       );
       list.append(node);
@@ -635,6 +681,8 @@ function setupInbox() {
     } else if (event === "reply.delta") {
       const node = $(`#m-${CSS.escape(data.id)}`);
       if (node) node.querySelector(".body").textContent = node.querySelector(".body").textContent.slice(0, data.offset) + data.delta;
+    } else if (event === "attachment.updated") {
+      $(`#a-${CSS.escape(data.id)}`)?.replaceWith(attachmentNode(data));
     } else if (event === "message.updated" || event === "message.status_changed") {
       const node = $(`#m-${CSS.escape(data.id)}`);
       if (node && data.content !== undefined) node.querySelector(".body").textContent = data.content;

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from papo.chat.attachments import NewAttachment
 
 
 @dataclass(frozen=True)
@@ -17,8 +21,9 @@ class InboundMessage:
     external_id: str  # WhatsApp's message id: the same delivery twice is one message
     from_wa_id: str
     contact_name: str | None
-    text: str
-    kind: str = "text"  # anything but text is stored as "unsupported" with its kind
+    text: str  # a text's body, or a media message's caption
+    kind: str = "text"  # a kind papo does not keep (reactions, buttons...) is stored as "unsupported"
+    attachments: tuple[NewAttachment, ...] = ()  # media to download, a location, shared contacts
 
 
 class SessionEvents(Protocol):
@@ -38,6 +43,19 @@ class SessionEvents(Protocol):
     # session is WORKING and the number's webhooks reach it), or refused it (never routed to it).
     async def verified(self, phone_number_id: str) -> None: ...
     async def rejected(self, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class MediaStream:
+    """A file being downloaded from WhatsApp: what WhatsApp says it is, and its bytes as they come."""
+
+    mime_type: str | None
+    declared_size: int | None
+    chunks: AsyncIterator[bytes]
+
+
+class MediaUnavailable(RuntimeError):
+    """This transport cannot fetch that media (not now, or not at all: the caller retries a while)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +98,12 @@ class Transport(ABC):
     @abstractmethod
     async def send_text(self, key: SessionKey, config: dict[str, Any], to_wa_id: str, text: str) -> str:
         """Send a text; returns WhatsApp's id of the sent message (raises when it cannot be sent)."""
+
+    def open_media(
+        self, key: SessionKey, config: dict[str, Any], source: dict[str, Any]
+    ) -> AbstractAsyncContextManager[MediaStream]:
+        """Download a customer's media (`source` is what the transport put in the attachment)."""
+        raise MediaUnavailable(f"the {self.kind} transport does not download media")
 
     def stored_sessions(self) -> list[str]:
         """Slugs of every credential store on disk (to find orphans)."""

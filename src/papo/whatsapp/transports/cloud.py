@@ -6,15 +6,18 @@ number with the session's token."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
-from papo.whatsapp.transports.base import SessionEvents, SessionKey, Transport
+from papo.whatsapp.transports.base import MediaStream, MediaUnavailable, SessionEvents, SessionKey, Transport
 
 
-class CloudApiError(RuntimeError):
+class CloudApiError(MediaUnavailable):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status  # the Graph API's HTTP status; None when it could not be reached
@@ -24,6 +27,10 @@ class CloudApiError(RuntimeError):
         """The Graph API answered and said no (a bad token, a number it does not give this token),
         as opposed to being unreachable or failing on its side."""
         return self.status is not None and 400 <= self.status < 500
+
+
+MEDIA_CHUNK = 64 * 1024
+MEDIA_TIMEOUT = httpx.Timeout(30.0, connect=10.0)  # between bytes, not for the whole file
 
 
 class CloudTransport(Transport):
@@ -89,3 +96,28 @@ class CloudTransport(Transport):
         if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict):
             raise CloudApiError("the Graph API accepted the message but returned no id")
         return str(messages[0].get("id"))
+
+    @asynccontextmanager
+    async def open_media(
+        self, key: SessionKey, config: dict[str, Any], source: dict[str, Any]
+    ) -> AsyncIterator[MediaStream]:
+        """The Graph API gives a short-lived URL for the media id; the file is fetched from it with the
+        number's token, as a stream. The token goes only to a URL of the Graph API's own scheme."""
+        _, headers = self._auth(config)
+        media_id = source.get("media_id")
+        if not isinstance(media_id, str) or not media_id.isascii() or "/" in media_id:
+            raise CloudApiError("no media id to download")
+        details = await self._call("GET", f"{self.graph_url}/{media_id}", headers)
+        url = details.get("url")
+        if not isinstance(url, str) or urlsplit(url).scheme != urlsplit(self.graph_url).scheme:
+            raise CloudApiError("the Graph API gave no usable media URL")
+        declared = details.get("file_size")
+        size = int(declared) if isinstance(declared, int | str) and str(declared).isdigit() else None
+        mime_type = details.get("mime_type") if isinstance(details.get("mime_type"), str) else None
+        try:
+            async with self.http.stream("GET", url, headers=headers, timeout=MEDIA_TIMEOUT) as response:
+                if response.status_code >= 400:
+                    raise CloudApiError(f"the media download answered {response.status_code}", response.status_code)
+                yield MediaStream(mime_type, size, response.aiter_bytes(MEDIA_CHUNK))
+        except httpx.HTTPError as exc:
+            raise CloudApiError(f"the media download failed: {exc}") from exc

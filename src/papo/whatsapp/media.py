@@ -1,0 +1,179 @@
+"""Customers' media, fetched off the request path: photos, voice notes, videos, documents, stickers.
+
+A message with media is stored at once with its attachment `pending`; this worker (any process)
+claims due downloads, streams each from the number's transport into the blob store, and marks it
+`stored`, announcing the change to the company's staff. What WhatsApp sends is checked on the way:
+the size against the operator's limit and the tenant's quota, the bytes against the type WhatsApp
+claims (by their signature), an empty file refused. A download that fails keeps the message (its
+attachment says "media unavailable" and when it will try again) and is retried with doubling
+pauses; out of attempts, the attachment is `unavailable` for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import puremagic
+import structlog
+
+from papo.blobs import BlobStore, BlobTooLarge, WrittenBlob
+from papo.chat.attachments import Attachments, blob_key, claim_downloads
+from papo.chat.channel import ChannelConversations
+from papo.chat.models import Attachment
+from papo.db.engine import Database
+from papo.errors import NotFound
+from papo.settings import Settings
+from papo.waiting import work_when_woken
+from papo.whatsapp.hub import WhatsappHub
+from papo.whatsapp.models import WhatsappSession
+from papo.whatsapp.rows import service_principal
+from papo.whatsapp.transports.base import SessionKey
+
+log = structlog.get_logger(__name__)
+DOWNLOADS_PER_BATCH = 20
+PARALLEL_DOWNLOADS = 4
+MAX_RETRY_SECONDS = 3600.0
+# Types whose bytes have no signature to check (text formats): taken as WhatsApp states them.
+UNSIGNED_TYPES = ("text/", "application/json", "application/xml")
+
+
+class Refused(Exception):
+    """The file arrived but is not kept (the reason is shown with the message)."""
+
+
+def human_size(size: int) -> str:
+    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} bytes"
+
+
+def claimed_type(declared: str | None) -> str:
+    return (declared or "application/octet-stream").split(";")[0].strip().lower()
+
+
+def check_content(declared: str, head: bytes) -> str:
+    """The type to serve the file as: WhatsApp's claim when the bytes agree (or cannot tell)."""
+    if declared.startswith(UNSIGNED_TYPES):
+        return declared
+    try:
+        guesses = {match.mime_type for match in puremagic.magic_string(head) if match.mime_type}
+    except puremagic.PureError:
+        guesses = set()
+    if not guesses or declared in guesses:
+        return declared
+    family = declared.split("/")[0]
+    if family in ("image", "audio", "video") and not any(g.startswith(family + "/") for g in guesses):
+        raise Refused(f"the file is not the {declared} it claims to be")
+    return declared if any(g.split("/")[0] == family for g in guesses) else "application/octet-stream"
+
+
+@dataclass
+class MediaDownloads:
+    db: Database
+    settings: Settings
+    blobs: BlobStore
+    hub: WhatsappHub
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        self.ready.set()
+
+    async def run(self) -> None:
+        await work_when_woken(
+            self.ready, self.settings.media_poll_seconds, self._batch, name="whatsapp media downloads"
+        )
+
+    async def _batch(self) -> int:
+        async with self.db.transaction() as session:
+            claimed = await claim_downloads(session, DOWNLOADS_PER_BATCH)
+        slots = asyncio.Semaphore(PARALLEL_DOWNLOADS)
+
+        async def one(tenant_id: uuid.UUID, attachment_id: uuid.UUID, attempt: int) -> None:
+            async with slots:
+                await self.download(tenant_id, attachment_id, attempt)
+
+        await asyncio.gather(*(one(*item) for item in claimed))
+        return len(claimed)
+
+    async def download(self, tenant_id: uuid.UUID, attachment_id: uuid.UUID, attempt: int) -> None:
+        """Fetch one attachment; every outcome is written on it."""
+        principal = service_principal(tenant_id)
+        try:
+            async with self.db.transaction(principal.context()) as session:
+                attachments = Attachments(session, principal)
+                row = await attachments.get(attachment_id)
+                conversation = await ChannelConversations(session, principal).find(row.session_id)
+                number = await session.get(WhatsappSession, (tenant_id, conversation["whatsapp_session_id"]))
+                quota_left = (
+                    self.settings.media_quota_bytes - await attachments.stored_bytes()
+                    if self.settings.media_quota_bytes
+                    else None
+                )
+        except NotFound:
+            return  # removed with its message since it was claimed
+        try:
+            if number is None or not number.is_active:
+                raise Refused("the WhatsApp number was removed")
+            written, mime_type = await self._fetch(row, number, quota_left)
+        except Refused as refused:
+            why = str(refused)
+            await self._record(tenant_id, lambda store: store.give_up(row.id, "rejected", why))
+            return
+        except Exception as exc:  # the transport, the network, the store: try again later
+            reason = str(exc) or exc.__class__.__name__
+            log.warning("whatsapp media download failed", attachment=str(row.id), attempt=attempt, error=reason)
+            if attempt >= self.settings.media_max_attempts:
+                await self._record(tenant_id, lambda store: store.give_up(row.id, "unavailable", reason))
+            else:
+                pause = min(self.settings.media_retry_seconds * 2 ** (attempt - 1), MAX_RETRY_SECONDS)
+                when = datetime.now(UTC) + timedelta(seconds=pause)
+                await self._record(
+                    tenant_id, lambda store: store.retry_later(row.id, "media unavailable: " + reason, when)
+                )
+            return
+        key = blob_key(row.tenant_id, row.id)
+        await self._record(
+            tenant_id,
+            lambda store: store.mark_stored(
+                row.id, key=key, size=written.size, sha256=written.sha256, mime_type=mime_type
+            ),
+        )
+
+    async def _fetch(self, row: Attachment, number: WhatsappSession, quota_left: int | None) -> tuple[WrittenBlob, str]:
+        limit = self.settings.media_max_bytes
+        if quota_left is not None:
+            if quota_left <= 0:
+                raise Refused("the company's media storage is full")
+            limit = min(limit, quota_left)
+        key = SessionKey(row.tenant_id, number.id)
+        transport = self.hub.transport(number.transport)
+        async with transport.open_media(key, self.hub.open_config(dict(number.config)), row.source) as media:
+            if media.declared_size is not None and media.declared_size > limit:
+                raise Refused(self._too_large(limit))
+            try:
+                written = await self.blobs.write(blob_key(row.tenant_id, row.id), media.chunks, max_bytes=limit)
+            except BlobTooLarge as exc:
+                raise Refused(self._too_large(exc.limit)) from exc
+        declared = claimed_type(media.mime_type or row.mime_type)
+        try:
+            if written.size == 0:
+                raise Refused("the file is empty")
+            return written, check_content(declared, written.head)
+        except Refused:
+            await self.blobs.delete(blob_key(row.tenant_id, row.id))
+            raise
+
+    def _too_large(self, limit: int) -> str:
+        if limit < self.settings.media_max_bytes:
+            return "the company's media storage is full"
+        return f"the file is larger than {human_size(limit)}"
+
+    async def _record(self, tenant_id: uuid.UUID, change: Callable[[Attachments], Awaitable[object]]) -> None:
+        principal = service_principal(tenant_id)
+        async with self.db.transaction(principal.context()) as session:
+            await change(Attachments(session, principal))
