@@ -108,7 +108,7 @@ async def main() -> None:
         async with httpx.AsyncClient(base_url=f"http://{HOST}:{ON_PORT}", headers=auth, timeout=30) as http:
             sessions = []
             for index in range(100):
-                created = await http.post("/api/v1/sessions", json={"title": f"ops {index}"})
+                created = await http.post("/api/v1/sessions", json={"title": f"ops {index}", "assistant_id": None})
                 assert created.status_code == 201, created.text
                 sessions.append(created.json()["id"])
             history = sessions[0]

@@ -110,7 +110,9 @@ async def main() -> None:
             for email, count in members.items():
                 headers = {"Authorization": f"Bearer {await api_token(http, email)}"}
                 for index in range(count):
-                    await http.post("/api/v1/sessions", json={"title": f"Conversa {index}"}, headers=headers)
+                    await http.post(
+                        "/api/v1/sessions", json={"title": f"Conversa {index}", "assistant_id": None}, headers=headers
+                    )
             login = await http.get("/login")
             csrf = login.text.split('name="csrf-token" content="')[1].split('"')[0]
             await http.post("/login", data={"email": "many@papo.local", "password": PASSWORD, "csrf_token": csrf})

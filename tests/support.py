@@ -200,7 +200,8 @@ class TenantHandle:
 
 
 async def create_session(client: httpx.AsyncClient, who: Member, title: str = "chat") -> dict[str, Any]:
-    response = await client.post("/api/v1/sessions", json={"title": title}, headers=who.headers)
+    """A plain chat (no assistant answers)."""
+    response = await client.post("/api/v1/sessions", json={"title": title, "assistant_id": None}, headers=who.headers)
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -228,29 +229,51 @@ class TestMessages:
         assert_problem(await client.get(url, params={"limit": 201}, headers=alice.headers), 422)
 
 
+async def replied(client: httpx.AsyncClient, headers: dict[str, str], sid: str) -> None:
+    """Until the session's newest message is a finished reply."""
+    async with asyncio.timeout(15):
+        while True:
+            history = (await client.get(f"/api/chat/message?sessionId={sid}", headers=headers)).json()
+            if history[-1]["role"] == "assistant" and history[-1]["reply_state"] == "complete":
+                return
+            await asyncio.sleep(0.05)
+
+
 class TestSeedEndpoints:
     async def test_exactly_as_written(self, client: httpx.AsyncClient, alice: Member) -> None:
         h = alice.headers
         created = await client.post("/api/chat/session", json={"title": "Suporte"}, headers=h)
         assert created.status_code == 201
         sid = created.json()["id"]
+        assert created.json()["assistant_id"] is not None  # the tenant's default assistant answers
         untitled = await client.post("/api/chat/session", headers=h)
         assert untitled.status_code == 201
         assert untitled.json()["title"] is None
+        plain = await client.post("/api/chat/session", json={"assistant_id": None}, headers=h)
+        assert plain.json()["assistant_id"] is None
 
-        sent = await client.post("/api/chat/message", json={"sessionId": sid, "message": "Oi"}, headers=h)
-        assert sent.status_code == 201
-        assert sent.json()["content"] == "Oi"
-        await client.post("/api/chat/message", json={"sessionId": sid, "message": "Tudo bem?"}, headers=h)
+        for question in ("Oi", "Tudo bem?"):
+            sent = await client.post("/api/chat/message", json={"sessionId": sid, "message": question}, headers=h)
+            assert sent.status_code == 201
+            assert sent.json()["content"] == question
+            await replied(client, h, sid)
         history = (await client.get(f"/api/chat/message?sessionId={sid}", headers=h)).json()
-        assert [m["content"] for m in history] == ["Oi", "Tudo bem?"]
+        assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+        assert [history[0]["content"], history[2]["content"]] == ["Oi", "Tudo bem?"]
+        assert "Tudo bem?" in history[3]["content"]  # the demo assistant answers what it was asked
+        await client.post(
+            "/api/chat/message", json={"sessionId": plain.json()["id"], "message": "só anotando"}, headers=h
+        )
+        (only,) = (await client.get(f"/api/chat/message?sessionId={plain.json()['id']}", headers=h)).json()
+        assert only["content"] == "só anotando"
 
         active = (await client.get("/api/chat/session", headers=h)).json()
-        assert [s["id"] for s in active] == [sid, untitled.json()["id"]]
+        assert [s["id"] for s in active] == [plain.json()["id"], sid, untitled.json()["id"]]
 
         deleted = await client.delete(f"/api/chat/session?id={sid}", headers=h)
         assert deleted.json() == {"success": True}
-        assert [s["id"] for s in (await client.get("/api/chat/session", headers=h)).json()] == [untitled.json()["id"]]
+        remaining = [s["id"] for s in (await client.get("/api/chat/session", headers=h)).json()]
+        assert remaining == [plain.json()["id"], untitled.json()["id"]]
         assert_problem(await client.delete(f"/api/chat/session?id={sid}", headers=h), 404)
         assert_problem(await client.delete("/api/chat/session", headers=h), 422)
         assert_problem(await client.delete("/api/chat/session?id=123", headers=h), 422)

@@ -60,7 +60,9 @@ async def test_kill_9_mid_burst_loses_nothing_acknowledged(
         async with httpx.AsyncClient(base_url=url, headers=who.headers, timeout=5) as http:
             for round_ in range(1000):
                 try:
-                    created = await http.post("/api/v1/sessions", json={"title": f"w{worker}-{round_}"})
+                    created = await http.post(
+                        "/api/v1/sessions", json={"title": f"w{worker}-{round_}", "assistant_id": None}
+                    )
                     if created.status_code != 201:
                         continue
                     sessions.add(created.json()["id"])
@@ -135,7 +137,7 @@ async def test_dropped_connections_fail_cleanly_and_recover(
     try:
         await asyncio.wait_for(realtime.connected.wait(), 10)
         async with httpx.AsyncClient(base_url=url, headers=member.headers, timeout=10) as http:
-            chat = (await http.post("/api/v1/sessions", json={"title": "during outage"})).json()
+            chat = (await http.post("/api/v1/sessions", json={"title": "during outage", "assistant_id": None})).json()
 
             async def traffic() -> None:
                 while not stop.is_set():

@@ -53,7 +53,9 @@ async def test_failing_inserts_do_not_log_what_the_user_wrote(
             message = await http.post(
                 f"/api/v1/sessions/{chat['id']}/messages", json={"content": poison}, headers=member.headers
             )
-            titled = await http.post("/api/v1/sessions", json={"title": poison}, headers=member.headers)
+            titled = await http.post(
+                "/api/v1/sessions", json={"title": poison, "assistant_id": None}, headers=member.headers
+            )
     finally:
         structlog.reset_defaults()
         for table, constraint in constraints.items():

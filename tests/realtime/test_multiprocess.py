@@ -38,7 +38,7 @@ async def test_cross_process_delivery_and_failover(
     await asyncio.wait_for(realtime.connected.wait(), 10)
 
     async with httpx.AsyncClient(base_url=url_b, headers=alice.headers, timeout=10) as via_b:
-        session = (await via_b.post("/api/v1/sessions", json={"title": "failover"})).json()
+        session = (await via_b.post("/api/v1/sessions", json={"title": "failover", "assistant_id": None})).json()
         # Within a second, from process B to a client on process A.
         await asyncio.wait_for(first_in.wait(), 1.0)
         assert received[0].event == "session.created"

@@ -17,10 +17,17 @@ router = APIRouter(prefix="/api/chat", tags=["seed 000"])
 
 @router.post("/session", status_code=status.HTTP_201_CREATED, response_model=SessionOut)
 async def create_session(
-    chat: Chat, principal: CurrentPrincipal, body: LegacySessionCreate | None = None
+    chat: Chat, principal: CurrentPrincipal, state: State, body: LegacySessionCreate | None = None
 ) -> SessionOut:
-    title = body.title if body else None
-    created = await chat.create_chat_session(principal.require_user(), title, channel=Channel.web)
+    """A chat bound to the tenant's default assistant (another with `assistant_id`, none with null),
+    so `POST /api/chat/message` gets a reply."""
+    body = body or LegacySessionCreate()
+    created = await chat.create_chat_session(
+        principal.require_user(),
+        body.title,
+        channel=Channel.web,
+        assistant_id=await state.conversations.resolve_assistant(chat, body.assistant_id),
+    )
     return SessionOut.model_validate(created)
 
 

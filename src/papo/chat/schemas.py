@@ -79,7 +79,9 @@ class SessionCreate(Strict):
     metadata: dict[str, Any] | None = None
     channel: Literal[Channel.web, Channel.api] = Channel.api
     assistant_id: uuid.UUID | Literal["default"] | None = Field(
-        default=None, description='An assistant answers user messages; "default" is the tenant\'s. None: plain chat.'
+        default="default",
+        description='The assistant that answers user messages: the tenant\'s "default" unless another is chosen; '
+        "null for a plain chat.",
     )
 
 
@@ -158,6 +160,9 @@ class SearchPage(BaseModel):
 
 class LegacySessionCreate(Strict):
     title: str | None = None
+    assistant_id: uuid.UUID | Literal["default"] | None = Field(
+        default="default", description='Bound to the tenant\'s "default" assistant unless another (or null) is chosen.'
+    )
 
 
 class LegacyMessageCreate(Strict):
