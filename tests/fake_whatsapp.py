@@ -14,7 +14,7 @@ import secrets
 from typing import Any
 
 from papo.chat.attachments import NewAttachment
-from papo.whatsapp.transports.base import InboundMessage, SessionEvents, SessionKey, Transport
+from papo.whatsapp.transports.base import InboundMessage, OutgoingMedia, SessionEvents, SessionKey, Transport
 
 
 class FakeTransport(Transport):
@@ -26,6 +26,7 @@ class FakeTransport(Transport):
         self.tasks: set[asyncio.Task[None]] = set()
         self.starts: list[SessionKey] = []
         self.sent: list[tuple[SessionKey, str, str, str]] = []  # key, to, text, WhatsApp message id
+        self.files: list[tuple[str, str, str | None, bytes]] = []  # kind, mime type, file name, bytes
 
     def _store(self, key: SessionKey) -> Any:
         return self.store_dir / f"{key.slug}.json"
@@ -69,6 +70,12 @@ class FakeTransport(Transport):
             raise RuntimeError("the fake network refused to send")
         external_id = "wamid.fake-" + secrets.token_hex(8)
         self.sent.append((key, to_wa_id, text, external_id))
+        return external_id
+
+    async def send_media(self, key: SessionKey, config: dict[str, Any], to_wa_id: str, media: OutgoingMedia) -> str:
+        external_id = "wamid.fake-" + secrets.token_hex(8)
+        self.sent.append((key, to_wa_id, f"[{media.kind}: {media.file_name}] {media.caption or ''}", external_id))
+        self.files.append((media.kind, media.mime_type, media.file_name, media.content.read()))
         return external_id
 
     # ---- what the phone and the network do, driven by tests ----------------------------------

@@ -309,6 +309,7 @@ class FakeGraphApi:
         self.sent: list[dict[str, Any]] = []
         self.media: dict[str, tuple[bytes, str]] = {}
         self.failing_media: set[str] = set()
+        self.uploads: dict[str, tuple[str, bytes]] = {}  # media id -> (content type, multipart body)
         self.downloads = 0
         api = self
 
@@ -356,7 +357,12 @@ class FakeGraphApi:
             def do_POST(self) -> None:
                 if not self._authorised():
                     return
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                raw = self.rfile.read(int(self.headers["content-length"]))
+                if self.path.endswith("/media"):  # a multipart upload to the number's media store
+                    media_id = "uploaded-" + secrets.token_hex(6)
+                    api.uploads[media_id] = (self.headers.get("content-type", ""), raw)
+                    return self._json({"id": media_id})
+                body = json.loads(raw)
                 api.sent.append({"path": self.path, **body})
                 wamid = "wamid.graph-" + secrets.token_hex(8)
                 self._json(

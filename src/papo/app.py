@@ -46,7 +46,7 @@ from papo.ops.api import router as ops_router
 from papo.ops.logging import configure_logging
 from papo.ops.maintenance import maintenance_loop
 from papo.ops.metrics import DatabaseMetrics
-from papo.ops.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from papo.ops.middleware import UPLOAD_OVERHEAD, BodyLimitMiddleware, RequestContextMiddleware
 from papo.ops.ratelimit import RateLimiter
 from papo.realtime.api import RealtimeRuntime
 from papo.realtime.api import router as realtime_router
@@ -112,8 +112,8 @@ def create_app(
             limiter = RateLimiter.from_settings(settings, listen_dsn)
             replies = ReplyManager(db, settings, keys, hub)
             oidc = OidcClients(http, settings, keys.secret)
-            whatsapp = WhatsappHub(db, settings, load_transports(settings, http), keys, replies)
             blobs = FileBlobStore(settings.data_dir / "blobs")
+            whatsapp = WhatsappHub(db, settings, load_transports(settings, http), keys, replies, blobs=blobs)
             replies.on_complete = whatsapp.bot_reply_completed
             state = AppState(
                 settings,
@@ -184,7 +184,11 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_max_bytes=settings.media_max_bytes + UPLOAD_OVERHEAD,
+    )
     app.add_middleware(RequestContextMiddleware, metrics=settings.metrics_enabled, access_log=settings.access_log)
     app.include_router(auth_router)
     app.include_router(chat_router)

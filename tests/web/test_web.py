@@ -620,4 +620,15 @@ class TestInboxMedia:
         await page.reload()  # the same, rendered by the server
         await expect(page.locator("#messages .attachment")).to_have_count(4)
         await expect(page.locator("#messages .msg.user .body").nth(1)).to_have_text("comprovante")
+
+        await page.fill("#inbox-input", "segue a segunda via")  # the agent answers with a PDF
+        await page.set_input_files(
+            "#inbox-file", files=[{"name": "segunda via.pdf", "mimeType": "application/pdf", "buffer": PDF}]
+        )
+        sent = page.locator("#messages .msg.assistant").last
+        await expect(sent.locator(".attachment.document a.file")).to_contain_text("segunda via.pdf")
+        await expect(sent.locator(".body")).to_have_text("segue a segunda via")
+        await expect(sent.locator("[data-delivery]")).to_have_text("Enviada")
+        assert graph_api.sent[-1]["document"]["filename"] == "segunda via.pdf"
+        await expect(page.locator("#inbox-input")).to_have_value("")
         assert errors == []

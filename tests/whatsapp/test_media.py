@@ -307,3 +307,68 @@ async def test_a_company_over_its_quota_keeps_the_message_not_the_file(
     kept, refused = await settled(client, admin, 2)
     assert kept["state"] == "stored"
     assert (refused["state"], refused["error"]) == ("rejected", "the company's media storage is full")
+
+
+async def test_an_agent_sends_a_pdf_and_a_photo_checked_against_whatsapps_limits(
+    client: httpx.AsyncClient,
+    cloud_number: tuple[TenantHandle, Member, str, str],
+    graph_api: FakeGraphApi,
+    database: ProvisionedDatabase,
+    make_tenant: Any,
+) -> None:
+    tenant, _, _, number = cloud_number
+    agent = await tenant.member(Role.agent)
+    await deliver(client, database, number, {"from": "5511988887777", "id": "wamid.ask", "timestamp": "1",
+                                              "type": "text", "text": {"body": "manda o boleto?"}})  # fmt: skip
+    (conversation,) = (await client.get(INBOX, headers=agent.headers)).json()
+    url = f"{INBOX}/{conversation['id']}/attachments"
+    sent = await client.post(
+        url,
+        files={"file": ("boleto de março.pdf", PDF, "application/pdf")},
+        data={"caption": "segue o boleto"},
+        headers=agent.headers,
+    )
+    assert sent.status_code == 201, sent.text
+    message = sent.json()
+    (attachment,) = message["attachments"]
+    assert (attachment["kind"], attachment["state"], attachment["size"]) == ("document", "stored", len(PDF))
+    assert attachment["file_name"] == "boleto de março.pdf"
+    assert message["content"] == "segue o boleto"
+    async with asyncio.timeout(10):
+        while True:  # sent after the answer: upload, then a message naming the upload
+            latest = (await conversation_messages(client, agent))[-1]
+            if latest["delivery_status"] != "pending":
+                break
+            await asyncio.sleep(0.05)
+    assert latest["delivery_status"] == "sent"
+    outgoing = graph_api.sent[-1]
+    assert (outgoing["to"], outgoing["type"]) == ("5511988887777", "document")
+    assert outgoing["document"]["filename"] == "boleto de março.pdf"
+    assert outgoing["document"]["caption"] == "segue o boleto"
+    content_type, upload = graph_api.uploads[outgoing["document"]["id"]]
+    assert content_type.startswith("multipart/form-data") and PDF in upload
+    assert (await client.get(attachment["url"], headers=agent.headers)).content == PDF
+
+    photo = await client.post(url, files={"file": ("foto", PNG, "application/octet-stream")}, headers=agent.headers)
+    assert photo.status_code == 201, photo.text
+    assert photo.json()["attachments"][0]["kind"] == "image"  # known by its bytes
+    assert photo.json()["attachments"][0]["mime_type"] == "image/png"
+
+    before = len(await conversation_messages(client, agent))
+    lie = await client.post(
+        url, files={"file": ("x.png", b"<svg onload=alert(1)>", "image/png")}, headers=agent.headers
+    )
+    assert lie.status_code == 415
+    assert lie.headers["content-type"] == "application/problem+json"
+    big = await client.post(
+        url, files={"file": ("big.png", PNG[:100] + bytes(5 * 1024**2), "image/png")}, headers=agent.headers
+    )
+    assert big.status_code == 413
+    assert "at most 5 MB" in big.json()["detail"]
+    empty = await client.post(url, files={"file": ("empty.pdf", b"", "application/pdf")}, headers=agent.headers)
+    assert empty.status_code == 422
+    assert len(await conversation_messages(client, agent)) == before  # nothing stored
+
+    other = await (await make_tenant("Other")).member(Role.owner)
+    stranger = await client.post(url, files={"file": ("x.pdf", PDF, "application/pdf")}, headers=other.headers)
+    assert stranger.status_code == 404

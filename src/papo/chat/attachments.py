@@ -46,6 +46,15 @@ class NewAttachment:
     data: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class StoredFile:
+    """A file already written to the blob store under `key`, to attach to a message being stored."""
+
+    attachment_id: uuid.UUID
+    part: NewAttachment
+    key: str
+
+
 def blob_key(tenant_id: uuid.UUID, attachment_id: uuid.UUID) -> str:
     return f"media/{tenant_id.hex}/{attachment_id.hex}"
 
@@ -73,41 +82,54 @@ class Attachments:
         self.db = session
         self.principal = principal
 
-    async def add(self, message: dict[str, Any], found: list[NewAttachment]) -> list[Attachment]:
-        """Attach what a channel received to a message just stored (in its transaction)."""
-        if not found:
-            return []
-        owner = (
+    async def _owner(self, message_id: uuid.UUID) -> Any:
+        """The message's channel and owner, which its attachments copy (for row-level security)."""
+        return (
             await self.db.execute(
                 select(Message.channel, Message.user_id).where(
-                    Message.tenant_id == self.principal.tenant_id, Message.id == message["id"]
+                    Message.tenant_id == self.principal.tenant_id, Message.id == message_id
                 )
             )
         ).one()
-        rows = []
-        for part in found:
-            structured = part.kind in STRUCTURED_KINDS
-            rows.append(
-                {
-                    "tenant_id": self.principal.tenant_id,
-                    "id": new_id(),
-                    "message_id": message["id"],
-                    "session_id": message["session_id"],
-                    "channel": owner.channel,
-                    "user_id": owner.user_id,
-                    "kind": part.kind,
-                    "state": "stored" if structured else "pending",
-                    "source": part.source,
-                    "mime_type": part.mime_type,
-                    "file_name": part.file_name,
-                    "caption": part.caption,
-                    "size": part.size,
-                    "sha256": part.sha256,
-                    "data": part.data,
-                }
-            )
+
+    def _values(self, message: dict[str, Any], owner: Any, part: NewAttachment) -> dict[str, Any]:
+        return {
+            "tenant_id": self.principal.tenant_id,
+            "message_id": message["id"],
+            "session_id": message["session_id"],
+            "channel": owner.channel,
+            "user_id": owner.user_id,
+            "kind": part.kind,
+            "source": part.source,
+            "mime_type": part.mime_type,
+            "file_name": part.file_name,
+            "caption": part.caption,
+            "size": part.size,
+            "sha256": part.sha256,
+            "data": part.data,
+        }
+
+    async def add(self, message: dict[str, Any], found: list[NewAttachment]) -> list[Attachment]:
+        """Attach what a channel received to a message just stored (in its transaction): files to
+        fetch are `pending`, structured parts complete."""
+        if not found:
+            return []
+        owner = await self._owner(message["id"])
+        rows = [
+            self._values(message, owner, part)
+            | {"id": new_id(), "state": "stored" if part.kind in STRUCTURED_KINDS else "pending"}
+            for part in found
+        ]
         created = await self.db.scalars(insert(Attachment).returning(Attachment), rows)
         return list(created)
+
+    async def add_stored(self, message: dict[str, Any], file: StoredFile) -> Attachment:
+        """A file already in the blob store (an agent's upload) attached to a message just stored."""
+        values = self._values(message, await self._owner(message["id"]), file.part)
+        values |= {"id": file.attachment_id, "state": "stored", "blob_key": file.key}
+        row: Attachment | None = await self.db.scalar(insert(Attachment).values(**values).returning(Attachment))
+        assert row is not None
+        return row
 
     async def for_messages(self, message_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Attachment]]:
         if not message_ids:

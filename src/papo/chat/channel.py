@@ -16,7 +16,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.auth.service import Principal
-from papo.chat.attachments import Attachments, NewAttachment, attachment_view
+from papo.chat.attachments import Attachments, NewAttachment, StoredFile, attachment_view
 from papo.chat.models import Attachment
 from papo.chat.records import message_payload
 from papo.db.base import new_id
@@ -226,8 +226,11 @@ class ChannelConversations:
             await connection.execute("ROLLBACK TO SAVEPOINT set_ticket")
             raise Conflict("this contact already has an open conversation on this number") from exc
 
-    async def store_outbound(self, conversation_id: uuid.UUID, text: str, metadata: dict[str, Any]) -> dict[str, Any]:
-        """An agent's or the bot's message, stored (delivery pending) before it is sent, and announced."""
+    async def store_outbound(
+        self, conversation_id: uuid.UUID, text: str, metadata: dict[str, Any], file: StoredFile | None = None
+    ) -> dict[str, Any]:
+        """An agent's or the bot's message (with a file already stored), kept with delivery pending
+        before it is sent, and announced."""
         row = await driver(self.db).fetchrow(
             f"""
             INSERT INTO messages (tenant_id, id, session_id, role, content, status, metadata, delivery_status)
@@ -241,7 +244,8 @@ class ChannelConversations:
             json.dumps(metadata),
         )
         assert row is not None
-        return self._announce_message(row)
+        attached = [await Attachments(self.db, self.principal).add_stored(plain(row), file)] if file else []
+        return self._announce_message(row, attached)
 
     async def pending_outbound(self, message_id: uuid.UUID) -> dict[str, Any] | None:
         """A stored message still waiting to be sent, with where to."""

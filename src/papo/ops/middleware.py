@@ -123,22 +123,29 @@ class RequestContextMiddleware:
             structlog.contextvars.unbind_contextvars("request_id")
 
 
+# Where a client uploads a file: its body may be as large as a file papo keeps (multipart overhead aside).
+UPLOAD_PATH = re.compile(r"/api/v1/whatsapp/conversations/[0-9a-fA-F-]{36}/attachments")
+UPLOAD_OVERHEAD = 64 * 1024
+
+
 class BodyLimitMiddleware:
     """Caps request bodies: a declared Content-Length over the limit is refused before reading,
     and a streamed (chunked) body is cut off once it passes the limit. Both answer 413 in the
     problem shape."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_max_bytes: int = 0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_max_bytes = max(upload_max_bytes, max_bytes)  # file uploads (UPLOAD_PATH) only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.upload_max_bytes if UPLOAD_PATH.fullmatch(scope.get("path", "")) else self.max_bytes
         declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if not declared.isdigit() or int(declared) > self.max_bytes:
-            await self._too_large()(scope, receive, send)
+        if not declared.isdigit() or int(declared) > limit:
+            await self._too_large(limit)(scope, receive, send)
             return
         received = 0
 
@@ -147,16 +154,16 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     # FastAPI re-raises HTTPExceptions met while reading the body, so the
                     # application's handler answers it like any other problem.
-                    raise StarletteHTTPException(413, self._detail())
+                    raise StarletteHTTPException(413, self._detail(limit))
             return message
 
         await self.app(scope, counting_receive, send)
 
-    def _detail(self) -> str:
-        return f"The request body exceeds {self.max_bytes} bytes."
+    def _detail(self, limit: int) -> str:
+        return f"The request body exceeds {limit} bytes."
 
-    def _too_large(self) -> JSONResponse:
-        return problem(413, "Payload too large", self._detail(), slug="payload-too-large")
+    def _too_large(self, limit: int) -> JSONResponse:
+        return problem(413, "Payload too large", self._detail(limit), slug="payload-too-large")

@@ -9,11 +9,25 @@ import uuid
 from typing import Annotated, Any
 
 import segno
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Query, Request, Response, status
+from fastapi import (
+    APIRouter,
+    BackgroundTasks,
+    Depends,
+    File,
+    Form,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+    status,
+)
 
 from papo.auth.deps import CurrentPrincipal, DbSession
+from papo.chat.attachments import Attachments
 from papo.errors import Conflict, Forbidden, NotFound
 from papo.whatsapp.inbox import Inbox
+from papo.whatsapp.media import store_upload
 from papo.whatsapp.models import WhatsappSession
 from papo.whatsapp.rows import session_out
 from papo.whatsapp.schemas import (
@@ -214,5 +228,34 @@ async def reply(
     # WhatsApp bans numbers that send in bursts: each number has its own budget, whoever sends.
     await state.limiter.enforce(request, "whatsapp_sends", f"{number.tenant_id}:{number.id}")
     outgoing, stored = await box.queue_reply(conversation_id, body.content, number.transport)
+    background.add_task(state.whatsapp.send, outgoing)
+    return stored
+
+
+@conversations_router.post(
+    "/{conversation_id}/attachments",
+    response_model=InboxMessageOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={413: {"description": "Over WhatsApp's limit for its kind, or the company's quota"}, 415: {}},
+)
+async def send_file(
+    conversation_id: uuid.UUID,
+    box: InboxDep,
+    session: DbSession,
+    state: State,
+    request: Request,
+    background: BackgroundTasks,
+    file: Annotated[UploadFile, File(description="A photo (JPEG, PNG), audio, video (MP4, 3GPP) or any document")],
+    caption: Annotated[str, Form(max_length=1024)] = "",
+) -> dict[str, Any]:
+    """An agent's file (with an optional caption), checked against WhatsApp's size and type limits
+    (413, 415) before anything is stored, then sent like a text reply (delivery status included)."""
+    number = await session.get(WhatsappSession, (box.principal.tenant_id, await box.number_of(conversation_id)))
+    if number is None or not number.is_active:
+        raise Conflict("the WhatsApp number of this conversation was removed")
+    await state.limiter.messages(request, box.principal)
+    await state.limiter.enforce(request, "whatsapp_sends", f"{number.tenant_id}:{number.id}")
+    stored_file = await store_upload(state.blobs, state.settings, Attachments(session, box.principal), file, caption)
+    outgoing, stored = await box.queue_reply(conversation_id, caption, number.transport, stored_file)
     background.add_task(state.whatsapp.send, outgoing)
     return stored

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ from sqlalchemy.exc import IntegrityError
 
 from papo.assistants.replies import ReplyManager
 from papo.auth.service import Principal
+from papo.blobs import BlobStore
+from papo.chat.attachments import Attachments
 from papo.chat.service import ChatService
 from papo.crypto import KeyBox
 from papo.db.engine import Database, driver
@@ -34,11 +37,12 @@ from papo.whatsapp.models import WhatsappSession
 from papo.whatsapp.ownership import SessionOwnership
 from papo.whatsapp.rows import NUMBER_TAKEN, SEALED_TOKEN, announce, service_principal, stored_number, violated
 from papo.whatsapp.status import SessionStatus, can_move
-from papo.whatsapp.transports.base import InboundMessage, SessionKey, Transport
+from papo.whatsapp.transports.base import InboundMessage, OutgoingMedia, SessionKey, Transport
 
 log = structlog.get_logger(__name__)
 RUNNING = frozenset({SessionStatus.STARTING, SessionStatus.SCAN_QR_CODE, SessionStatus.WORKING})
 VERIFIED_NUMBER_INDEX = "uq_whatsapp_sessions_verified_number"
+SPOOL_IN_MEMORY = 1024 * 1024
 
 S = SessionStatus
 
@@ -59,6 +63,7 @@ class WhatsappHub:
     transports: dict[str, Transport]
     keys: KeyBox
     replies: ReplyManager | None = None  # the assistant that answers on numbers that have one
+    blobs: BlobStore | None = None  # where files agents send are kept
     live: dict[SessionKey, LiveSession] = field(default_factory=dict)
     # Ownership: a process runs a session only while it holds the session's lock (see ownership.py);
     # lifecycle commands for a session run elsewhere are sent to its owner.
@@ -303,13 +308,36 @@ class WhatsappHub:
                 raise RuntimeError("the WhatsApp number is not connected")
             if self.memory_status(key) is not S.WORKING and not transport.sends_from_any_process:
                 raise RuntimeError("the WhatsApp number is not connected")
-            external_id = await transport.send_text(key, self.open_config(config), reply.to_wa_id, reply.text)
+            if reply.attachment_id is None:
+                external_id = await transport.send_text(key, self.open_config(config), reply.to_wa_id, reply.text)
+            else:
+                external_id = await self._send_file(transport, key, self.open_config(config), reply)
         except Exception as exc:
             error = str(exc) or exc.__class__.__name__
             log.warning("whatsapp send failed", message=str(reply.message_id), error=error)
         WHATSAPP_MESSAGES.labels(kind, "out" if error is None else "out_failed").inc()
         async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
             await Inbox(session, service_principal(key.tenant_id)).mark_sent(reply.message_id, external_id, error)
+
+    async def _send_file(
+        self, transport: Transport, key: SessionKey, config: dict[str, Any], reply: OutgoingReply
+    ) -> str:
+        """A stored file, copied from the blob store to a spooled file (memory up to a limit, then
+        disk) for the transport to upload."""
+        assert reply.attachment_id is not None
+        if self.blobs is None:
+            raise RuntimeError("this process has no blob store")
+        principal = service_principal(key.tenant_id)
+        async with self.db.transaction(principal.context()) as session:
+            file = await Attachments(session, principal).get(reply.attachment_id)
+        if file.blob_key is None or file.mime_type is None:
+            raise RuntimeError("the file to send is not stored")
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as content:
+            async for chunk in self.blobs.read(file.blob_key):
+                content.write(chunk)
+            content.seek(0)
+            media = OutgoingMedia(file.kind, file.mime_type, file.file_name, file.caption, content)
+            return await transport.send_media(key, config, reply.to_wa_id, media)
 
     async def heartbeat(self) -> None:
         """Keep `last_seen` of the sessions this process runs fresh, so other processes (and sync)

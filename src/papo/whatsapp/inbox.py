@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from papo.auth import service as auth_service
 from papo.auth.models import STAFF_ROLES
 from papo.auth.service import Principal
-from papo.chat.attachments import FILE_KINDS
+from papo.chat.attachments import FILE_KINDS, Attachments, StoredFile
 from papo.chat.channel import ChannelConversations, wire
 from papo.errors import Conflict, InvalidInput, NotFound
 from papo.insights.service import SessionSentiment, message_sentiments, session_sentiments
@@ -63,6 +63,7 @@ class OutgoingReply:
     whatsapp_session_id: uuid.UUID
     to_wa_id: str
     text: str
+    attachment_id: uuid.UUID | None = None  # a file to send, with `text` as its caption
 
 
 class Inbox:
@@ -157,11 +158,11 @@ class Inbox:
         return conversation
 
     async def queue_reply(
-        self, conversation_id: uuid.UUID, text: str, transport: str
+        self, conversation_id: uuid.UUID, text: str, transport: str, file: StoredFile | None = None
     ) -> tuple[OutgoingReply, dict[str, Any]]:
         """Store an agent's reply (delivery pending) before it is sent, so a failure never loses it;
-        returns what to send and the stored message."""
-        if not text.strip():
+        returns what to send and the stored message. With a file, `text` is its caption."""
+        if not text.strip() and file is None:
             raise InvalidInput("a reply needs some text", field="content")
         conversation = await self.store.find(conversation_id, lock=True)
         if conversation["ticket_status"] == "closed":
@@ -175,7 +176,7 @@ class Inbox:
                 "(template messages are not supported yet)"
             )
         metadata = {"author": "agent" if self.principal.user_id else "bot", "agent_id": self.principal.user_id}
-        message = await self.store.store_outbound(conversation_id, text, metadata)
+        message = await self.store.store_outbound(conversation_id, text, metadata, file)
         outgoing = OutgoingReply(
             self.principal.tenant_id,
             message["id"],
@@ -183,6 +184,7 @@ class Inbox:
             conversation["whatsapp_session_id"],
             conversation["wa_id"],
             text,
+            file.attachment_id if file else None,
         )
         return outgoing, message
 
@@ -191,6 +193,7 @@ class Inbox:
         row = await self.store.pending_outbound(message_id)
         if row is None:
             return None
+        files = (await Attachments(self.db, self.principal).for_messages([message_id])).get(message_id, [])
         return OutgoingReply(
             self.principal.tenant_id,
             message_id,
@@ -198,6 +201,7 @@ class Inbox:
             row["whatsapp_session_id"],
             row["wa_id"],
             row["content"],
+            files[0].id if files else None,
         )
 
     async def bot_reply_ready(self, conversation_id: uuid.UUID, message_id: uuid.UUID) -> OutgoingReply | None:

@@ -12,20 +12,24 @@ pauses; out of attempts, the attachment is `unavailable` for good.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import puremagic
 import structlog
+from fastapi import UploadFile
 
-from papo.blobs import BlobStore, BlobTooLarge, WrittenBlob
-from papo.chat.attachments import Attachments, blob_key, claim_downloads
+from papo.blobs import HEAD_BYTES, READ_CHUNK, BlobStore, BlobTooLarge, WrittenBlob
+from papo.chat.attachments import Attachments, NewAttachment, StoredFile, blob_key, claim_downloads
 from papo.chat.channel import ChannelConversations
 from papo.chat.models import Attachment
+from papo.db.base import new_id
 from papo.db.engine import Database
-from papo.errors import NotFound
+from papo.errors import DomainError, InvalidInput, NotFound
 from papo.settings import Settings
 from papo.waiting import work_when_woken
 from papo.whatsapp.hub import WhatsappHub
@@ -64,12 +68,20 @@ def check_content(declared: str, head: bytes) -> str:
         guesses = {match.mime_type for match in puremagic.magic_string(head) if match.mime_type}
     except puremagic.PureError:
         guesses = set()
-    if not guesses or declared in guesses:
+    if declared in guesses:
         return declared
     family = declared.split("/")[0]
-    if family in ("image", "audio", "video") and not any(g.startswith(family + "/") for g in guesses):
+    playable = family in ("image", "audio", "video")
+    # every image format a browser shows has a signature; some audio and video codecs have none,
+    # but none of them starts like markup
+    unknown_but_plausible = not guesses and not (family == "image" or head.lstrip()[:1] == b"<")
+    # an image must be exactly what it says (an SVG is no PNG); audio and video of the same family will do
+    agrees = any(g.startswith(family + "/") for g in guesses) if family != "image" else False
+    if playable and not unknown_but_plausible and not agrees:
         raise Refused(f"the file is not the {declared} it claims to be")
-    return declared if any(g.split("/")[0] == family for g in guesses) else "application/octet-stream"
+    if not guesses or any(g.split("/")[0] == family for g in guesses):
+        return declared
+    return "application/octet-stream"
 
 
 @dataclass
@@ -177,3 +189,81 @@ class MediaDownloads:
         principal = service_principal(tenant_id)
         async with self.db.transaction(principal.context()) as session:
             await change(Attachments(session, principal))
+
+
+# What WhatsApp takes from a business (Cloud API media limits): kind -> (largest file, its types;
+# None: any). A file of another type than its kind allows goes as a document.
+OUTBOUND_LIMITS: dict[str, tuple[int, frozenset[str] | None]] = {
+    "image": (5 * 1024**2, frozenset({"image/jpeg", "image/png"})),
+    "audio": (16 * 1024**2, frozenset({"audio/aac", "audio/amr", "audio/mpeg", "audio/mp4", "audio/ogg"})),
+    "video": (16 * 1024**2, frozenset({"video/mp4", "video/3gpp"})),
+    "document": (100 * 1024**2, None),
+}
+SAFE_FILE_NAME = re.compile(r"[^\w.\- ()]+")
+
+
+class FileTooLarge(DomainError):
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class UnsupportedFile(DomainError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+def outbound_kind(mime_type: str) -> str:
+    family = mime_type.split("/")[0]
+    kind = family if family in ("image", "audio", "video") else "document"
+    allowed = OUTBOUND_LIMITS[kind][1]
+    return kind if allowed is None or mime_type in allowed else "document"
+
+
+def sniffed_type(declared: str, head: bytes) -> str:
+    """The type a sent file really has: the sender's claim checked against its bytes."""
+    if declared == "application/octet-stream":
+        with contextlib.suppress(puremagic.PureError):
+            for match in puremagic.magic_string(head):
+                if match.mime_type:
+                    return str(match.mime_type)
+    try:
+        return check_content(declared, head)
+    except Refused as refused:
+        raise UnsupportedFile(str(refused)) from refused
+
+
+async def store_upload(
+    blobs: BlobStore,
+    settings: Settings,
+    attachments: Attachments,
+    upload: UploadFile,
+    caption: str | None,
+) -> StoredFile:
+    """An agent's file, checked against WhatsApp's limits and the company's quota, streamed into the
+    blob store (nothing is kept when it is refused)."""
+    head = await upload.read(HEAD_BYTES)
+    await upload.seek(0)
+    if not head:
+        raise InvalidInput("the file is empty", field="file")
+    mime_type = sniffed_type(claimed_type(upload.content_type), head)
+    kind = outbound_kind(mime_type)
+    limit = min(OUTBOUND_LIMITS[kind][0], settings.media_max_bytes)
+    quota_left = None
+    if settings.media_quota_bytes:
+        quota_left = settings.media_quota_bytes - await attachments.stored_bytes()
+    attachment_id = new_id()
+    key = blob_key(attachments.principal.tenant_id, attachment_id)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while chunk := await upload.read(READ_CHUNK):
+            yield chunk
+
+    try:
+        written = await blobs.write(key, chunks(), max_bytes=limit if quota_left is None else min(limit, quota_left))
+    except BlobTooLarge as exc:
+        if quota_left is not None and exc.limit == quota_left:
+            raise FileTooLarge("the company's media storage is full") from exc
+        raise FileTooLarge(f"WhatsApp takes a {kind} of at most {human_size(limit)}") from exc
+    name = SAFE_FILE_NAME.sub("_", upload.filename or "").strip()[:200] or None
+    part = NewAttachment(
+        kind, mime_type=mime_type, file_name=name, caption=caption or None, size=written.size, sha256=written.sha256
+    )
+    return StoredFile(attachment_id, part, key)

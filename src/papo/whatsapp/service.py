@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.auth.service import Principal
+from papo.blobs import BlobStore
 from papo.db.base import new_id
 from papo.errors import Conflict, NotFound
 from papo.ops.ratelimit import RateLimiter
@@ -274,6 +275,7 @@ class WhatsappRuntime(Protocol):
     settings: Settings
     whatsapp: WhatsappHub
     media: MediaDownloads
+    blobs: BlobStore
     limiter: RateLimiter
 
 

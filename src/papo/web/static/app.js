@@ -714,6 +714,21 @@ function setupInbox() {
     if (response.ok) input.value = "";
     else alert((await response.json()).detail);
   });
+  // A file goes with what is typed as its caption; WhatsApp's limits are checked by the server.
+  $("#inbox-file")?.addEventListener("change", async (event) => {
+    const file = event.target.files[0];
+    if (!file) return;
+    const input = $("#inbox-input");
+    const form = new FormData();
+    form.append("file", file);
+    form.append("caption", input.value.trim());
+    const response = await fetch(`${url}/attachments`, {
+      method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf }, body: form,
+    });
+    event.target.value = "";
+    if (response.ok) input.value = "";
+    else alert((await response.json()).detail);
+  });
   $("#inbox-input")?.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) {
       event.preventDefault();

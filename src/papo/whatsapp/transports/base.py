@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from papo.chat.attachments import NewAttachment
 
@@ -52,6 +52,17 @@ class MediaStream:
     mime_type: str | None
     declared_size: int | None
     chunks: AsyncIterator[bytes]
+
+
+@dataclass(frozen=True)
+class OutgoingMedia:
+    """A file an agent sends: checked against WhatsApp's limits before it got here."""
+
+    kind: str  # image, audio, video or document
+    mime_type: str
+    file_name: str | None
+    caption: str | None
+    content: IO[bytes]  # a spooled copy from the blob store, at its start
 
 
 class MediaUnavailable(RuntimeError):
@@ -104,6 +115,10 @@ class Transport(ABC):
     ) -> AbstractAsyncContextManager[MediaStream]:
         """Download a customer's media (`source` is what the transport put in the attachment)."""
         raise MediaUnavailable(f"the {self.kind} transport does not download media")
+
+    async def send_media(self, key: SessionKey, config: dict[str, Any], to_wa_id: str, media: OutgoingMedia) -> str:
+        """Send a file; returns WhatsApp's id of the sent message (raises when it cannot be sent)."""
+        raise MediaUnavailable(f"the {self.kind} transport does not send files yet")
 
     def stored_sessions(self) -> list[str]:
         """Slugs of every credential store on disk (to find orphans)."""

@@ -14,7 +14,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from papo.whatsapp.transports.base import MediaStream, MediaUnavailable, SessionEvents, SessionKey, Transport
+from papo.whatsapp.transports.base import (
+    MediaStream,
+    MediaUnavailable,
+    OutgoingMedia,
+    SessionEvents,
+    SessionKey,
+    Transport,
+)
 
 
 class CloudApiError(MediaUnavailable):
@@ -89,8 +96,32 @@ class CloudTransport(Transport):
         return False
 
     async def send_text(self, key: SessionKey, config: dict[str, Any], to_wa_id: str, text: str) -> str:
+        return await self._send(config, to_wa_id, {"type": "text", "text": {"body": text}})
+
+    async def send_media(self, key: SessionKey, config: dict[str, Any], to_wa_id: str, media: OutgoingMedia) -> str:
+        """Upload the file to the number's media store, then send a message that names it."""
         number, headers = self._auth(config)
-        body = {"messaging_product": "whatsapp", "to": to_wa_id, "type": "text", "text": {"body": text}}
+        files = {"file": (media.file_name or media.kind, media.content, media.mime_type)}
+        form = {"messaging_product": "whatsapp", "type": media.mime_type}
+        try:
+            response = await self.http.post(
+                f"{self.graph_url}/{number}/media", headers=headers, data=form, files=files, timeout=MEDIA_TIMEOUT
+            )
+        except httpx.HTTPError as exc:
+            raise CloudApiError(f"the media upload failed: {exc}") from exc
+        uploaded = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+        if response.status_code >= 400 or not isinstance(uploaded.get("id"), str):
+            raise CloudApiError(f"the Graph API refused the upload ({response.status_code})", response.status_code)
+        part: dict[str, Any] = {"id": uploaded["id"]}
+        if media.caption and media.kind != "audio":  # WhatsApp shows no caption under audio
+            part["caption"] = media.caption
+        if media.kind == "document" and media.file_name:
+            part["filename"] = media.file_name
+        return await self._send(config, to_wa_id, {"type": media.kind, media.kind: part})
+
+    async def _send(self, config: dict[str, Any], to_wa_id: str, message: dict[str, Any]) -> str:
+        number, headers = self._auth(config)
+        body = {"messaging_product": "whatsapp", "to": to_wa_id, **message}
         payload = await self._call("POST", f"{self.graph_url}/{number}/messages", headers, body)
         messages = payload.get("messages")
         if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict):
