@@ -22,7 +22,24 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.calls: Counter[str] = Counter()
-        self.app = Starlette(routes=[Route("/v1/chat/completions", self.completions, methods=["POST"])])
+        self.transcribed: list[tuple[str, str, bytes]] = []  # model, file name, audio
+        self.transcript = "qual o horário de sábado?"
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.completions, methods=["POST"]),
+                Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
+            ]
+        )
+
+    async def transcriptions(self, request: Request) -> Response:
+        """OpenAI's transcription endpoint (multipart: file, model): the configured transcript."""
+        if request.headers.get("authorization") != f"Bearer {API_KEY}":
+            return JSONResponse({"error": {"message": "Incorrect API key"}}, 401)
+        form = await request.form()
+        upload = form["file"]
+        assert not isinstance(upload, str)
+        self.transcribed.append((str(form["model"]), upload.filename or "", await upload.read()))
+        return JSONResponse({"text": self.transcript})
 
     @staticmethod
     def chunk(content: str | None = None, finish: str | None = None) -> str:

@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_api_key: str | None = None
     openai_model: str = "gpt-4o-mini"
+    # Voice notes to text, through the assistant provider's OpenAI-compatible /audio/transcriptions.
+    transcription_model: str = "whisper-1"
     # Key that encrypts provider API keys at rest (Fernet, url-safe base64 of 32 bytes); generated
     # under data_dir when unset. Keep it with your backups: encrypted keys are useless without it.
     secret_key: str | None = None

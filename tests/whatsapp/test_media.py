@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from papo.app import app_state_of
 from papo.auth.models import Role
 from tests.conftest import ProvisionedDatabase, plain_dsn
+from tests.fake_openai import API_KEY, FakeOpenAI
 from tests.support import FakeGraphApi, Member, TenantHandle
 from tests.whatsapp.test_cloud import HOOK, INBOX, cloud_number, delivery, signed, worked_off
 
@@ -372,3 +373,37 @@ async def test_an_agent_sends_a_pdf_and_a_photo_checked_against_whatsapps_limits
     other = await (await make_tenant("Other")).member(Role.owner)
     stranger = await client.post(url, files={"file": ("x.pdf", PDF, "application/pdf")}, headers=other.headers)
     assert stranger.status_code == 404
+
+
+async def test_the_bot_answers_a_voice_notes_transcript(
+    client: httpx.AsyncClient,
+    cloud_number: tuple[TenantHandle, Member, str, str],
+    graph_api: FakeGraphApi,
+    database: ProvisionedDatabase,
+    fake_openai: tuple[FakeOpenAI, str],
+) -> None:
+    _, admin, session_id, number = cloud_number
+    provider, base_url = fake_openai
+    assistant = await client.post(
+        "/api/v1/assistants",
+        json={"name": "Bot", "model": "fake-echo", "base_url": base_url, "api_key": API_KEY},
+        headers=admin.headers,
+    )
+    assert assistant.status_code == 201, assistant.text
+    linked = await client.patch(
+        f"/api/v1/whatsapp/sessions/{session_id}", json={"assistant_id": assistant.json()["id"]}, headers=admin.headers
+    )
+    assert linked.status_code == 200, linked.text
+    voice = new_media(graph_api, OGG, "audio/ogg; codecs=opus")
+    sent_before = len(graph_api.sent)
+    await deliver(client, database, number, media_message("wamid.vt", "5511988887777", "audio", voice, voice=True))
+    async with asyncio.timeout(15):
+        while len(graph_api.sent) == sent_before:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    (answer,) = graph_api.sent[sent_before:]
+    assert answer["text"]["body"] == f"Echo: {provider.transcript}"  # the bot answered what was said
+    assert provider.transcribed == [("whisper-1", provider.transcribed[0][1], OGG)]
+    (note,) = await settled(client, admin, 1)
+    assert note["transcript"] == provider.transcript  # shown under the player
+    (conversation,) = (await client.get(INBOX, headers=admin.headers)).json()
+    assert (conversation["ticket_status"], conversation["bot_enabled"]) == ("open", True)

@@ -22,8 +22,9 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
+import openai
 import structlog
 
 from papo.assistants.providers import (
@@ -115,6 +116,24 @@ class ReplyManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.clients.close()
+
+    async def transcribe(
+        self, principal: Principal, assistant_id: uuid.UUID, audio: IO[bytes], file_name: str, mime_type: str
+    ) -> str | None:
+        """A voice note as text, through the assistant's provider's OpenAI-compatible transcription
+        endpoint; None when the provider has none (the demo, a server without it) or it fails."""
+        async with self.db.transaction(principal.context()) as session:
+            target = await AssistantService(session, principal, self.settings, self.keys).target(assistant_id)
+        if target.provider == "demo":
+            return None
+        try:
+            done = await self.clients.get(target).audio.transcriptions.create(
+                model=self.settings.transcription_model, file=(file_name, audio, mime_type)
+            )
+        except openai.OpenAIError as exc:
+            log.warning("transcription failed", assistant=str(assistant_id), error=str(exc))
+            return None
+        return done.text.strip() or None
 
     async def sweep(self) -> int:
         """Replies left `streaming` by a process that died become retryable `interrupted` errors."""

@@ -198,12 +198,19 @@ class ReplyLifecycle:
         self: ChatRows, session_id: uuid.UUID, token_budget: int, estimate: Any
     ) -> list[dict[str, str]]:
         """The newest messages that fit the budget, oldest first; replies still being written or that
-        failed are left out."""
+        failed are left out. A message without text says what its voice notes' transcripts say."""
         rows = await driver(self.db).fetch(
             """
-            SELECT role, content FROM messages
-             WHERE tenant_id = $1 AND session_id = $2 AND superseded_at IS NULL
-               AND (reply_state IS NULL OR reply_state IN ('complete', 'stopped')) AND content <> ''
+            SELECT role, content FROM (
+              SELECT m.role, m.created_at, m.id, coalesce(nullif(m.content, ''), (
+                       SELECT string_agg(a.transcript, ' ' ORDER BY a.created_at) FROM attachments a
+                        WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id AND a.transcript IS NOT NULL
+                     )) AS content
+                FROM messages m
+               WHERE m.tenant_id = $1 AND m.session_id = $2 AND m.superseded_at IS NULL
+                 AND (m.reply_state IS NULL OR m.reply_state IN ('complete', 'stopped'))
+            ) said
+             WHERE content <> ''
              ORDER BY created_at DESC, id DESC LIMIT 500
             """,
             self.principal.tenant_id,

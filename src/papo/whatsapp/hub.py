@@ -25,6 +25,7 @@ from papo.assistants.replies import ReplyManager
 from papo.auth.service import Principal
 from papo.blobs import BlobStore
 from papo.chat.attachments import Attachments
+from papo.chat.models import Attachment
 from papo.chat.service import ChatService
 from papo.crypto import KeyBox
 from papo.db.engine import Database, driver
@@ -267,12 +268,53 @@ class WhatsappHub:
             assert row.assistant_id is not None
             await self.replies.spawn(principal, received.conversation_id, bot_reply, row.assistant_id)
         if received.text_only_notice:
-            async with self.db.transaction(principal.context()) as session:
-                notice, _ = await Inbox(session, principal).queue_reply(
-                    received.conversation_id, self.settings.whatsapp_text_only_notice, row.transport
-                )
-            await self.send(notice)
+            await self._text_only_notice(principal, received.conversation_id, row.transport)
         return received
+
+    async def _text_only_notice(self, principal: Principal, conversation_id: uuid.UUID, transport: str) -> None:
+        async with self.db.transaction(principal.context()) as session:
+            notice, _ = await Inbox(session, principal).queue_reply(
+                conversation_id, self.settings.whatsapp_text_only_notice, transport
+            )
+        await self.send(notice)
+
+    async def voice_note_stored(self, tenant_id: uuid.UUID, note: Attachment) -> None:
+        """A customer's voice note is in the blob store. Where the bot answers, it answers the
+        transcript (shown under the player); a provider that cannot transcribe means the customer is
+        told the bot reads text only, and the conversation waits for a person."""
+        principal = service_principal(tenant_id)
+        async with self.db.transaction(principal.context()) as session:
+            inbox = Inbox(session, principal)
+            conversation = await inbox.conversation(note.session_id)
+            number = await session.get(WhatsappSession, (tenant_id, conversation["whatsapp_session_id"]))
+        if note.caption or not conversation["bot_enabled"] or number is None or number.assistant_id is None:
+            return  # a person answers (or the bot answered the caption already)
+        if self.replies is None or self.blobs is None or note.blob_key is None:
+            return
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as audio:
+            async for chunk in self.blobs.read(note.blob_key):
+                audio.write(chunk)
+            audio.seek(0)
+            name = note.file_name or f"voice-{note.id.hex[:8]}.ogg"
+            said = await self.replies.transcribe(principal, number.assistant_id, audio, name, note.mime_type or "")
+        if said is None:
+            async with self.db.transaction(principal.context()) as session:
+                await Inbox(session, principal).update(
+                    note.session_id, {"ticket_status": "pending", "bot_enabled": False}
+                )
+            await self._text_only_notice(principal, note.session_id, number.transport)
+            return
+        reply_id = None
+        async with self.db.transaction(principal.context()) as session:
+            await Attachments(session, principal).set_transcript(note.id, said)
+            chat = ChatService(session, principal, self.settings)
+            if await chat.streaming_reply(note.session_id) is None:  # one answer at a time
+                placeholder = await chat.add_reply_placeholder(
+                    note.session_id, {"assistant_id": str(number.assistant_id), "author": "bot"}
+                )
+                reply_id = placeholder.id
+        if reply_id is not None:
+            await self.replies.spawn(principal, note.session_id, reply_id, number.assistant_id)
 
     async def bot_reply_completed(
         self, principal: Principal, conversation_id: uuid.UUID, reply_id: uuid.UUID, text: str

@@ -26,6 +26,7 @@ from papo.insights.service import SessionSentiment, message_sentiments, session_
 from papo.realtime.service import emit
 from papo.whatsapp.transports.base import InboundMessage
 
+VOICE_KINDS = ("voice", "audio")
 DEFAULT_HANDOFF_WORDS = ("atendente", "humano", "pessoa", "agent", "human", "operator")
 CUSTOMER_SERVICE_WINDOW = timedelta(hours=24)
 TICKET_STATUSES = ("open", "pending", "closed")
@@ -104,7 +105,10 @@ class Inbox:
         bot_on = bool(conversation["bot_enabled"])
         # the bot answers words (a text, a caption); a file alone goes to a person, and the customer is told
         supported = kept and bool(content.strip())
-        files_only = bot_on and not supported and any(a.kind in FILE_KINDS for a in inbound.attachments)
+        files = [a.kind for a in inbound.attachments if a.kind in FILE_KINDS]
+        # a voice note waits for its transcript (papo.whatsapp.hub.voice_note_stored decides then)
+        transcribable = assistant_id is not None and bool(files) and all(k in VOICE_KINDS for k in files)
+        files_only = bot_on and not supported and bool(files) and not transcribable
         handed_off = files_only or (bot_on and supported and asks_for_a_human(content, handoff_words))
         if handed_off:
             await self.store.hand_off(conversation_id)

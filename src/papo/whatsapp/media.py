@@ -33,6 +33,7 @@ from papo.errors import DomainError, InvalidInput, NotFound
 from papo.settings import Settings
 from papo.waiting import work_when_woken
 from papo.whatsapp.hub import WhatsappHub
+from papo.whatsapp.inbox import VOICE_KINDS
 from papo.whatsapp.models import WhatsappSession
 from papo.whatsapp.rows import service_principal
 from papo.whatsapp.transports.base import SessionKey
@@ -149,12 +150,14 @@ class MediaDownloads:
                 )
             return
         key = blob_key(row.tenant_id, row.id)
-        await self._record(
+        stored = await self._record(
             tenant_id,
             lambda store: store.mark_stored(
                 row.id, key=key, size=written.size, sha256=written.sha256, mime_type=mime_type
             ),
         )
+        if isinstance(stored, Attachment) and stored.kind in VOICE_KINDS:
+            await self.hub.voice_note_stored(tenant_id, stored)
 
     async def _fetch(self, row: Attachment, number: WhatsappSession, quota_left: int | None) -> tuple[WrittenBlob, str]:
         limit = self.settings.media_max_bytes
@@ -185,10 +188,10 @@ class MediaDownloads:
             return "the company's media storage is full"
         return f"the file is larger than {human_size(limit)}"
 
-    async def _record(self, tenant_id: uuid.UUID, change: Callable[[Attachments], Awaitable[object]]) -> None:
+    async def _record(self, tenant_id: uuid.UUID, change: Callable[[Attachments], Awaitable[object]]) -> object:
         principal = service_principal(tenant_id)
         async with self.db.transaction(principal.context()) as session:
-            await change(Attachments(session, principal))
+            return await change(Attachments(session, principal))
 
 
 # What WhatsApp takes from a business (Cloud API media limits): kind -> (largest file, its types;
