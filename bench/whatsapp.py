@@ -6,6 +6,8 @@
 2. Webhook ingestion: signed Cloud API deliveries (one inbound text each) posted concurrently to a
    `papo serve`; time until every message is stored and announced to an agent's realtime stream,
    messages per second, and p50/p99 of the webhook answer.
+3. Media ingestion: customers' photos (1 MB) and videos (15 MB) through the Graph API double: files
+   stored per second, and the server's peak resident memory (it must not grow with the file size).
 Run: `make bench-whatsapp`.
 """
 
@@ -24,6 +26,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -117,10 +122,20 @@ def delivery(number: str, index: int) -> bytes:
     ).encode()
 
 
-async def ingestion(messages: int, concurrency: int) -> tuple[float, list[float]]:
+@dataclass
+class Running:
+    server: BenchServer
+    graph: FakeGraphApi
+    base: str
+    token: str
+    number: str
+
+
+@asynccontextmanager
+async def whatsapp_server() -> AsyncIterator[Running]:
+    """A `papo serve` with one Cloud API number, verified by a local Graph API double."""
     server = BenchServer("wa")
     settings, location = server.settings, server.location
-    # Inbound is routed only to a number the Graph API verified: a local Graph double does that.
     graph = FakeGraphApi()
     try:
         await server.migrate()
@@ -137,6 +152,7 @@ async def ingestion(messages: int, concurrency: int) -> tuple[float, list[float]
             PAPO_WHATSAPP_APP_SECRET=SECRET,
             PAPO_WHATSAPP_GRAPH_URL=graph.url,
             PAPO_DB_POOL_SIZE="20",
+            PAPO_OUTBOUND_ALLOWED_TARGETS="127.0.0.0/8",
         )
         base = f"http://{HOST}:{PAPO_PORT}"
         number = "1098765432"
@@ -157,43 +173,105 @@ async def ingestion(messages: int, concurrency: int) -> tuple[float, list[float]
                 await asyncio.sleep(0.1)
             else:
                 raise RuntimeError(f"the bench number never became WORKING (last status {status})")
-        seen = 0
-        all_seen = asyncio.Event()
-        realtime = RealtimeClient(base, token)
-
-        async def watch() -> None:
-            nonlocal seen
-            async for item in realtime.events():
-                if isinstance(item, RealtimeEvent) and item.event == "message.created":
-                    seen += 1
-                    if seen >= messages:
-                        all_seen.set()
-
-        watcher = asyncio.create_task(watch())
-        await asyncio.wait_for(realtime.connected.wait(), 10)
-        bodies = [delivery(number, i) for i in range(messages)]
-        latencies: list[float] = []
-        gate = asyncio.Semaphore(concurrency)
-        async with httpx.AsyncClient(
-            base_url=base, timeout=60, limits=httpx.Limits(max_connections=concurrency)
-        ) as http:
-
-            async def post(body: bytes) -> None:
-                async with gate:
-                    started = time.perf_counter()
-                    answer = await http.post("/api/v1/whatsapp/webhook", content=body, headers=signed(body))
-                    latencies.append((time.perf_counter() - started) * 1000)
-                    assert answer.status_code == 200, answer.text
-
-            started = time.perf_counter()
-            await asyncio.gather(*(post(body) for body in bodies))
-            await asyncio.wait_for(all_seen.wait(), 120)
-            elapsed = time.perf_counter() - started
-        watcher.cancel()
-        return messages / elapsed, latencies
+        yield Running(server, graph, base, token, number)
     finally:
         graph.close()
         await server.close()
+
+
+async def count_events(running: Running, wanted: int, matches: Callable[[RealtimeEvent], bool]) -> asyncio.Event:
+    """Set once `wanted` realtime events that `matches` arrived (the watcher runs until cancelled)."""
+    done, seen = asyncio.Event(), 0
+    realtime = RealtimeClient(running.base, running.token)
+
+    async def watch() -> None:
+        nonlocal seen
+        async for item in realtime.events():
+            if isinstance(item, RealtimeEvent) and matches(item):
+                seen += 1
+                if seen >= wanted:
+                    done.set()
+
+    WATCHERS.add(asyncio.create_task(watch()))
+    await asyncio.wait_for(realtime.connected.wait(), 10)
+    return done
+
+
+WATCHERS: set[asyncio.Task[None]] = set()
+
+
+async def post_all(running: Running, bodies: list[bytes], concurrency: int) -> list[float]:
+    latencies: list[float] = []
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(
+        base_url=running.base, timeout=60, limits=httpx.Limits(max_connections=concurrency)
+    ) as http:
+
+        async def post(body: bytes) -> None:
+            async with gate:
+                started = time.perf_counter()
+                answer = await http.post("/api/v1/whatsapp/webhook", content=body, headers=signed(body))
+                latencies.append((time.perf_counter() - started) * 1000)
+                assert answer.status_code == 200, answer.text
+
+        await asyncio.gather(*(post(body) for body in bodies))
+    return latencies
+
+
+async def ingestion(messages: int, concurrency: int) -> tuple[float, list[float]]:
+    async with whatsapp_server() as running:
+        all_seen = await count_events(running, messages, lambda event: event.event == "message.created")
+        bodies = [delivery(running.number, i) for i in range(messages)]
+        started = time.perf_counter()
+        latencies = await post_all(running, bodies, concurrency)
+        await asyncio.wait_for(all_seen.wait(), 120)
+        return messages / (time.perf_counter() - started), latencies
+
+
+def memory_of(pid: int, field: str) -> float:
+    """VmRSS (now) or VmHWM (the peak so far) of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+def media_delivery(number: str, index: int, kind: str, media_id: str, mime_type: str) -> bytes:
+    sender = f"55118{index % 50:08d}"
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "5511400000000", "phone_number_id": number},
+        "contacts": [{"profile": {"name": f"Cliente {index % 50}"}, "wa_id": sender}],
+        "messages": [{"from": sender, "id": f"wamid.media-{uuid.uuid4().hex}", "timestamp": "1760000000",
+                      "type": kind, kind: {"id": media_id, "mime_type": mime_type}}],
+    }  # fmt: skip
+    return json.dumps(
+        {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"value": value}]}]}
+    ).encode()
+
+
+async def media_ingestion(images: int, videos: int) -> tuple[float, float, float]:
+    """Customers' photos (1 MB) and videos (15 MB) through the Graph API double: files stored per
+    second, and the server's resident memory before and at its peak."""
+    jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + os.urandom(1024 * 1024 - 11)
+    mp4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + os.urandom(15 * 1024 * 1024 - 24)
+    async with whatsapp_server() as running:
+        pid = running.server.processes[-1].pid
+        files = [("image", "image/jpeg", jpeg)] * images + [("video", "video/mp4", mp4)] * videos
+        bodies = []
+        for index, (kind, mime_type, content) in enumerate(files):
+            media_id = f"bench-media-{index}"
+            running.graph.media[media_id] = (content, mime_type)
+            bodies.append(media_delivery(running.number, index, kind, media_id, mime_type))
+        stored = await count_events(
+            running, len(files), lambda event: event.event == "attachment.updated" and event.data["state"] != "pending"
+        )
+        before = memory_of(pid, "VmRSS")
+        started = time.perf_counter()
+        await post_all(running, bodies, 20)
+        await asyncio.wait_for(stored.wait(), 600)
+        elapsed = time.perf_counter() - started
+        return len(files) / elapsed, before, memory_of(pid, "VmHWM")
 
 
 def pct(values: list[float], fraction: float) -> float:
@@ -205,6 +283,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--videos", type=int, default=20)
     args = parser.parse_args()
     print(f"papo WhatsApp benchmark — {os.cpu_count()} cores")
     workdir = Path(tempfile.mkdtemp(prefix="papo-bench-wa-mem-"))
@@ -234,6 +314,13 @@ async def main() -> None:
             f"webhooks {rate:.0f} msg/s",
         )
     )
+
+    files_per_second, before, peak = await media_ingestion(args.images, args.videos)
+    print(
+        f"\n  media ingestion: {args.images} photos of 1 MB and {args.videos} videos of 15 MB through the Graph API: "
+        f"{files_per_second:.1f} files/s stored; server RSS {before:.0f} MB before, peak {peak:.0f} MB"
+    )
+    print(verdict(peak - before < 50, f"peak RSS grew {peak - before:.0f} MB (target < 50 MB, whatever the file size)"))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ from papo.whatsapp.api import conversations_router
 from papo.whatsapp.api import router as whatsapp_router
 from papo.whatsapp.hub import WhatsappHub
 from papo.whatsapp.media import MediaDownloads
+from papo.whatsapp.seed_api import router as seed_sessions_router
 from papo.whatsapp.service import WhatsappRuntime
 from papo.whatsapp.transports.registry import load_transports
 from papo.whatsapp.webhook import process as process_webhook
@@ -201,7 +202,7 @@ def create_app(
     app.include_router(webhooks_router)
     install_web(app)
     app.include_router(whatsapp_router, prefix="/api/v1/whatsapp/sessions")
-    app.include_router(whatsapp_router, prefix="/session", include_in_schema=False)  # seed 004's paths
+    app.include_router(seed_sessions_router)  # seed 004's paths, in its shape
     app.include_router(conversations_router)
     app.include_router(whatsapp_webhook_router)
 

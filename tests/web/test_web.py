@@ -190,7 +190,9 @@ class TestDashboard:
         tenant: TenantHandle = await make_tenant("Actions")
         member = await tenant.member()
         chat = await client.post(
-            "/api/v1/sessions", json={"title": "Orçamento", "channel": "web"}, headers=member.headers
+            "/api/v1/sessions",
+            json={"title": "Orçamento", "channel": "web", "assistant_id": None},
+            headers=member.headers,
         )
         sid = chat.json()["id"]
         for text in ("precisamos revisar o orçamento de marketing", "e a planilha do trimestre"):

@@ -249,3 +249,50 @@ class TestLegacyImport:
         broken = papo(settings, "whatsapp", "import-sessions", str(legacy), "--tenant", str(tenant.id), check=False)
         assert broken.returncode == 1
         assert "not JSON" in broken.stderr
+
+
+class TestSeedShape:
+    async def test_seed_paths_answer_in_the_seeds_shape_by_id_or_name(
+        self, client: httpx.AsyncClient, company: tuple[TenantHandle, Member, Member], make_tenant: Any
+    ) -> None:
+        tenant, admin, agent = company
+        created = await client.post("/session", json={"name": "vendas", "transport": "fake"}, headers=admin.headers)
+        assert created.status_code == 201, created.text
+        seed = created.json()
+        assert seed["companyId"] == str(tenant.id)
+        assert seed["name"] == "vendas"
+        assert {"phoneNumber", "qrCode", "isActive", "lastSeen", "createdAt", "updatedAt"} <= seed.keys()
+        await wait_status(client, admin, seed["id"], "SCAN_QR_CODE")
+
+        by_name = (await client.get("/session/vendas", headers=admin.headers)).json()
+        assert by_name["id"] == seed["id"]
+        assert (by_name["status"], by_name["papo"]["status"]) == ("CONNECTING", "SCAN_QR_CODE")
+        assert by_name["qrCode"]  # admins pair the number
+        as_agent = (await client.get(f"/session/{seed['id']}", headers=agent.headers)).json()
+        assert as_agent["qrCode"] is None  # the code that pairs the number is not an agent's
+        restarted = await client.post("/session/vendas/restart", headers=admin.headers)
+        assert restarted.status_code == 202
+        assert restarted.json()["id"] == seed["id"]
+        details = (await client.get("/session/vendas/details", headers=admin.headers)).json()
+        assert details["id"] == seed["id"]
+
+        broken = await client.post(
+            "/session",
+            json={"name": "quebrada", "transport": "fake", "config": {"fail_start": True}},
+            headers=admin.headers,
+        )
+        await wait_status(client, admin, broken.json()["id"], "FAILED")
+        failed = (await client.get("/session/quebrada", headers=admin.headers)).json()
+        assert failed["status"] == "DISCONNECTED"
+        assert "failed to start" in failed["statusReason"]  # the reason stays visible
+        assert failed["papo"]["status"] == "FAILED"
+
+        other = await (await make_tenant("Outra")).member(Role.admin)
+        for path in ("/session/vendas", f"/session/{seed['id']}", "/session/nenhuma"):
+            assert (await client.get(path, headers=other.headers)).status_code == 404
+        assert [s["name"] for s in (await client.get("/session", headers=other.headers)).json()] == []
+
+        document = (await client.get("/openapi.json")).json()
+        assert "/session/{session_id}/restart" in document["paths"]
+        schema = document["components"]["schemas"]["SeedSession"]
+        assert schema["examples"][0]["status"] == "CONNECTED"

@@ -190,6 +190,18 @@ async def inbox(principal: CurrentPrincipal, session: DbSession) -> Inbox:
 InboxDep = Annotated[Inbox, Depends(inbox)]
 
 
+async def conversation_number(conversation_id: uuid.UUID, box: InboxDep, session: DbSession) -> WhatsappSession:
+    """The number a conversation the caller may see came in on (404 otherwise, before the body is
+    looked at; 409 when the number was removed)."""
+    number = await session.get(WhatsappSession, (box.principal.tenant_id, await box.number_of(conversation_id)))
+    if number is None or not number.is_active:
+        raise Conflict("the WhatsApp number of this conversation was removed")
+    return number
+
+
+ConversationNumber = Annotated[WhatsappSession, Depends(conversation_number)]
+
+
 @conversations_router.get("", response_model=list[ConversationOut])
 async def list_conversations(box: InboxDep, ticket_status: str | None = None) -> list[dict[str, Any]]:
     """Newest activity first; filter by ticket: open, pending (waiting for an agent) or closed."""
@@ -214,16 +226,13 @@ async def reply(
     conversation_id: uuid.UUID,
     body: ReplyIn,
     box: InboxDep,
-    session: DbSession,
+    number: ConversationNumber,
     state: State,
     request: Request,
     background: BackgroundTasks,
 ) -> dict[str, Any]:
     """An agent's reply: stored first (delivery `pending`), then sent through the number's transport;
     the outcome (sent / failed with the reason) and later receipts arrive as `message.status_changed`."""
-    number = await session.get(WhatsappSession, (box.principal.tenant_id, await box.number_of(conversation_id)))
-    if number is None or not number.is_active:
-        raise Conflict("the WhatsApp number of this conversation was removed")
     await state.limiter.messages(request, box.principal)
     # WhatsApp bans numbers that send in bursts: each number has its own budget, whoever sends.
     await state.limiter.enforce(request, "whatsapp_sends", f"{number.tenant_id}:{number.id}")
@@ -241,6 +250,7 @@ async def reply(
 async def send_file(
     conversation_id: uuid.UUID,
     box: InboxDep,
+    number: ConversationNumber,
     session: DbSession,
     state: State,
     request: Request,
@@ -250,9 +260,6 @@ async def send_file(
 ) -> dict[str, Any]:
     """An agent's file (with an optional caption), checked against WhatsApp's size and type limits
     (413, 415) before anything is stored, then sent like a text reply (delivery status included)."""
-    number = await session.get(WhatsappSession, (box.principal.tenant_id, await box.number_of(conversation_id)))
-    if number is None or not number.is_active:
-        raise Conflict("the WhatsApp number of this conversation was removed")
     await state.limiter.messages(request, box.principal)
     await state.limiter.enforce(request, "whatsapp_sends", f"{number.tenant_id}:{number.id}")
     stored_file = await store_upload(state.blobs, state.settings, Attachments(session, box.principal), file, caption)

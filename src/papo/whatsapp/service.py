@@ -69,6 +69,23 @@ class SessionService:
             raise NotFound(SESSION_NOT_FOUND)
         return row
 
+    async def find_by_reference(self, reference: str) -> WhatsappSession:
+        """A session by its id, or by its name within the company (seed 004 addresses both ways);
+        an active session wins over removed ones of the same name."""
+        try:
+            return await self.find_one_by_company(uuid.UUID(reference))
+        except ValueError:
+            pass
+        row = await self.db.scalar(
+            select(WhatsappSession)
+            .where(WhatsappSession.tenant_id == self.principal.tenant_id, WhatsappSession.name == reference)
+            .order_by(WhatsappSession.is_active.desc(), WhatsappSession.updated_at.desc())
+            .limit(1)
+        )
+        if row is None:
+            raise NotFound(SESSION_NOT_FOUND)
+        return row
+
     async def create(self, body: SessionCreate) -> WhatsappSession:
         """Stored first (STOPPED); the caller starts it after commit (see `start_after_commit`)."""
         self.principal.require_admin()
