@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -129,6 +129,7 @@ class Running:
     base: str
     token: str
     number: str
+    watchers: set[asyncio.Task[None]] = field(default_factory=set)  # cancelled with the server
 
 
 @asynccontextmanager
@@ -173,7 +174,12 @@ async def whatsapp_server() -> AsyncIterator[Running]:
                 await asyncio.sleep(0.1)
             else:
                 raise RuntimeError(f"the bench number never became WORKING (last status {status})")
-        yield Running(server, graph, base, token, number)
+        running = Running(server, graph, base, token, number)
+        try:
+            yield running
+        finally:
+            for watcher in running.watchers:
+                watcher.cancel()
     finally:
         graph.close()
         await server.close()
@@ -192,12 +198,9 @@ async def count_events(running: Running, wanted: int, matches: Callable[[Realtim
                 if seen >= wanted:
                     done.set()
 
-    WATCHERS.add(asyncio.create_task(watch()))
+    running.watchers.add(asyncio.create_task(watch()))
     await asyncio.wait_for(realtime.connected.wait(), 10)
     return done
-
-
-WATCHERS: set[asyncio.Task[None]] = set()
 
 
 async def post_all(running: Running, bodies: list[bytes], concurrency: int) -> list[float]:
