@@ -536,7 +536,10 @@ class TestWhatsappPages:
         item = page.locator(f'.wa-session[data-id="{sid}"]')
         await expect(item.locator("[data-badge]")).to_have_text("SCAN_QR_CODE", timeout=10_000)
         await expect(item.locator("[data-qr] img")).to_be_visible()
-        assert await item.locator("[data-qr] img").evaluate("image => image.naturalWidth") > 0  # the SVG loaded
+        # the SVG loads after the image is shown (a live update may also reload the page): wait for it
+        await page.wait_for_function(
+            "id => document.querySelector(`.wa-session[data-id='${id}'] [data-qr] img`)?.naturalWidth > 0", arg=sid
+        )
         await screenshot(page, "whatsapp-qr")
         key = SessionKey(tenant.id, uuid.UUID(sid))
         await fake.scan(key, "+5511966660000")
