@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 import structlog
 from sqlalchemy import func, select, update
@@ -46,6 +48,17 @@ VERIFIED_NUMBER_INDEX = "uq_whatsapp_sessions_verified_number"
 SPOOL_IN_MEMORY = 1024 * 1024
 
 S = SessionStatus
+
+
+@asynccontextmanager
+async def spooled(blobs: BlobStore, key: str) -> AsyncIterator[IO[bytes]]:
+    """A blob copied to a spooled file (memory up to a limit, then disk), at its start: what an
+    upload through an SDK or HTTP form needs."""
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as copy:
+        async for chunk in blobs.read(key):
+            copy.write(chunk)
+        copy.seek(0)
+        yield copy
 
 
 @dataclass
@@ -291,10 +304,7 @@ class WhatsappHub:
             return  # a person answers (or the bot answered the caption already)
         if self.replies is None or self.blobs is None or note.blob_key is None:
             return
-        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as audio:
-            async for chunk in self.blobs.read(note.blob_key):
-                audio.write(chunk)
-            audio.seek(0)
+        async with spooled(self.blobs, note.blob_key) as audio:
             name = note.file_name or f"voice-{note.id.hex[:8]}.ogg"
             said = await self.replies.transcribe(principal, number.assistant_id, audio, name, note.mime_type or "")
         if said is None:
@@ -374,10 +384,7 @@ class WhatsappHub:
             file = await Attachments(session, principal).get(reply.attachment_id)
         if file.blob_key is None or file.mime_type is None:
             raise RuntimeError("the file to send is not stored")
-        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as content:
-            async for chunk in self.blobs.read(file.blob_key):
-                content.write(chunk)
-            content.seek(0)
+        async with spooled(self.blobs, file.blob_key) as content:
             media = OutgoingMedia(file.kind, file.mime_type, file.file_name, file.caption, content)
             return await transport.send_media(key, config, reply.to_wa_id, media)
 
