@@ -4,18 +4,33 @@ state machine, a session creates its real SQLite store, and with no network it f
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import io
+import secrets
+import tempfile
 import uuid
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from neonize.aioze import events as neonize_events
 from neonize.events import EVENT_TO_INT
+from neonize.proto.Neonize_pb2 import UploadResponse
+from neonize.utils.enum import MediaType
+from sqlalchemy import text
 
+from papo.app import app_state_of
 from papo.auth.models import Role
-from papo.whatsapp.transports.base import InboundMessage, SessionKey
+from papo.whatsapp.rows import service_principal
+from papo.whatsapp.transports.base import InboundMessage, MediaUnavailable, OutgoingMedia, SessionKey
 from papo.whatsapp.transports.neonize import EVENT_MAP, NeonizeTransport
+from papo.whatsapp.transports.neonize_media import MEDIA_FIELDS, stored_message
 from tests.support import WHATSAPP_SESSIONS as BASE
+from tests.whatsapp.test_cloud import INBOX
 
 
 class Recorder:
@@ -94,3 +109,180 @@ async def test_a_session_opens_its_real_store_and_fails_clearly_offline(
         assert "cannot reach WhatsApp" in row["status_reason"]
     assert (await client.delete(f"{BASE}/{sid}", headers=admin.headers)).status_code == 204
     assert not transport.store_path(key).exists()
+
+
+def media_event(wamid: str, build: Any) -> Any:
+    event = neonize_events.MessageEv()
+    event.Info.ID = wamid
+    event.Info.Pushname = "Rita"
+    event.Info.MessageSource.Sender.User = SENDER
+    build(event.Message)
+    return event
+
+
+SENDER = "5511977778888"
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + secrets.token_bytes(300_000)
+VCARD = (
+    "BEGIN:VCARD\nVERSION:3.0\nFN:Bruno Lima\nitem1.TEL;waid=5511977776666:+55 11 97777-6666\n"
+    "EMAIL;TYPE=work:bruno@example.com\nEND:VCARD"
+)
+
+
+def photo(message: Any) -> None:
+    part = message.imageMessage
+    part.mimetype, part.caption, part.fileLength = "image/jpeg", "meu comprovante", len(JPEG)
+    part.directPath, part.mediaKey = "/v/t62.7118-24/abc?ccb=11-4", b"k" * 32
+    part.fileSHA256 = hashlib.sha256(JPEG).digest()
+    part.JPEGThumbnail = b"thumb" * 1000
+
+
+def voice(message: Any) -> None:
+    part = message.ephemeralMessage.message.audioMessage  # a disappearing voice note
+    part.mimetype, part.PTT, part.fileLength, part.directPath = "audio/ogg; codecs=opus", True, 4000, "/v/voice"
+
+
+def pdf(message: Any) -> None:
+    part = message.documentWithCaptionMessage.message.documentMessage
+    part.mimetype, part.fileName, part.caption, part.fileLength = "application/pdf", "boleto.pdf", "segue", 2000
+
+
+def where(message: Any) -> None:
+    part = message.locationMessage
+    part.degreesLatitude, part.degreesLongitude, part.name, part.address = -23.5505, -46.6333, "Loja", "Praça da Sé"
+
+
+def card(message: Any) -> None:
+    contact = message.contactsArrayMessage.contacts.add()
+    contact.displayName, contact.vcard = "Bruno", VCARD
+
+
+async def parsed(*events: Any) -> list[InboundMessage]:
+    transport = NeonizeTransport(Path(tempfile.mkdtemp()))
+    recorder = Recorder()
+    client = transport.build(SessionKey(uuid.uuid4(), uuid.uuid4()), recorder)  # type: ignore[arg-type]
+    for event in events:
+        await client.event.list_func[EVENT_TO_INT[neonize_events.MessageEv]](client, event)
+    return [args[0] for name, args in recorder.calls if name == "message"]
+
+
+async def test_neonize_media_location_and_contacts_become_attachments() -> None:
+    image, note, document, location, contacts = await parsed(
+        media_event("P", photo), media_event("V", voice), media_event("D", pdf),
+        media_event("L", where), media_event("C", card),
+    )  # fmt: skip
+    assert (image.kind, image.text) == ("image", "meu comprovante")
+    (part,) = image.attachments
+    assert (part.kind, part.mime_type, part.size, part.caption) == ("image", "image/jpeg", len(JPEG), "meu comprovante")
+    assert part.sha256 == hashlib.sha256(JPEG).hexdigest()
+    kept = stored_message(part.source)
+    assert kept.imageMessage.directPath == "/v/t62.7118-24/abc?ccb=11-4"  # what the download needs is kept
+    assert kept.imageMessage.mediaKey == b"k" * 32
+    assert kept.imageMessage.JPEGThumbnail == b""  # the thumbnail is not
+    assert (note.kind, note.attachments[0].kind, note.attachments[0].size) == ("audio", "voice", 4000)
+    assert (document.text, document.attachments[0].file_name) == ("segue", "boleto.pdf")
+    assert location.attachments[0].data == {
+        "latitude": -23.5505, "longitude": -46.6333, "name": "Loja", "address": "Praça da Sé"
+    }  # fmt: skip
+    assert contacts.attachments[0].data == {
+        "cards": [{"name": "Bruno", "phones": [{"phone": "+55 11 97777-6666", "wa_id": "5511977776666", "type": None}],
+                   "emails": ["bruno@example.com"]}]
+    }  # fmt: skip
+    assert stored_message({"neonize": "not base64!"}) is None
+    assert stored_message({"neonize": base64.b64encode(b"\x0a\x03abc").decode()}) is None  # text, not media
+
+
+class FakeDevice:
+    """The outer edge of a paired device: neonize's client calls that reach WhatsApp's servers."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files  # directPath -> decrypted content
+        self.sent: list[tuple[Any, Any]] = []
+        self.uploads: list[tuple[bytes, Any]] = []
+
+    async def download_any(self, message: Any) -> bytes:
+        part = next(getattr(message, f) for f in MEDIA_FIELDS if message.HasField(f))
+        return self.files[part.directPath]
+
+    async def upload(self, binary: bytes, media_type: Any) -> Any:
+        self.uploads.append((binary, media_type))
+        return UploadResponse(
+            url="https://mmg.whatsapp.net/x", DirectPath="/v/up", MediaKey=b"m" * 32,
+            FileEncSHA256=b"e" * 32, FileSHA256=hashlib.sha256(binary).digest(), FileLength=len(binary),
+        )  # fmt: skip
+
+    async def send_message(self, to: Any, message: Any) -> Any:
+        self.sent.append((to, message))
+        return SimpleNamespace(ID=f"3EB0{len(self.sent)}")
+
+
+async def test_a_neonize_photo_is_downloaded_by_its_device_and_served(
+    client: httpx.AsyncClient, make_tenant: Any, app: FastAPI
+) -> None:
+    tenant = await make_tenant("Neonize media")
+    admin = await tenant.member(Role.admin)
+    created = await client.post(
+        BASE, json={"name": "loja", "transport": "neonize", "assistant_id": None}, headers=admin.headers
+    )
+    assert created.status_code == 201
+    key = SessionKey(tenant.id, uuid.UUID(created.json()["id"]))
+    state = app_state_of(app)
+    transport = state.whatsapp.transports["neonize"]
+    (inbound,) = await parsed(media_event("3EB0PHOTO", photo))
+    await state.whatsapp.receive(key, inbound)  # the real device here is offline: the download waits
+    async with asyncio.timeout(15):
+        while True:
+            (message,) = (await client.get(f"{INBOX}/{await conversation_id(client, admin)}/messages",
+                                           headers=admin.headers)).json()  # fmt: skip
+            if message["attachments"][0]["error"]:
+                break
+            await asyncio.sleep(0.1)
+    assert message["attachments"][0]["error"].startswith("media unavailable: ")  # neonize's own refusal
+    assert message["attachments"][0]["state"] == "pending"  # tried again later, not lost
+
+    offline = transport.clients[key]
+    transport.clients[key] = FakeDevice({"/v/t62.7118-24/abc?ccb=11-4": JPEG})
+    try:
+        async with state.db.transaction(service_principal(tenant.id).context()) as session:
+            await session.execute(text("UPDATE attachments SET next_attempt_at = now()"))
+        state.media.wake()
+        async with asyncio.timeout(15):
+            while True:
+                (message,) = (await client.get(f"{INBOX}/{await conversation_id(client, admin)}/messages",
+                                               headers=admin.headers)).json()  # fmt: skip
+                if message["attachments"][0]["state"] != "pending":
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        transport.clients[key] = offline
+    photo_part = message["attachments"][0]
+    assert (photo_part["state"], photo_part["size"], photo_part["mime_type"]) == ("stored", len(JPEG), "image/jpeg")
+    served = await client.get(photo_part["url"], headers=admin.headers)
+    assert served.content == JPEG
+    other = await (await make_tenant("Other")).member(Role.admin)
+    assert (await client.get(photo_part["url"], headers=other.headers)).status_code == 404
+
+
+async def conversation_id(client: httpx.AsyncClient, admin: Any) -> str:
+    (conversation,) = (await client.get(INBOX, headers=admin.headers)).json()
+    return str(conversation["id"])
+
+
+async def test_neonize_sends_a_file_through_its_device(tmp_path: Any) -> None:
+    transport = NeonizeTransport(tmp_path)
+    key = SessionKey(uuid.uuid4(), uuid.uuid4())
+    media = OutgoingMedia("document", "application/pdf", "contrato.pdf", "assine", io.BytesIO(b"%PDF-1.7 ..."))
+    with pytest.raises(MediaUnavailable):
+        await transport.send_media(key, {}, SENDER, media)  # no device in this process
+    device = FakeDevice({})
+    transport.clients[key] = device
+    sent_id = await transport.send_media(key, {}, SENDER, media)
+    assert sent_id == "3EB01"
+    (uploaded, media_type), ((to, message),) = device.uploads[0], device.sent
+    assert (uploaded, media_type) == (b"%PDF-1.7 ...", MediaType.MediaDocument)
+    assert to.User == SENDER
+    document = message.documentMessage
+    assert (document.fileName, document.caption, document.mimetype) == ("contrato.pdf", "assine", "application/pdf")
+    assert (document.directPath, document.mediaKey, document.fileLength) == ("/v/up", b"m" * 32, 12)
+    voice_note = OutgoingMedia("audio", "audio/ogg", None, "ignored", io.BytesIO(b"OggS..."))
+    await transport.send_media(key, {}, SENDER, voice_note)
+    assert device.sent[1][1].audioMessage.PTT is True

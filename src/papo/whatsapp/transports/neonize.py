@@ -11,12 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from papo.whatsapp.transports.base import InboundMessage, SessionEvents, SessionKey, Transport
+from papo.whatsapp.transports.base import (
+    InboundMessage,
+    MediaStream,
+    MediaUnavailable,
+    OutgoingMedia,
+    SessionEvents,
+    SessionKey,
+    Transport,
+)
+from papo.whatsapp.transports.neonize_media import MEDIA_FIELDS, content_of, outgoing_message, stored_message
 
 log = structlog.get_logger(__name__)
 
@@ -34,18 +45,8 @@ EVENT_MAP = {
     "MessageEv": "message",
     "ReceiptEv": "receipt",
 }
+DOWNLOAD_CHUNK = 256 * 1024
 RECEIPT_STATUS = {1: "delivered", 4: "read", 6: "read"}  # neonize Receipt.Type: DELIVERED, READ, PLAYED
-
-
-def text_of(message: Any) -> tuple[str, str]:
-    """(text, kind) of a neonize Message proto: plain and extended text; anything else unsupported."""
-    if message.conversation:
-        return str(message.conversation), "text"
-    if message.HasField("extendedTextMessage"):
-        return str(message.extendedTextMessage.text), "text"
-    for field, _ in message.ListFields():
-        return "", field.name.removesuffix("Message") or "unknown"
-    return "", "unknown"
 
 
 class NeonizeTransport(Transport):
@@ -103,9 +104,11 @@ class NeonizeTransport(Transport):
                     source = event.Info.MessageSource
                     if source.IsFromMe or source.IsGroup:
                         return
-                    text, kind = text_of(event.Message)
+                    text, kind, attachments = content_of(event.Message)
                     await events.message(
-                        InboundMessage(event.Info.ID, source.Sender.User, event.Info.Pushname or None, text, kind)
+                        InboundMessage(
+                            event.Info.ID, source.Sender.User, event.Info.Pushname or None, text, kind, attachments
+                        )
                     )
                 elif meaning == "receipt":
                     status = RECEIPT_STATUS.get(int(event.Type))
@@ -152,11 +155,52 @@ class NeonizeTransport(Transport):
         self.remove_store(key.slug)
         return existed
 
+    def _client(self, key: SessionKey) -> Any:
+        client = self.clients.get(key)
+        if client is None:
+            raise MediaUnavailable("this WhatsApp number is not connected in this process")
+        return client
+
     async def send_text(self, key: SessionKey, config: dict[str, Any], to_wa_id: str, text: str) -> str:
         from neonize.utils.jid import build_jid
 
-        client = self.clients.get(key)
-        if client is None:
-            raise RuntimeError("this WhatsApp number is not connected in this process")
-        response = await client.send_message(build_jid(to_wa_id), text)
+        response = await self._client(key).send_message(build_jid(to_wa_id), text)
         return str(response.ID)
+
+    async def send_media(self, key: SessionKey, config: dict[str, Any], to_wa_id: str, media: OutgoingMedia) -> str:
+        """Upload the file through the device's connection (neonize encrypts it), then send the message
+        that names it. neonize takes the file as bytes: WhatsApp's own limits (checked before it got
+        here) bound them."""
+        from neonize.utils.enum import MediaType
+        from neonize.utils.jid import build_jid
+
+        client = self._client(key)
+        media_type = {
+            "image": MediaType.MediaImage,
+            "audio": MediaType.MediaAudio,
+            "video": MediaType.MediaVideo,
+        }.get(media.kind, MediaType.MediaDocument)
+        upload = await client.upload(media.content.read(), media_type)
+        message = outgoing_message(media.kind, upload, media.mime_type, media.file_name, media.caption)
+        response = await client.send_message(build_jid(to_wa_id), message)
+        return str(response.ID)
+
+    @asynccontextmanager
+    async def open_media(
+        self, key: SessionKey, config: dict[str, Any], source: dict[str, Any]
+    ) -> AsyncIterator[MediaStream]:
+        """neonize's download call, through the device's connection (so only in the process that holds
+        it; elsewhere the download is tried again later). It returns the whole file, so it runs only
+        when the stream is read: after the declared size was checked against the limits."""
+        message = stored_message(source)
+        if message is None:
+            raise MediaUnavailable("no WhatsApp media to download")
+        client = self._client(key)
+        part = next(getattr(message, field) for field in MEDIA_FIELDS if message.HasField(field))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            content = memoryview(await client.download_any(message))
+            for start in range(0, len(content), DOWNLOAD_CHUNK):
+                yield bytes(content[start : start + DOWNLOAD_CHUNK])
+
+        yield MediaStream(part.mimetype or None, int(part.fileLength) or None, chunks())
