@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -25,7 +25,7 @@ from papo.auth.tenant_cache import CHANNEL as TENANT_CHANNEL
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
 from papo.background import Workers
-from papo.blobs import FileBlobStore
+from papo.blobs import open_blob_store
 from papo.chat.api import ChatRuntime
 from papo.chat.api import router as chat_router
 from papo.chat.attachments import delete_removed_blobs
@@ -104,6 +104,7 @@ def create_app(
         whatsapp: WhatsappHub | None = None
         replies: ReplyManager | None = None
         limiter: RateLimiter | None = None
+        resources = AsyncExitStack()
         try:
             await db.verify_runtime_role()
             await db.verify_schema(head_revision())
@@ -113,7 +114,7 @@ def create_app(
             limiter = RateLimiter.from_settings(settings, listen_dsn)
             replies = ReplyManager(db, settings, keys, hub)
             oidc = OidcClients(http, settings, keys.secret)
-            blobs = FileBlobStore(settings.data_dir / "blobs")
+            blobs = await open_blob_store(settings, resources)
             whatsapp = WhatsappHub(db, settings, load_transports(settings, http), keys, replies, blobs=blobs)
             replies.on_complete = whatsapp.bot_reply_completed
             state = AppState(
@@ -172,6 +173,7 @@ def create_app(
             if replies is not None:
                 await replies.shutdown()
             await hub.stop()
+            await resources.aclose()
             if limiter is not None:
                 await limiter.close()
             await http.aclose()

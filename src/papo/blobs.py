@@ -21,6 +21,7 @@ from typing import Protocol
 import anyio
 
 from papo.private_files import ensure_private_dir
+from papo.settings import Settings
 
 READ_CHUNK = 64 * 1024
 HEAD_BYTES = 8192  # enough for any file signature puremagic knows
@@ -102,3 +103,12 @@ class FileBlobStore:
     async def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             await anyio.to_thread.run_sync(self._path(key).unlink)
+
+
+async def open_blob_store(settings: Settings, stack: contextlib.AsyncExitStack) -> BlobStore:
+    """The configured store: an S3-compatible bucket when one is named, else files under data_dir."""
+    if settings.media_s3_bucket:
+        from papo.blobs_s3 import open_s3_store
+
+        return await open_s3_store(settings, stack)
+    return FileBlobStore(settings.data_dir / "blobs")

@@ -165,6 +165,15 @@ class Settings(BaseSettings):
     media_max_attempts: int = Field(default=6, ge=1, le=100)
     media_retry_seconds: float = Field(default=30.0, gt=0)
     media_poll_seconds: float = Field(default=5.0, gt=0)
+    # S3-compatible object storage for media (AWS S3, MinIO, Ceph, Cloudflare R2...): set the bucket
+    # to use it. Without an endpoint URL, AWS's; without keys, the standard AWS credential chain
+    # (environment, profile, instance role). The bucket must exist: papo checks it at start-up.
+    media_s3_bucket: str | None = None
+    media_s3_endpoint_url: str | None = None
+    media_s3_region: str | None = None
+    media_s3_access_key_id: str | None = None
+    media_s3_secret_access_key: str | None = None
+    media_s3_prefix: str = ""  # put before every key, e.g. "papo/" to share a bucket
 
     # Insights. Sentiment of user and customer messages is scored in the background; text whose
     # language is unclear is taken to be in sentiment_default_language. Estimated AI cost uses

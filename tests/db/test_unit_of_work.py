@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import asyncpg
+from sqlalchemy import text
 
 from papo.auth.models import Role
 from papo.db.engine import Database, RlsContext, driver
@@ -56,5 +57,35 @@ async def test_cancelling_a_unit_of_work_rolls_it_back(database: ProvisionedData
         async with pool.transaction(context) as session:
             name = await driver(session).fetchval("SELECT name FROM users WHERE id = $1", member.user_id)
         assert name != "never"
+    finally:
+        await pool.dispose()
+
+
+async def test_a_unit_cancelled_mid_query_ends_as_a_cancellation(
+    database: ProvisionedDatabase, make_tenant: Any
+) -> None:
+    """The driver drops the connection when a query is cancelled, so the rollback after it fails; the
+    caller must still see the cancellation (a worker being stopped that saw a database error instead
+    would carry on, and the server would never finish shutting down)."""
+    tenant = await make_tenant()
+    member = await tenant.member(Role.member)
+    context = RlsContext(tenant.id, member.user_id, "member")
+    pool = Database(database.app_url, pool_size=1)
+    started = asyncio.Event()
+
+    async def sleeping() -> None:
+        async with pool.transaction(context) as session:
+            started.set()
+            await session.execute(text("SELECT pg_sleep(30)"))
+
+    try:
+        task = asyncio.create_task(sleeping())
+        await started.wait()
+        await asyncio.sleep(0.3)  # inside the query
+        task.cancel()
+        (outcome,) = await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 20)
+        assert isinstance(outcome, asyncio.CancelledError), repr(outcome)
+        async with pool.transaction(context) as session:  # the pool is usable afterwards
+            assert await driver(session).fetchval("SELECT 1") == 1
     finally:
         await pool.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -159,7 +159,7 @@ class Database:
                 yield session
         except (DatabaseUnavailable, InvalidInput):
             raise
-        except BaseException as exc:
+        except Exception as exc:  # never a cancellation: that is not the database's failure
             if database_unreachable(exc):
                 raise DatabaseUnavailable from exc
             if unstorable_text(exc):  # bad input, not a fault: a 4xx, and nothing was written
@@ -192,11 +192,16 @@ class Database:
                     for hook in session.info.get(BEFORE_COMMIT, ()):
                         await hook(session)
                 except BaseException:
-                    try:
-                        await session.close()
-                    finally:
-                        await transaction.rollback()
-                        ended_cleanly = True
+                    # a rollback that fails (the connection broke, say because the task was
+                    # cancelled mid-query) must not hide what interrupted the unit: the connection is
+                    # discarded below, and the caller sees the original exception (a cancellation
+                    # stays a cancellation, so a worker being stopped does stop)
+                    with suppress(Exception):
+                        try:
+                            await session.close()
+                        finally:
+                            await transaction.rollback()
+                            ended_cleanly = True
                     raise
                 callbacks: list[Callable[[], None]] = session.info.get(AFTER_COMMIT, [])
                 await session.close()
