@@ -61,6 +61,7 @@ from papo.webhooks.api import router as webhooks_router
 from papo.webhooks.service import WebhookSender
 from papo.whatsapp.api import conversations_router
 from papo.whatsapp.api import router as whatsapp_router
+from papo.whatsapp.housekeeping import clean_up_loop
 from papo.whatsapp.hub import WhatsappHub
 from papo.whatsapp.media import MediaDownloads
 from papo.whatsapp.seed_api import router as seed_sessions_router
@@ -151,6 +152,8 @@ def create_app(
             workers.start("whatsapp-media", state.media.run)
             workers.start("blob-deletions", partial(delete_removed_blobs, db, blobs, settings.media_poll_seconds))
             workers.start("maintenance", partial(maintenance_loop, db, settings, replies))
+            if settings.whatsapp_cleanup_stale_days:
+                workers.start("whatsapp-clean-up", partial(clean_up_loop, db, settings, whatsapp))
             if settings.sentiment_enabled:
                 scoring = OutboxConsumer(
                     db, "sentiment", SentimentWorker(SentimentScorer(settings.sentiment_default_language))

@@ -283,6 +283,57 @@ def _run_as_operator(settings: Settings, work: Callable[[AsyncSession], Awaitabl
     return asyncio.run(runner())
 
 
+async def _companies_named(session: AsyncSession, refs: list[str]) -> dict[str, list[uuid.UUID]]:
+    """The tenants each legacy companyId names (operator connection)."""
+    found: dict[str, list[uuid.UUID]] = {}
+    for ref in refs:
+        rows = await session.execute(text("SELECT * FROM papo_operator_tenants_named(:ref)"), {"ref": ref})
+        found[ref] = [row[0] for row in rows]
+    return found
+
+
+LEGACY_SESSIONS_FILE = "sessions.json"
+
+
+async def import_legacy_sessions_file(settings: Settings) -> list[str]:
+    """Seed 004's automatic migration: a `sessions.json` in the data directory is imported when the
+    server starts, each entry into the company its companyId names (idempotent: a name already there
+    is skipped, so every start may run it). A file without companyIds is left for
+    `papo whatsapp import-sessions --tenant`. Returns what it has to say (logged by the caller)."""
+    path = Path(settings.data_dir) / LEGACY_SESSIONS_FILE
+    if not path.is_file():
+        return []
+    content = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        refs = sorted(legacy_companies(content))
+    except DomainError as exc:
+        return [f"{path.name} not imported: {exc.detail}"]
+    if not refs:
+        return [f"{path.name} names no companyId: import it with `papo whatsapp import-sessions --tenant ID`"]
+    location = locate_database(settings)
+    owner = Database(location.owner_url, pool_size=1)
+    runtime = Database(location.app_url, pool_size=1)
+    notes: list[str] = []
+    try:
+        async with owner.transaction() as session:
+            companies = await _companies_named(session, refs)
+        notes += [
+            f"{path.name}: companyId {ref!r} names no single company" for ref, t in companies.items() if len(t) != 1
+        ]
+        for tenant_id in sorted({tenants[0] for tenants in companies.values() if len(tenants) == 1}):
+            principal = Principal(tenant_id, None, Role.owner.value)
+            async with runtime.transaction(principal.context()) as session:
+                report = await import_legacy_sessions(
+                    session, principal, content, transport="neonize", companies=companies
+                )
+            notes += [f"{path.name}: imported {name} into {tenant_id}" for name in report["imported"]]
+    finally:
+        await owner.dispose()
+        await runtime.dispose()
+        location.stop()
+    return notes
+
+
 @whatsapp_app.command("import-sessions")
 def whatsapp_import(
     file: Annotated[Path, typer.Argument(help="The old system's sessions.json", exists=True, dir_okay=False)],
@@ -304,14 +355,7 @@ def whatsapp_import(
         _fail(exc.detail)
         raise
 
-    async def named(session: AsyncSession) -> dict[str, list[uuid.UUID]]:
-        found: dict[str, list[uuid.UUID]] = {}
-        for ref in refs:
-            rows = await session.execute(text("SELECT * FROM papo_operator_tenants_named(:ref)"), {"ref": ref})
-            found[ref] = [row[0] for row in rows]
-        return found
-
-    companies = _run_as_operator(settings, named) if refs else {}
+    companies = _run_as_operator(settings, lambda session: _companies_named(session, refs)) if refs else {}
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         await _require_tenant(session)
@@ -423,6 +467,8 @@ def serve(
     if workers:
         updates["workers"] = workers
     settings = settings.model_copy(update=updates)
+    for note in asyncio.run(import_legacy_sessions_file(settings)):
+        typer.echo(note, err=True)
     if settings.workers > 1:
         location = locate_database(settings)
         # Worker processes build their settings from the environment: hand them the database the

@@ -147,6 +147,13 @@ class Settings(BaseSettings):
     # A queued webhook delivery that fails is tried again after whatsapp_webhook_retry_seconds,
     # doubling up to an hour; after whatsapp_webhook_max_attempts it is a dead letter
     # (`papo whatsapp dead-letters`, `papo whatsapp replay`).
+    # A session that should be running but that no process holds is started when it is used (a send,
+    # its QR code or details); a send waits this long for it to connect.
+    whatsapp_load_wait_seconds: float = Field(default=10.0, ge=0)
+    # Sessions stopped or failed and idle this many days are deactivated by the periodic clean-up
+    # (every maintenance_interval_seconds; 0: only on request), and credential files no active
+    # session owns are removed.
+    whatsapp_cleanup_stale_days: int = Field(default=30, ge=0)
     whatsapp_webhook_max_attempts: int = Field(default=8, ge=1, le=1000)
     whatsapp_webhook_retry_seconds: float = Field(default=30.0, gt=0)
     # What the bot answers a customer who sends only a file (a photo, a voice note, a document) it

@@ -66,6 +66,7 @@ class LiveSession:
     key: SessionKey
     transport: Transport
     status: SessionStatus = S.STARTING
+    status_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class WhatsappHub:
     replies: ReplyManager | None = None  # the assistant that answers on numbers that have one
     blobs: BlobStore | None = None  # where files agents send are kept
     live: dict[SessionKey, LiveSession] = field(default_factory=dict)
+    loading: dict[SessionKey, asyncio.Task[bool]] = field(default_factory=dict)  # see load_soon
     # Ownership: a process runs a session only while it holds the session's lock (see ownership.py);
     # lifecycle commands for a session run elsewhere are sent to its owner.
     ownership: SessionOwnership = field(init=False)
@@ -164,6 +166,9 @@ class WhatsappHub:
                 await live.transport.stop(key)
 
     async def shutdown(self) -> None:
+        for task in list(self.loading.values()):
+            task.cancel()
+        await asyncio.gather(*self.loading.values(), return_exceptions=True)
         for key in list(self.live):
             await self.stop(key)
         await self.ownership.close()
@@ -253,6 +258,7 @@ class WhatsappHub:
         live = self.live.get(key)
         if live is not None:
             live.status = target
+            live.status_changed.set()
         return True
 
     async def receive(self, key: SessionKey, inbound: InboundMessage) -> Received | None:
@@ -357,7 +363,8 @@ class WhatsappHub:
             if not transport.sends_from_any_process and key not in self.live:
                 if await self._forward_send(key, reply.message_id):
                     return  # the owner sends it and records the outcome
-                raise RuntimeError("the WhatsApp number is not connected")
+                if not await self.load_for_use(key):
+                    raise RuntimeError("the WhatsApp number is not connected")
             if self.memory_status(key) is not S.WORKING and not transport.sends_from_any_process:
                 raise RuntimeError("the WhatsApp number is not connected")
             if reply.attachment_id is None:
@@ -420,6 +427,29 @@ class WhatsappHub:
             log.info("whatsapp sessions restored", restored=restored)
         return {"restored": restored, "elsewhere_or_idle": len(keys) - restored}
 
+    def load_soon(self, key: SessionKey) -> None:
+        """A session used (its QR code or details asked for) that no process holds is started here,
+        without making the caller wait (its next look shows the QR code)."""
+        if key in self.live or key in self.loading:
+            return
+        task = asyncio.create_task(self.restore(key), name=f"papo-whatsapp-load-{key.slug}")
+        self.loading[key] = task
+        task.add_done_callback(lambda _: self.loading.pop(key, None))
+
+    async def load_for_use(self, key: SessionKey) -> bool:
+        """Seed's lazy loading: a session that should be running but that no process holds (its process
+        died, or start-up has not reached it yet) is started here when it is used, and given a moment
+        to connect. True when it is WORKING in this process."""
+        if key not in self.live and not await self.restore(key):
+            return False
+        live = self.live.get(key)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.whatsapp_load_wait_seconds):
+                while live is not None and live.status is S.STARTING and self.live.get(key) is live:
+                    live.status_changed.clear()
+                    await live.status_changed.wait()
+        return self.memory_status(key) is S.WORKING
+
     async def restore(self, key: SessionKey, *, only_running: bool = True) -> bool:
         """Seed's restoreSessionFromDatabase: start a stored session again with its credentials, if
         no other process runs it. At start-up only sessions that were running come back (one an admin
@@ -434,6 +464,12 @@ class WhatsappHub:
                 kind, config = row.transport, dict(row.config)
             if not await self.ownership.claim(key):
                 return False  # another process runs it
+            problem = self.transport(kind).credentials_problem(key)
+            if problem is not None:  # this session alone fails, with the reason; the others go on
+                await self.ownership.release(key)
+                await self.apply(key, S.STARTING, reason="checking the stored credentials")
+                await self.apply(key, S.FAILED, reason=problem)
+                return False
             await self.start(key, kind, config)
             return True
         except Exception as exc:

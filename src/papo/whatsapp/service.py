@@ -214,6 +214,7 @@ class SessionService:
     async def get_session_details(self, session_id: uuid.UUID) -> dict[str, Any]:
         row = await self.find_one_by_company(session_id)
         key = self._key(row)
+        self.hub.load_soon(key)
         transport = self.hub.transports.get(row.transport)
         memory = self.hub.memory_status(key)
         return {
@@ -231,7 +232,9 @@ class SessionService:
 
     async def qr(self, session_id: uuid.UUID) -> WhatsappSession:
         self.principal.require_admin()
-        return await self.find_one_by_company(session_id)
+        row = await self.find_one_by_company(session_id)
+        self.hub.load_soon(self._key(row))
+        return row
 
     async def sync_session_status(self, session_id: uuid.UUID | None = None) -> list[SyncChange]:
         """Seed's syncSessionStatus: the row takes the status this process holds in memory. A session
@@ -261,8 +264,11 @@ class SessionService:
     async def cleanup_inactive_sessions_from_database(self, *, stale_days: int = 30) -> CleanupReport:
         """Seed's cleanupInactiveSessionsFromDatabase: active sessions that have not worked for
         `stale_days` are deactivated; credential files that no active session of this company owns
-        are removed."""
+        are removed. An admin's request; housekeeping runs `clean_up` on its own."""
         self.principal.require_admin()
+        return await self.clean_up(stale_days=stale_days)
+
+    async def clean_up(self, *, stale_days: int) -> CleanupReport:
         rows = await self.find_all_by_company(include_inactive=True)
         cutoff = datetime.now(UTC) - timedelta(days=stale_days)
         report = CleanupReport(examined=len(rows), deactivated=0, files_removed=0, errors=[])

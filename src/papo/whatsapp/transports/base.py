@@ -106,6 +106,10 @@ class Transport(ABC):
     @abstractmethod
     def has_credentials(self, key: SessionKey) -> bool: ...
 
+    def credentials_problem(self, key: SessionKey) -> str | None:
+        """Why the session's stored credentials cannot be used (checked before a restore); None: fine."""
+        return None
+
     @abstractmethod
     async def send_text(self, key: SessionKey, config: dict[str, Any], to_wa_id: str, text: str) -> str:
         """Send a text; returns WhatsApp's id of the sent message (raises when it cannot be sent)."""

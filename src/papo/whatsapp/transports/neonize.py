@@ -71,6 +71,22 @@ class NeonizeTransport(Transport):
         except sqlite3.Error:
             return False
 
+    def credentials_problem(self, key: SessionKey) -> str | None:
+        """A store that is there must be a sound SQLite database with whatsmeow's tables; one that is
+        not (a disk error, a half-copied backup) would make neonize fail in ways that say little."""
+        path = self.store_path(key)
+        if not path.exists():
+            return None  # never paired, or logged out: starting shows a QR code
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+                if verdict != "ok":
+                    return f"the credentials store is corrupt ({verdict}); remove the session's store and scan again"
+                db.execute("SELECT count(*) FROM whatsmeow_device").fetchone()
+        except sqlite3.Error as exc:
+            return f"the credentials store cannot be read ({exc}); remove the session's store and scan again"
+        return None
+
     def build(self, key: SessionKey, events: SessionEvents) -> Any:
         """A neonize client on the session's store, its events wired to `events` by name."""
         from neonize.aioze import events as neonize_events
