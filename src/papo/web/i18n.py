@@ -13,6 +13,8 @@ from babel.dates import format_datetime, format_timedelta
 from babel.messages.pofile import read_po
 from babel.numbers import format_decimal
 
+from papo.sizes import file_size
+
 LANGUAGES = {"pt-BR": "Português", "en": "English"}
 DEFAULT_LANGUAGE = "pt-BR"
 LANG_COOKIE = "papo_lang"
@@ -81,12 +83,7 @@ class Translator:
 
     def size(self, value: int | None) -> str:
         """A file's size as people read it (1024-based, one decimal)."""
-        if value is None:
-            return ""
-        for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
-            if value >= scale:
-                return f"{format_decimal(value / scale, format='#,##0.#', locale=self.locale)} {unit}"
-        return f"{value} B"
+        return "" if value is None else file_size(value, str(self.locale))
 
     def catalog(self) -> dict[str, str]:
         """The strings the page script needs (sent as JSON in the page)."""

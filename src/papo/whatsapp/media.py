@@ -31,6 +31,7 @@ from papo.db.base import new_id
 from papo.db.engine import Database
 from papo.errors import DomainError, InvalidInput, NotFound
 from papo.settings import Settings
+from papo.sizes import file_size
 from papo.waiting import work_when_woken
 from papo.whatsapp.hub import WhatsappHub
 from papo.whatsapp.inbox import VOICE_KINDS
@@ -48,13 +49,6 @@ UNSIGNED_TYPES = ("text/", "application/json", "application/xml")
 
 class Refused(Exception):
     """The file arrived but is not kept (the reason is shown with the message)."""
-
-
-def human_size(size: int) -> str:
-    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
-        if size >= scale:
-            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
-    return f"{size} bytes"
 
 
 def claimed_type(declared: str | None) -> str:
@@ -186,7 +180,7 @@ class MediaDownloads:
     def _too_large(self, limit: int) -> str:
         if limit < self.settings.media_max_bytes:
             return "the company's media storage is full"
-        return f"the file is larger than {human_size(limit)}"
+        return f"the file is larger than {file_size(limit)}"
 
     async def _record(self, tenant_id: uuid.UUID, change: Callable[[Attachments], Awaitable[object]]) -> object:
         principal = service_principal(tenant_id)
@@ -264,7 +258,7 @@ async def store_upload(
     except BlobTooLarge as exc:
         if quota_left is not None and exc.limit == quota_left:
             raise FileTooLarge("the company's media storage is full") from exc
-        raise FileTooLarge(f"WhatsApp takes a {kind} of at most {human_size(limit)}") from exc
+        raise FileTooLarge(f"WhatsApp takes a {kind} of at most {file_size(limit)}") from exc
     name = SAFE_FILE_NAME.sub("_", upload.filename or "").strip()[:200] or None
     part = NewAttachment(
         kind, mime_type=mime_type, file_name=name, caption=caption or None, size=written.size, sha256=written.sha256
