@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import papo.models  # noqa: F401  (every table, so cross-feature foreign keys resolve)
 from papo.auth import service as auth_service
 from papo.auth.invitations import Accounts, CreatedInvitation
-from papo.auth.models import Role
+from papo.auth.models import Role, Tenant
 from papo.auth.service import Principal
 from papo.auth.tokens import SigningKey, issue_token
 from papo.chat.service import purge_deleted_sessions
@@ -317,14 +317,26 @@ async def import_legacy_sessions_file(settings: Settings) -> list[str]:
     try:
         async with owner.transaction() as session:
             companies = await _companies_named(session, refs)
-        notes += [
-            f"{path.name}: companyId {ref!r} names no single company" for ref, t in companies.items() if len(t) != 1
-        ]
+        unmatched = [ref for ref, tenants in companies.items() if len(tenants) != 1]
+        notes += [f"{path.name}: companyId {ref!r} names no single company; not imported" for ref in unmatched]
         for tenant_id in sorted({tenants[0] for tenants in companies.values() if len(tenants) == 1}):
             principal = Principal(tenant_id, None, Role.owner.value)
             async with runtime.transaction(principal.context()) as session:
+                tenant = await session.get(Tenant, tenant_id)
+                # Unattended, only the company's id or its identity provider's id is proof: a name is
+                # chosen by the company itself (another company could take it); the CLI, run by the
+                # operator for one tenant, may go by name.
+                proofs = (str(tenant_id), tenant.external_id if tenant is not None else None)
+                mine = [ref for ref, tenants in companies.items() if tenants == [tenant_id]]
+                proven = {ref: [tenant_id] for ref in mine if ref.strip().lower() in proofs or ref.strip() in proofs}
+                notes += [
+                    f"{path.name}: companyId {ref!r} matches {tenant_id} by name only; import it with "
+                    f"`papo whatsapp import-sessions --tenant {tenant_id}`"
+                    for ref in mine
+                    if ref not in proven
+                ]
                 report = await import_legacy_sessions(
-                    session, principal, content, transport="neonize", companies=companies
+                    session, principal, content, transport="neonize", companies=proven
                 )
             notes += [f"{path.name}: imported {name} into {tenant_id}" for name in report["imported"]]
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 
 from papo.app import app_state_of
 from papo.auth.models import Role
+from papo.whatsapp.transports.cloud import CloudTransport
 from tests.conftest import ProvisionedDatabase, plain_dsn
 from tests.fake_openai import API_KEY, FakeOpenAI
 from tests.support import FakeGraphApi, Member, TenantHandle
@@ -407,3 +409,43 @@ async def test_the_bot_answers_a_voice_notes_transcript(
     assert note["transcript"] == provider.transcript  # shown under the player
     (conversation,) = (await client.get(INBOX, headers=admin.headers)).json()
     assert (conversation["ticket_status"], conversation["bot_enabled"]) == ("open", True)
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=1", True),
+        ("https://graph.facebook.com/v21.0/x", True),
+        ("http://lookaside.fbsbx.com/x", False),  # not the Graph API's scheme
+        ("https://169.254.169.254/latest/meta-data", False),
+        ("https://evil.example/fbsbx.com", False),
+        ("https://fbsbx.com.evil.example/x", False),
+    ],
+)
+def test_the_number_token_goes_only_to_meta_hosts(url: str, allowed: bool) -> None:
+    transport = CloudTransport(Path("."), httpx.AsyncClient(), "https://graph.facebook.com/v21.0")
+    assert transport._meta_media_url(url) is allowed
+
+
+async def test_a_file_refused_for_its_conversation_leaves_nothing_stored(
+    client: httpx.AsyncClient,
+    cloud_number: tuple[TenantHandle, Member, str, str],
+    database: ProvisionedDatabase,
+    settings: Any,
+) -> None:
+    tenant, admin, _, number = cloud_number
+    await deliver(client, database, number, {"from": "5511988887777", "id": "wamid.bye", "timestamp": "1",
+                                              "type": "text", "text": {"body": "obrigado, era só isso"}})  # fmt: skip
+    (conversation,) = (await client.get(INBOX, headers=admin.headers)).json()
+    closed = await client.patch(
+        f"{INBOX}/{conversation['id']}", json={"ticket_status": "closed"}, headers=admin.headers
+    )
+    assert closed.status_code == 200, closed.text
+    refused = await client.post(
+        f"{INBOX}/{conversation['id']}/attachments",
+        files={"file": ("boleto.pdf", PDF, "application/pdf")},
+        headers=admin.headers,
+    )
+    assert refused.status_code == 409, refused.text
+    kept = settings.data_dir / "blobs" / "media" / tenant.id.hex
+    assert not kept.exists() or list(kept.iterdir()) == []  # the file went with the refusal

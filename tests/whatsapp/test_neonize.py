@@ -26,7 +26,7 @@ from sqlalchemy import text
 from papo.app import app_state_of
 from papo.auth.models import Role
 from papo.whatsapp.rows import service_principal
-from papo.whatsapp.transports.base import InboundMessage, MediaUnavailable, OutgoingMedia, SessionKey
+from papo.whatsapp.transports.base import InboundMessage, MediaRefused, MediaUnavailable, OutgoingMedia, SessionKey
 from papo.whatsapp.transports.neonize import EVENT_MAP, NeonizeTransport
 from papo.whatsapp.transports.neonize_media import MEDIA_FIELDS, stored_message
 from tests.support import WHATSAPP_SESSIONS as BASE
@@ -134,6 +134,7 @@ def photo(message: Any) -> None:
     part.directPath, part.mediaKey = "/v/t62.7118-24/abc?ccb=11-4", b"k" * 32
     part.fileSHA256 = hashlib.sha256(JPEG).digest()
     part.JPEGThumbnail = b"thumb" * 1000
+    part.URL = "http://169.254.169.254/latest/meta-data"  # the sender writes this field
 
 
 def voice(message: Any) -> None:
@@ -178,6 +179,7 @@ async def test_neonize_media_location_and_contacts_become_attachments() -> None:
     assert kept.imageMessage.directPath == "/v/t62.7118-24/abc?ccb=11-4"  # what the download needs is kept
     assert kept.imageMessage.mediaKey == b"k" * 32
     assert kept.imageMessage.JPEGThumbnail == b""  # the thumbnail is not
+    assert kept.imageMessage.URL == ""  # nor a URL: the file comes from WhatsApp's hosts by its path
     assert (note.kind, note.attachments[0].kind, note.attachments[0].size) == ("audio", "voice", 4000)
     assert (document.text, document.attachments[0].file_name) == ("segue", "boleto.pdf")
     assert location.attachments[0].data == {
@@ -286,3 +288,23 @@ async def test_neonize_sends_a_file_through_its_device(tmp_path: Any) -> None:
     voice_note = OutgoingMedia("audio", "audio/ogg", None, "ignored", io.BytesIO(b"OggS..."))
     await transport.send_media(key, {}, SENDER, voice_note)
     assert device.sent[1][1].audioMessage.PTT is True
+
+
+async def test_status_posts_and_media_of_unknown_size_are_not_fetched(tmp_path: Any) -> None:
+    status_post = media_event("S", photo)
+    status_post.Info.MessageSource.Chat.Server = "broadcast"  # a contact's status, not a message to us
+    assert await parsed(status_post) == []
+    transport = NeonizeTransport(tmp_path)
+    key = SessionKey(uuid.uuid4(), uuid.uuid4())
+    transport.clients[key] = FakeDevice({"/v/voice": b"OggS"})
+    (note,) = await parsed(media_event("V", voice))
+    sizeless = stored_message(note.attachments[0].source)
+    sizeless.audioMessage.fileLength = 0
+    source = {"neonize": base64.b64encode(sizeless.SerializeToString()).decode()}
+    with pytest.raises(MediaRefused, match="did not say how large"):
+        async with transport.open_media(key, {}, source):
+            pass  # pragma: no cover - refused before
+    transport.clients[key] = FakeDevice({"/v/voice": b"OggS" * 2000})  # 8000 bytes where 4000 were declared
+    async with transport.open_media(key, {}, note.attachments[0].source) as media:
+        with pytest.raises(MediaRefused, match="larger than WhatsApp said"):
+            _ = [chunk async for chunk in media.chunks]

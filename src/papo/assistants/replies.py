@@ -127,11 +127,13 @@ class ReplyManager:
         if target.provider == "demo":
             return None
         try:
-            done = await self.clients.get(target).audio.transcriptions.create(
-                model=self.settings.transcription_model, file=(file_name, audio, mime_type)
-            )
-        except openai.OpenAIError as exc:
-            log.warning("transcription failed", assistant=str(assistant_id), error=str(exc))
+            # the tenant chose the provider: a slow one must not hold a download worker for long
+            async with asyncio.timeout(self.settings.reply_deadline_seconds):
+                done = await self.clients.get(target).audio.transcriptions.create(
+                    model=self.settings.transcription_model, file=(file_name, audio, mime_type)
+                )
+        except (openai.OpenAIError, TimeoutError) as exc:
+            log.warning("transcription failed", assistant=str(assistant_id), error=str(exc) or type(exc).__name__)
             return None
         return done.text.strip() or None
 

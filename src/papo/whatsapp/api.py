@@ -263,6 +263,10 @@ async def send_file(
     await state.limiter.messages(request, box.principal)
     await state.limiter.enforce(request, "whatsapp_sends", f"{number.tenant_id}:{number.id}")
     stored_file = await store_upload(state.blobs, state.settings, Attachments(session, box.principal), file, caption)
-    outgoing, stored = await box.queue_reply(conversation_id, caption, number.transport, stored_file)
+    try:
+        outgoing, stored = await box.queue_reply(conversation_id, caption, number.transport, stored_file)
+    except BaseException:  # refused (a closed conversation, the 24-hour window): no file kept without its row
+        await state.blobs.delete(stored_file.key)
+        raise
     background.add_task(state.whatsapp.send, outgoing)
     return stored

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,6 +81,7 @@ class WhatsappHub:
     blobs: BlobStore | None = None  # where files agents send are kept
     live: dict[SessionKey, LiveSession] = field(default_factory=dict)
     loading: dict[SessionKey, asyncio.Task[bool]] = field(default_factory=dict)  # see load_soon
+    follow_ups: set[asyncio.Task[None]] = field(default_factory=set)  # see later
     # Ownership: a process runs a session only while it holds the session's lock (see ownership.py);
     # lifecycle commands for a session run elsewhere are sent to its owner.
     ownership: SessionOwnership = field(init=False)
@@ -165,10 +166,25 @@ class WhatsappHub:
             with contextlib.suppress(Exception):
                 await live.transport.stop(key)
 
+    def later(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Work that follows an event but must not hold up its worker (a transcription after a
+        download); its failure is logged."""
+
+        async def logged() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("whatsapp follow-up failed", work=name)
+
+        task = asyncio.create_task(logged(), name=f"papo-whatsapp-{name}")
+        self.follow_ups.add(task)
+        task.add_done_callback(self.follow_ups.discard)
+
     async def shutdown(self) -> None:
-        for task in list(self.loading.values()):
+        pending = [*self.loading.values(), *self.follow_ups]
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self.loading.values(), return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
         for key in list(self.live):
             await self.stop(key)
         await self.ownership.close()
@@ -464,7 +480,7 @@ class WhatsappHub:
                 kind, config = row.transport, dict(row.config)
             if not await self.ownership.claim(key):
                 return False  # another process runs it
-            problem = self.transport(kind).credentials_problem(key)
+            problem = await asyncio.to_thread(self.transport(kind).credentials_problem, key)
             if problem is not None:  # this session alone fails, with the reason; the others go on
                 await self.ownership.release(key)
                 await self.apply(key, S.STARTING, reason="checking the stored credentials")

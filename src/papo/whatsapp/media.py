@@ -37,7 +37,7 @@ from papo.whatsapp.hub import WhatsappHub
 from papo.whatsapp.inbox import VOICE_KINDS
 from papo.whatsapp.models import WhatsappSession
 from papo.whatsapp.rows import service_principal
-from papo.whatsapp.transports.base import SessionKey
+from papo.whatsapp.transports.base import MediaRefused, SessionKey
 
 log = structlog.get_logger(__name__)
 DOWNLOADS_PER_BATCH = 20
@@ -109,6 +109,11 @@ class MediaDownloads:
 
     async def download(self, tenant_id: uuid.UUID, attachment_id: uuid.UUID, attempt: int) -> None:
         """Fetch one attachment; every outcome is written on it."""
+        if attempt > self.settings.media_max_attempts:  # its earlier tries ended with their process
+            why = f"given up after {attempt - 1} attempts"
+            with contextlib.suppress(NotFound):
+                await self._record(tenant_id, lambda store: store.give_up(attachment_id, "unavailable", why))
+            return
         principal = service_principal(tenant_id)
         try:
             async with self.db.transaction(principal.context()) as session:
@@ -127,7 +132,7 @@ class MediaDownloads:
             if number is None or not number.is_active:
                 raise Refused("the WhatsApp number was removed")
             written, mime_type = await self._fetch(row, number, quota_left)
-        except Refused as refused:
+        except (Refused, MediaRefused) as refused:
             why = str(refused)
             await self._record(tenant_id, lambda store: store.give_up(row.id, "rejected", why))
             return
@@ -151,7 +156,7 @@ class MediaDownloads:
             ),
         )
         if isinstance(stored, Attachment) and stored.kind in VOICE_KINDS:
-            await self.hub.voice_note_stored(tenant_id, stored)
+            self.hub.later(self.hub.voice_note_stored(tenant_id, stored), "transcription")
 
     async def _fetch(self, row: Attachment, number: WhatsappSession, quota_left: int | None) -> tuple[WrittenBlob, str]:
         limit = self.settings.media_max_bytes

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
@@ -65,8 +66,15 @@ class OutgoingMedia:
     content: IO[bytes]  # a spooled copy from the blob store, at its start
 
 
+STORE_SLUG = re.compile(r"[0-9a-f]{32}-[0-9a-f]{32}")
+
+
 class MediaUnavailable(RuntimeError):
     """This transport cannot fetch that media (not now, or not at all: the caller retries a while)."""
+
+
+class MediaRefused(Exception):
+    """That media is not to be fetched at all (the reason is kept with the message; no retry)."""
 
 
 @dataclass(frozen=True)
@@ -125,14 +133,18 @@ class Transport(ABC):
         raise MediaUnavailable(f"the {self.kind} transport does not send files yet")
 
     def stored_sessions(self) -> list[str]:
-        """Slugs of every credential store on disk (to find orphans)."""
+        """Slugs of every credential store on disk (to find orphans); files not named by papo (an
+        operator's backup copy, say) are not counted, so never removed."""
         if not self.store_dir.exists():
             return []
-        return sorted(path.stem for path in self.store_dir.iterdir())
+        return sorted({path.stem for path in self.store_dir.iterdir() if STORE_SLUG.fullmatch(path.stem)})
 
     def remove_store(self, slug: str) -> bool:
+        """The session's store and its companions (SQLite's -wal and -shm files)."""
+        if not STORE_SLUG.fullmatch(slug):
+            raise ValueError(f"not a credential store's name: {slug!r}")
         removed = False
-        for path in self.store_dir.glob(f"{slug}*"):
+        for path in self.store_dir.glob(f"{slug}.*"):
             path.unlink(missing_ok=True)
             removed = True
         return removed

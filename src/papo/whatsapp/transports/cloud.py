@@ -37,6 +37,12 @@ class CloudApiError(MediaUnavailable):
 
 
 MEDIA_CHUNK = 64 * 1024
+META_MEDIA_DOMAINS = (
+    "fbsbx.com",
+    "facebook.com",
+    "fbcdn.net",
+    "whatsapp.net",
+)  # where the Graph API's media URLs point
 MEDIA_TIMEOUT = httpx.Timeout(30.0, connect=10.0)  # between bytes, not for the whole file
 
 
@@ -128,6 +134,13 @@ class CloudTransport(Transport):
             raise CloudApiError("the Graph API accepted the message but returned no id")
         return str(messages[0].get("id"))
 
+    def _meta_media_url(self, url: str) -> bool:
+        """The number's token goes only to the Graph API's own host or Meta's media hosts."""
+        parts, graph = urlsplit(url), urlsplit(self.graph_url)
+        host = (parts.hostname or "").lower()
+        on_meta = any(host == domain or host.endswith("." + domain) for domain in META_MEDIA_DOMAINS)
+        return parts.scheme == graph.scheme and (host == (graph.hostname or "").lower() or on_meta)
+
     @asynccontextmanager
     async def open_media(
         self, key: SessionKey, config: dict[str, Any], source: dict[str, Any]
@@ -140,7 +153,7 @@ class CloudTransport(Transport):
             raise CloudApiError("no media id to download")
         details = await self._call("GET", f"{self.graph_url}/{media_id}", headers)
         url = details.get("url")
-        if not isinstance(url, str) or urlsplit(url).scheme != urlsplit(self.graph_url).scheme:
+        if not isinstance(url, str) or not self._meta_media_url(url):
             raise CloudApiError("the Graph API gave no usable media URL")
         declared = details.get("file_size")
         size = int(declared) if isinstance(declared, int | str) and str(declared).isdigit() else None

@@ -20,6 +20,7 @@ import structlog
 
 from papo.whatsapp.transports.base import (
     InboundMessage,
+    MediaRefused,
     MediaStream,
     MediaUnavailable,
     OutgoingMedia,
@@ -46,6 +47,7 @@ EVENT_MAP = {
     "ReceiptEv": "receipt",
 }
 DOWNLOAD_CHUNK = 256 * 1024
+NOT_A_CUSTOMER = ("broadcast", "newsletter")  # chat servers of status posts and channels
 RECEIPT_STATUS = {1: "delivered", 4: "read", 6: "read"}  # neonize Receipt.Type: DELIVERED, READ, PLAYED
 
 
@@ -56,6 +58,8 @@ class NeonizeTransport(Transport):
         super().__init__(store_dir)
         self.clients: dict[SessionKey, Any] = {}
         self.connecting: dict[SessionKey, asyncio.Task[None]] = {}
+        # neonize's download call returns the whole file: one at a time bounds what it holds
+        self.downloading = asyncio.Semaphore(1)
 
     def store_path(self, key: SessionKey) -> Path:
         return self.store_dir / f"{key.slug}.sqlite3"
@@ -118,8 +122,8 @@ class NeonizeTransport(Transport):
                     await events.failed(f"WhatsApp ended the session: {class_name.removesuffix('Ev')}")
                 elif meaning == "message":
                     source = event.Info.MessageSource
-                    if source.IsFromMe or source.IsGroup:
-                        return
+                    if source.IsFromMe or source.IsGroup or source.Chat.Server in NOT_A_CUSTOMER:
+                        return  # our own, a group's, a contact's status post or a channel's
                     text, kind, attachments = content_of(event.Message)
                     await events.message(
                         InboundMessage(
@@ -210,13 +214,18 @@ class NeonizeTransport(Transport):
         when the stream is read: after the declared size was checked against the limits."""
         message = stored_message(source)
         if message is None:
-            raise MediaUnavailable("no WhatsApp media to download")
-        client = self._client(key)
+            raise MediaRefused("no WhatsApp media to download")
         part = next(getattr(message, field) for field in MEDIA_FIELDS if message.HasField(field))
+        if not part.fileLength:  # the size is what bounds the download: a file of unknown size is not fetched
+            raise MediaRefused("WhatsApp did not say how large the file is")
+        client = self._client(key)
 
         async def chunks() -> AsyncIterator[bytes]:
-            content = memoryview(await client.download_any(message))
-            for start in range(0, len(content), DOWNLOAD_CHUNK):
-                yield bytes(content[start : start + DOWNLOAD_CHUNK])
+            async with self.downloading:  # one whole file in memory at a time
+                content = memoryview(await client.download_any(message))
+                if len(content) > part.fileLength:
+                    raise MediaRefused("the file is larger than WhatsApp said")
+                for start in range(0, len(content), DOWNLOAD_CHUNK):
+                    yield bytes(content[start : start + DOWNLOAD_CHUNK])
 
-        yield MediaStream(part.mimetype or None, int(part.fileLength) or None, chunks())
+        yield MediaStream(part.mimetype or None, int(part.fileLength), chunks())

@@ -57,6 +57,10 @@ def media_attachment(message: Any, field: str) -> NewAttachment:
     for dropped in DROPPED_FIELDS:
         if getattr(kept, field).DESCRIPTOR.fields_by_name.get(dropped) is not None:
             getattr(kept, field).ClearField(dropped)
+    # The file is fetched from WhatsApp's own media hosts by its path; a URL the sender wrote is not kept
+    getattr(kept, field).ClearField("URL")
+    if not part.directPath.startswith("/") or part.directPath.startswith("//"):
+        getattr(kept, field).ClearField("directPath")
     kind = MEDIA_FIELDS[field]
     if kind == "audio" and part.PTT:
         kind = "voice"
