@@ -522,3 +522,7 @@ async def _demo_banner_only(settings: Settings) -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":  # python -m papo.cli
+    main()

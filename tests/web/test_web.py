@@ -626,14 +626,35 @@ class TestInboxMedia:
         await expect(page.locator("#messages .attachment")).to_have_count(4)
         await expect(page.locator("#messages .msg.user .body").nth(1)).to_have_text("comprovante")
 
+        await page.locator("#messages .attachment.image a").click()  # the photo opens in the viewer
+        viewer = page.locator("#viewer")
+        await expect(viewer).to_be_visible()
+        await expect(viewer.locator(".caption")).to_have_text("comprovante")
+        await viewer.locator("[data-close]").click()
+        await expect(viewer).to_be_hidden()
+        voice_player = page.locator("#messages .attachment.voice audio")
+        assert (await voice_player.bounding_box() or {"width": 0})["width"] > 150  # visible without a transcript
+
         await page.fill("#inbox-input", "segue a segunda via")  # the agent answers with a PDF
         await page.set_input_files(
             "#inbox-file", files=[{"name": "segunda via.pdf", "mimeType": "application/pdf", "buffer": PDF}]
         )
+        await expect(page.locator("#inbox-pending .name")).to_have_text("segunda via.pdf")  # waits to be sent
+        before = len(graph_api.sent)
+        await page.click("#inbox-reply button[type=submit]")
         sent = page.locator("#messages .msg.assistant").last
         await expect(sent.locator(".attachment.document a.file")).to_contain_text("segunda via.pdf")
         await expect(sent.locator(".body")).to_have_text("segue a segunda via")
         await expect(sent.locator("[data-delivery]")).to_have_text("Enviada")
         assert graph_api.sent[-1]["document"]["filename"] == "segunda via.pdf"
+        assert len(graph_api.sent) == before + 1
         await expect(page.locator("#inbox-input")).to_have_value("")
+        await expect(page.locator("#inbox-pending")).to_be_hidden()
+
+        await page.set_input_files(  # a refusal is said in the page's language, nothing is sent
+            "#inbox-file", files=[{"name": "vazio.pdf", "mimeType": "application/pdf", "buffer": b""}]
+        )
+        await page.click("#inbox-reply button[type=submit]")
+        await expect(page.locator("#inbox-error")).to_have_text("O arquivo está vazio")
+        assert len(graph_api.sent) == before + 1
         assert errors == []

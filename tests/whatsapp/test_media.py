@@ -318,6 +318,7 @@ async def test_an_agent_sends_a_pdf_and_a_photo_checked_against_whatsapps_limits
     graph_api: FakeGraphApi,
     database: ProvisionedDatabase,
     make_tenant: Any,
+    settings: Any,
 ) -> None:
     tenant, _, _, number = cloud_number
     agent = await tenant.member(Role.agent)
@@ -363,14 +364,22 @@ async def test_an_agent_sends_a_pdf_and_a_photo_checked_against_whatsapps_limits
     )
     assert lie.status_code == 415
     assert lie.headers["content-type"] == "application/problem+json"
+    mp4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
     big = await client.post(
-        url, files={"file": ("big.png", PNG[:100] + bytes(5 * 1024**2), "image/png")}, headers=agent.headers
+        url, files={"file": ("big.mp4", mp4 + bytes(16 * 1024**2), "video/mp4")}, headers=agent.headers
     )
     assert big.status_code == 413
-    assert "at most 5 MB" in big.json()["detail"]
+    assert "at most 16 MB" in big.json()["detail"]
     empty = await client.post(url, files={"file": ("empty.pdf", b"", "application/pdf")}, headers=agent.headers)
     assert empty.status_code == 422
     assert len(await conversation_messages(client, agent)) == before  # nothing stored
+    stored = settings.data_dir / "blobs" / "media" / tenant.id.hex
+    assert len(list(stored.iterdir())) == 2  # the PDF and the photo: nothing of the refused ones
+
+    large_photo = PNG[:100] + bytes(6 * 1024**2)  # a phone's photo, over WhatsApp's 5 MB for photos
+    goes = await client.post(url, files={"file": ("praia.png", large_photo, "image/png")}, headers=agent.headers)
+    assert goes.status_code == 201, goes.text
+    assert goes.json()["attachments"][0]["kind"] == "document"  # sent whole, as a document
 
     other = await (await make_tenant("Other")).member(Role.owner)
     stranger = await client.post(url, files={"file": ("x.pdf", PDF, "application/pdf")}, headers=other.headers)

@@ -276,7 +276,7 @@ class ChannelConversations:
             "metadata = CASE WHEN $5::text IS NULL THEN metadata "
             "ELSE metadata || jsonb_build_object('error', $5::text) END "
             "WHERE tenant_id = $1 AND id = $2 AND delivery_status = 'pending' "
-            "RETURNING id, session_id, delivery_status, status",
+            "RETURNING id, session_id, delivery_status, status, metadata->>'error' AS error",
             self.principal.tenant_id,
             message_id,
             external_id,

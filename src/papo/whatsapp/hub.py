@@ -314,21 +314,25 @@ class WhatsappHub:
         await self.send(notice)
 
     async def voice_note_stored(self, tenant_id: uuid.UUID, note: Attachment) -> None:
-        """A customer's voice note is in the blob store. Where the bot answers, it answers the
-        transcript (shown under the player); a provider that cannot transcribe means the customer is
-        told the bot reads text only, and the conversation waits for a person."""
+        """A customer's voice note is in the blob store. Where the number has an assistant, its
+        provider transcribes it (shown under the player, for whoever answers); where the bot answers,
+        it answers the transcript, and a provider that cannot transcribe means the customer is told
+        the bot reads text only, and the conversation waits for a person."""
         principal = service_principal(tenant_id)
         async with self.db.transaction(principal.context()) as session:
             inbox = Inbox(session, principal)
             conversation = await inbox.conversation(note.session_id)
             number = await session.get(WhatsappSession, (tenant_id, conversation["whatsapp_session_id"]))
-        if note.caption or not conversation["bot_enabled"] or number is None or number.assistant_id is None:
-            return  # a person answers (or the bot answered the caption already)
-        if self.replies is None or self.blobs is None or note.blob_key is None:
+        if number is None or number.assistant_id is None or self.replies is None or self.blobs is None:
+            return  # no provider to transcribe with: a person listens
+        if note.blob_key is None:
             return
         async with spooled(self.blobs, note.blob_key) as audio:
             name = note.file_name or f"voice-{note.id.hex[:8]}.ogg"
             said = await self.replies.transcribe(principal, number.assistant_id, audio, name, note.mime_type or "")
+        bot_answers = conversation["bot_enabled"] and not note.caption  # else a person answers (or the bot did)
+        if said is None and not bot_answers:
+            return
         if said is None:
             async with self.db.transaction(principal.context()) as session:
                 await Inbox(session, principal).update(
@@ -340,7 +344,7 @@ class WhatsappHub:
         async with self.db.transaction(principal.context()) as session:
             await Attachments(session, principal).set_transcript(note.id, said)
             chat = ChatService(session, principal, self.settings)
-            if await chat.streaming_reply(note.session_id) is None:  # one answer at a time
+            if bot_answers and await chat.streaming_reply(note.session_id) is None:  # one answer at a time
                 placeholder = await chat.add_reply_placeholder(
                     note.session_id, {"assistant_id": str(number.assistant_id), "author": "bot"}
                 )

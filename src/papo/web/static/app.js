@@ -636,11 +636,13 @@ function attachmentNode(a) {
     }
   } else if (a.state === "stored" && a.url) {
     if (a.kind === "image" || a.kind === "sticker") {
-      parts.push(element("a", { href: a.url, target: "_blank", rel: "noopener" },
+      parts.push(element("a", { href: a.url, target: "_blank", rel: "noopener", "data-viewer": true },
         element("img", { src: a.url, alt: a.caption || t("media.image"), loading: "lazy" })));
     } else if (a.kind === "audio" || a.kind === "voice") {
       parts.push(element("audio", { controls: true, preload: "none", src: a.url }));
-      if (a.transcript) parts.push(element("p", { class: "transcript", text: a.transcript }));
+      if (a.transcript) {
+        parts.push(element("p", { class: "transcript" }, element("span", { class: "label", text: t("media.transcript") }), ` ${a.transcript}`));
+      }
     } else if (a.kind === "video") {
       parts.push(element("video", { controls: true, preload: "metadata", src: a.url }));
     } else {
@@ -652,7 +654,7 @@ function attachmentNode(a) {
   } else if (a.state === "unavailable") {
     parts.push(muted(t("media.unavailable")));
   } else {
-    parts.push(muted(`${t("media.rejected")}: ${a.error}`));
+    parts.push(element("span", { class: "muted", title: a.error || "", text: t("media.rejected") }));
   }
   return element("div", { class: `attachment ${a.kind} ${a.state}`, id: `a-${a.id}`, "data-attachment": a.id }, ...parts);
 }
@@ -670,24 +672,53 @@ function setupInbox() {
       const who = data.role === "user" ? t("inbox.customer") : data.metadata?.author === "bot" ? t("inbox.bot") : t("inbox.agent");
       const node = element(
         "li",
-        { class: `msg ${data.role === "user" ? "user" : "assistant"}`, id: `m-${data.id}`, "data-id": data.id },
+        { class: `msg ${data.role === "user" ? "user" : "assistant"}`, id: `m-${data.id}`, "data-id": data.id, "data-status": data.status || "" },
         element("div", { class: "who", text: who }),
         element("div", { class: "body plain", text: data.content }),
         ...(data.attachments || []).map(attachmentNode),
         element("div", { class: "meta" }, element("span", { class: "status", "data-delivery": true, text: delivery(data.delivery_status) })),
       );
       list.append(node);
-      node.scrollIntoView({ block: "end" });
+      if (stick) toBottom();
     } else if (event === "reply.delta") {
       const node = $(`#m-${CSS.escape(data.id)}`);
       if (node) node.querySelector(".body").textContent = node.querySelector(".body").textContent.slice(0, data.offset) + data.delta;
     } else if (event === "attachment.updated") {
       $(`#a-${CSS.escape(data.id)}`)?.replaceWith(attachmentNode(data));
+      if (stick) toBottom();
     } else if (event === "message.updated" || event === "message.status_changed") {
       const node = $(`#m-${CSS.escape(data.id)}`);
       if (node && data.content !== undefined) node.querySelector(".body").textContent = data.content;
-      if (node && data.delivery_status) node.querySelector("[data-delivery]").textContent = delivery(data.delivery_status);
+      if (node && data.status) node.dataset.status = data.status;
+      if (node && data.delivery_status) {
+        const status = node.querySelector("[data-delivery]");
+        status.textContent = delivery(data.delivery_status);
+        status.title = data.metadata?.error || data.error || status.title;
+      }
     }
+  });
+  // Stay at the newest message while photos and videos load (they grow the list after it scrolled),
+  // unless the agent scrolled up to read.
+  let stick = true;
+  const toBottom = () => { if (list) list.scrollTop = list.scrollHeight; };
+  list?.addEventListener("scroll", () => { stick = list.scrollHeight - list.scrollTop - list.clientHeight < 120; });
+  for (const loaded of ["load", "loadedmetadata"]) {
+    list?.addEventListener(loaded, () => { if (stick) toBottom(); }, true);
+  }
+  // A photo opens in a viewer over the conversation (the link still opens the file without script).
+  const viewer = $("#viewer");
+  list?.addEventListener("click", (event) => {
+    const link = event.target.closest("a[data-viewer]");
+    if (!link || !viewer) return;
+    event.preventDefault();
+    viewer.querySelector("img").src = link.href;
+    viewer.querySelector("img").alt = link.querySelector("img")?.alt || "";
+    viewer.querySelector(".caption").textContent = link.closest(".msg")?.querySelector(".body")?.textContent || "";
+    viewer.querySelector("a.original").href = link.href;
+    viewer.showModal();
+  });
+  viewer?.addEventListener("click", (event) => {
+    if (event.target === viewer || event.target.closest("[data-close]")) viewer.close();
   });
   const url = `/api/v1/whatsapp/conversations/${current}`;
   const me = async () => (await (await api("GET", "/api/v1/me")).json()).user_id;
@@ -704,30 +735,71 @@ function setupInbox() {
       if (response.ok) reload();
     });
   }
+  // A chosen file waits beside the reply box (name, size, remove) and goes with what is typed, as its
+  // caption, when the agent sends; WhatsApp's limits are checked by the server.
   const form = $("#inbox-reply");
+  const pending = $("#inbox-pending");
+  const problem = $("#inbox-error");
+  let picked = null;
+  const say = (text) => {
+    if (!problem) return;
+    problem.textContent = text || "";
+    problem.hidden = !text;
+  };
+  const pick = (file) => {
+    picked = file;
+    if (!pending) return;
+    pending.hidden = !file;
+    pending.querySelector(".name").textContent = file ? file.name : "";
+    pending.querySelector(".size").textContent = file ? fileSize(file.size) : "";
+  };
+  const refusal = async (response) => {
+    const detail = (await response.json().catch(() => ({}))).detail || "";
+    const known = { 413: "media.too_large", 415: "media.unsupported" }[response.status];
+    if (known) return t(known);
+    if (response.status === 422 && /empty/.test(detail)) return t("media.empty");
+    return `${t("inbox.send_failed")}: ${detail}`;
+  };
+  $("#inbox-file")?.addEventListener("change", (event) => {
+    pick(event.target.files[0] || null);
+    event.target.value = "";
+    say("");
+    $("#inbox-input").focus();
+  });
+  pending?.querySelector("[data-unpick]").addEventListener("click", () => pick(null));
   form?.addEventListener("submit", async (event) => {
     event.preventDefault();
     const input = $("#inbox-input");
     const content = input.value.trim();
-    if (!content) return;
-    const response = await api("POST", `${url}/messages`, { content });
-    if (response.ok) input.value = "";
-    else alert((await response.json()).detail);
-  });
-  // A file goes with what is typed as its caption; WhatsApp's limits are checked by the server.
-  $("#inbox-file")?.addEventListener("change", async (event) => {
-    const file = event.target.files[0];
-    if (!file) return;
-    const input = $("#inbox-input");
-    const form = new FormData();
-    form.append("file", file);
-    form.append("caption", input.value.trim());
-    const response = await fetch(`${url}/attachments`, {
-      method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf }, body: form,
-    });
-    event.target.value = "";
-    if (response.ok) input.value = "";
-    else alert((await response.json()).detail);
+    if (!content && !picked) return;
+    const controls = [...form.elements, pending?.querySelector("[data-unpick]")].filter(Boolean);
+    form.classList.add("busy");
+    for (const control of controls) control.disabled = true;
+    pending?.querySelector(".sending")?.toggleAttribute("hidden", !picked);
+    try {
+      let response;
+      if (picked) {
+        const body = new FormData();
+        body.append("file", picked);
+        body.append("caption", content);
+        response = await fetch(`${url}/attachments`, {
+          method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf }, body,
+        });
+      } else {
+        response = await api("POST", `${url}/messages`, { content });
+      }
+      if (response.ok) {
+        input.value = "";
+        pick(null);
+        say("");
+      } else {
+        say(await refusal(response));
+      }
+    } finally {
+      form.classList.remove("busy");
+      for (const control of controls) control.disabled = false;
+      pending?.querySelector(".sending")?.setAttribute("hidden", "");
+    }
   });
   $("#inbox-input")?.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) {
@@ -735,7 +807,7 @@ function setupInbox() {
       form.requestSubmit();
     }
   });
-  list?.lastElementChild?.scrollIntoView({ block: "end" });
+  toBottom();
 }
 
 function setupWhatsappNumbers() {
