@@ -641,7 +641,7 @@ function attachmentNode(a) {
     } else if (a.kind === "audio" || a.kind === "voice") {
       parts.push(element("audio", { controls: true, preload: "none", src: a.url }));
       if (a.transcript) {
-        parts.push(element("p", { class: "transcript" }, element("span", { class: "label", text: t("media.transcript") }), ` ${a.transcript}`));
+        parts.push(element("p", { class: "transcript" }, element("span", { class: "label", text: t("media.transcript") }), a.transcript));
       }
     } else if (a.kind === "video") {
       parts.push(element("video", { controls: true, preload: "metadata", src: a.url }));
@@ -699,9 +699,16 @@ function setupInbox() {
   });
   // Stay at the newest message while photos and videos load (they grow the list after it scrolled),
   // unless the agent scrolled up to read.
+  // Only the agent scrolling up lets go: media growing the list (or this page scrolling it) never moves
+  // scrollTop up.
   let stick = true;
+  let lastTop = 0;
   const toBottom = () => { if (list) list.scrollTop = list.scrollHeight; };
-  list?.addEventListener("scroll", () => { stick = list.scrollHeight - list.scrollTop - list.clientHeight < 120; });
+  list?.addEventListener("scroll", () => {
+    if (list.scrollHeight - list.scrollTop - list.clientHeight < 120) stick = true;
+    else if (list.scrollTop < lastTop) stick = false;
+    lastTop = list.scrollTop;
+  });
   for (const loaded of ["load", "loadedmetadata"]) {
     list?.addEventListener(loaded, () => { if (stick) toBottom(); }, true);
   }
@@ -741,10 +748,12 @@ function setupInbox() {
   const pending = $("#inbox-pending");
   const problem = $("#inbox-error");
   let picked = null;
-  const say = (text) => {
+  const say = (text, detail = "") => {
     if (!problem) return;
     problem.textContent = text || "";
+    problem.title = detail;
     problem.hidden = !text;
+    if (stick) toBottom();
   };
   const pick = (file) => {
     picked = file;
@@ -752,13 +761,14 @@ function setupInbox() {
     pending.hidden = !file;
     pending.querySelector(".name").textContent = file ? file.name : "";
     pending.querySelector(".size").textContent = file ? fileSize(file.size) : "";
+    if (stick) toBottom();
   };
-  const refusal = async (response) => {
+  const refuse = async (response) => {
     const detail = (await response.json().catch(() => ({}))).detail || "";
     const known = { 413: "media.too_large", 415: "media.unsupported" }[response.status];
-    if (known) return t(known);
-    if (response.status === 422 && /empty/.test(detail)) return t("media.empty");
-    return `${t("inbox.send_failed")}: ${detail}`;
+    if (known) return say(t(known), detail);
+    if (response.status === 422 && /empty/.test(detail)) return say(t("media.empty"), detail);
+    return say(`${t("inbox.send_failed")}: ${detail}`, detail);
   };
   $("#inbox-file")?.addEventListener("change", (event) => {
     pick(event.target.files[0] || null);
@@ -793,7 +803,7 @@ function setupInbox() {
         pick(null);
         say("");
       } else {
-        say(await refusal(response));
+        await refuse(response);
       }
     } finally {
       form.classList.remove("busy");

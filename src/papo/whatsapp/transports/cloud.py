@@ -117,7 +117,10 @@ class CloudTransport(Transport):
             raise CloudApiError(f"the media upload failed: {exc}") from exc
         uploaded = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
         if response.status_code >= 400 or not isinstance(uploaded.get("id"), str):
-            raise CloudApiError(f"the Graph API refused the upload ({response.status_code})", response.status_code)
+            error: dict[str, Any] = uploaded["error"] if isinstance(uploaded.get("error"), dict) else {}
+            said = f": {error['message']}" if isinstance(error.get("message"), str) else ""
+            status = response.status_code
+            raise CloudApiError(f"the Graph API refused the upload ({status}){said}", status)
         part: dict[str, Any] = {"id": uploaded["id"]}
         if media.caption and media.kind != "audio":  # WhatsApp shows no caption under audio
             part["caption"] = media.caption
