@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint bench bench-core bench-realtime bench-assistants bench-web bench-whatsapp bench-ops lock clean
+.PHONY: install run test lint bench bench-core bench-realtime bench-assistants bench-web bench-whatsapp bench-ops bench-scale lock clean
 
 install: $(STAMP)
 
@@ -33,7 +33,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: bench-core bench-realtime bench-assistants bench-web bench-whatsapp bench-ops
+bench: bench-core bench-realtime bench-assistants bench-web bench-whatsapp bench-ops bench-scale
 
 bench-core: install
 	$(BIN)/python bench/run.py
@@ -49,6 +49,9 @@ bench-web: install $(CHROMIUM)
 
 bench-whatsapp: install
 	$(BIN)/python bench/whatsapp.py
+
+bench-scale: install
+	$(BIN)/python bench/scale.py
 
 bench-ops: install
 	$(BIN)/python bench/ops.py

@@ -94,16 +94,18 @@ class TestOutbox:
     async def test_ids_follow_commit_order(
         self, database: ProvisionedDatabase, make_tenant: Any, db: Database, settings: Settings
     ) -> None:
-        """Writers draw ids and then hold their transactions open for random times; a reader
-        polling `id > last` must still never step over an id that commits later."""
+        """Writers publish and then hold their transactions open for random times; positions are
+        stamped after commit, by some writers themselves and by a concurrent stamper (a relay); a
+        reader polling `id > last` must still never step over an id that becomes visible later."""
         tenant = await make_tenant()
         member = await tenant.member()
         dsn = plain_dsn(database.app_url)
         writers = [await asyncpg.connect(dsn) for _ in range(4)]
         reader = await asyncpg.connect(dsn)
+        stamper = await asyncpg.connect(dsn)
         rng = random.Random(7)
         seen: list[int] = []
-        done = asyncio.Event()
+        done, all_stamped = asyncio.Event(), asyncio.Event()
 
         async def write(connection: asyncpg.Connection, rounds: int) -> None:
             for _ in range(rounds):
@@ -121,6 +123,15 @@ class TestOutbox:
                     ]
                     await connection.fetchval("SELECT papo_publish_events($1::jsonb)", json.dumps(payload))
                     await asyncio.sleep(rng.random() * 0.01)  # commit late
+                if rng.random() < 0.5:  # as papo's publishers do after their commit
+                    await connection.fetchval("SELECT papo_stamp_events(10000)")
+
+        async def stamp() -> None:  # as every relay round does
+            while not done.is_set():
+                await stamper.fetchval("SELECT papo_stamp_events(10000)")
+                await asyncio.sleep(rng.random() * 0.003)
+            await stamper.fetchval("SELECT papo_stamp_events(10000)")
+            all_stamped.set()
 
         async def read() -> None:
             last = await reader.fetchval("SELECT head FROM papo_events_bounds()")
@@ -130,19 +141,22 @@ class TestOutbox:
                 for row in rows:
                     seen.append(row["event_id"])
                     last = row["event_id"]
-                if done.is_set() and not rows:
+                if all_stamped.is_set() and not rows:
                     break
                 await asyncio.sleep(0.001)
             final = await reader.fetch("SELECT event_id FROM papo_events_after($1, 100000)", start)
             assert seen == [row["event_id"] for row in final]
 
+        stamping = asyncio.create_task(stamp())
+        await asyncio.sleep(0)
         reading = asyncio.create_task(read())
         await asyncio.gather(*(write(c, 15) for c in writers))
         done.set()
+        await stamping
         await reading
         assert len(seen) == 60
         assert seen == sorted(seen)
-        for connection in [*writers, reader]:
+        for connection in [*writers, reader, stamper]:
             await connection.close()
 
 

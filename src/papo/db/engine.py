@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import asyncpg
+import structlog
 from sqlalchemy import CursorResult, Executable, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
@@ -27,6 +28,8 @@ from papo.db.server import (
 from papo.errors import UNSTORABLE_TEXT, DatabaseUnavailable, DomainError, InvalidInput, unstorable_text
 from papo.private_files import ensure_private_dir
 from papo.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,18 @@ AFTER_COMMIT = "after_commit"
 
 def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
     session.info.setdefault(AFTER_COMMIT, []).append(callback)
+
+
+# session.info key: work to do once the transaction has committed and its connection is back in the
+# pool (its own units of work may take connections); awaited before `transaction()` returns, and a
+# failure is logged, never raised (what it follows has committed).
+AFTER_COMMIT_WORK = "after_commit_work"
+
+
+def after_commit_work(session: AsyncSession, work: Callable[[Database], Awaitable[object]]) -> None:
+    queued: list[Callable[[Database], Awaitable[object]]] = session.info.setdefault(AFTER_COMMIT_WORK, [])
+    if work not in queued:
+        queued.append(work)
 
 
 def driver(session: AsyncSession) -> asyncpg.Connection:
@@ -165,6 +180,11 @@ class Database:
             if unstorable_text(exc):  # bad input, not a fault: a 4xx, and nothing was written
                 raise InvalidInput(UNSTORABLE_TEXT) from exc
             raise
+        for work in session.info.pop(AFTER_COMMIT_WORK, []):
+            try:
+                await work(self)
+            except Exception as exc:
+                log.warning("work after a commit failed", error=str(exc) or type(exc).__name__)
 
     @asynccontextmanager
     async def _unit(self, context: RlsContext | None) -> AsyncIterator[AsyncSession]:

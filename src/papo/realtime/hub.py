@@ -34,7 +34,7 @@ from papo.errors import DatabaseUnavailable, QuotaExceeded
 from papo.ops.metrics import REALTIME_CONNECTIONS, REALTIME_EVENT_LAG
 from papo.realtime.access import ACCESS_CHANNEL, Grant, Notice, standings, verdict
 from papo.realtime.codes import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
-from papo.realtime.service import Event, bounds, read_all_events
+from papo.realtime.service import Event, bounds, read_all_events, stamp_events
 from papo.waiting import wake_or_timeout, work_when_woken
 
 log = structlog.get_logger(__name__)
@@ -373,6 +373,8 @@ class EventHub:
         await self._relay()
 
     async def _relay(self) -> None:
+        # events whose publisher could not stamp them (it died between its commit and its stamp)
+        await stamp_events(self.db)
         while True:
             async with self.db.transaction() as session:
                 events = await read_all_events(session, self.last_id, BATCH)

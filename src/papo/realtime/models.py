@@ -1,4 +1,4 @@
-"""The realtime outbox (migration 0004): events numbered in commit order, retention's mark, consumers' cursors."""
+"""The realtime outbox (migrations 0004, 0025): events in commit order, retention's mark, consumers' cursors."""
 
 from __future__ import annotations
 
@@ -15,13 +15,16 @@ from papo.db.base import Base
 
 
 class Event(Base):
-    """One change, written in the transaction that made it; its id comes from papo_publish_events()."""
+    """One change, written in the transaction that made it (papo_publish_events() draws its seq); its
+    id, the position readers use, is given once it committed (papo_stamp_events(), migration 0025)."""
 
     __tablename__ = "events"
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
-    # Drawn from the sequence events_id_seq by the publishing function, not by a column default.
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # Drawn from events_seq_seq by the publishing function, not by a column default.
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # From events_id_seq when stamped; NULL until then (no `id > n` selects it).
+    id: Mapped[int | None] = mapped_column(BigInteger)
     # user: the stream of user_id; staff: every owner, admin and agent of the tenant.
     audience: Mapped[str] = mapped_column(Text)
     user_id: Mapped[str | None] = mapped_column(Text)
@@ -34,7 +37,8 @@ class Event(Base):
             "(audience = 'user' AND user_id IS NOT NULL) OR (audience = 'staff' AND user_id IS NULL)",
             name="audience",
         ),
-        Index("ix_events_id", "id"),
+        Index("ix_events_id", "id", unique=True),
+        Index("ix_events_unstamped", "seq", postgresql_where=text("id IS NULL")),
         Index("ix_events_stream", "tenant_id", "user_id", "id"),
         Index("ix_events_created_at", "created_at"),
     )

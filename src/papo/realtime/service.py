@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from papo.db.engine import before_commit, driver
+from papo.db.engine import Database, after_commit_work, before_commit, driver
 
 PENDING = "pending_events"
 STAFF_ROLES = frozenset({"owner", "admin", "agent"})
@@ -68,6 +68,7 @@ def emit(
         }
     )
     before_commit(session, _publish)
+    after_commit_work(session, stamp_events)
 
 
 async def _publish(session: AsyncSession) -> None:
@@ -76,6 +77,23 @@ async def _publish(session: AsyncSession) -> None:
         await driver(session).fetchval(
             "SELECT papo_publish_events($1::jsonb)", json.dumps(pending, default=str, separators=(",", ":"))
         )
+
+
+STAMP_BATCH = 10_000
+
+
+async def stamp(session: AsyncSession) -> int:
+    """Give committed events their positions (migration 0025); how many it stamped."""
+    return int(await driver(session).fetchval("SELECT papo_stamp_events($1)", STAMP_BATCH))
+
+
+async def stamp_events(db: Database) -> None:
+    """After a publishing commit: its events (and any committed beside them) get their positions
+    before the caller goes on, so what it wrote is readable once it returns."""
+    while True:
+        async with db.transaction() as session:
+            if await stamp(session) < STAMP_BATCH:
+                return
 
 
 def _event(row: Any) -> Event:
