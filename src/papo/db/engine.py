@@ -262,5 +262,17 @@ class Database:
         if revision != expected:
             raise RuntimeError(f"the database schema is at {revision}, papo needs {expected}: run `papo migrate`")
 
+    async def call(self, statement: str, *args: Any) -> Any:
+        """One statement as its own transaction, outside any unit of work (a definer function's call
+        whose result needs no context): one round trip."""
+        try:
+            async with self.engine.connect() as connection:
+                raw: asyncpg.Connection = (await connection.get_raw_connection()).driver_connection
+                return await raw.fetchval(statement, *args)
+        except Exception as exc:
+            if database_unreachable(exc):
+                raise DatabaseUnavailable from exc
+            raise
+
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -21,8 +21,10 @@ What this migration does instead: positions are given after commit, not before.
 - Who stamps: the process that published, right after its commit (awaited before the request
   answers, so what an API call wrote is readable when it returns), and every relay round (so events
   whose publisher died between its commit and its stamp are stamped within the poll interval).
-  Concurrent publishers' stampings coalesce: the first stamps what everyone committed, the others
-  find nothing (an EXISTS on a partial index, before the lock).
+  Concurrent publishers share stampings: in a process, a publisher joins the next stamping that
+  starts after its commit (papo.realtime.service.Stamper, like a group commit); across processes,
+  the first stamps what everyone committed and the others find nothing (an EXISTS on a partial
+  index, before the lock).
 - Order per stream is kept: a writer's second transaction begins after its first was stamped.
 
 Why not the other ways the issue names. Readers advancing only below the oldest running
