@@ -51,6 +51,30 @@ class BlobStore(Protocol):
     async def delete(self, key: str) -> None: ...
 
 
+class Tally:
+    """What a write has streamed so far: its size (refused past the limit as it grows), its sha256
+    and its first bytes; every store counts the same way."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.digest = hashlib.sha256()
+        self.head = b""
+
+    async def through(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self.size += len(chunk)
+            if self.size > self.max_bytes:
+                raise BlobTooLarge(self.max_bytes)
+            if len(self.head) < HEAD_BYTES:
+                self.head += chunk[: HEAD_BYTES - len(self.head)]
+            self.digest.update(chunk)
+            yield chunk
+
+    def written(self) -> WrittenBlob:
+        return WrittenBlob(self.size, self.digest.hexdigest(), self.head)
+
+
 def checked_key(key: str) -> str:
     if not SAFE_KEY.match(key) or ".." in key:
         raise ValueError(f"not a blob key: {key!r}")
@@ -70,23 +94,17 @@ class FileBlobStore:
         target = self._path(key)
         ensure_private_dir(target.parent)
         partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
-        digest, size, head = hashlib.sha256(), 0, b""
+        tally = Tally(max_bytes)
         try:
             async with await anyio.open_file(partial, "wb") as out:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise BlobTooLarge(max_bytes)
-                    if len(head) < HEAD_BYTES:
-                        head += chunk[: HEAD_BYTES - len(head)]
-                    digest.update(chunk)
+                async for chunk in tally.through(chunks):
                     await out.write(chunk)
             await anyio.to_thread.run_sync(os.replace, partial, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 partial.unlink()
             raise
-        return WrittenBlob(size, digest.hexdigest(), head)
+        return tally.written()
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         remaining = None if end is None else end - start + 1

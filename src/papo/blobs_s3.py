@@ -10,12 +10,11 @@ previous object, if any, as it was."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
-from papo.blobs import HEAD_BYTES, READ_CHUNK, BlobTooLarge, WrittenBlob, checked_key
+from papo.blobs import READ_CHUNK, Tally, WrittenBlob, checked_key
 from papo.settings import Settings
 
 PART_BYTES = 5 * 1024 * 1024  # S3's smallest part (all but the last)
@@ -36,7 +35,7 @@ class S3BlobStore:
 
     async def write(self, key: str, chunks: AsyncIterable[bytes], *, max_bytes: int) -> WrittenBlob:
         name = self._name(key)
-        digest, size, head = hashlib.sha256(), 0, b""
+        tally = Tally(max_bytes)
         part = bytearray()
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
@@ -54,13 +53,7 @@ class S3BlobStore:
             part.clear()
 
         try:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise BlobTooLarge(max_bytes)
-                if len(head) < HEAD_BYTES:
-                    head += chunk[: HEAD_BYTES - len(head)]
-                digest.update(chunk)
+            async for chunk in tally.through(chunks):
                 part += chunk
                 if len(part) >= PART_BYTES:
                     await send_part()
@@ -77,7 +70,7 @@ class S3BlobStore:
                 with contextlib.suppress(Exception):  # the bucket's lifecycle rules clean up what this misses
                     await self.client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id)
             raise
-        return WrittenBlob(size, digest.hexdigest(), head)
+        return tally.written()
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         ranged = {"Range": f"bytes={start}-{'' if end is None else end}"} if start or end is not None else {}

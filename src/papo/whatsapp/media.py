@@ -248,7 +248,8 @@ async def store_upload(
     mime_type = sniffed_type(claimed_type(upload.content_type), head)
     kind = outbound_kind(mime_type)
     # a photo larger than WhatsApp shows as a photo still goes, as a document (its full quality kept)
-    limit = min(OUTBOUND_LIMITS["document"][0], settings.media_max_bytes)
+    sent_as = "document" if kind == "image" else kind
+    limit = min(OUTBOUND_LIMITS[sent_as][0], settings.media_max_bytes)
     quota_left = None
     if settings.media_quota_bytes:
         quota_left = settings.media_quota_bytes - await attachments.stored_bytes()
@@ -264,12 +265,9 @@ async def store_upload(
     except BlobTooLarge as exc:
         if quota_left is not None and exc.limit == quota_left:
             raise FileTooLarge("the company's media storage is full") from exc
-        raise FileTooLarge(f"WhatsApp takes a file of at most {file_size(limit)}") from exc
+        raise FileTooLarge(f"WhatsApp takes a {sent_as} of at most {file_size(limit)}") from exc
     if written.size > OUTBOUND_LIMITS[kind][0]:
-        if kind != "image":
-            await blobs.delete(key)
-            raise FileTooLarge(f"WhatsApp takes a {kind} of at most {file_size(OUTBOUND_LIMITS[kind][0])}")
-        kind = "document"
+        kind = sent_as
     name = SAFE_FILE_NAME.sub("_", upload.filename or "").strip()[:200] or None
     part = NewAttachment(
         kind, mime_type=mime_type, file_name=name, caption=caption or None, size=written.size, sha256=written.sha256
