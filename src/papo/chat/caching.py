@@ -2,7 +2,8 @@
 
 The validator is cheap to compute without building the answer: every change a member can see in
 their chats is written to their realtime stream in the same transaction (the outbox), so the id of
-their newest event is a version of everything they can read. While a reply is being written its
+their newest event is a version of everything they can read (once numbered: a write that just
+returned may still wait for its position, which the validator then asks for). While a reply is being written its
 text grows without events, so nothing that may include it is tagged until it is finished."""
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from urllib.parse import urlencode
 from fastapi import Depends, Request, Response
 
 from papo.auth.deps import CurrentPrincipal, DbSession
-from papo.db.engine import driver
+from papo.db.engine import Database, driver
 from papo.errors import NotModified
-from papo.realtime.service import latest_event_id
+from papo.realtime.service import latest_event_id, stamp_events
+from papo.runtime import running
 
 CACHE_CONTROL = "private, no-cache"  # a browser may keep it, but asks every time (cheaply)
 
@@ -47,6 +49,13 @@ async def conditional(request: Request, response: Response, session: DbSession, 
         response.headers["Cache-Control"] = "no-store"
         return
     version = await latest_event_id(session, principal.tenant_id, principal.user_id)
+    if version is None:  # a change of theirs just committed and is not numbered yet: number it
+        db: Database = running(request).db
+        await stamp_events(db)
+        version = await latest_event_id(session, principal.tenant_id, principal.user_id)
+    if version is None:
+        response.headers["Cache-Control"] = "no-store"
+        return
     query = urlencode(sorted(request.query_params.multi_items()))
     digest = hashlib.sha256(f"{principal.user_id}\x00{request.url.path}\x00{query}".encode()).hexdigest()[:16]
     etag = f'W/"{version}-{digest}"'

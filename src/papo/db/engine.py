@@ -41,14 +41,27 @@ class RlsContext:
     role: str | None
 
 
-# session.info key: coroutines run as the transaction's last statements (the realtime outbox).
-BEFORE_COMMIT = "before_commit"
+# session.info key: builders of statements sent in the same round trip as the COMMIT (the outbox's
+# publish): a publishing transaction then costs no more round trips than any other.
+WITH_COMMIT = "with_commit"
 
 
-def before_commit(session: AsyncSession, hook: Callable[[AsyncSession], Awaitable[None]]) -> None:
-    hooks: list[Callable[[AsyncSession], Awaitable[None]]] = session.info.setdefault(BEFORE_COMMIT, [])
-    if hook not in hooks:
-        hooks.append(hook)
+def commit_with(session: AsyncSession, build: Callable[[AsyncSession], str | None]) -> None:
+    """Have `build(session)` called once the unit's work is done; the SQL it returns (or None) goes to
+    the server with the COMMIT as one simple query. It takes no parameters, so it must quote every
+    value itself (`sql_literal`); it fails, the COMMIT is skipped and the unit rolls back."""
+    builders: list[Callable[[AsyncSession], str | None]] = session.info.setdefault(WITH_COMMIT, [])
+    if build not in builders:
+        builders.append(build)
+
+
+def sql_literal(text_value: str) -> str:
+    """A string literal for a simple query. Only ASCII is accepted (JSON made with ensure_ascii), and
+    every connection runs with standard_conforming_strings on (PostgreSQL's default since 9.1, and
+    papo's connections set it), so doubling quotes is the whole of escaping."""
+    if not text_value.isascii():
+        raise ValueError("sql_literal takes ASCII text only")
+    return "'" + text_value.replace("'", "''") + "'"
 
 
 # session.info key: callbacks run once the transaction has committed (never after a rollback).
@@ -142,7 +155,9 @@ class Database:
             isolation_level="AUTOCOMMIT",
             # Bound values (message text, e-mail addresses) stay out of error messages and so out of logs.
             hide_parameters=True,
-            connect_args={"server_settings": {"application_name": application_name("papo")}},
+            connect_args={
+                "server_settings": {"application_name": application_name("papo"), "standard_conforming_strings": "on"}
+            },
         )
         if observer is not None:
             self._instrument(observer)
@@ -198,10 +213,11 @@ class Database:
             # interrupted it (a client leaving mid-stream cancels at any await, BEGIN included).
             ended_cleanly = False
             try:
+                # BEGIN and COMMIT are sent as plain statements, not through asyncpg's Transaction,
+                # so that the COMMIT can carry the statements registered with `commit_with`.
                 if asyncpg_connection.is_in_transaction():
                     await asyncpg_connection.execute("ROLLBACK")
-                transaction = asyncpg_connection.transaction()
-                await transaction.start()
+                await asyncpg_connection.execute("BEGIN")
                 session = AsyncSession(bind=connection, expire_on_commit=False, autoflush=True)
                 session.info["driver"] = asyncpg_connection
                 try:
@@ -209,8 +225,12 @@ class Database:
                         await apply_context(session, context)
                     yield session
                     await session.flush()
-                    for hook in session.info.get(BEFORE_COMMIT, ()):
-                        await hook(session)
+                    final = [sql for build in session.info.get(WITH_COMMIT, ()) if (sql := build(session))]
+                    callbacks: list[Callable[[], None]] = session.info.get(AFTER_COMMIT, [])
+                    await session.close()
+                    # one simple query: if a statement before the COMMIT fails, the rest is skipped
+                    # and the transaction is left aborted, which the rollback below ends
+                    await asyncpg_connection.execute(";".join([*final, "COMMIT"]))
                 except BaseException:
                     # a rollback that fails (the connection broke, say because the task was
                     # cancelled mid-query) must not hide what interrupted the unit: the connection is
@@ -220,12 +240,10 @@ class Database:
                         try:
                             await session.close()
                         finally:
-                            await transaction.rollback()
+                            if asyncpg_connection.is_in_transaction():
+                                await asyncpg_connection.execute("ROLLBACK")
                             ended_cleanly = True
                     raise
-                callbacks: list[Callable[[], None]] = session.info.get(AFTER_COMMIT, [])
-                await session.close()
-                await transaction.commit()
                 ended_cleanly = True
                 for callback in callbacks:
                     callback()

@@ -1,4 +1,4 @@
-"""The realtime outbox (migrations 0004, 0025): events in commit order, retention's mark, consumers' cursors."""
+"""The realtime outbox (migrations 0004, 0025, 0026): events in commit order, retention's mark, consumers' cursors."""
 
 from __future__ import annotations
 
@@ -37,10 +37,11 @@ class Event(Base):
             "(audience = 'user' AND user_id IS NOT NULL) OR (audience = 'staff' AND user_id IS NULL)",
             name="audience",
         ),
-        Index("ix_events_id", "id", unique=True),
+        # positions only (migration 0026): an unstamped event adds no entry to these two
+        Index("ix_events_id", "id", unique=True, postgresql_where=text("id IS NOT NULL")),
+        Index("ix_events_stream", "tenant_id", "user_id", "id", postgresql_where=text("id IS NOT NULL")),
         Index("ix_events_unstamped", "seq", postgresql_where=text("id IS NULL")),
-        Index("ix_events_stream", "tenant_id", "user_id", "id"),
-        Index("ix_events_created_at", "created_at"),
+        Index("ix_events_created_at", "created_at", postgresql_using="brin"),
     )
 
 

@@ -1,8 +1,8 @@
 """The outbox: events recorded with the change that caused them, published at commit, read in order.
 
-See migration 0004 for why ids follow commit order. Services call `emit()`; the unit of work
-publishes everything emitted, once, as its last statement before COMMIT, so rolled-back work
-leaves no event and a transaction sends one NOTIFY at most.
+See migration 0025 for why ids follow commit order. Services call `emit()`; the unit of work
+publishes everything emitted, once, in the same round trip as its COMMIT, so rolled-back work
+leaves no event; committed events get their positions right after (migration 0025).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from papo.db.engine import Database, after_commit_work, before_commit, driver
+from papo.db.engine import Database, after_commit_work, commit_with, driver, sql_literal
 
 PENDING = "pending_events"
 STAFF_ROLES = frozenset({"owner", "admin", "agent"})
@@ -69,42 +69,55 @@ def emit(
             "payload": data,
         }
     )
-    before_commit(session, _publish)
-    after_commit_work(session, stamp_events)
+    commit_with(session, _publish)
+    after_commit_work(session, _stamp_soon)
 
 
-async def _publish(session: AsyncSession) -> None:
+def _publish(session: AsyncSession) -> str | None:
+    """The publish call, sent with the COMMIT (no round trip of its own); ASCII JSON as a literal."""
     pending = session.info.pop(PENDING, None)
-    if pending:
-        await driver(session).fetchval(
-            "SELECT papo_publish_events($1::jsonb)", json.dumps(pending, default=str, separators=(",", ":"))
-        )
+    if not pending:
+        return None
+    events = json.dumps(pending, default=str, separators=(",", ":"), ensure_ascii=True)
+    return f"SELECT papo_publish_events({sql_literal(events)}::jsonb)"
 
 
 STAMP_BATCH = 10_000
+# How long a stamping waits for more commits to join it. Each stamping is a serialised transaction
+# with its own commit; under load, gathering a few milliseconds' commits into one costs the
+# database far less than stamping back to back (`make bench-scale`), and adds that much latency.
+STAMP_GATHER_SECONDS = 0.005
 
 
 class Stamper:
-    """One process's stamping, shared by its concurrent publishers like a group commit: a publisher
-    joins the next stamping that starts after its commit and waits for it, so what it wrote is
-    readable once it returns, and sixteen publishers committing together cost one stamping, not
-    sixteen."""
+    """One process's stamping, shared like a group commit: sixteen publishers committing together
+    cost one stamping, not sixteen.
+
+    A publisher only asks for a stamping and goes on (waiting for it cost a publishing write about a
+    third of its rate: `make bench-scale`); whoever must see everything committed so far waits for
+    the next stamping that starts after it asked (`stamped()`: the relay's rounds). A reader that
+    must not miss its own unstamped events (conditional GETs) checks for them instead."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self.next: asyncio.Future[None] | None = None
         self.runner: asyncio.Task[None] | None = None
 
-    async def stamped(self) -> None:
+    def request(self) -> asyncio.Future[None]:
+        """A stamping that starts after this call, started now unless one is running."""
         if self.next is None:
             self.next = asyncio.get_running_loop().create_future()
         waiting = self.next
         if self.runner is None or self.runner.done():
             self.runner = asyncio.create_task(self._run(), name="papo-event-stamper")
-        await asyncio.shield(waiting)
+        return waiting
+
+    async def stamped(self) -> None:
+        await asyncio.shield(self.request())
 
     async def _run(self) -> None:
         while self.next is not None:
+            await asyncio.sleep(STAMP_GATHER_SECONDS)
             current, self.next = self.next, None
             try:
                 while await self.db.call("SELECT papo_stamp_events($1)", STAMP_BATCH) >= STAMP_BATCH:
@@ -119,13 +132,20 @@ class Stamper:
 _stampers: weakref.WeakKeyDictionary[Database, Stamper] = weakref.WeakKeyDictionary()
 
 
-async def stamp_events(db: Database) -> None:
-    """Positions for everything committed so far (migration 0025): after a publishing commit, and on
-    every relay round."""
+def _stamper(db: Database) -> Stamper:
     stamper = _stampers.get(db)
     if stamper is None:
         stamper = _stampers[db] = Stamper(db)
-    await stamper.stamped()
+    return stamper
+
+
+async def _stamp_soon(db: Database) -> None:
+    _stamper(db).request()
+
+
+async def stamp_events(db: Database) -> None:
+    """Positions for everything committed so far (migration 0025); every relay round waits for it."""
+    await _stamper(db).stamped()
 
 
 def _event(row: Any) -> Event:
@@ -158,12 +178,15 @@ async def read_all_events(session: AsyncSession, after: int, limit: int) -> list
     return [_event(row) for row in rows]
 
 
-async def latest_event_id(session: AsyncSession, tenant_id: uuid.UUID, user_id: str) -> int:
+async def latest_event_id(session: AsyncSession, tenant_id: uuid.UUID, user_id: str) -> int | None:
     """The newest event of this member's own stream (or the pruned horizon when they have none): a
-    version of everything written to them, for conditional GETs."""
-    latest: int = await driver(session).fetchval(
-        "SELECT coalesce((SELECT max(id) FROM events WHERE tenant_id = $1 AND user_id = $2), "
-        "(SELECT pruned_through FROM papo_events_bounds()))",
+    version of everything written to them, for conditional GETs. None while one of their committed
+    events still waits for its position (a write of theirs that just returned): no version covers
+    it yet."""
+    latest: int | None = await driver(session).fetchval(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM events WHERE id IS NULL AND tenant_id = $1 AND user_id = $2) "
+        "THEN NULL ELSE coalesce((SELECT max(id) FROM events WHERE tenant_id = $1 AND user_id = $2), "
+        "(SELECT pruned_through FROM papo_events_bounds())) END",
         tenant_id,
         user_id,
     )
