@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
+NATS_SERVER := /usr/sbin/nats-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install run test lint bench bench-core bench-realtime bench-assistants bench-web bench-whatsapp bench-ops bench-scale lock clean
@@ -20,12 +21,17 @@ run: install
 	$(BIN)/papo migrate
 	$(BIN)/papo serve --demo
 
-test: install $(CHROMIUM)
+test: install $(CHROMIUM) $(NATS_SERVER)
 	$(BIN)/pytest
 
 # The browser tests drive Debian's Chromium (Playwright cannot download its own here).
 $(CHROMIUM):
 	$(SUDO) apt-get install -y -q chromium || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
+
+# The NATS tests start a nats-server of their own with JetStream (Debian's package), like the
+# embedded PostgreSQL: no NATS needs to be running.
+$(NATS_SERVER):
+	$(SUDO) apt-get install -y -q nats-server || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nats-server)
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -48,6 +48,7 @@ from tests.support import (
     FakeIdentityProvider,
     FakeOidcProvider,
     Member,
+    NatsServer,
     TenantHandle,
     create_whatsapp_session,
     free_port,
@@ -252,6 +253,22 @@ async def two_servers(settings: Settings) -> AsyncIterator[tuple[str, str, async
         if process.returncode is None:
             process.terminate()
             await asyncio.wait_for(process.wait(), 10)
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A NATS server with JetStream of the suite's own (stopped and started by some tests)."""
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    """Where the NATS tests that need no restart connect: PAPO_TEST_NATS_URL (CI's second run uses
+    the machine's server) or the suite's own. Each test names its subjects apart (nats_prefix)."""
+    return os.environ.get("PAPO_TEST_NATS_URL") or nats_server.url
 
 
 @pytest.fixture

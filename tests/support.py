@@ -9,7 +9,9 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -488,3 +490,40 @@ def running_mailbox() -> Iterator[tuple[Mailbox, int]]:
         yield box, port
     finally:
         controller.stop()
+
+
+NATS_SERVER_BINARIES = ("nats-server", "/usr/sbin/nats-server")
+
+
+class NatsServer:
+    """A real nats-server with JetStream for the tests (Debian's package; `make test` installs it),
+    on its own port and store, which a test may stop and start again (same port, same store)."""
+
+    def __init__(self, store: Path) -> None:
+        found = [path for name in NATS_SERVER_BINARIES if (path := shutil.which(name))]
+        assert found, "nats-server not found: `make test` installs Debian's nats-server package"
+        self.binary = found[0]
+        self.store = store
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, "nats-server exited during start-up"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.05)
+        raise AssertionError("nats-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None

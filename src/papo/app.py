@@ -100,6 +100,8 @@ def create_app(
             poll_seconds=settings.realtime_poll_seconds,
             queue_size=settings.realtime_queue_size,
             access_check_seconds=settings.realtime_access_check_seconds,
+            nats_url=settings.nats_url,
+            nats_prefix=settings.nats_prefix,
         )
         workers = Workers()
         whatsapp: WhatsappHub | None = None

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     realtime_max_streams_per_user: int = 20
     realtime_auth_frames_per_minute: int = 6
     realtime_access_check_seconds: float = 60.0
+    # Fan-out between processes through NATS JetStream (e.g. nats://127.0.0.1:4222) instead of
+    # PostgreSQL NOTIFY: each process then receives only the tenants its clients follow. Subjects
+    # and the stream are named after nats_prefix, so installations can share a NATS server.
+    nats_url: str = ""
+    nats_prefix: str = Field(default="papo", pattern=r"^[a-z][a-z0-9_]{0,31}$")
 
     # AI assistants. Defaults for tenants without their own assistant settings; without a base URL
     # or key, papo answers with its built-in, clearly labelled demo assistant.

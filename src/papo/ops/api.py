@@ -57,6 +57,8 @@ async def readyz(request: Request) -> Response:
         checks["migrations"] = "unknown"
     if not state.hub.listening:
         checks["realtime_listener"] = "not connected"
+    if state.hub.nats is not None:
+        checks["nats"] = "ok" if state.hub.nats.connected else "not connected"
     if crashed := state.workers.restarting():
         checks["workers"] = "; ".join(f"{name} restarting after {error}" for name, error in sorted(crashed.items()))
     if any(value != "ok" for value in checks.values()):

@@ -42,7 +42,7 @@ from papo.realtime.codes import (
     CLOSE_TRY_AGAIN,
     CLOSE_UNAUTHORIZED,
 )
-from papo.realtime.hub import EventHub, Subscriber, TooManyStreams
+from papo.realtime.hub import EventHub, StreamEnded, Subscriber, TooManyStreams
 from papo.realtime.service import Event, bounds, read_own_events
 from papo.runtime import running
 from papo.settings import Settings
@@ -55,13 +55,6 @@ REPLAY_BATCH = 500
 # A refused socket's close code by the problem's HTTP status (503: the database is away; retry).
 CLOSE_CODES = {401: CLOSE_UNAUTHORIZED, 403: CLOSE_FORBIDDEN, 429: CLOSE_TOO_MANY, 503: CLOSE_TRY_AGAIN}
 HEARTBEAT: dict[str, Any] = {"type": "heartbeat"}
-
-
-class StreamEnded(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 class RealtimeRuntime(Protocol):
@@ -78,6 +71,7 @@ async def event_stream(
 ) -> AsyncIterator[dict[str, Any]]:
     """Replay from `since`, then live events, as wire messages. `subscriber` must already be subscribed."""
     context = subscriber.principal.context()
+    await state.hub.join_feed(subscriber)
     async with state.db.transaction(context) as session:
         pruned_through, head = await bounds(session)
     if since is None:

@@ -34,6 +34,7 @@ from papo.errors import DatabaseUnavailable, QuotaExceeded
 from papo.ops.metrics import REALTIME_CONNECTIONS, REALTIME_EVENT_LAG
 from papo.realtime.access import ACCESS_CHANNEL, Grant, Notice, standings, verdict
 from papo.realtime.codes import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
+from papo.realtime.nats_fanout import NATS_TROUBLE, NatsFanout
 from papo.realtime.service import Event, bounds, read_all_events, stamp_events
 from papo.waiting import wake_or_timeout, work_when_woken
 
@@ -63,6 +64,7 @@ class Subscriber:
     overflowed: asyncio.Event = field(default_factory=asyncio.Event)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     ended: tuple[int, str] | None = None  # (close code, reason) once the stream must end
+    following: bool = False  # counted by its tenant's NATS feed (EventHub.join_feed)
     # Set while the stream's access stands; cleared while a re-check is due, so that nothing goes
     # out to a principal that may just have been demoted, removed or signed out.
     cleared: asyncio.Event = field(default_factory=asyncio.Event)
@@ -100,6 +102,15 @@ class Subscriber:
             self.overflowed.set()
 
 
+class StreamEnded(Exception):
+    """A stream must end now, with this close code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
 class TooManyStreams(QuotaExceeded):
     def __init__(self, limit: int) -> None:
         super().__init__(f"too many open streams for this user (at most {limit} per server); close one first")
@@ -121,12 +132,15 @@ class EventHub:
         poll_seconds: float,
         queue_size: int,
         access_check_seconds: float = 60.0,
+        nats_url: str = "",
+        nats_prefix: str = "papo",
     ) -> None:
         self.db = db
         self.listen_dsn = listen_dsn
         self.poll_seconds = poll_seconds
         self.queue_size = queue_size
         self.subscribers: set[Subscriber] = set()
+        self.by_tenant: dict[uuid.UUID, set[Subscriber]] = {}
         self.per_user: Counter[tuple[uuid.UUID, str | None]] = Counter()
         self.access_check_seconds = max(1.0, access_check_seconds)
         self.to_review: set[Subscriber] = set()
@@ -144,10 +158,24 @@ class EventHub:
         self.outgoing: list[str] = []
         self.outgoing_ready = asyncio.Event()
         self.notifier: asyncio.Task[None] | None = None
+        # With NATS, other processes' events come through it, for the tenants followed here only.
+        self.nats: NatsFanout | None = None
+        if nats_url:
+            self.nats = NatsFanout(
+                db,
+                nats_url,
+                nats_prefix,
+                listen_dsn,
+                poll_seconds=poll_seconds,
+                deliver=self._deliver,
+                followers=self.followers,
+            )
 
     async def start(self) -> None:
         async with self.db.transaction() as session:
             _, self.last_id = await bounds(session)
+        if self.nats is not None:
+            await self.nats.start()
         await self._listen()
         self.task = asyncio.create_task(self._run(), name="papo-event-relay")
         self.notifier = asyncio.create_task(self._notify_others(), name="papo-live-notifier")
@@ -164,6 +192,8 @@ class EventHub:
         if self.listener is not None:
             with contextlib.suppress(Exception):
                 await self.listener.close()
+        if self.nats is not None:
+            await self.nats.stop()
 
     def on_notify(self, channel: str, callback: Callable[[str], None]) -> None:
         """Also LISTEN on `channel` (before start), handing each payload to `callback`; MISSED each time
@@ -196,6 +226,7 @@ class EventHub:
             raise TooManyStreams(max_per_user)
         subscriber = Subscriber(principal, self.queue_size, transport, web_session_id)
         self.subscribers.add(subscriber)
+        self.by_tenant.setdefault(principal.tenant_id, set()).add(subscriber)
         self.per_user[(principal.tenant_id, principal.user_id)] += 1
         REALTIME_CONNECTIONS.labels(transport).inc()
         subscriber.hold()
@@ -206,6 +237,14 @@ class EventHub:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         if subscriber in self.subscribers:
             self.subscribers.discard(subscriber)
+            tenant_id = subscriber.principal.tenant_id
+            local = self.by_tenant.get(tenant_id)
+            if local is not None:
+                local.discard(subscriber)
+                if not local:
+                    del self.by_tenant[tenant_id]
+            if self.nats is not None and subscriber.following:
+                self.nats.unfollow(tenant_id)
             self.to_review.discard(subscriber)
             key = (subscriber.principal.tenant_id, subscriber.principal.user_id)
             self.per_user[key] -= 1
@@ -213,9 +252,24 @@ class EventHub:
                 del self.per_user[key]
             REALTIME_CONNECTIONS.labels(subscriber.transport).dec()
 
+    async def join_feed(self, subscriber: Subscriber) -> None:
+        """Before a stream replays: with NATS, make sure its tenant's feed runs here, so nothing
+        committed after the replay's read is missed."""
+        if self.nats is None or subscriber.following:
+            return
+        try:
+            await self.nats.follow(subscriber.principal.tenant_id)
+        except NATS_TROUBLE as exc:
+            log.warning("could not follow a tenant through NATS", error=str(exc) or type(exc).__name__)
+            raise StreamEnded(CLOSE_TRY_AGAIN, "realtime is briefly unavailable; reconnect") from exc
+        subscriber.following = True
+
     def publish_live(self, event: Event) -> None:
         """Fan a live event out now to this process's subscribers, and soon to the other processes'."""
         self._deliver(event)
+        if self.nats is not None:
+            self.nats.publish_live(event)
+            return
         payload = json.dumps(
             {
                 "origin": self.origin,
@@ -235,7 +289,7 @@ class EventHub:
         self.outgoing_ready.set()
 
     def _deliver(self, event: Event) -> None:
-        for subscriber in list(self.subscribers):
+        for subscriber in list(self.by_tenant.get(event.tenant_id, ())):
             subscriber.offer(event)
 
     async def _notify_others(self) -> None:
@@ -275,8 +329,9 @@ class EventHub:
             self.listener = await asyncpg.connect(
                 self.listen_dsn, server_settings={"application_name": application_name(LISTENER_NAME)}
             )
-            await self.listener.add_listener(CHANNEL, self._notified)
-            await self.listener.add_listener(LIVE_CHANNEL, self._live_notified)
+            if self.nats is None:  # with NATS, only its bridge listens for new events
+                await self.listener.add_listener(CHANNEL, self._notified)
+                await self.listener.add_listener(LIVE_CHANNEL, self._live_notified)
             await self.listener.add_listener(ACCESS_CHANNEL, self._access_notified)
             for channel, callback in self.channels.items():
                 await self.listener.add_listener(channel, _payload_only(callback))
@@ -373,6 +428,8 @@ class EventHub:
         await self._relay()
 
     async def _relay(self) -> None:
+        if self.nats is not None:
+            return  # events arrive through the tenants' feeds
         # events whose publisher could not stamp them (it died between its commit and its stamp)
         await stamp_events(self.db)
         while True:

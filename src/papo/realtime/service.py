@@ -178,6 +178,12 @@ async def read_all_events(session: AsyncSession, after: int, limit: int) -> list
     return [_event(row) for row in rows]
 
 
+async def read_tenant_events(session: AsyncSession, tenant_id: uuid.UUID, after: int, limit: int) -> list[Event]:
+    """One tenant's events after `after`, every audience (a feed filling a gap; migration 0027)."""
+    rows = await driver(session).fetch("SELECT * FROM papo_tenant_events_after($1, $2, $3)", tenant_id, after, limit)
+    return [_event(row) for row in rows]
+
+
 async def latest_event_id(session: AsyncSession, tenant_id: uuid.UUID, user_id: str) -> int | None:
     """The newest event of this member's own stream (or the pruned horizon when they have none): a
     version of everything written to them, for conditional GETs. None while one of their committed

@@ -18,7 +18,7 @@ from papo.whatsapp.schemas import CleanupReport
 from papo.whatsapp.service import SessionService
 
 log = structlog.get_logger(__name__)
-CLEANUP_LOCK = 7070707072
+CLEANUP_LOCK = 7070707073  # distinct from ops.alerts.ALERTS_LOCK
 
 
 def store_tenant(slug: str) -> uuid.UUID | None:
