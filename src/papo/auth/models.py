@@ -113,7 +113,7 @@ class WebSession(Base):
             name="fk_web_sessions_membership",
             ondelete="CASCADE",
         ),
-        Index("uq_web_sessions_token_hash", "token_hash", unique=True),
+        Index("uq_web_sessions_token_hash", "token_hash", "tenant_id", unique=True),
         Index("ix_web_sessions_user", "tenant_id", "user_id"),
         Index("ix_web_sessions_expires_at", "expires_at"),
     )
@@ -141,7 +141,7 @@ class Invitation(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        Index("uq_invitations_token_hash", "token_hash", unique=True),
+        Index("uq_invitations_token_hash", "token_hash", "tenant_id", unique=True),
         Index(
             "uq_invitations_pending",
             "tenant_id",

@@ -1,4 +1,4 @@
-"""The realtime outbox (migrations 0004, 0025, 0026): events in commit order, retention's mark, consumers' cursors."""
+"""The realtime outbox (migrations 0004, 0025, 0026, 0028): events in commit order, retention's mark, consumers' cursors."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class Event(Base):
             name="audience",
         ),
         # positions only (migration 0026): an unstamped event adds no entry to these two
-        Index("ix_events_id", "id", unique=True, postgresql_where=text("id IS NOT NULL")),
+        Index("ix_events_id", "id", "tenant_id", unique=True, postgresql_where=text("id IS NOT NULL")),
         Index("ix_events_stream", "tenant_id", "user_id", "id", postgresql_where=text("id IS NOT NULL")),
         Index("ix_events_unstamped", "seq", postgresql_where=text("id IS NULL")),
         Index("ix_events_created_at", "created_at", postgresql_using="brin"),
