@@ -1,4 +1,4 @@
-"""The realtime outbox (migrations 0004, 0025, 0026, 0028): events in commit order, retention's mark, consumers' cursors."""
+"""The realtime outbox (migrations 0004, 0025, 0026, 0028): events, retention's mark, consumers' cursors."""
 
 from __future__ import annotations
 
