@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     # whose process died.
     whatsapp_heartbeat_seconds: float = 30.0
     whatsapp_adopt_orphans: bool = True
+    # A new session, or one whose process died, goes to the process that runs the fewest; none
+    # takes more than this many (0: no cap). When every process is full, a new one fails with why.
+    whatsapp_max_sessions_per_process: int = Field(default=0, ge=0)
     # WhatsApp Cloud API: the app secret signs webhooks, the verify token answers Meta's handshake.
     whatsapp_app_secret: str | None = None
     whatsapp_verify_token: str | None = None

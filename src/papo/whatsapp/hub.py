@@ -108,11 +108,33 @@ class WhatsappHub:
         return opened
 
     async def command(self, key: SessionKey, action: str) -> None:
-        """restart / stop / forget a session wherever it runs (here, or by NOTIFY to its owner)."""
+        """restart / stop / forget a session wherever it runs (here, or by NOTIFY to its owner). A
+        session nobody runs that must start goes to the process running the fewest (`place`)."""
+        if action == "restart" and key not in self.ownership.owned and await self._placed_elsewhere(key):
+            return
         if await self.ownership.claim(key):
             await self.perform(key, action)
             return
         await self.ownership.tell_owner(key, action)
+
+    async def _placed_elsewhere(self, key: SessionKey) -> bool:
+        """True when another process should start this session (and was told so), or none can."""
+        placement = await self.ownership.placement(self.settings.whatsapp_max_sessions_per_process)
+        if placement.here:
+            return False
+        if not await self.ownership.claim(key):
+            return False  # it runs somewhere already: its owner restarts it
+        await self.ownership.release(key)  # it runs nowhere: hand it to the process with room
+        if placement.elsewhere is not None:
+            await self.ownership.tell_process(placement.elsewhere, key, "restart")
+        else:
+            cap = self.settings.whatsapp_max_sessions_per_process
+            log.warning("no server process has room for another whatsapp session", cap=cap)
+            await self.apply(key, S.STARTING, reason="looking for a server process with room")
+            await self.apply(
+                key, S.FAILED, reason=f"every server process runs its maximum of {cap} sessions; restart it later"
+            )
+        return True
 
     async def _forward_send(self, key: SessionKey, message_id: uuid.UUID) -> bool:
         """Hand a stored reply to the process running its number; False when none runs it."""
@@ -422,7 +444,7 @@ class WhatsappHub:
             await asyncio.sleep(self.settings.whatsapp_heartbeat_seconds)
             if self.settings.whatsapp_adopt_orphans:
                 with contextlib.suppress(Exception):
-                    await self.load_existing_sessions()  # sessions whose process died come back here
+                    await self.load_existing_sessions(adopting=True)  # sessions whose process died
             for key, live in list(self.live.items()):
                 if live.status is not S.WORKING:
                     continue
@@ -434,14 +456,26 @@ class WhatsappHub:
                             .values(last_seen=func.now())
                         )
 
-    async def load_existing_sessions(self) -> dict[str, int]:
+    async def load_existing_sessions(self, *, adopting: bool = False) -> dict[str, int]:
         """Seed's loadExistingSessions: at start-up, every active session of every company comes back
-        (in the background, each on its own: one that fails does not stop the others)."""
+        (in the background, each on its own: one that fails does not stop the others), up to the
+        per-process cap. `adopting` (each heartbeat): the sessions whose process died, one at a time,
+        each by a process among those running the fewest."""
         async with self.db.transaction() as session:
             rows = await driver(session).fetch("SELECT * FROM papo_active_whatsapp_sessions()")
         keys = [SessionKey(r["wa_tenant_id"], r["wa_session_id"]) for r in rows]
         keys = [key for key in keys if key not in self.live]
-        results = await asyncio.gather(*(self.restore(key) for key in keys), return_exceptions=True)
+        if adopting:
+            results: list[bool | BaseException] = []
+            for key in keys:
+                try:
+                    results.append(await self.adopt(key))
+                except Exception as exc:
+                    results.append(exc)
+        else:
+            cap = self.settings.whatsapp_max_sessions_per_process
+            room = max(0, cap - len(self.ownership.owned)) if cap > 0 else len(keys)
+            results = await asyncio.gather(*(self.restore(key) for key in keys[:room]), return_exceptions=True)
         restored = sum(1 for result in results if result is True)
         if restored:
             log.info("whatsapp sessions restored", restored=restored)
@@ -470,6 +504,15 @@ class WhatsappHub:
                     await live.status_changed.wait()
         return self.memory_status(key) is S.WORKING
 
+    async def adopt(self, key: SessionKey) -> bool:
+        """A running session whose process died, taken over by a process among those running the
+        fewest and below the cap (each process tries at its heartbeat; the lock decides ties)."""
+        if key not in self.ownership.owned:
+            placement = await self.ownership.placement(self.settings.whatsapp_max_sessions_per_process)
+            if not placement.here:
+                return False
+        return await self.restore(key)
+
     async def restore(self, key: SessionKey, *, only_running: bool = True) -> bool:
         """Seed's restoreSessionFromDatabase: start a stored session again with its credentials, if
         no other process runs it. At start-up only sessions that were running come back (one an admin
@@ -482,6 +525,9 @@ class WhatsappHub:
                 if only_running and S(row.status) not in RUNNING:
                     return False
                 kind, config = row.transport, dict(row.config)
+            cap = self.settings.whatsapp_max_sessions_per_process
+            if cap > 0 and key not in self.ownership.owned and len(self.ownership.owned) >= cap:
+                return False  # full: a process with room adopts it
             if not await self.ownership.claim(key):
                 return False  # another process runs it
             problem = await asyncio.to_thread(self.transport(kind).credentials_problem, key)

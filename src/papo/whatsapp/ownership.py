@@ -27,6 +27,30 @@ log = structlog.get_logger(__name__)
 COMMAND_CHANNEL = "papo_whatsapp_commands"
 OWNER_NAME = "papo-whatsapp-owner"
 
+# How many sessions each live process runs: the session locks its owner connection holds. Every
+# process keeps that connection from start-up, so one that runs nothing shows with 0; one that died
+# is gone with its connection. (The runtime role sees its own connections in pg_stat_activity.)
+PROCESS_LOADS_SQL = """
+SELECT a.pid AS owner_pid, count(l.pid) AS sessions
+  FROM pg_stat_activity a
+  LEFT JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory' AND l.granted
+ WHERE a.application_name LIKE $1 AND a.datname = current_database()
+ GROUP BY a.pid
+"""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a session should run: here, in another process (its owner connection's pid), or
+    nowhere because every process is at the per-process cap."""
+
+    here: bool
+    elsewhere: int | None = None
+
+    @property
+    def nowhere(self) -> bool:
+        return not self.here and self.elsewhere is None
+
 
 def lock_id(key: SessionKey) -> int:
     """The session's advisory lock key (64 bits of a hash of its ids)."""
@@ -89,6 +113,34 @@ class SessionOwnership:
                 return True
             return False
 
+    async def placement(self, cap: int) -> Placement:
+        """The process that runs the fewest sessions (this one on a tie), below `cap` (0: no cap)."""
+        if self.dsn is None:
+            return Placement(here=True)
+        async with self.lock:
+            await self.connect()
+            assert self.connection is not None
+            me = self.connection.get_server_pid()
+            rows = await self.connection.fetch(PROCESS_LOADS_SQL, f"{OWNER_NAME}:%")
+        loads = {int(row["owner_pid"]): int(row["sessions"]) for row in rows}
+        loads[me] = len(self.owned)  # what this process knows best
+        open_loads = {pid: load for pid, load in loads.items() if cap <= 0 or load < cap}
+        if not open_loads:
+            return Placement(here=False)
+        fewest = min(open_loads.values())
+        if open_loads.get(me) == fewest:
+            return Placement(here=True)
+        return Placement(here=False, elsewhere=min(pid for pid, load in open_loads.items() if load == fewest))
+
+    async def tell_process(self, owner_pid: int, key: SessionKey, action: str) -> None:
+        """NOTIFY the process whose owner connection is `owner_pid` to act on a session nobody runs."""
+        payload = json.dumps(
+            {"tenant": str(key.tenant_id), "session": str(key.session_id), "action": action, "pid": owner_pid}
+        )
+        async with self.lock:
+            assert self.connection is not None
+            await self.connection.execute("SELECT pg_notify($1, $2)", COMMAND_CHANNEL, payload)
+
     async def release(self, key: SessionKey) -> None:
         if key in self.owned and self.connection is not None:
             self.owned.discard(key)
@@ -109,7 +161,12 @@ class SessionOwnership:
             key = SessionKey(uuid.UUID(message["tenant"]), uuid.UUID(message["session"]))
             action = str(message.get("action"))
             forwarded = uuid.UUID(message["message"]) if action == "send" else None
+            placed_with = int(message["pid"]) if "pid" in message else None
         except (ValueError, KeyError, TypeError):
+            return
+        if placed_with is not None:  # a session nobody runs, placed with the process of that pid
+            if self.connection is not None and placed_with == self.connection.get_server_pid():
+                self._background(self.runner.perform(key, action))
             return
         if key not in self.owned:
             return
