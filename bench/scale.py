@@ -272,18 +272,20 @@ async def publish_load(db: Database, tenants: list[uuid.UUID], per_second: float
     if not tenants:
         await asyncio.sleep(seconds)
         return
-    deadline = time.perf_counter() + seconds
+    begin = time.perf_counter()
     total_rate = per_second * len(tenants)
     counter = iter(range(10**9))
 
     async def writer() -> None:
-        begin = time.perf_counter()
-        while (now := time.perf_counter()) < deadline:
+        while True:
             n = next(counter)
+            due = begin + n / total_rate  # event n's place in the schedule, whichever writer takes it
+            if due - begin >= seconds:
+                return
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
             tenant_id = tenants[n % len(tenants)]
             async with db.transaction(RlsContext(tenant_id, None, "owner")) as session:
                 emit(session, "bench.tick", {"mark": n}, tenant_id=tenant_id, user_id=None)
-            await asyncio.sleep(max(0.0, begin + (n + 1) / total_rate * 8 - now))
 
     await asyncio.gather(*(writer() for _ in range(8)))
 

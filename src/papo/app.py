@@ -35,6 +35,7 @@ from papo.chat.legacy_api import router as legacy_chat_router
 from papo.crypto import KeyBox
 from papo.db.engine import Database, locate_database
 from papo.db.migrate import head_revision
+from papo.db.server import async_url
 from papo.errors import install_error_handlers
 from papo.insights.api import InsightsRuntime
 from papo.insights.api import router as insights_router
@@ -92,6 +93,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         location = locate_database(settings)
         db = Database(location.app_url, pool_size=settings.db_pool_size, observer=DatabaseMetrics())
+        read_replica = (
+            Database(async_url(settings.read_database_url), pool_size=settings.db_pool_size, read_only=True)
+            if settings.read_database_url
+            else None
+        )
         http = httpx.AsyncClient()
         listen_dsn = location.app_url.set(drivername="postgresql").render_as_string(hide_password=False)
         hub = EventHub(
@@ -110,6 +116,8 @@ def create_app(
         resources = AsyncExitStack()
         try:
             await db.verify_runtime_role()
+            if read_replica is not None:
+                await read_replica.verify_runtime_role()
             await db.verify_schema(head_revision())
             signing_key = SigningKey.load(settings)
             verifier = TokenVerifier(settings, signing_key, http)
@@ -140,6 +148,7 @@ def create_app(
                 workers,
                 blobs,
                 MediaDownloads(db, settings, blobs, whatsapp),
+                read_replica,
             )
             satisfies_every_feature(state)  # mypy's check that every feature's runtime Protocol holds
             app.state.papo = state
@@ -183,6 +192,8 @@ def create_app(
                 await limiter.close()
             await http.aclose()
             await db.dispose()
+            if read_replica is not None:
+                await read_replica.dispose()
             location.stop()
 
     app = FastAPI(

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     # Database. Absent database_url means: start the embedded PostgreSQL under data_dir.
     database_url: str | None = None
     app_database_url: str | None = None
+    # Optional read replica (a hot standby of the same database, reached as the runtime role): chat
+    # history, search and exports read there; everything else, and every write, goes to the primary.
+    read_database_url: str | None = None
     # The runtime login role papo migrate creates when app_database_url is unset. Unset: papo_app
     # for the database `papo`, papo_app_<database> otherwise, so installs sharing a server never
     # share one. papo migrate also leaves CONNECT on its database to that role only (and the owner).

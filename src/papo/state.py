@@ -49,5 +49,11 @@ class AppState:
     workers: Workers
     blobs: BlobStore
     media: MediaDownloads
+    read_replica: Database | None = None  # PAPO_READ_DATABASE_URL
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     tenants: TenantCache = field(default_factory=TenantCache)
+
+    @property
+    def reads(self) -> Database:
+        """Where history, search and exports read: the replica when one is configured."""
+        return self.read_replica or self.db

@@ -34,6 +34,9 @@ class AuthRuntime(Protocol):
     accounts: Accounts
     tenants: TenantCache
 
+    @property
+    def reads(self) -> Database: ...
+
 
 async def request_tx(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed when the handler returns, rolled back if it raises."""
@@ -90,4 +93,18 @@ async def admin_principal(principal: Annotated[Principal, Depends(current_princi
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+async def read_tx(session: DbSession, principal: CurrentPrincipal, state: Auth) -> AsyncIterator[AsyncSession]:
+    """A read-only transaction for the caller on the read replica (PAPO_READ_DATABASE_URL): history,
+    search and exports. A replica may be a moment behind the primary. Without one, the request's own
+    transaction."""
+    if state.reads is state.db:
+        yield session
+        return
+    async with state.reads.transaction(principal.context()) as replica:
+        yield replica
+
+
+ReadSession = Annotated[AsyncSession, Depends(read_tx, scope="function")]
 AdminPrincipal = Annotated[Principal, Depends(admin_principal)]

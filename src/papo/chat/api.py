@@ -8,11 +8,11 @@ from typing import Annotated, Any, Protocol
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from papo.auth.deps import CurrentPrincipal, DbSession
+from papo.auth.deps import CurrentPrincipal, DbSession, ReadSession
 from papo.auth.invitations import Accounts
 from papo.auth.models import Role
 from papo.auth.service import Principal
-from papo.chat.caching import CONDITIONAL
+from papo.chat.caching import CONDITIONAL, CONDITIONAL_READ
 from papo.chat.export import MEDIA_TYPES, ExportFormat, stream_export
 from papo.chat.export import filename as export_filename
 from papo.chat.models import SessionStatus
@@ -49,6 +49,9 @@ class ChatRuntime(Protocol):
     accounts: Accounts
 
     @property
+    def reads(self) -> Database: ...
+
+    @property
     def replies(self) -> ReplyRunner: ...
 
     @property
@@ -64,6 +67,14 @@ async def chat_service(session: DbSession, principal: CurrentPrincipal, state: S
 
 
 Chat = Annotated[ChatService, Depends(chat_service)]
+
+
+async def read_chat_service(session: ReadSession, principal: CurrentPrincipal, state: State) -> ChatService:
+    return ChatService(session, principal, state.settings)
+
+
+# Reads only (history): on the read replica when there is one.
+ReadChat = Annotated[ChatService, Depends(read_chat_service)]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 
 
@@ -255,10 +266,10 @@ async def stop_reply(
     return MessageOut.model_validate(stopped)
 
 
-@router.get("/sessions/{session_id}/messages", response_model=MessagePage, **CONDITIONAL)
+@router.get("/sessions/{session_id}/messages", response_model=MessagePage, **CONDITIONAL_READ)
 async def list_messages(
     session_id: uuid.UUID,
-    chat: Chat,
+    chat: ReadChat,
     principal: CurrentPrincipal,
     after: str | None = None,
     before: str | None = None,
@@ -344,7 +355,7 @@ async def support_sessions(
 @router.get("/search", response_model=SearchPage, tags=["search"])
 async def search(
     q: Annotated[str, Query(description="Words to find; quotes, `or` and `-word` work as on the web.")],
-    session: DbSession,
+    session: ReadSession,
     principal: CurrentPrincipal,
     limit: Limit = 20,
     cursor: str | None = None,
@@ -357,7 +368,7 @@ async def search(
 
 def _export_response(state: ChatRuntime, principal: Principal, fmt: ExportFormat, session_id: uuid.UUID | None) -> Any:
     return StreamingResponse(
-        stream_export(state.db, principal, fmt, session_id),
+        stream_export(state.reads, principal, fmt, session_id),
         media_type=MEDIA_TYPES[fmt],
         headers={"Content-Disposition": f'attachment; filename="{export_filename(fmt, session_id)}"'},
     )

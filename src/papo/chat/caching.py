@@ -14,8 +14,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import Depends, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from papo.auth.deps import CurrentPrincipal, DbSession
+from papo.auth.deps import CurrentPrincipal, DbSession, ReadSession
 from papo.db.engine import Database, driver
 from papo.errors import NotModified
 from papo.realtime.service import latest_event_id, stamp_events
@@ -38,6 +39,18 @@ def _matches(if_none_match: str, etag: str) -> bool:
 
 async def conditional(request: Request, response: Response, session: DbSession, principal: CurrentPrincipal) -> None:
     """Tag the answer, or answer 304 at once when the caller already has this version."""
+    await _tag(request, response, session, principal)
+
+
+async def conditional_read(
+    request: Request, response: Response, session: ReadSession, principal: CurrentPrincipal
+) -> None:
+    """The same for answers read from the read replica: the version is read there too, so a tag
+    never names a state newer than the answer it comes with."""
+    await _tag(request, response, session, principal)
+
+
+async def _tag(request: Request, response: Response, session: AsyncSession, principal: CurrentPrincipal) -> None:
     if principal.user_id is None:
         return
     raw_scope = request.path_params.get("session_id") or request.query_params.get("sessionId")
@@ -65,8 +78,7 @@ async def conditional(request: Request, response: Response, session: DbSession, 
     response.headers["Cache-Control"] = CACHE_CONTROL
 
 
-# Route options for a GET that answers conditionally.
-CONDITIONAL: dict[str, Any] = {
-    "dependencies": [Depends(conditional)],
-    "responses": {304: {"description": "Not modified: the If-None-Match copy is current"}},
-}
+# Route options for a GET that answers conditionally (from the primary, or from the read replica).
+NOT_MODIFIED = {304: {"description": "Not modified: the If-None-Match copy is current"}}
+CONDITIONAL: dict[str, Any] = {"dependencies": [Depends(conditional)], "responses": NOT_MODIFIED}
+CONDITIONAL_READ: dict[str, Any] = {"dependencies": [Depends(conditional_read)], "responses": NOT_MODIFIED}

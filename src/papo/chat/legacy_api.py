@@ -7,8 +7,8 @@ import uuid
 from fastapi import APIRouter, BackgroundTasks, Request, status
 
 from papo.auth.deps import CurrentPrincipal
-from papo.chat.api import Chat, MessageAllowance, State, schedule
-from papo.chat.caching import CONDITIONAL
+from papo.chat.api import Chat, MessageAllowance, ReadChat, State, schedule
+from papo.chat.caching import CONDITIONAL, CONDITIONAL_READ
 from papo.chat.models import Channel, MessageRole
 from papo.chat.schemas import LegacyDeleted, LegacyMessageCreate, LegacySessionCreate, MessageOut, SessionOut
 
@@ -60,7 +60,7 @@ async def send_message(
     return MessageOut.model_validate(posted.message)
 
 
-@router.get("/message", response_model=list[MessageOut], **CONDITIONAL)
-async def message_history(sessionId: uuid.UUID, chat: Chat, principal: CurrentPrincipal) -> list[MessageOut]:
+@router.get("/message", response_model=list[MessageOut], **CONDITIONAL_READ)
+async def message_history(sessionId: uuid.UUID, chat: ReadChat, principal: CurrentPrincipal) -> list[MessageOut]:
     page = await chat.get_messages(sessionId, principal.require_user(), limit=None)
     return [MessageOut.model_validate(m) for m in page.items]

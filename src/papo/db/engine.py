@@ -146,7 +146,20 @@ class DatabaseObserver(Protocol):
 class Database:
     """The runtime role's connection pool. Every unit of work is one transaction."""
 
-    def __init__(self, app_url: URL, *, pool_size: int = 10, observer: DatabaseObserver | None = None) -> None:
+    def __init__(
+        self,
+        app_url: URL,
+        *,
+        pool_size: int = 10,
+        observer: DatabaseObserver | None = None,
+        read_only: bool = False,
+    ) -> None:
+        server_settings = {
+            "application_name": application_name("papo-read" if read_only else "papo"),
+            "standard_conforming_strings": "on",
+        }
+        if read_only:  # a replica refuses writes anyway; a primary used as one refuses them too
+            server_settings["default_transaction_read_only"] = "on"
         # AUTOCOMMIT at the SQLAlchemy level: transactions are asyncpg's (see `transaction`).
         self.engine: AsyncEngine = create_async_engine(
             app_url,
@@ -155,9 +168,7 @@ class Database:
             isolation_level="AUTOCOMMIT",
             # Bound values (message text, e-mail addresses) stay out of error messages and so out of logs.
             hide_parameters=True,
-            connect_args={
-                "server_settings": {"application_name": application_name("papo"), "standard_conforming_strings": "on"}
-            },
+            connect_args={"server_settings": server_settings},
         )
         if observer is not None:
             self._instrument(observer)
