@@ -255,6 +255,39 @@ async def two_servers(settings: Settings) -> AsyncIterator[tuple[str, str, async
             await asyncio.wait_for(process.wait(), 10)
 
 
+@dataclass
+class Isolated:
+    """A database of a test's own, migrated, with settings pointing at it: for server processes that
+    must see no other test's data (WhatsApp sessions an earlier test left running, say)."""
+
+    settings: Settings
+    db: Database
+
+    async def tenant(self, name: str = "Acme") -> TenantHandle:
+        async with self.db.transaction() as session:
+            tenant = await auth_service.create_tenant(session, f"{name} {secrets.token_hex(3)}")
+        return TenantHandle(tenant.id, self.db, self.settings)
+
+
+@pytest.fixture
+async def isolated(database: ProvisionedDatabase, settings: Settings, tmp_data_dir: Path) -> AsyncIterator[Isolated]:
+    name = "papo_test_" + secrets.token_hex(4)
+    owner_url = database.owner_url.set(database=name)
+    app_url = derive_app_url(owner_url, default_app_role(name), app_role_password(tmp_data_dir))
+    await ensure_database(owner_url)
+    await migrate(owner_url, app_url, create_app_role=True)
+    own = settings.model_copy(
+        update={
+            "database_url": owner_url.render_as_string(hide_password=False),
+            "app_database_url": app_url.render_as_string(hide_password=False),
+        }
+    )
+    pool = Database(app_url, pool_size=2)
+    yield Isolated(own, pool)
+    await pool.dispose()
+    await drop_database(database.admin_url, name, app_url.username)
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     """A NATS server with JetStream of the suite's own (stopped and started by some tests)."""

@@ -145,7 +145,7 @@ class Settings(BaseSettings):
     whatsapp_transports: Annotated[list[str], NoDecode] = Field(default_factory=list)
     whatsapp_sends_per_minute: int = 30
     # Every heartbeat a process marks its working sessions seen and takes over running sessions
-    # whose process died.
+    # whose process died. A process that does not adopt is not given new sessions either.
     whatsapp_heartbeat_seconds: float = 30.0
     whatsapp_adopt_orphans: bool = True
     # A new session, or one whose process died, goes to the process that runs the fewest; none

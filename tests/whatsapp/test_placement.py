@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any
 
 import httpx
 
 from papo.auth.models import Role
-from papo.settings import Settings
+from tests.conftest import Isolated
 from tests.support import free_port, start_server
 from tests.whatsapp.test_restore import BASE, FAKE, statuses
 
@@ -28,10 +27,9 @@ async def runners(clients: list[httpx.AsyncClient], session_ids: list[str]) -> d
     return where
 
 
-async def test_sessions_spread_over_three_processes_within_the_cap_and_are_adopted(
-    settings: Settings, make_tenant: Any
-) -> None:
-    admin = await (await make_tenant("Spread")).member(Role.admin)
+async def test_sessions_spread_over_three_processes_within_the_cap_and_are_adopted(isolated: Isolated) -> None:
+    settings = isolated.settings  # a database of its own: no other test's sessions to restore
+    admin = await (await isolated.tenant("Spread")).member(Role.admin)
     extra = {**FAKE, "PAPO_WHATSAPP_HEARTBEAT_SECONDS": "1", "PAPO_WHATSAPP_MAX_SESSIONS_PER_PROCESS": str(CAP)}
     ports = [free_port() for _ in range(3)]
     servers = [await start_server(settings, port, **extra) for port in ports]

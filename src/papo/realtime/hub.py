@@ -262,7 +262,10 @@ class EventHub:
         except NATS_TROUBLE as exc:
             log.warning("could not follow a tenant through NATS", error=str(exc) or type(exc).__name__)
             raise StreamEnded(CLOSE_TRY_AGAIN, "realtime is briefly unavailable; reconnect") from exc
-        subscriber.following = True
+        if subscriber in self.subscribers:
+            subscriber.following = True
+        else:  # it left while the feed was being set up
+            self.nats.unfollow(subscriber.principal.tenant_id)
 
     def publish_live(self, event: Event) -> None:
         """Fan a live event out now to this process's subscribers, and soon to the other processes'."""

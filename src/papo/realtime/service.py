@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.db.engine import Database, after_commit_work, commit_with, driver, sql_literal
 
+log = structlog.get_logger(__name__)
 PENDING = "pending_events"
 STAFF_ROLES = frozenset({"owner", "admin", "agent"})
 
@@ -87,6 +89,7 @@ STAMP_BATCH = 10_000
 # with its own commit; under load, gathering a few milliseconds' commits into one costs the
 # database far less than stamping back to back (`make bench-scale`), and adds that much latency.
 STAMP_GATHER_SECONDS = 0.005
+STAMP_ATTEMPTS = 3
 
 
 class Stamper:
@@ -119,14 +122,22 @@ class Stamper:
         while self.next is not None:
             await asyncio.sleep(STAMP_GATHER_SECONDS)
             current, self.next = self.next, None
-            try:
-                while await self.db.call("SELECT papo_stamp_events($1)", STAMP_BATCH) >= STAMP_BATCH:
-                    pass
-            except Exception as exc:  # the relay's rounds stamp what this could not
-                current.set_exception(exc)
-                current.exception()  # retrieved: a publisher that stopped waiting leaves no warning
-            else:
-                current.set_result(None)
+            for attempt in range(1, STAMP_ATTEMPTS + 1):
+                try:
+                    while await self.db.call("SELECT papo_stamp_events($1)", STAMP_BATCH) >= STAMP_BATCH:
+                        pass
+                except Exception as exc:
+                    if attempt < STAMP_ATTEMPTS:
+                        log.warning("stamping events failed; retrying", error=str(exc) or type(exc).__name__)
+                        await asyncio.sleep(0.1 * attempt)
+                        continue
+                    # the relay's rounds stamp what this could not
+                    log.warning("stamping events failed; the relay will", error=str(exc) or type(exc).__name__)
+                    current.set_exception(exc)
+                    current.exception()  # retrieved: nobody may be waiting for it
+                else:
+                    current.set_result(None)
+                break
 
 
 _stampers: weakref.WeakKeyDictionary[Database, Stamper] = weakref.WeakKeyDictionary()

@@ -88,7 +88,7 @@ class WhatsappHub:
     ingest: IngestQueue = field(init=False)  # the Cloud API webhook deliveries, worked off here
 
     def __post_init__(self) -> None:
-        self.ownership = SessionOwnership(self)
+        self.ownership = SessionOwnership(self, placeable=self.settings.whatsapp_adopt_orphans)
         self.ingest = IngestQueue(self.db, self.settings)
 
     def transport(self, kind: str) -> Transport:

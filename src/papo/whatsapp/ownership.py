@@ -74,6 +74,9 @@ class SessionOwnership:
 
     runner: SessionRunner
     dsn: str | None = None
+    # Whether this process is given new sessions and adopts orphans (PAPO_WHATSAPP_ADOPT_ORPHANS): one
+    # that is not shows under another application name, which placement does not count.
+    placeable: bool = True
     connection: asyncpg.Connection | None = None
     owned: set[SessionKey] = field(default_factory=set)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -83,9 +86,8 @@ class SessionOwnership:
         """The connection that holds this process's session locks and hears lifecycle commands."""
         if self.dsn is None or (self.connection is not None and not self.connection.is_closed()):
             return
-        self.connection = await asyncpg.connect(
-            self.dsn, server_settings={"application_name": application_name(OWNER_NAME)}
-        )
+        name = OWNER_NAME if self.placeable else f"{OWNER_NAME}-fixed"
+        self.connection = await asyncpg.connect(self.dsn, server_settings={"application_name": application_name(name)})
         await self.connection.add_listener(COMMAND_CHANNEL, self._commanded)
         self.connection.add_termination_listener(self._connection_lost)
 
@@ -123,7 +125,10 @@ class SessionOwnership:
             me = self.connection.get_server_pid()
             rows = await self.connection.fetch(PROCESS_LOADS_SQL, f"{OWNER_NAME}:%")
         loads = {int(row["owner_pid"]): int(row["sessions"]) for row in rows}
-        loads[me] = len(self.owned)  # what this process knows best
+        if self.placeable:
+            loads[me] = len(self.owned)  # what this process knows best
+        if not loads:
+            return Placement(here=True)  # no process takes sessions: it runs where it was asked for
         open_loads = {pid: load for pid, load in loads.items() if cap <= 0 or load < cap}
         if not open_loads:
             return Placement(here=False)
