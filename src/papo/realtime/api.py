@@ -43,7 +43,7 @@ from papo.realtime.codes import (
     CLOSE_UNAUTHORIZED,
 )
 from papo.realtime.hub import EventHub, StreamEnded, Subscriber, TooManyStreams
-from papo.realtime.service import Event, bounds, read_own_events
+from papo.realtime.service import Event, bounds, read_own_events, stamp_events
 from papo.runtime import running
 from papo.settings import Settings
 from papo.waiting import wake_or_timeout
@@ -72,6 +72,7 @@ async def event_stream(
     """Replay from `since`, then live events, as wire messages. `subscriber` must already be subscribed."""
     context = subscriber.principal.context()
     await state.hub.join_feed(subscriber)
+    await stamp_events(state.db)  # "now" covers the writes this client saw return
     async with state.db.transaction(context) as session:
         pruned_through, head = await bounds(session)
     if since is None:

@@ -98,30 +98,36 @@ class Stamper:
 
     A publisher only asks for a stamping and goes on (waiting for it cost a publishing write about a
     third of its rate: `make bench-scale`); whoever must see everything committed so far waits for
-    the next stamping that starts after it asked (`stamped()`: the relay's rounds). A reader that
-    must not miss its own unstamped events (conditional GETs) checks for them instead."""
+    the next stamping that starts after it asked (`stamped()`): the relay's rounds, a stream or a
+    page taking "now" as its starting point (so it covers the writes its client saw return), a
+    conditional GET whose member has
+    an event still unnumbered."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self.next: asyncio.Future[None] | None = None
+        self.waited_for = False
         self.runner: asyncio.Task[None] | None = None
 
-    def request(self) -> asyncio.Future[None]:
-        """A stamping that starts after this call, started now unless one is running."""
+    def request(self, *, waited_for: bool = False) -> asyncio.Future[None]:
+        """A stamping that starts after this call, started now unless one is running. One somebody
+        waits for starts without gathering more commits first."""
         if self.next is None:
             self.next = asyncio.get_running_loop().create_future()
+        self.waited_for = self.waited_for or waited_for
         waiting = self.next
         if self.runner is None or self.runner.done():
             self.runner = asyncio.create_task(self._run(), name="papo-event-stamper")
         return waiting
 
     async def stamped(self) -> None:
-        await asyncio.shield(self.request())
+        await asyncio.shield(self.request(waited_for=True))
 
     async def _run(self) -> None:
         while self.next is not None:
-            await asyncio.sleep(STAMP_GATHER_SECONDS)
-            current, self.next = self.next, None
+            if not self.waited_for:
+                await asyncio.sleep(STAMP_GATHER_SECONDS)
+            current, self.next, self.waited_for = self.next, None, False
             for attempt in range(1, STAMP_ATTEMPTS + 1):
                 try:
                     while await self.db.call("SELECT papo_stamp_events($1)", STAMP_BATCH) >= STAMP_BATCH:

@@ -25,6 +25,7 @@ from papo.auth.service import Principal
 from papo.crypto import KeyBox
 from papo.errors import Unauthorized
 from papo.realtime.service import bounds as realtime_bounds
+from papo.realtime.service import stamp_events
 from papo.runtime import current_runtime
 from papo.web.i18n import LANG_COOKIE, LANGUAGES, Translator, pick_language
 from papo.webhooks.service import WebhookSender
@@ -178,6 +179,7 @@ async def signed_in(page: Page, session: Any, state: WebRuntime) -> bool:
     public = await state.tenants.public(session, principal.tenant_id)
     page.principal, page.user_email, page.tenant_id = principal, user.email, principal.tenant_id
     page.request.state.principal = principal
+    await stamp_events(state.db)  # the page's "now" covers the writes this browser saw return
     _, page.events_since = await realtime_bounds(session)
     if public is not None:
         page.tenant_name, page.brand = public.name, public.brand
