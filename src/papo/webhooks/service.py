@@ -351,8 +351,17 @@ class WebhookSender:
             claimed = await driver(session).fetch(
                 "SELECT * FROM papo_claim_webhook_sends($1, $2)", self.settings.webhook_concurrency, LEASE_SECONDS
             )
-        await asyncio.gather(*(self._attempt(row) for row in claimed))
+        # endpoints in parallel; one endpoint's deliveries one after another, in the order of their
+        # events (a chat's session.created before its first message.created)
+        by_endpoint: dict[Any, list[Any]] = {}
+        for row in sorted(claimed, key=lambda row: row["delivery_id"]):
+            by_endpoint.setdefault(row["delivery_endpoint_id"], []).append(row)
+        await asyncio.gather(*(self._attempt_in_order(rows) for rows in by_endpoint.values()))
         return len(claimed)
+
+    async def _attempt_in_order(self, rows: list[Any]) -> None:
+        for row in rows:
+            await self._attempt(row)
 
     async def _attempt(self, row: Any) -> None:
         delivery_id = str(row["delivery_id"])

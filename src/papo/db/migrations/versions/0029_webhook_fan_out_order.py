@@ -1,4 +1,4 @@
-"""Outbound webhook deliveries numbered in event order within a batch.
+"""Outbound webhook deliveries numbered, claimed and sent in event order.
 
 Revision ID: 0029_webhook_fan_out_order
 Revises: 0028_tenant_keyed_uniques
@@ -7,7 +7,8 @@ papo_webhook_fan_out inserts a batch of events' deliveries at once; the join wit
 produce them in any order, and the identity numbers follow that order. Since events are stamped in
 gathered batches (0025 and papo.realtime.service.Stamper), one fan-out batch often holds a chat's
 `session.created` and its first `message.created`: the log (newest first, by delivery id) must show
-them in the order they happened.
+them in the order they happened. Sends are claimed oldest first (ties by id), and the sender sends
+one endpoint's deliveries one after another in id order (papo.webhooks.service).
 """
 
 from __future__ import annotations
@@ -35,9 +36,29 @@ CREATE OR REPLACE FUNCTION papo_webhook_fan_out(p_events jsonb) RETURNS integer
 """
 
 
+CLAIM_SQL = """
+CREATE OR REPLACE FUNCTION papo_claim_webhook_sends(p_limit integer, p_lease double precision)
+  RETURNS TABLE (delivery_tenant_id uuid, delivery_id bigint, delivery_endpoint_id uuid, delivery_url text,
+                 delivery_secret text, delivery_payload jsonb, delivery_attempts integer, delivery_created_at timestamptz)
+  LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
+  AS $$
+    UPDATE webhook_deliveries d
+       SET next_attempt_at = now() + make_interval(secs => p_lease)
+      FROM webhook_endpoints w
+     WHERE w.tenant_id = d.tenant_id AND w.id = d.endpoint_id
+       AND (d.tenant_id, d.id) IN (
+         SELECT tenant_id, id FROM webhook_deliveries
+          WHERE status = 'pending' AND next_attempt_at <= now()
+          ORDER BY next_attempt_at{tie} LIMIT least(p_limit, 200)
+          FOR UPDATE SKIP LOCKED)
+    RETURNING d.tenant_id, d.id, d.endpoint_id, w.url, w.secret_sealed, d.payload, d.attempts, d.created_at;
+  $$;
+"""
+
+
 def upgrade() -> None:
-    execute_script(FAN_OUT_SQL.format(ordered=ORDERED))
+    execute_script(FAN_OUT_SQL.format(ordered=ORDERED) + CLAIM_SQL.format(tie=", id"))
 
 
 def downgrade() -> None:
-    execute_script(FAN_OUT_SQL.format(ordered=""))
+    execute_script(FAN_OUT_SQL.format(ordered="") + CLAIM_SQL.format(tie=""))
