@@ -112,6 +112,7 @@ class TenantFeed:
     # While the feed reads a gap from PostgreSQL, what NATS brings waits here (in order).
     held: list[tuple[Event, int]] | None = None
     linger: asyncio.TimerHandle | None = None
+    failure: BaseException | None = None  # its subscription failed (see NatsFanout.follow)
 
 
 class NatsFanout:
@@ -330,8 +331,11 @@ class NatsFanout:
             feed.followers += 1
             try:
                 await self._subscribe(feed)
-            except BaseException:
-                self.unfollow(tenant_id)
+            except BaseException as exc:
+                # gone, so the next client tries afresh; those waiting on this one fail like it did
+                del self.feeds[tenant_id]
+                feed.failure = exc
+                feed.ready.set()
                 raise
             feed.ready.set()
             return
@@ -340,6 +344,8 @@ class NatsFanout:
             feed.linger.cancel()
             feed.linger = None
         await feed.ready.wait()
+        if feed.failure is not None:
+            raise nats.errors.Error("the tenant's feed could not be subscribed") from feed.failure
 
     def unfollow(self, tenant_id: uuid.UUID) -> None:
         feed = self.feeds.get(tenant_id)
