@@ -5,6 +5,9 @@ measured beside a bare baseline: one asyncpg LISTEN connection forwarding NOTIFY
 same number of WebSockets. Subscribers are 10 users x 100 connections; each message goes to its
 user's 100. Latency runs from the write (papo: the message's created_at, stamped in its transaction just before
 it commits; baseline: just before pg_notify is sent) to the moment a subscriber has the event.
+Verdict (issue 17): the highest rate papo sustains with p99 within 2x the baseline's p99 at the
+same rate and at least 95 % delivered must reach 20,000 deliveries/s. A send that fails (an HTTP
+error, a dropped connection) is counted and printed, not fatal.
 Run: `make bench-realtime` (or python bench/realtime.py --help).
 """
 
@@ -37,6 +40,8 @@ PAPO_PORT = 8721
 BASE_PORT = 8722
 USERS = 10
 SUPABASE = "Supabase Realtime broadcast-from-database (published, on a cluster): p50 46 ms, p99 159 ms"
+TARGET_DELIVERIES = 20_000
+TARGET_P99_RATIO = 2.0
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -93,19 +98,20 @@ async def baseline_subscribers(per_user: int) -> Subscribers:
     return subscribers
 
 
-async def drive(rate: float, seconds: float, send: Any) -> None:
+async def drive(rate: float, seconds: float, send: Any) -> int:
+    """Send at `rate` for `seconds`; how many sends failed (each failure is kept as a figure, and
+    the run goes on)."""
     interval = 1 / rate
     started = time.perf_counter()
     n = 0
-    pending: set[asyncio.Task[None]] = set()
+    sends: list[asyncio.Task[None]] = []  # all of them, finished or not: each outcome is counted
     while time.perf_counter() - started < seconds:
-        task = asyncio.create_task(send(n))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
+        sends.append(asyncio.create_task(send(n)))
         n += 1
         await asyncio.sleep(max(0, started + n * interval - time.perf_counter()))
-    await asyncio.gather(*pending)
+    outcomes = await asyncio.gather(*sends, return_exceptions=True)
     await asyncio.sleep(1.0)  # let the tail arrive
+    return sum(1 for outcome in outcomes if isinstance(outcome, BaseException))
 
 
 async def main() -> None:
@@ -166,17 +172,20 @@ async def main() -> None:
             sessions = []
             for token in tokens:
                 response = await http.post(
-                    "/api/v1/sessions", json={"title": "rt"}, headers={"Authorization": f"Bearer {token}"}
+                    "/api/v1/sessions",
+                    json={"title": "rt", "assistant_id": None},  # fan-out alone: no assistant replies
+                    headers={"Authorization": f"Bearer {token}"},
                 )
                 sessions.append(response.json()["id"])
 
             async def papo_send(n: int) -> None:
                 user = n % USERS
-                await http.post(
+                response = await http.post(
                     f"/api/v1/sessions/{sessions[user]}/messages",
                     json={"content": repr(time.time())},
                     headers={"Authorization": f"Bearer {tokens[user]}"},
                 )
+                response.raise_for_status()  # a refusal is a failed send too
 
             notifier = await asyncpg.connect(plain_dsn(location.owner_url))
 
@@ -185,6 +194,7 @@ async def main() -> None:
                 await notifier.execute("SELECT pg_notify('bench', $1)", payload)
 
             results: dict[str, dict[float, tuple[float, float, float, int]]] = {"papo": {}, "baseline": {}}
+            failures: dict[str, dict[float, int]] = {"papo": {}, "baseline": {}}
             for name, subscribe, send in (
                 ("papo", lambda: papo_subscribers(tokens, per_user), papo_send),
                 ("baseline", lambda: baseline_subscribers(per_user), baseline_send),
@@ -192,7 +202,7 @@ async def main() -> None:
                 subscribers = await subscribe()
                 for rate in rates:
                     subscribers.latencies.clear()
-                    await drive(rate, args.seconds, send)
+                    failures[name][rate] = await drive(rate, args.seconds, send)
                     lat = subscribers.latencies
                     results[name][rate] = (percentile(lat, 0.5), percentile(lat, 0.95), percentile(lat, 0.99), len(lat))
                 await subscribers.close()
@@ -200,29 +210,34 @@ async def main() -> None:
 
         print(
             f"\n  {'rate/s':>7} {'deliveries':>11} | {'papo p50':>9} {'p95':>7} {'p99':>7} | "
-            f"{'baseline p50':>12} {'p95':>7} {'p99':>7} | {'p99 ratio':>9}"
+            f"{'baseline p50':>12} {'p95':>7} {'p99':>7} | {'p99 ratio':>9} | {'failed sends':>12}"
         )
         best = {"papo": 0.0, "baseline": 0.0}
+        within = 0.0  # the highest rate where papo's p99 stays within 2x the baseline's, all delivered
         for rate in rates:
             p, b = results["papo"][rate], results["baseline"][rate]
+            expected = rate * args.seconds * per_user
             for name, row in (("papo", p), ("baseline", b)):
-                if row[2] < 250 and row[3] >= 0.95 * rate * args.seconds * per_user:
+                if row[2] < 250 and row[3] >= 0.95 * expected:
                     best[name] = max(best[name], rate)
+            if p[2] <= TARGET_P99_RATIO * b[2] and p[3] >= 0.95 * expected and not failures["papo"][rate]:
+                within = max(within, rate)
             print(
                 f"  {rate:7.0f} {p[3]:11d} | {p[0]:9.1f} {p[1]:7.1f} {p[2]:7.1f} | "
-                f"{b[0]:12.1f} {b[1]:7.1f} {b[2]:7.1f} | {p[2] / b[2]:9.2f}"
+                f"{b[0]:12.1f} {b[1]:7.1f} {b[2]:7.1f} | {p[2] / b[2]:9.2f} | "
+                f"{failures['papo'][rate]:5d} / {failures['baseline'][rate]:<5d}"
             )
         print(
             f"\n  highest rate with p99 < 250 ms and ≥95% delivered: papo {best['papo']:.0f} msg/s "
             f"({best['papo'] * per_user:.0f} deliveries/s), baseline {best['baseline']:.0f} msg/s"
         )
         print(f"  outside reference: {SUPABASE}")
-        low = rates[0]
+        sustained = within * per_user
         print(
             verdict(
-                results["papo"][low][2] < 250,
-                f"p99 at {low:.0f} msg/s is {results['papo'][low][2]:.0f} ms "
-                f"(baseline {results['baseline'][low][2]:.0f} ms)",
+                sustained >= TARGET_DELIVERIES,
+                f"papo keeps p99 within {TARGET_P99_RATIO:.0f}x the bare forwarder's up to {within:.0f} msg/s "
+                f"({sustained:.0f} deliveries/s; target >= {TARGET_DELIVERIES} deliveries/s)",
             )
         )
         await db.dispose()
