@@ -49,7 +49,7 @@ WITH_COMMIT = "with_commit"
 def commit_with(session: AsyncSession, build: Callable[[AsyncSession], str | None]) -> None:
     """Have `build(session)` called once the unit's work is done; the SQL it returns (or None) goes to
     the server with the COMMIT as one simple query. It takes no parameters, so it must quote every
-    value itself (`sql_literal`); it fails, the COMMIT is skipped and the unit rolls back."""
+    value itself (`sql_literal`). If it fails, the COMMIT is skipped and the unit rolls back."""
     builders: list[Callable[[AsyncSession], str | None]] = session.info.setdefault(WITH_COMMIT, [])
     if build not in builders:
         builders.append(build)

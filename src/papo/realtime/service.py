@@ -1,8 +1,8 @@
 """The outbox: events recorded with the change that caused them, published at commit, read in order.
 
-See migration 0025 for why ids follow commit order. Services call `emit()`; the unit of work
-publishes everything emitted, once, in the same round trip as its COMMIT, so rolled-back work
-leaves no event; committed events get their positions right after (migration 0025).
+Services call `emit()`; the unit of work publishes everything emitted, once, in the same round trip
+as its COMMIT, so rolled-back work leaves no event. Committed events get their positions (ids, in
+commit order) right after, from a stamping: migration 0025 says why that order is safe to read.
 """
 
 from __future__ import annotations
@@ -100,8 +100,7 @@ class Stamper:
     third of its rate: `make bench-scale`); whoever must see everything committed so far waits for
     the next stamping that starts after it asked (`stamped()`): the relay's rounds, a stream or a
     page taking "now" as its starting point (so it covers the writes its client saw return), a
-    conditional GET whose member has
-    an event still unnumbered."""
+    conditional GET whose member has an event still unnumbered."""
 
     def __init__(self, db: Database) -> None:
         self.db = db

@@ -109,7 +109,7 @@ class WhatsappHub:
 
     async def command(self, key: SessionKey, action: str) -> None:
         """restart / stop / forget a session wherever it runs (here, or by NOTIFY to its owner). A
-        session nobody runs that must start goes to the process running the fewest (`place`)."""
+        session nobody runs that must start goes to the process running the fewest (`_placed_elsewhere`)."""
         if action == "restart" and key not in self.ownership.owned and await self._placed_elsewhere(key):
             return
         if await self.ownership.claim(key):

@@ -47,10 +47,6 @@ class Placement:
     here: bool
     elsewhere: int | None = None
 
-    @property
-    def nowhere(self) -> bool:
-        return not self.here and self.elsewhere is None
-
 
 def lock_id(key: SessionKey) -> int:
     """The session's advisory lock key (64 bits of a hash of its ids)."""
