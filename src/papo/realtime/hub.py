@@ -35,7 +35,7 @@ from papo.ops.metrics import REALTIME_CONNECTIONS, REALTIME_EVENT_LAG
 from papo.realtime.access import ACCESS_CHANNEL, Grant, Notice, standings, verdict
 from papo.realtime.codes import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 from papo.realtime.nats_fanout import NATS_TROUBLE, NatsFanout
-from papo.realtime.service import Event, bounds, read_all_events, stamp_events
+from papo.realtime.service import Event, bounds, read_all_events, shared_json, stamp_events
 from papo.waiting import wake_or_timeout, work_when_woken
 
 log = structlog.get_logger(__name__)
@@ -169,6 +169,7 @@ class EventHub:
                 poll_seconds=poll_seconds,
                 deliver=self._deliver,
                 followers=self.followers,
+                origin=self.origin,
             )
 
     async def start(self) -> None:
@@ -273,18 +274,7 @@ class EventHub:
         if self.nats is not None:
             self.nats.publish_live(event)
             return
-        payload = json.dumps(
-            {
-                "origin": self.origin,
-                "tenant_id": str(event.tenant_id),
-                "audience": event.audience,
-                "user_id": event.user_id,
-                "type": event.type,
-                "data": event.data,
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        payload = shared_json(event, origin=self.origin)
         if len(payload.encode()) > MAX_LIVE_PAYLOAD_BYTES:
             log.warning("live event too large to share with other processes", type=event.type)
             return
@@ -314,14 +304,7 @@ class EventHub:
             message = json.loads(payload)
             if message["origin"] == self.origin:
                 return
-            event = Event(
-                id=None,
-                tenant_id=uuid.UUID(message["tenant_id"]),
-                audience=message["audience"],
-                user_id=message["user_id"],
-                type=message["type"],
-                data=message["data"],
-            )
+            event = Event.from_shared(message)
         except (ValueError, KeyError, TypeError):
             log.warning("ignored a malformed live event notification")
             return

@@ -32,7 +32,6 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -47,7 +46,7 @@ from nats.js.api import DeliverPolicy, StorageType, StreamConfig
 
 from papo.db.engine import Database, application_name
 from papo.errors import DatabaseUnavailable
-from papo.realtime.service import Event, bounds, read_all_events, read_tenant_events, stamp_events
+from papo.realtime.service import Event, bounds, read_all_events, read_tenant_events, shared_json, stamp_events
 from papo.waiting import wake_or_timeout
 
 log = structlog.get_logger(__name__)
@@ -69,36 +68,6 @@ NATS_TROUBLE = (
     asyncio.TimeoutError,
     OSError,
 )
-
-
-def _event_bytes(event: Event, prev: int) -> bytes:
-    return json.dumps(
-        {
-            "id": event.id,
-            "prev": prev,
-            "tenant_id": str(event.tenant_id),
-            "audience": event.audience,
-            "user_id": event.user_id,
-            "type": event.type,
-            "data": event.data,
-            "created_at": event.created_at.isoformat() if event.created_at else None,
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode()
-
-
-def _event_from(raw: dict[str, Any]) -> Event:
-    created = raw.get("created_at")
-    return Event(
-        id=raw["id"],
-        tenant_id=uuid.UUID(raw["tenant_id"]),
-        audience=raw["audience"],
-        user_id=raw["user_id"],
-        type=raw["type"],
-        data=raw["data"],
-        created_at=datetime.fromisoformat(created) if created else None,
-    )
 
 
 @dataclass(eq=False)
@@ -126,6 +95,7 @@ class NatsFanout:
         poll_seconds: float,
         deliver: Callable[[Event], None],
         followers: list[asyncio.Event],
+        origin: str,
     ) -> None:
         self.db = db
         self.url = url
@@ -135,7 +105,7 @@ class NatsFanout:
         self.poll_seconds = poll_seconds
         self.deliver = deliver
         self.followers = followers
-        self.origin = uuid.uuid4().hex
+        self.origin = origin  # the hub's: its live events are not handed out twice
         self.nc: NatsClient | None = None
         self.js: JetStreamContext | None = None
         self.feeds: dict[uuid.UUID, TenantFeed] = {}
@@ -313,7 +283,7 @@ class NatsFanout:
             prev = prev_of_tenant.get(event.tenant_id, 0)
             acks.append(
                 await self.js.publish_async(
-                    self._events_subject(event.tenant_id), _event_bytes(event, prev), headers=headers
+                    self._events_subject(event.tenant_id), shared_json(event, prev=prev).encode(), headers=headers
                 )
             )
             prev_of_tenant[event.tenant_id] = chained = event.id
@@ -393,7 +363,7 @@ class NatsFanout:
     async def _received(self, feed: TenantFeed, msg: Msg) -> None:
         try:
             raw = json.loads(msg.data)
-            event, prev = _event_from(raw), int(raw.get("prev") or 0)
+            event, prev = Event.from_shared(raw), int(raw.get("prev") or 0)
         except (ValueError, KeyError, TypeError):
             log.warning("ignored a malformed event from NATS", subject=msg.subject)
             return
@@ -462,17 +432,7 @@ class NatsFanout:
     def publish_live(self, event: Event) -> None:
         if self.nc is None or not self.nc.is_connected:
             return  # best effort, like NOTIFY: the durable state reaches readers through the outbox
-        payload = json.dumps(
-            {
-                "origin": self.origin,
-                "audience": event.audience,
-                "user_id": event.user_id,
-                "type": event.type,
-                "data": event.data,
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ).encode()
+        payload = shared_json(event, origin=self.origin).encode()
         asyncio.get_running_loop().create_task(self._send_live(self._live_subject(event.tenant_id), payload))
 
     async def _send_live(self, subject: str, payload: bytes) -> None:
@@ -485,9 +445,9 @@ class NatsFanout:
             raw = json.loads(msg.data)
             if raw["origin"] == self.origin:
                 return
-            tenant_id = uuid.UUID(msg.subject.rsplit(".", 1)[1])
-            event = Event(None, tenant_id, raw["audience"], raw["user_id"], raw["type"], raw["data"])
-        except (ValueError, KeyError, TypeError, IndexError):
+            event = Event.from_shared(raw)
+        except (ValueError, KeyError, TypeError):
             log.warning("ignored a malformed live event from NATS", subject=msg.subject)
             return
-        self.deliver(event)
+        if msg.subject == self._live_subject(event.tenant_id):  # only what names its subject's tenant
+            self.deliver(event)

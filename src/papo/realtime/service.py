@@ -51,6 +51,36 @@ class Event:
             return {"type": "live", "event": self.type, "data": self.data}
         return {"type": "event", "id": self.id, "event": self.type, "data": self.data}
 
+    @classmethod
+    def from_shared(cls, raw: dict[str, Any]) -> Event:
+        """An event another process shared (`shared_json`); KeyError, ValueError or TypeError when
+        the message is malformed."""
+        created = raw["created_at"]
+        return cls(
+            id=raw["id"],
+            tenant_id=uuid.UUID(raw["tenant_id"]),
+            audience=raw["audience"],
+            user_id=raw["user_id"],
+            type=raw["type"],
+            data=raw["data"],
+            created_at=datetime.fromisoformat(created) if created else None,
+        )
+
+
+def shared_json(event: Event, **extra: Any) -> str:
+    """How processes pass an event to each other (NOTIFY payloads, NATS messages), with `extra`
+    fields of the carrier's own (the sending process, the tenant's previous event)."""
+    shared = {
+        "id": event.id,
+        "tenant_id": str(event.tenant_id),
+        "audience": event.audience,
+        "user_id": event.user_id,
+        "type": event.type,
+        "data": event.data,
+        "created_at": event.created_at.isoformat() if event.created_at else None,
+    }
+    return json.dumps({**shared, **extra}, separators=(",", ":"), ensure_ascii=False)
+
 
 def emit(
     session: AsyncSession,
