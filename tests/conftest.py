@@ -91,9 +91,20 @@ def tmp_data_dir() -> Iterator[Path]:
     remove_tree(root)
 
 
+async def provision(server_url: URL, tmp_data_dir: Path) -> ProvisionedDatabase:
+    """A new database on `server_url`, migrated, with its own runtime role (papo_app_<database>),
+    which `drop_database` removes with it: a shared server's papo_app belongs to whoever installed
+    papo there."""
+    name = "papo_test_" + secrets.token_hex(4)
+    owner_url = server_url.set(database=name)
+    app_url = derive_app_url(owner_url, default_app_role(name), app_role_password(tmp_data_dir))
+    await ensure_database(owner_url)
+    await migrate(owner_url, app_url, create_app_role=True)
+    return ProvisionedDatabase(owner_url, app_url, server_url.set(database="postgres"))
+
+
 @pytest.fixture(scope="session")
 async def database(tmp_data_dir: Path) -> AsyncIterator[ProvisionedDatabase]:
-    name = "papo_test_" + secrets.token_hex(4)
     configured = Settings(_env_file=None).test_database_url  # type: ignore[call-arg]
     embedded = None
     pgdata = None
@@ -102,14 +113,9 @@ async def database(tmp_data_dir: Path) -> AsyncIterator[ProvisionedDatabase]:
     else:
         pgdata = tmp_data_dir.parent / "pgdata"
         embedded, server_url = start_embedded(pgdata, throwaway=True)
-    owner_url = server_url.set(database=name)
-    # This run's own runtime role (papo_app_<database>), dropped with the database: a shared server's
-    # papo_app belongs to whoever installed papo there.
-    app_url = derive_app_url(owner_url, default_app_role(name), app_role_password(tmp_data_dir))
-    await ensure_database(owner_url)
-    await migrate(owner_url, app_url, create_app_role=True)
-    yield ProvisionedDatabase(owner_url, app_url, server_url.set(database="postgres"))
-    await drop_database(server_url.set(database="postgres"), name, app_url.username)
+    provisioned = await provision(server_url, tmp_data_dir)
+    yield provisioned
+    await drop_database(provisioned.admin_url, provisioned.owner_url.database, provisioned.app_url.username)
     if embedded is not None:
         embedded.cleanup()
     if pgdata is not None:
@@ -271,21 +277,17 @@ class Isolated:
 
 @pytest.fixture
 async def isolated(database: ProvisionedDatabase, settings: Settings, tmp_data_dir: Path) -> AsyncIterator[Isolated]:
-    name = "papo_test_" + secrets.token_hex(4)
-    owner_url = database.owner_url.set(database=name)
-    app_url = derive_app_url(owner_url, default_app_role(name), app_role_password(tmp_data_dir))
-    await ensure_database(owner_url)
-    await migrate(owner_url, app_url, create_app_role=True)
+    provisioned = await provision(database.owner_url, tmp_data_dir)
     own = settings.model_copy(
         update={
-            "database_url": owner_url.render_as_string(hide_password=False),
-            "app_database_url": app_url.render_as_string(hide_password=False),
+            "database_url": provisioned.owner_url.render_as_string(hide_password=False),
+            "app_database_url": provisioned.app_url.render_as_string(hide_password=False),
         }
     )
-    pool = Database(app_url, pool_size=2)
+    pool = Database(provisioned.app_url, pool_size=2)
     yield Isolated(own, pool)
     await pool.dispose()
-    await drop_database(database.admin_url, name, app_url.username)
+    await drop_database(provisioned.admin_url, provisioned.owner_url.database, provisioned.app_url.username)
 
 
 @pytest.fixture(scope="session")
