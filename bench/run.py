@@ -41,6 +41,7 @@ from papo.chat.service import ChatService
 from papo.db.engine import Database, locate_database
 from papo.db.migrate import ensure_database, migrate
 from papo.settings import Settings
+from profiling import CpuMeter, postgres_pids, process_tree, profiled
 
 BENCH_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
@@ -142,6 +143,7 @@ WORDS = [
     "resultado",
 ]
 RARE_WORD = "xilofone"
+METRICS_TOKEN = "bench-metrics-" + uuid.uuid4().hex
 COMMON_WORD = "projeto"
 
 
@@ -229,8 +231,9 @@ class BenchServer:
 
 
 class Bench:
-    def __init__(self, seconds: float, connections: int, total_messages: int) -> None:
+    def __init__(self, seconds: float, connections: int, total_messages: int, profile_dir: Path | None) -> None:
         self.seconds = seconds
+        self.profile_dir = profile_dir
         self.connections = connections
         self.total_messages = total_messages
         self.server = BenchServer("core")
@@ -262,7 +265,18 @@ class Bench:
             return chat.id
 
     async def start_servers(self) -> None:
-        await self.server.serve(PAPO_PORT)
+        # As an operator runs it: metrics, JSON access logs (produced, then thrown away) and the
+        # per-user message limit on, set above what the load generator's one user sends.
+        self.papo_process = await self.server.serve(
+            PAPO_PORT,
+            quiet=True,
+            PAPO_LOG_LEVEL="INFO",
+            PAPO_LOG_JSON="true",
+            PAPO_METRICS_ENABLED="true",
+            PAPO_RATE_LIMITS_ENABLED="true",
+            PAPO_RATE_LIMIT_USER_MESSAGES_PER_MINUTE="100000000",
+            PAPO_METRICS_TOKEN=METRICS_TOKEN,
+        )
         baseline = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -289,9 +303,9 @@ class Bench:
             "\n1. Message path (one worker each, same load generator, "
             f"{self.connections} connections, {self.seconds:.0f} s)"
         )
-        for label, pick in (
-            ("spread over 200 sessions", lambda n: self.sessions[n % 200]),
-            ("one hot session", lambda n: self.sessions[0]),
+        for label, pick, target in (
+            ("spread over 200 sessions", lambda n: self.sessions[n % 200], 0.5),
+            ("one hot session", lambda n: self.sessions[0], 0.3),
         ):
 
             def papo_request(n: int, pick: Any = pick) -> bytes:
@@ -304,12 +318,26 @@ class Bench:
             await run_load(HOST, BASE_PORT, base_request, connections=self.connections, seconds=1)
             # Alternate the two in halves, so a burst of background noise hurts both alike.
             papo_runs, base_runs = [], []
-            for _ in range(2):
-                papo_runs.append(
-                    await run_load(
-                        HOST, PAPO_PORT, papo_request, connections=self.connections, seconds=self.seconds / 2
+            meter = CpuMeter(
+                papo=lambda: [self.papo_process.pid],
+                scoring=lambda: process_tree(self.papo_process.pid)[1:],  # its sentiment child
+                postgres=postgres_pids,
+            )
+            cpu = {"papo": 0.0, "scoring": 0.0, "postgres": 0.0}
+            statements = 0.0
+            for half in range(2):
+                profile = self.profile_dir / f"message-path-{label.split()[0]}.txt" if self.profile_dir else None
+                statements -= await self.statements_run()
+                meter.start()
+                async with profiled(self.papo_process.pid if half == 0 else None, profile):
+                    papo_runs.append(
+                        await run_load(
+                            HOST, PAPO_PORT, papo_request, connections=self.connections, seconds=self.seconds / 2
+                        )
                     )
-                )
+                for name, seconds in meter.stop().items():
+                    cpu[name] += seconds
+                statements += await self.statements_run()
                 base_runs.append(
                     await run_load(
                         HOST, BASE_PORT, base_request, connections=self.connections, seconds=self.seconds / 2
@@ -321,7 +349,29 @@ class Bench:
             print(f"    papo     {papo_result.summary()}")
             print(f"    baseline {base_result.summary()}")
             print(f"    ratio {ratio:.2f}")
-            print(verdict(ratio >= 0.5 and papo_result.errors == 0, f"papo/baseline = {ratio:.2f} (target ≥ 0.5)"))
+            print(
+                f"    per papo request: {1000 * cpu['papo'] / papo_result.requests:.2f} ms CPU in papo serve, "
+                f"{1000 * cpu['scoring'] / papo_result.requests:.2f} ms in its sentiment child (niced), "
+                f"{1000 * cpu['postgres'] / papo_result.requests:.2f} ms in PostgreSQL, "
+                f"{statements / papo_result.requests:.1f} statements (background work included)"
+            )
+            print(
+                verdict(
+                    ratio >= target and papo_result.errors == 0,
+                    f"papo/baseline = {ratio:.2f} (target ≥ {target}), {papo_result.errors} errors",
+                )
+            )
+
+    async def statements_run(self) -> float:
+        """Statements the papo server has sent to PostgreSQL so far (its /metrics)."""
+        async with httpx.AsyncClient() as client:
+            response = await client.get(
+                f"http://{HOST}:{PAPO_PORT}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+            )
+        for line in response.text.splitlines():
+            if line.startswith("papo_db_query_duration_seconds_count"):
+                return float(line.split()[-1])
+        raise RuntimeError("papo's /metrics has no papo_db_query_duration_seconds_count")
 
     async def fill_session(self, count: int) -> uuid.UUID:
         session_id = await self.new_session("history")
@@ -501,8 +551,9 @@ async def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--messages", type=int, default=1_000_000, help="messages in the table for 2 and 3")
     parser.add_argument("--only", choices=["messages"], help="run only the message-path benchmark")
+    parser.add_argument("--profile", type=Path, help="record the server with py-spy into this directory")
     args = parser.parse_args()
-    bench = Bench(args.seconds, args.connections, args.messages)
+    bench = Bench(args.seconds, args.connections, args.messages, args.profile)
     print(f"papo benchmark — {os.cpu_count()} cores, PostgreSQL embedded, {time.strftime('%Y-%m-%d %H:%M')}")
     try:
         await bench.run(args.only)

@@ -39,7 +39,7 @@ from papo.db.server import async_url
 from papo.errors import install_error_handlers
 from papo.insights.api import InsightsRuntime
 from papo.insights.api import router as insights_router
-from papo.insights.sentiment import SentimentScorer
+from papo.insights.sentiment import ChildProcessScorer
 from papo.insights.service import SentimentWorker
 from papo.ops.alerts import Alerts
 from papo.ops.api import OpsRuntime
@@ -167,7 +167,7 @@ def create_app(
                 workers.start("whatsapp-clean-up", partial(clean_up_loop, db, settings, whatsapp))
             if settings.sentiment_enabled:
                 scoring = OutboxConsumer(
-                    db, "sentiment", SentimentWorker(SentimentScorer(settings.sentiment_default_language))
+                    db, "sentiment", SentimentWorker(ChildProcessScorer(settings.sentiment_default_language))
                 )
                 hub.follow(scoring.wake)
                 workers.start("sentiment", scoring.run)

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     database_name: str = "papo"
     database_restrict_connect: bool = True
     test_database_url: str | None = None
-    db_pool_size: int = 10
+    db_pool_size: int = 20
 
     # Server
     host: str = "127.0.0.1"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections import defaultdict
@@ -19,7 +18,7 @@ from papo.auth.service import Principal
 from papo.db.engine import driver
 from papo.errors import BadRequest
 from papo.insights.models import MessageSentiment
-from papo.insights.sentiment import SentimentScorer
+from papo.insights.sentiment import ChildProcessScorer
 from papo.realtime.service import Event
 
 MAX_SCORED_CHARS = 2000  # the opening of a long message says enough, and scoring time stays bounded
@@ -29,7 +28,7 @@ MAX_REPORT_DAYS = 366
 class SentimentWorker:
     """Outbox handler: every new user or customer message gets a score, off the sending path."""
 
-    def __init__(self, scorer: SentimentScorer) -> None:
+    def __init__(self, scorer: ChildProcessScorer) -> None:
         self.scorer = scorer
 
     async def __call__(self, session: AsyncSession, events: Sequence[Event]) -> None:
@@ -42,7 +41,7 @@ class SentimentWorker:
         ]
         if not wanted:
             return
-        scores = await asyncio.to_thread(lambda: [self.scorer.score(text) for _, _, text in wanted])
+        scores = await self.scorer.score_many([text for _, _, text in wanted])
         payload = [
             {
                 "tenant_id": str(tenant_id),
