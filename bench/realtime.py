@@ -2,9 +2,13 @@
 
 papo (auth, outbox in the message's transaction, NOTIFY wake-up, relay, per-subscriber routing) is
 measured beside a bare baseline: one asyncpg LISTEN connection forwarding NOTIFY payloads to the
-same number of WebSockets. Subscribers are 10 users x 100 connections; each message goes to its
-user's 100. Latency runs from the write (papo: the message's created_at, stamped in its transaction just before
-it commits; baseline: just before pg_notify is sent) to the moment a subscriber has the event.
+same number of WebSockets. Messages are written by this script through papo's chat service (as a
+second papo process behind the load balancer would: same transaction, outbox and stamping), so the
+measured server process does the fan-out alone, like the baseline. Subscribers are 10 users x 100
+connections; each message goes to its user's 100. Latency runs from the write (papo: the message's
+created_at, stamped in its transaction just before it commits; baseline: just before pg_notify is
+sent) to the moment a subscriber has the event. Both sides' subscribers are this script's sockets:
+at the top rates this process (1,000 sockets, 20,000 JSON messages a second) shares the two cores.
 Verdict (issue 17): the highest rate papo sustains with p99 within 2x the baseline's p99 at the
 same rate and at least 95 % delivered must reach 20,000 deliveries/s. A send that fails (an HTTP
 error, a dropped connection) is counted and printed, not fatal.
@@ -19,6 +23,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,8 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import papo.models  # noqa: F401  (every table, so cross-feature foreign keys resolve)
 from papo.auth import service as auth_service
 from papo.auth.models import Role
+from papo.auth.service import Principal
 from papo.auth.tokens import SigningKey, issue_token
+from papo.chat.models import MessageRole
+from papo.chat.service import ChatService
 from papo.db.engine import Database
+from profiling import CpuMeter, profiled
 from run import HOST, BenchServer, plain_dsn, verdict, wait_healthy
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -118,7 +127,10 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rates", default="5,10,20,40,80", help="messages per second, comma-separated")
+    parser.add_argument("--rates", default="10,20,40,80,160,200", help="messages per second, comma-separated")
+    parser.add_argument(
+        "--profile", type=Path, help="record papo's server with py-spy at the highest rate, into this directory"
+    )
     args = parser.parse_args()
     per_user = args.subscribers // USERS
     rates = [float(r) for r in args.rates.split(",")]
@@ -146,7 +158,9 @@ async def main() -> None:
             issue_token(settings, key, tenant_id=tenant.id, user_id=u, role="member", ttl_seconds=3600)[0]
             for u in users
         ]
-        await server.serve(PAPO_PORT, PAPO_REALTIME_QUEUE_SIZE="100000", PAPO_REALTIME_MAX_STREAMS_PER_USER="0")
+        papo_process = await server.serve(
+            PAPO_PORT, PAPO_REALTIME_QUEUE_SIZE="100000", PAPO_REALTIME_MAX_STREAMS_PER_USER="0"
+        )
         server.processes.append(
             await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -178,22 +192,23 @@ async def main() -> None:
                 )
                 sessions.append(response.json()["id"])
 
+            writers = Database(location.app_url, pool_size=20)
+
             async def papo_send(n: int) -> None:
                 user = n % USERS
-                response = await http.post(
-                    f"/api/v1/sessions/{sessions[user]}/messages",
-                    json={"content": repr(time.time())},
-                    headers={"Authorization": f"Bearer {tokens[user]}"},
-                )
-                response.raise_for_status()  # a refusal is a failed send too
+                principal = Principal(tenant.id, users[user], Role.member.value)
+                async with writers.transaction(principal.context()) as session:
+                    chat = ChatService(session, principal, settings)
+                    await chat.add_message(uuid.UUID(sessions[user]), MessageRole.user, repr(time.time()))
 
-            notifier = await asyncpg.connect(plain_dsn(location.owner_url))
+            notifier = await asyncpg.create_pool(plain_dsn(location.owner_url), min_size=4, max_size=20)
 
             async def baseline_send(n: int) -> None:
                 payload = json.dumps({"user": f"u{n % USERS}", "sent": time.time()})
                 await notifier.execute("SELECT pg_notify('bench', $1)", payload)
 
             results: dict[str, dict[float, tuple[float, float, float, int]]] = {"papo": {}, "baseline": {}}
+            cpu: dict[float, float] = {}  # papo server's CPU seconds per rate
             failures: dict[str, dict[float, int]] = {"papo": {}, "baseline": {}}
             for name, subscribe, send in (
                 ("papo", lambda: papo_subscribers(tokens, per_user), papo_send),
@@ -202,15 +217,24 @@ async def main() -> None:
                 subscribers = await subscribe()
                 for rate in rates:
                     subscribers.latencies.clear()
-                    failures[name][rate] = await drive(rate, args.seconds, send)
+                    profile = args.profile / "realtime-fan-out.txt" if args.profile else None
+                    recorded = papo_process.pid if name == "papo" and rate == rates[-1] else None
+                    meter = CpuMeter(server=lambda: [papo_process.pid])
+                    meter.start()
+                    async with profiled(recorded, profile):
+                        failures[name][rate] = await drive(rate, args.seconds, send)
+                    if name == "papo":
+                        cpu[rate] = meter.stop()["server"]
                     lat = subscribers.latencies
                     results[name][rate] = (percentile(lat, 0.5), percentile(lat, 0.95), percentile(lat, 0.99), len(lat))
                 await subscribers.close()
             await notifier.close()
+            await writers.dispose()
 
         print(
             f"\n  {'rate/s':>7} {'deliveries':>11} | {'papo p50':>9} {'p95':>7} {'p99':>7} | "
-            f"{'baseline p50':>12} {'p95':>7} {'p99':>7} | {'p99 ratio':>9} | {'failed sends':>12}"
+            f"{'baseline p50':>12} {'p95':>7} {'p99':>7} | {'p99 ratio':>9} | {'failed sends':>12} | "
+            f"{'µs CPU/delivery':>15}"
         )
         best = {"papo": 0.0, "baseline": 0.0}
         within = 0.0  # the highest rate where papo's p99 stays within 2x the baseline's, all delivered
@@ -225,7 +249,8 @@ async def main() -> None:
             print(
                 f"  {rate:7.0f} {p[3]:11d} | {p[0]:9.1f} {p[1]:7.1f} {p[2]:7.1f} | "
                 f"{b[0]:12.1f} {b[1]:7.1f} {b[2]:7.1f} | {p[2] / b[2]:9.2f} | "
-                f"{failures['papo'][rate]:5d} / {failures['baseline'][rate]:<5d}"
+                f"{failures['papo'][rate]:5d} / {failures['baseline'][rate]:<5d} | "
+                f"{1e6 * cpu[rate] / max(1, p[3]):15.0f}"
             )
         print(
             f"\n  highest rate with p99 < 250 ms and ≥95% delivered: papo {best['papo']:.0f} msg/s "

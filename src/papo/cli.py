@@ -501,12 +501,22 @@ def serve(
                 workers=settings.workers,
                 log_config=None,
                 access_log=False,
+                ws_per_message_deflate=False,
             )
         finally:
             location.stop()
         return
     application = create_app(settings, on_ready=print_banner if demo else None)
-    uvicorn.run(application, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    # No permessage-deflate: events are a few hundred bytes, and compressing each one again for every
+    # subscriber took more of the fan-out's CPU than framing and sending it (`make bench-realtime`).
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        ws_per_message_deflate=False,
+    )
 
 
 async def _demo_banner_only(settings: Settings) -> None:

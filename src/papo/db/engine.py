@@ -293,11 +293,19 @@ class Database:
 
     async def call(self, statement: str, *args: Any) -> Any:
         """One statement as its own transaction, outside any unit of work (a definer function's call
-        whose result needs no context): one round trip."""
+        whose result needs no context): one round trip. Its single value."""
+        return await self._alone("fetchval", statement, *args)
+
+    async def rows(self, statement: str, *args: Any) -> list[Any]:
+        """Like `call`, for a statement's rows."""
+        rows: list[Any] = await self._alone("fetch", statement, *args)
+        return rows
+
+    async def _alone(self, method: str, statement: str, *args: Any) -> Any:
         try:
             async with self.engine.connect() as connection:
                 raw: asyncpg.Connection = (await connection.get_raw_connection()).driver_connection
-                return await raw.fetchval(statement, *args)
+                return await getattr(raw, method)(statement, *args)
         except Exception as exc:
             if database_unreachable(exc):
                 raise DatabaseUnavailable from exc

@@ -68,8 +68,10 @@ class RealtimeRuntime(Protocol):
 
 async def event_stream(
     state: RealtimeRuntime, subscriber: Subscriber, since: int | None
-) -> AsyncIterator[dict[str, Any]]:
-    """Replay from `since`, then live events, as wire messages. `subscriber` must already be subscribed."""
+) -> AsyncIterator[dict[str, Any] | Event]:
+    """Replay from `since`, then live events: events (each serialised once, `Event.wire_text`, for
+    all its subscribers) and control messages (resync, ready, heartbeat) as wire dicts.
+    `subscriber` must already be subscribed."""
     context = subscriber.principal.context()
     await state.hub.join_feed(subscriber)
     await stamp_events(state.db)  # "now" covers the writes this client saw return
@@ -89,7 +91,7 @@ async def event_stream(
             replayed = await read_own_events(session, last, REPLAY_BATCH)
         for event in replayed:
             assert event.id is not None  # the outbox numbers every event
-            yield event.wire()
+            yield event
             last = event.id
         if len(replayed) < REPLAY_BATCH:
             break
@@ -112,15 +114,27 @@ async def event_stream(
             continue
         if held_back is not None:
             event, held_back = held_back, None
+        elif not subscriber.queue.empty():  # a burst: no timer per event
+            if (queued := subscriber.queue.get_nowait()) is None:
+                continue
+            event = queued
         else:
+            # Asleep until an event, the heartbeat or the token's expiry: an ending stream is woken
+            # through its queue (Subscriber.end), so a thousand idle streams cost no timers a second.
+            wait = heartbeat - (time.monotonic() - quiet_since)
+            if expires_at is not None:
+                wait = min(wait, expires_at + state.settings.auth_leeway_seconds - time.time())
             try:
-                async with asyncio.timeout(min(heartbeat, 1.0)):  # not wait_for: see papo.waiting
-                    event = await subscriber.queue.get()
+                async with asyncio.timeout(max(wait, 0.05)):  # not wait_for: see papo.waiting
+                    waiting = await subscriber.queue.get()
             except TimeoutError:
                 if time.monotonic() - quiet_since >= heartbeat:
                     quiet_since = time.monotonic()
                     yield HEARTBEAT  # lets SSE keep proxies from closing an idle stream
                 continue
+            if waiting is None:  # woken to look at its state
+                continue
+            event = waiting
             if not subscriber.cleared.is_set() or subscriber.ended is not None:
                 held_back = event  # a notice arrived while we waited: the re-check decides
                 continue
@@ -128,10 +142,10 @@ async def event_stream(
         if not event.visible_to(principal.tenant_id, principal.user_id, principal.role):
             continue
         if event.id is None:  # live: never replayed, so never a duplicate
-            yield event.wire()
+            yield event
             quiet_since = time.monotonic()
         elif event.id > last:
-            yield event.wire()
+            yield event
             last = event.id
             quiet_since = time.monotonic()
 
@@ -178,10 +192,11 @@ async def server_sent_events(
             async for message in event_stream(state, subscriber, since):
                 if message is HEARTBEAT:
                     yield ": keep-alive\n\n"
-                    continue
-                prefix = f"id: {message['id']}\n" if message["type"] == "event" else ""
-                name = message.get("event") or message["type"]
-                yield f"{prefix}event: {name}\ndata: {json.dumps(message, separators=(',', ':'))}\n\n"
+                elif isinstance(message, Event):
+                    prefix = f"id: {message.id}\n" if message.id is not None else ""
+                    yield f"{prefix}event: {message.type}\ndata: {message.wire_text}\n\n"
+                else:
+                    yield f"event: {message['type']}\ndata: {json.dumps(message, separators=(',', ':'))}\n\n"
         except StreamEnded as ended:
             yield f"event: error\ndata: {json.dumps({'type': 'error', 'detail': ended.reason})}\n\n"
         finally:
@@ -247,7 +262,9 @@ async def realtime_socket(websocket: WebSocket) -> None:
 
 async def _send_events(websocket: WebSocket, state: RealtimeRuntime, subscriber: Subscriber, since: int | None) -> None:
     async for message in event_stream(state, subscriber, since):
-        if message is not HEARTBEAT:  # WebSocket liveness is the protocol's ping/pong
+        if isinstance(message, Event):
+            await websocket.send_text(message.wire_text)
+        elif message is not HEARTBEAT:  # WebSocket liveness is the protocol's ping/pong
             await websocket.send_text(json.dumps(message, separators=(",", ":")))
 
 

@@ -18,6 +18,9 @@ from papo.realtime.service import Event, read_all_events
 from papo.waiting import work_when_woken
 
 Handler = Callable[[AsyncSession, Sequence[Event]], Awaitable[None]]
+# After a wake-up a consumer lets this long's events gather before its round: woken by every relay
+# round, it otherwise spent a transaction per message at low rates, as much CPU as the fan-out.
+SETTLE_SECONDS = 0.1
 
 
 class OutboxConsumer:
@@ -30,6 +33,7 @@ class OutboxConsumer:
         self.batch = batch
         self.poll_seconds = poll_seconds
         self.wake = asyncio.Event()  # set by the hub's relay when new events were committed
+        self.behind = False  # the last batch was full
 
     async def run_once(self) -> int | None:
         """One batch: how many events it covered, or None when another process holds the cursor."""
@@ -48,4 +52,7 @@ class OutboxConsumer:
 
     async def _full_batch(self) -> bool:
         """One batch; True when it was full (there may be more right away)."""
-        return (await self.run_once() or 0) >= self.batch
+        if not self.behind:
+            await asyncio.sleep(SETTLE_SECONDS)
+        self.behind = (await self.run_once() or 0) >= self.batch
+        return self.behind

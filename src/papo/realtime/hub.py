@@ -35,7 +35,7 @@ from papo.ops.metrics import REALTIME_CONNECTIONS, REALTIME_EVENT_LAG
 from papo.realtime.access import ACCESS_CHANNEL, Grant, Notice, standings, verdict
 from papo.realtime.codes import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 from papo.realtime.nats_fanout import NATS_TROUBLE, NatsFanout
-from papo.realtime.service import Event, bounds, read_all_events, shared_json, stamp_events
+from papo.realtime.service import Event, bounds, relay_events, shared_json, stamp_events
 from papo.waiting import wake_or_timeout, work_when_woken
 
 log = structlog.get_logger(__name__)
@@ -60,7 +60,7 @@ class Subscriber:
     capacity: int
     transport: str
     web_session_id: uuid.UUID | None = None  # the browser session it came from, if any
-    queue: asyncio.Queue[Event] = field(init=False)
+    queue: asyncio.Queue[Event | None] = field(init=False)  # None: a wake-up to look at its state
     overflowed: asyncio.Event = field(default_factory=asyncio.Event)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     ended: tuple[int, str] | None = None  # (close code, reason) once the stream must end
@@ -82,6 +82,8 @@ class Subscriber:
             self.ended = (code, reason)
         self.closing.set()
         self.cleared.set()
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue is being drained: it sees `ended`
+            self.queue.put_nowait(None)
 
     def hold(self) -> None:
         if self.cleared.is_set() and self.ended is None:
@@ -141,6 +143,8 @@ class EventHub:
         self.queue_size = queue_size
         self.subscribers: set[Subscriber] = set()
         self.by_tenant: dict[uuid.UUID, set[Subscriber]] = {}
+        # a member's own events go to their streams only, not past every stream of the tenant
+        self.by_member: dict[tuple[uuid.UUID, str | None], set[Subscriber]] = {}
         self.per_user: Counter[tuple[uuid.UUID, str | None]] = Counter()
         self.access_check_seconds = max(1.0, access_check_seconds)
         self.to_review: set[Subscriber] = set()
@@ -149,6 +153,7 @@ class EventHub:
         self.access_task: asyncio.Task[None] | None = None
         self.last_id = 0
         self.wake = asyncio.Event()
+        self.stamped_notice = False  # the relay was woken by a stamping's NOTIFY
         self.listener: asyncpg.Connection | None = None
         self.followers: list[asyncio.Event] = []
         self.channels: dict[str, Callable[[str], None]] = {}
@@ -228,6 +233,7 @@ class EventHub:
         subscriber = Subscriber(principal, self.queue_size, transport, web_session_id)
         self.subscribers.add(subscriber)
         self.by_tenant.setdefault(principal.tenant_id, set()).add(subscriber)
+        self.by_member.setdefault((principal.tenant_id, principal.user_id), set()).add(subscriber)
         self.per_user[(principal.tenant_id, principal.user_id)] += 1
         REALTIME_CONNECTIONS.labels(transport).inc()
         subscriber.hold()
@@ -248,6 +254,11 @@ class EventHub:
                 self.nats.unfollow(tenant_id)
             self.to_review.discard(subscriber)
             key = (subscriber.principal.tenant_id, subscriber.principal.user_id)
+            own = self.by_member.get(key)
+            if own is not None:
+                own.discard(subscriber)
+                if not own:
+                    del self.by_member[key]
             self.per_user[key] -= 1
             if self.per_user[key] <= 0:
                 del self.per_user[key]
@@ -282,7 +293,11 @@ class EventHub:
         self.outgoing_ready.set()
 
     def _deliver(self, event: Event) -> None:
-        for subscriber in list(self.by_tenant.get(event.tenant_id, ())):
+        if event.audience == "user":
+            candidates = self.by_member.get((event.tenant_id, event.user_id), ())
+        else:  # staff events: every stream of the tenant, each checked for its role
+            candidates = self.by_tenant.get(event.tenant_id, ())
+        for subscriber in list(candidates):
             subscriber.offer(event)
 
     async def _notify_others(self) -> None:
@@ -331,6 +346,7 @@ class EventHub:
         self.wake.set()  # catch up on whatever was committed while not listening
 
     def _notified(self, *_: Any) -> None:
+        self.stamped_notice = True
         self.wake.set()
 
     def _access_notified(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
@@ -416,11 +432,13 @@ class EventHub:
     async def _relay(self) -> None:
         if self.nats is not None:
             return  # events arrive through the tenants' feeds
-        # events whose publisher could not stamp them (it died between its commit and its stamp)
-        await stamp_events(self.db)
+        if not self.stamped_notice:
+            # a poll or a reconnect, not a stamping's NOTIFY: stamp what a publisher that died between
+            # its commit and its stamping left unnumbered (after a NOTIFY, the stamping just ran)
+            await stamp_events(self.db)
+        self.stamped_notice = False
         while True:
-            async with self.db.transaction() as session:
-                events = await read_all_events(session, self.last_id, BATCH)
+            events = await relay_events(self.db, self.last_id, BATCH)
             now = time.time()
             for follower in self.followers if events else ():
                 follower.set()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 import weakref
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import structlog
@@ -50,6 +52,11 @@ class Event:
         if self.id is None:
             return {"type": "live", "event": self.type, "data": self.data}
         return {"type": "event", "id": self.id, "event": self.type, "data": self.data}
+
+    @cached_property
+    def wire_text(self) -> str:
+        """`wire()` as JSON, made once however many subscribers the event goes to."""
+        return json.dumps(self.wire(), separators=(",", ":"), default=str)
 
     @classmethod
     def from_shared(cls, raw: dict[str, Any]) -> Event:
@@ -115,9 +122,10 @@ def _publish(session: AsyncSession) -> str | None:
 
 
 STAMP_BATCH = 10_000
-# How long a stamping waits for more commits to join it. Each stamping is a serialised transaction
-# with its own commit; under load, gathering a few milliseconds' commits into one costs the
-# database far less than stamping back to back (`make bench-scale`), and adds that much latency.
+# Stampings start at most this often. Each is a serialised transaction with its own commit; under
+# load, gathering a few milliseconds' commits into one costs the database far less than stamping
+# back to back (`make bench-scale`). A quiet process stamps at once: the pause is only taken when
+# the previous stamping started less than this long ago, so it adds no latency at low rates.
 STAMP_GATHER_SECONDS = 0.005
 STAMP_ATTEMPTS = 3
 
@@ -137,6 +145,7 @@ class Stamper:
         self.next: asyncio.Future[None] | None = None
         self.waited_for = False
         self.runner: asyncio.Task[None] | None = None
+        self.last_started = 0.0  # time.monotonic() when the last stamping started
 
     def request(self, *, waited_for: bool = False) -> asyncio.Future[None]:
         """A stamping that starts after this call, started now unless one is running. One somebody
@@ -154,8 +163,10 @@ class Stamper:
 
     async def _run(self) -> None:
         while self.next is not None:
-            if not self.waited_for:
-                await asyncio.sleep(STAMP_GATHER_SECONDS)
+            pause = self.last_started + STAMP_GATHER_SECONDS - time.monotonic()
+            if pause > 0 and not self.waited_for:
+                await asyncio.sleep(pause)
+            self.last_started = time.monotonic()
             current, self.next, self.waited_for = self.next, None, False
             for attempt in range(1, STAMP_ATTEMPTS + 1):
                 try:
@@ -218,10 +229,17 @@ async def read_own_events(session: AsyncSession, after: int, limit: int) -> list
     return [_event(row) for row in rows]
 
 
+EVENTS_AFTER = "SELECT * FROM papo_events_after($1, $2)"
+
+
 async def read_all_events(session: AsyncSession, after: int, limit: int) -> list[Event]:
-    """The relay's read: every tenant's events after `after` (route them with Event.visible_to)."""
-    rows = await driver(session).fetch("SELECT * FROM papo_events_after($1, $2)", after, limit)
-    return [_event(row) for row in rows]
+    """Every tenant's events after `after` (route them with Event.visible_to), in a unit of work."""
+    return [_event(row) for row in await driver(session).fetch(EVENTS_AFTER, after, limit)]
+
+
+async def relay_events(db: Database, after: int, limit: int) -> list[Event]:
+    """The same read as one statement outside any unit of work: one round trip per relay round."""
+    return [_event(row) for row in await db.rows(EVENTS_AFTER, after, limit)]
 
 
 async def read_tenant_events(session: AsyncSession, tenant_id: uuid.UUID, after: int, limit: int) -> list[Event]:

@@ -337,8 +337,11 @@ class WebhookSender:
             if event.type in EVENT_TYPES
         ]
         if wanted:
-            await driver(session).execute("SELECT papo_webhook_fan_out($1::jsonb)", json.dumps(wanted, default=str))
-            after_commit(session, self.wake.set)
+            added = await driver(session).fetchval(
+                "SELECT papo_webhook_fan_out($1::jsonb)", json.dumps(wanted, default=str)
+            )
+            if added:  # most events have no subscriber: no sender round for them
+                after_commit(session, self.wake.set)
 
     async def run(self) -> None:
         try:
