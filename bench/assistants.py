@@ -39,6 +39,7 @@ from run import HOST, BenchServer, verdict  # noqa: E402
 
 PAPO_PORT = 8731
 USERS = 10
+BURST_TARGET_MS = 250
 SLOW_STREAM_SECONDS = 5.0  # about how long the fake provider's "fake-slow" answer takes to stream
 
 
@@ -182,7 +183,7 @@ async def main() -> None:
 
             header = f"{'direct p50':>10} {'p99':>7} | {'papo p50':>9} {'p99':>7} | {'added p50':>9} {'p99':>7}"
             print(f"\n  {'streams':>7} {'arrivals':>9} | {header}")
-            steady_added = 0.0
+            steady_added = burst_added99 = 0.0
             # burst: every stream asked at the same instant (a thundering herd, the worst case);
             # steady: requests arrive evenly while earlier replies still stream, so about `streams`
             # replies are in flight at once, as in a busy service.
@@ -200,6 +201,8 @@ async def main() -> None:
                 added99 = pct(through, 0.99) - pct(direct, 0.99)
                 if arrival == "steady":
                     steady_added = added50
+                if arrival == "burst":
+                    burst_added99 = added99
                 print(
                     f"  {streams:7d} {arrival:>9} | {statistics.median(direct):10.1f} {pct(direct, 0.99):7.1f} | "
                     f"{statistics.median(through):9.1f} {pct(through, 0.99):7.1f} | {added50:9.1f} {added99:7.1f}"
@@ -209,9 +212,10 @@ async def main() -> None:
         print(f"\n  papo event-loop lag over the run (last minute): {lag_figures}")
         print(
             verdict(
-                steady_added < 20,
-                f"added time to first token with {args.streams} replies streaming: {steady_added:.1f} ms p50 "
-                "(target < 20 ms)",
+                steady_added < 20 and burst_added99 <= BURST_TARGET_MS,
+                f"added time to first token: {steady_added:.1f} ms p50 with {args.streams} replies streaming "
+                f"(target < 20 ms); {burst_added99:.0f} ms p99 with {args.streams} started at once "
+                f"(issue 17's target ≤ {BURST_TARGET_MS} ms)",
             )
         )
     finally:

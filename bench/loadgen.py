@@ -92,20 +92,32 @@ async def run_load(
 
     async def worker() -> None:
         nonlocal errors, counter
-        reader, writer = await asyncio.open_connection(host, port)
+        writer: asyncio.StreamWriter | None = None
         try:
             while time.perf_counter() < deadline:
-                counter += 1
-                request = make_request(counter)
-                started = time.perf_counter()
-                writer.write(request)
-                status = await _read_response(reader)
+                try:
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection(host, port)
+                    counter += 1
+                    request = make_request(counter)
+                    started = time.perf_counter()
+                    writer.write(request)
+                    status = await _read_response(reader)
+                except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+                    # a connection closed without an answer (or a garbled one) is an error of the
+                    # run, counted like a refusal; the worker opens a new connection and goes on
+                    errors += 1
+                    if writer is not None:
+                        writer.close()
+                    writer = None
+                    continue
                 if expect(status):
                     latencies.append((time.perf_counter() - started) * 1000)
                 else:
                     errors += 1
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(connections)))
