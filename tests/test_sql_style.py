@@ -20,8 +20,7 @@ HOT_PATHS: dict[str, str] = {
     "chat/search.py": "one statement over the definer candidates function (CTE, LATERAL, ts_headline)",
     "assistants/usage.py": "metering on every reply",
     "realtime/service.py": "publishing and reading the outbox",
-    "whatsapp/webhook.py": "the Cloud API webhook's durable insert",
-    "whatsapp/ingest.py": "the webhook queue's batches",
+    "whatsapp/ingest.py": "the webhook queue: its one-statement durable insert and its batches",
 }
 STATEMENT = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b")
 TABLES = {table for tables in OWNERS.values() for table in tables}

@@ -37,6 +37,14 @@ class IngestQueue:
     def wake(self) -> None:
         self.ready.set()
 
+    async def queue(self, changes: list[dict[str, Any]]) -> list[str]:
+        """Queue a webhook's changes ({"phone_number_id", "payload"}) for the companies holding their
+        numbers, durably, in one statement (migration 0030); the numbers queued. Wakes the worker."""
+        queued: list[str] = await self.db.call("SELECT papo_queue_whatsapp_deliveries($1::jsonb)", json.dumps(changes))
+        if queued:
+            self.wake()
+        return queued
+
     async def run(self, handle: Callable[[SessionKey, Any], Awaitable[None]]) -> None:
         """Work off queued webhook deliveries (from any process): a sender's deliveries in order,
         different senders side by side; each row deleted once handled, claimed again if not."""
