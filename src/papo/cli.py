@@ -502,6 +502,7 @@ def serve(
                 log_config=None,
                 access_log=False,
                 ws_per_message_deflate=False,
+                timeout_keep_alive=settings.http_keep_alive_seconds,
             )
         finally:
             location.stop()
@@ -516,6 +517,7 @@ def serve(
         log_config=None,
         access_log=False,
         ws_per_message_deflate=False,
+        timeout_keep_alive=settings.http_keep_alive_seconds,
     )
 
 

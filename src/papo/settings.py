@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    # How long an idle keep-alive connection is kept. Longer than the clients' and proxies' own idle
+    # timeouts, so the server is not the side that closes: uvicorn's default of 5 s let a busy process
+    # close a connection whose next request had already arrived but not yet been read (the client
+    # saw its request dropped without an answer: `make bench-whatsapp` under load).
+    http_keep_alive_seconds: int = 75
     data_dir: Path = Path(".papo")
     public_url: str | None = None
     log_level: str = "INFO"

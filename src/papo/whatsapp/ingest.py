@@ -69,6 +69,8 @@ class IngestQueue:
                 (row, payload)
             )
 
+        handled: dict[uuid.UUID, list[int]] = {}
+
         async def lane(items: list[Any]) -> None:
             for row, payload in items:
                 key = SessionKey(row["delivery_tenant_id"], row["delivery_session_id"])
@@ -77,14 +79,19 @@ class IngestQueue:
                 except Exception as exc:
                     await self._delivery_failed(key, row["delivery_id"], row["delivery_attempts"], exc)
                     continue
-                async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
-                    await driver(session).execute(
-                        "DELETE FROM whatsapp_webhook_deliveries WHERE tenant_id = $1 AND id = $2",
-                        key.tenant_id,
-                        row["delivery_id"],
-                    )
+                handled.setdefault(key.tenant_id, []).append(row["delivery_id"])
 
         await asyncio.gather(*(lane(items) for items in lanes.values()))
+        # One delete per company for the whole batch, not a transaction per delivery. Should it not
+        # happen (the process dies first), the rows are claimed again and handled again: handling
+        # is idempotent (a message is stored once by its WhatsApp id).
+        for tenant_id, delivery_ids in handled.items():
+            async with self.db.transaction(service_principal(tenant_id).context()) as session:
+                await driver(session).execute(
+                    "DELETE FROM whatsapp_webhook_deliveries WHERE tenant_id = $1 AND id = ANY($2::bigint[])",
+                    tenant_id,
+                    delivery_ids,
+                )
         return len(rows)
 
     async def _delivery_failed(self, key: SessionKey, delivery_id: int, attempts: int, exc: Exception) -> None:
