@@ -123,3 +123,33 @@ async def test_usage_summary_counts_this_tenant_only(client: httpx.AsyncClient, 
     assert bad.status_code == 400
     too_long = await client.get("/api/v1/usage/summary?from=2020-01-01&to=2026-01-01", headers=admin.headers)
     assert too_long.status_code == 400
+
+
+CHILD_OF_A_KILLED_SERVER = """
+import asyncio, os
+from papo.insights.sentiment import ChildProcessScorer, _scoring_pool
+scores = asyncio.run(ChildProcessScorer("pt").score_many(["Adorei! Muito obrigado pela ajuda, excelente"]))
+(child,) = [process.pid for process in _scoring_pool()._processes.values()]
+print(scores[0].label, child, os.getpriority(os.PRIO_PROCESS, child), flush=True)
+os._exit(0)  # like SIGKILL: no clean-up runs
+"""
+
+
+def test_the_scoring_child_runs_below_its_server_and_ends_with_it() -> None:
+    """Scoring runs in a child process (off the server's interpreter lock, at a lower priority);
+    a server killed outright must not leave it behind."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    server = subprocess.run(
+        [sys.executable, "-c", CHILD_OF_A_KILLED_SERVER], capture_output=True, text=True, timeout=120, check=True
+    )
+    label, child, niceness = server.stdout.split()
+    assert label == "positive"
+    assert int(niceness) >= 10 + os.getpriority(os.PRIO_PROCESS, 0)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{child}"), "the scoring child outlived its server"

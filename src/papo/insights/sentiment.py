@@ -9,6 +9,7 @@ import asyncio
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -79,8 +80,18 @@ _pool: ProcessPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
-def _lower_priority() -> None:
+def _start_child() -> None:
+    """In the child: a lower priority, and an exit once the server is gone (a server killed outright
+    runs no clean-up that would stop its child, which would otherwise live on, orphaned)."""
     os.nice(CHILD_NICENESS)
+    server = os.getppid()
+
+    def exit_with_server() -> None:
+        while os.getppid() == server:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=exit_with_server, name="papo-scoring-watch", daemon=True).start()
 
 
 def _score_in_child(texts: list[str], default_language: str) -> list[Sentiment]:
@@ -95,7 +106,7 @@ def _scoring_pool(*, replace: ProcessPoolExecutor | None = None) -> ProcessPoolE
             if replace is not None:
                 replace.shutdown(wait=False, cancel_futures=True)
             # spawn, not fork: the server has threads and open connections a fork would copy
-            _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority)
+            _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_child)
         return _pool
 
 
