@@ -80,11 +80,11 @@ _pool: ProcessPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
-def _start_child() -> None:
+def _start_child(server: int) -> None:
     """In the child: a lower priority, and an exit once the server is gone (a server killed outright
-    runs no clean-up that would stop its child, which would otherwise live on, orphaned)."""
+    runs no clean-up that would stop its child, which would otherwise live on, orphaned). The
+    server's pid comes from the server: one that died while this child started is gone already."""
     os.nice(CHILD_NICENESS)
-    server = os.getppid()
 
     def exit_with_server() -> None:
         while os.getppid() == server:
@@ -106,7 +106,9 @@ def _scoring_pool(*, replace: ProcessPoolExecutor | None = None) -> ProcessPoolE
             if replace is not None:
                 replace.shutdown(wait=False, cancel_futures=True)
             # spawn, not fork: the server has threads and open connections a fork would copy
-            _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_child)
+            _pool = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_child, initargs=(os.getpid(),)
+            )
         return _pool
 
 
