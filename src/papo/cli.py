@@ -499,26 +499,25 @@ def serve(
                 host=settings.host,
                 port=settings.port,
                 workers=settings.workers,
-                log_config=None,
-                access_log=False,
-                ws_per_message_deflate=False,
-                timeout_keep_alive=settings.http_keep_alive_seconds,
+                **_server_options(settings),
             )
         finally:
             location.stop()
         return
     application = create_app(settings, on_ready=print_banner if demo else None)
-    # No permessage-deflate: events are a few hundred bytes, and compressing each one again for every
-    # subscriber took more of the fan-out's CPU than framing and sending it (`make bench-realtime`).
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        ws_per_message_deflate=False,
-        timeout_keep_alive=settings.http_keep_alive_seconds,
-    )
+    uvicorn.run(application, host=settings.host, port=settings.port, **_server_options(settings))
+
+
+def _server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for one process or several. Logging is papo's own; no permessage-deflate:
+    events are a few hundred bytes, and compressing each one again for every subscriber took more
+    of the fan-out's CPU than framing and sending it (`make bench-realtime`)."""
+    return {
+        "log_config": None,
+        "access_log": False,
+        "ws_per_message_deflate": False,
+        "timeout_keep_alive": settings.http_keep_alive_seconds,
+    }
 
 
 async def _demo_banner_only(settings: Settings) -> None:

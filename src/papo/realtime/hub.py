@@ -20,7 +20,6 @@ import contextlib
 import json
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,9 +142,8 @@ class EventHub:
         self.queue_size = queue_size
         self.subscribers: set[Subscriber] = set()
         self.by_tenant: dict[uuid.UUID, set[Subscriber]] = {}
-        # a member's own events go to their streams only, not past every stream of the tenant
+        # a member's streams: their own events go to these only, not past every stream of the tenant
         self.by_member: dict[tuple[uuid.UUID, str | None], set[Subscriber]] = {}
-        self.per_user: Counter[tuple[uuid.UUID, str | None]] = Counter()
         self.access_check_seconds = max(1.0, access_check_seconds)
         self.to_review: set[Subscriber] = set()
         self.review_all = False
@@ -216,7 +214,7 @@ class EventHub:
         return self.listener is not None and not self.listener.is_closed()
 
     def streams_of(self, principal: Principal) -> int:
-        return self.per_user[(principal.tenant_id, principal.user_id)]
+        return len(self.by_member.get((principal.tenant_id, principal.user_id), ()))
 
     def subscribe(
         self,
@@ -234,7 +232,6 @@ class EventHub:
         self.subscribers.add(subscriber)
         self.by_tenant.setdefault(principal.tenant_id, set()).add(subscriber)
         self.by_member.setdefault((principal.tenant_id, principal.user_id), set()).add(subscriber)
-        self.per_user[(principal.tenant_id, principal.user_id)] += 1
         REALTIME_CONNECTIONS.labels(transport).inc()
         subscriber.hold()
         self.to_review.add(subscriber)
@@ -259,9 +256,6 @@ class EventHub:
                 own.discard(subscriber)
                 if not own:
                     del self.by_member[key]
-            self.per_user[key] -= 1
-            if self.per_user[key] <= 0:
-                del self.per_user[key]
             REALTIME_CONNECTIONS.labels(subscriber.transport).dec()
 
     async def join_feed(self, subscriber: Subscriber) -> None:
