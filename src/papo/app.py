@@ -17,10 +17,12 @@ from papo.assistants.api import AssistantsRuntime, usage_router
 from papo.assistants.api import router as assistants_router
 from papo.assistants.conversation import AssistantReplies
 from papo.assistants.replies import ReplyManager
+from papo.auth.access_notices import ACCESS_CHANNEL
 from papo.auth.api import router as auth_router
 from papo.auth.deps import AuthRuntime
 from papo.auth.invitations import Accounts
 from papo.auth.oidc import OidcClients
+from papo.auth.principal_cache import PrincipalCache
 from papo.auth.tenant_cache import CHANNEL as TENANT_CHANNEL
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
@@ -153,6 +155,8 @@ def create_app(
             satisfies_every_feature(state)  # mypy's check that every feature's runtime Protocol holds
             app.state.papo = state
             hub.on_notify(TENANT_CHANNEL, state.tenants.notified)
+            state.principals = PrincipalCache(settings.auth_cache_seconds, lambda: hub.listening)
+            hub.on_notify(ACCESS_CHANNEL, state.principals.notified)
             await hub.start()
             await replies.sweep()
             whatsapp.ownership.dsn = listen_dsn

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     database_restrict_connect: bool = True
     test_database_url: str | None = None
     db_pool_size: int = 20
+    # How long a process remembers who a credential is (see papo.auth.principal_cache); 0 = never.
+    auth_cache_seconds: float = 60.0
 
     # Server
     host: str = "127.0.0.1"

@@ -11,6 +11,7 @@ from papo.assistants.conversation import AssistantReplies
 from papo.assistants.replies import ReplyManager
 from papo.auth.invitations import Accounts
 from papo.auth.oidc import OidcClients
+from papo.auth.principal_cache import PrincipalCache
 from papo.auth.tenant_cache import TenantCache
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
@@ -52,6 +53,7 @@ class AppState:
     read_replica: Database | None = None  # PAPO_READ_DATABASE_URL
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     tenants: TenantCache = field(default_factory=TenantCache)
+    principals: PrincipalCache = field(default_factory=PrincipalCache)  # off until the app wires it
 
     @property
     def reads(self) -> Database:

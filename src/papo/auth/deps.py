@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.auth import web_sessions
 from papo.auth.invitations import Accounts
-from papo.auth.service import Principal, authenticate
+from papo.auth.principal_cache import Credential, PrincipalCache, Recalled
+from papo.auth.service import Principal, authenticate, authenticate_bearer
 from papo.auth.tenant_cache import TenantCache
 from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.db.engine import Database
@@ -33,15 +35,22 @@ class AuthRuntime(Protocol):
     limiter: RateLimiter
     accounts: Accounts
     tenants: TenantCache
+    principals: PrincipalCache
 
     @property
     def reads(self) -> Database: ...
 
 
 async def request_tx(request: Request) -> AsyncIterator[AsyncSession]:
-    """One transaction per request: committed when the handler returns, rolled back if it raises."""
+    """One transaction per request: committed when the handler returns, rolled back if it raises.
+    On a route that authenticates, a credential this process has just seen scopes the transaction
+    from its BEGIN (see papo.auth.principal_cache)."""
     runtime: AuthRuntime = running(request)
-    async with runtime.db.transaction() as session:
+    recalled = runtime.principals.recall(presented_credential(request)) if _authenticates(request) else None
+    async with runtime.db.transaction(None if recalled is None else recalled.principal.context()) as session:
+        runtime.principals.watch(session)
+        if recalled is not None:
+            request.state.recalled = recalled
         yield session
 
 
@@ -49,6 +58,19 @@ async def request_tx(request: Request) -> AsyncIterator[AsyncSession]:
 # work that then fails to commit.
 DbSession = Annotated[AsyncSession, Depends(request_tx, scope="function")]
 Auth = Annotated[AuthRuntime, Depends(current_runtime)]
+
+
+def presented_credential(request: Request) -> Credential | None:
+    """The credential `current_principal` will check: the Authorization header, else papo's session
+    cookie, else Clerk's."""
+    if "authorization" in request.headers:
+        scheme, _, secret = request.headers["authorization"].partition(" ")
+        return Credential("bearer", secret.strip()) if scheme.lower() == "bearer" and secret.strip() else None
+    if cookie := request.cookies.get(web_sessions.SESSION_COOKIE):
+        return Credential("web", cookie)
+    if clerk_token := request.cookies.get(CLERK_SESSION_COOKIE):
+        return Credential("clerk", clerk_token)
+    return None
 
 
 def bearer_credential(request: Request) -> str:
@@ -76,15 +98,48 @@ async def cookie_principal(request: Request, session: AsyncSession, state: AuthR
 async def current_principal(request: Request, session: DbSession, state: Auth) -> Principal:
     """A bearer token or API key; else the browser's session cookie (with CSRF on writes), so the
     web app's script calls the same API as everyone else."""
-    if "authorization" not in request.headers and (principal := await cookie_principal(request, session, state)):
-        if request.method not in web_sessions.SAFE_METHODS:
-            state.csrf.check(
-                request.cookies.get(web_sessions.CSRF_COOKIE), request.headers.get(web_sessions.CSRF_HEADER)
-            )
+    credential = presented_credential(request)
+    recalled: Recalled | None = getattr(request.state, "recalled", None)
+    if recalled is None:
+        epoch_before = state.principals.epoch
+        if credential is not None and credential.kind != "bearer":
+            if (principal := await cookie_principal(request, session, state)) is None:
+                raise Unauthorized("sign in again")  # not reached: the cookie was there a moment ago
+            browser = getattr(request.state, "web_session_id", None)
+        else:
+            principal, browser = await authenticate_bearer(session, state.verifier, bearer_credential(request))
+        if credential is not None:
+            state.principals.remember(session, credential, Recalled(principal, browser), epoch_before=epoch_before)
     else:
-        principal = await authenticate(session, state.verifier, bearer_credential(request))
+        principal = recalled.principal
+        if credential is not None and credential.kind == "web":
+            request.state.web_session_id = recalled.web_session_id
+        elif credential is not None and credential.kind == "clerk":
+            request.state.provider_cookie = True
+    if credential is not None and credential.kind != "bearer" and request.method not in web_sessions.SAFE_METHODS:
+        state.csrf.check(request.cookies.get(web_sessions.CSRF_COOKIE), request.headers.get(web_sessions.CSRF_HEADER))
     request.state.principal = principal
     return principal
+
+
+def _authenticates(request: Request) -> bool:
+    """Whether the matched route depends on `current_principal` (anywhere in its dependencies):
+    only those may have their transaction scoped before the handler asks who the caller is."""
+    dependant: Dependant | None = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None:
+        return False
+    known = _ROUTES_THAT_AUTHENTICATE.get(id(dependant))
+    if known is None or known[0] is not dependant:
+        known = _ROUTES_THAT_AUTHENTICATE[id(dependant)] = (dependant, _depends_on(dependant, current_principal))
+    return known[1]
+
+
+# by the route's Dependant (unhashable); the entry holds it, so its id cannot be reused meanwhile
+_ROUTES_THAT_AUTHENTICATE: dict[int, tuple[Dependant, bool]] = {}
+
+
+def _depends_on(dependant: Dependant, call: object) -> bool:
+    return any(sub.call is call or _depends_on(sub, call) for sub in dependant.dependencies)
 
 
 async def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:

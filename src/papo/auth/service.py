@@ -16,6 +16,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.auth.models import ADMIN_ROLES, ApiKey, Membership, Role, Tenant, User
+from papo.auth.principal_cache import withdraws_access
 from papo.auth.tokens import TokenVerifier
 from papo.db.base import new_id
 from papo.db.engine import RlsContext, apply_context, driver
@@ -76,12 +77,21 @@ def hash_api_key(key: str) -> str:
 
 async def authenticate(session: AsyncSession, verifier: TokenVerifier, credential: str) -> Principal:
     """Resolve a bearer credential and set the transaction's row-level-security context to it."""
+    principal, _ = await authenticate_bearer(session, verifier, credential)
+    return principal
+
+
+async def authenticate_bearer(
+    session: AsyncSession, verifier: TokenVerifier, credential: str
+) -> tuple[Principal, uuid.UUID | None]:
+    """Like `authenticate`, also naming the browser session a papo token was minted for (None for
+    API keys and outside tokens)."""
     connection = driver(session)  # runs on every request: straight to asyncpg
     if credential.startswith(API_KEY_PREFIX):
         key = await connection.fetchrow(AUTHENTICATE_API_KEY, hash_api_key(credential))
         if key is None:
             raise Unauthorized("invalid or revoked API key")
-        return Principal(key["key_tenant_id"], None, SERVICE_ROLE, key["key_id"])
+        return Principal(key["key_tenant_id"], None, SERVICE_ROLE, key["key_id"]), None
 
     identity = await verifier.verify(credential)
     external = not identity.issuer_is_papo
@@ -103,12 +113,13 @@ async def authenticate(session: AsyncSession, verifier: TokenVerifier, credentia
         "SELECT EXISTS (SELECT 1 FROM web_sessions WHERE id = $1 AND expires_at > now())", identity.web_session_id
     ):  # minted for a browser that has signed out since (or been signed out everywhere)
         raise Unauthorized("your session has ended; sign in again")
-    return Principal(
+    principal = Principal(
         subject["subject_tenant_id"],
         subject["subject_user_id"],
         subject["subject_role"],
         expires_at=identity.expires_at,
     )
+    return principal, identity.web_session_id
 
 
 def hash_password(password: str) -> str:
@@ -245,6 +256,7 @@ async def list_api_keys(session: AsyncSession) -> list[ApiKey]:
 
 
 async def revoke_api_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey:
+    withdraws_access(session)
     key: ApiKey | None = await session.scalar(
         update(ApiKey)
         .where(ApiKey.id == key_id)

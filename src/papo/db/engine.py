@@ -106,6 +106,18 @@ async def apply_context(session: AsyncSession, context: RlsContext) -> None:
     )
 
 
+def begin_in(context: RlsContext) -> str | None:
+    """BEGIN and the context as one simple query (one round trip instead of two); None when a value
+    cannot be written as a literal here (a non-ASCII user id), so the context is set apart."""
+    tenant_id = None if context.tenant_id is None else str(context.tenant_id)
+    values = [tenant_id, context.user_id, context.role]
+    try:
+        tenant, user, role = ("NULL" if value is None else sql_literal(value) for value in values)
+    except ValueError:
+        return None
+    return f"BEGIN;SELECT papo_set_context({tenant}::uuid,{user},{role})"
+
+
 def application_name(role: str) -> str:
     """How this process's connections show in pg_stat_activity: what they are for, and whose."""
     return f"{role}:{os.getpid()}"
@@ -228,11 +240,12 @@ class Database:
                 # so that the COMMIT can carry the statements registered with `commit_with`.
                 if asyncpg_connection.is_in_transaction():
                     await asyncpg_connection.execute("ROLLBACK")
-                await asyncpg_connection.execute("BEGIN")
+                opening = None if context is None else begin_in(context)
+                await asyncpg_connection.execute(opening or "BEGIN")
                 session = AsyncSession(bind=connection, expire_on_commit=False, autoflush=True)
                 session.info["driver"] = asyncpg_connection
                 try:
-                    if context is not None:
+                    if context is not None and opening is None:
                         await apply_context(session, context)
                     yield session
                     await session.flush()

@@ -27,11 +27,12 @@ from typing import Any
 import asyncpg
 import structlog
 
+from papo.auth.access_notices import ACCESS_CHANNEL, Grant, Notice
 from papo.auth.service import Principal
 from papo.db.engine import Database, application_name
 from papo.errors import DatabaseUnavailable, QuotaExceeded
 from papo.ops.metrics import REALTIME_CONNECTIONS, REALTIME_EVENT_LAG
-from papo.realtime.access import ACCESS_CHANNEL, Grant, Notice, standings, verdict
+from papo.realtime.access import standings, verdict
 from papo.realtime.codes import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 from papo.realtime.nats_fanout import NATS_TROUBLE, NatsFanout
 from papo.realtime.service import Event, bounds, relay_events, shared_json, stamp_events
