@@ -91,7 +91,7 @@ def tmp_data_dir() -> Iterator[Path]:
     remove_tree(root)
 
 
-async def provision(server_url: URL, tmp_data_dir: Path) -> ProvisionedDatabase:
+async def provision(server_url: URL, tmp_data_dir: Path, *, vectors: bool = True) -> ProvisionedDatabase:
     """A new database on `server_url`, migrated, with its own runtime role (papo_app_<database>),
     which `drop_database` removes with it: a shared server's papo_app belongs to whoever installed
     papo there."""
@@ -99,7 +99,7 @@ async def provision(server_url: URL, tmp_data_dir: Path) -> ProvisionedDatabase:
     owner_url = server_url.set(database=name)
     app_url = derive_app_url(owner_url, default_app_role(name), app_role_password(tmp_data_dir))
     await ensure_database(owner_url)
-    await migrate(owner_url, app_url, create_app_role=True)
+    await migrate(owner_url, app_url, create_app_role=True, vectors=vectors)
     return ProvisionedDatabase(owner_url, app_url, server_url.set(database="postgres"))
 
 
@@ -120,6 +120,14 @@ async def database(tmp_data_dir: Path) -> AsyncIterator[ProvisionedDatabase]:
         embedded.cleanup()
     if pgdata is not None:
         remove_tree(pgdata)
+
+
+@pytest.fixture(scope="session")
+async def text_only_database(database: ProvisionedDatabase, tmp_data_dir: Path) -> AsyncIterator[ProvisionedDatabase]:
+    """A second database on the same server, migrated as on a server without pgvector."""
+    provisioned = await provision(database.owner_url.set(database=None), tmp_data_dir, vectors=False)
+    yield provisioned
+    await drop_database(provisioned.admin_url, provisioned.owner_url.database, provisioned.app_url.username)
 
 
 @pytest.fixture(scope="session")
@@ -176,6 +184,8 @@ def settings(
         webhook_first_retry_seconds=0.2,
         webhook_poll_seconds=0.2,
         media_poll_seconds=0.2,  # retried downloads come round quickly
+        knowledge_poll_seconds=0.2,
+        knowledge_retry_seconds=0.1,
         alert_interval_seconds=3600,  # tests evaluate alerts themselves
         _env_file=None,  # type: ignore[call-arg]
     )

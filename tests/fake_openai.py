@@ -4,7 +4,10 @@ chunk, [DONE]), with faults chosen by the model name. Used through the real `ope
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import math
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -24,10 +27,12 @@ class FakeOpenAI:
         self.calls: Counter[str] = Counter()
         self.transcribed: list[tuple[str, str, bytes]] = []  # model, file name, audio
         self.transcript = "qual o horário de sábado?"
+        self.embedded: list[list[str]] = []  # the inputs of every embeddings request
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.completions, methods=["POST"]),
                 Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
+                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             ]
         )
 
@@ -40,6 +45,30 @@ class FakeOpenAI:
         assert not isinstance(upload, str)
         self.transcribed.append((str(form["model"]), upload.filename or "", await upload.read()))
         return JSONResponse({"text": self.transcript})
+
+    async def embeddings(self, request: Request) -> Response:
+        """OpenAI's embeddings endpoint: a deterministic 64-dimension vector per input (words hashed,
+        so texts sharing words are close). Model "fake-embed-500" fails; "fake-embed-short" answers
+        one vector too few."""
+        if request.headers.get("authorization") != f"Bearer {API_KEY}":
+            return JSONResponse({"error": {"message": "Incorrect API key"}}, 401)
+        body = await request.json()
+        model, inputs = body["model"], body["input"]
+        self.calls[model] += 1
+        self.embedded.append(list(inputs))
+        if model == "fake-embed-500":
+            return JSONResponse({"error": {"message": "embeddings are down"}}, 500)
+        vectors = [fake_embedding(text) for text in inputs]
+        if model == "fake-embed-short":
+            vectors = vectors[:-1]
+        return JSONResponse(
+            {
+                "object": "list",
+                "model": model,
+                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": 1, "total_tokens": 1},
+            }
+        )
 
     @staticmethod
     def chunk(content: str | None = None, finish: str | None = None) -> str:
@@ -99,3 +128,12 @@ class FakeOpenAI:
         yield self.chunk(finish="stop")
         yield self.usage_chunk(prompt=11, completion=len(words))
         yield "data: [DONE]\n\n"
+
+
+def fake_embedding(text: str, dimensions: int = 64) -> list[float]:
+    vector = [0.0] * dimensions
+    for word in re.findall(r"\w+", text.lower()):
+        digest = hashlib.sha256(word.encode()).digest()
+        vector[digest[0] % dimensions] += 1.0 if digest[1] & 1 else -1.0
+    norm = math.sqrt(sum(value * value for value in vector)) or 1.0
+    return [value / norm for value in vector]

@@ -21,6 +21,7 @@ HOT_PATHS: dict[str, str] = {
     "assistants/usage.py": "metering on every reply",
     "realtime/service.py": "publishing and reading the outbox",
     "whatsapp/ingest.py": "the webhook queue: its one-statement durable insert and its batches",
+    "knowledge/repository.py": "retrieval (one statement fusing full-text and vector ranks) and bulk passage writes",
 }
 STATEMENT = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b")
 TABLES = {table for tables in OWNERS.values() for table in tables}

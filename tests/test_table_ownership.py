@@ -31,6 +31,13 @@ OWNERS: dict[str, list[str]] = {
     "whatsapp": ["whatsapp_sessions", "whatsapp_webhook_deliveries"],
     "webhooks": ["webhook_endpoints", "webhook_deliveries"],
     "insights": ["message_sentiments"],
+    "knowledge": [
+        "knowledge_collections",
+        "knowledge_documents",
+        "knowledge_chunks",
+        "knowledge_embeddings",
+        "assistant_collections",
+    ],
     "ops": ["alert_states", "ops_observations", "rate_limit_buckets", "sign_in_guards"],
 }
 # (module, table) pairs still to be moved behind the owner's service; empty since the WhatsApp

@@ -17,7 +17,6 @@ from papo.assistants.api import AssistantsRuntime, usage_router
 from papo.assistants.api import router as assistants_router
 from papo.assistants.conversation import AssistantReplies
 from papo.assistants.replies import ReplyManager
-from papo.auth.access_notices import ACCESS_CHANNEL
 from papo.auth.api import router as auth_router
 from papo.auth.deps import AuthRuntime
 from papo.auth.invitations import Accounts
@@ -43,6 +42,12 @@ from papo.insights.api import InsightsRuntime
 from papo.insights.api import router as insights_router
 from papo.insights.sentiment import ChildProcessScorer
 from papo.insights.service import SentimentWorker
+from papo.knowledge.api import KnowledgeRuntime
+from papo.knowledge.api import router as knowledge_router
+from papo.knowledge.embeddings import embedder_from_settings
+from papo.knowledge.indexer import KnowledgeIndexer
+from papo.knowledge.repository import vectors_available
+from papo.netguard import NetGuard
 from papo.ops.alerts import Alerts
 from papo.ops.api import OpsRuntime
 from papo.ops.api import router as ops_router
@@ -130,6 +135,15 @@ def create_app(
             blobs = await open_blob_store(settings, resources)
             whatsapp = WhatsappHub(db, settings, load_transports(settings, http), keys, replies, blobs=blobs)
             replies.on_complete = whatsapp.bot_reply_completed
+            knowledge = KnowledgeIndexer(
+                db,
+                settings,
+                blobs,
+                embedder_from_settings(settings),
+                await vectors_available(db),
+                NetGuard.from_settings(settings),
+            )
+            log.info("knowledge retrieval", mode=knowledge.describe())
             state = AppState(
                 settings,
                 db,
@@ -150,13 +164,13 @@ def create_app(
                 workers,
                 blobs,
                 MediaDownloads(db, settings, blobs, whatsapp),
+                knowledge,
                 read_replica,
             )
             satisfies_every_feature(state)  # mypy's check that every feature's runtime Protocol holds
             app.state.papo = state
             hub.on_notify(TENANT_CHANNEL, state.tenants.notified)
-            state.principals = PrincipalCache(settings.auth_cache_seconds, lambda: hub.listening)
-            hub.on_notify(ACCESS_CHANNEL, state.principals.notified)
+            state.principals = PrincipalCache(settings.auth_cache_seconds)
             await hub.start()
             await replies.sweep()
             whatsapp.ownership.dsn = listen_dsn
@@ -165,6 +179,7 @@ def create_app(
             workers.start("whatsapp-heartbeat", whatsapp.heartbeat)
             workers.start("whatsapp-ingest", partial(whatsapp.ingest.run, partial(process_webhook, state)))
             workers.start("whatsapp-media", state.media.run)
+            workers.start("knowledge-indexing", knowledge.run)
             workers.start("blob-deletions", partial(delete_removed_blobs, db, blobs, settings.media_poll_seconds))
             workers.start("maintenance", partial(maintenance_loop, db, settings, replies))
             if settings.whatsapp_cleanup_stale_days:
@@ -210,7 +225,7 @@ def create_app(
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
-        upload_max_bytes=settings.media_max_bytes + UPLOAD_OVERHEAD,
+        upload_max_bytes=max(settings.media_max_bytes, settings.knowledge_max_bytes) + UPLOAD_OVERHEAD,
     )
     app.add_middleware(RequestContextMiddleware, metrics=settings.metrics_enabled, access_log=settings.access_log)
     app.include_router(auth_router)
@@ -221,6 +236,7 @@ def create_app(
     app.include_router(assistants_router)
     app.include_router(usage_router)
     app.include_router(insights_router)
+    app.include_router(knowledge_router)
     app.include_router(webhooks_router)
     install_web(app)
     app.include_router(whatsapp_router, prefix="/api/v1/whatsapp/sessions")
@@ -252,10 +268,11 @@ def satisfies_every_feature(
     OpsRuntime,
     WebRuntime,
     AttachmentsRuntime,
+    KnowledgeRuntime,
 ]:
     """The wiring's object seen as each feature's runtime: mypy checks here that it gives every
     feature what its Protocol asks for."""
-    return (state, state, state, state, state, state, state, state, state, state)
+    return (state, state, state, state, state, state, state, state, state, state, state)
 
 
 def app_state_of(app: FastAPI) -> AppState:

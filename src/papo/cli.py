@@ -96,6 +96,7 @@ async def apply_migrations(settings: Settings) -> None:
             location.app_url,
             create_app_role=not settings.app_database_url,
             restrict_connect=settings.database_restrict_connect,
+            vectors=settings.knowledge_vectors,
         )
     finally:
         location.stop()

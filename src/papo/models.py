@@ -9,9 +9,10 @@ from papo.assistants import models as assistants
 from papo.auth import models as auth
 from papo.chat import models as chat
 from papo.insights import models as insights
+from papo.knowledge import models as knowledge
 from papo.ops import models as ops
 from papo.realtime import models as realtime
 from papo.webhooks import models as webhooks
 from papo.whatsapp import models as whatsapp
 
-EVERY_FEATURE = (assistants, auth, chat, insights, ops, realtime, webhooks, whatsapp)
+EVERY_FEATURE = (assistants, auth, chat, insights, knowledge, ops, realtime, webhooks, whatsapp)

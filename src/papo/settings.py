@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     database_restrict_connect: bool = True
     test_database_url: str | None = None
     db_pool_size: int = 20
+    # pgvector for knowledge retrieval where the server has it (read by `papo migrate`).
+    knowledge_vectors: bool = True
     # How long a process remembers who a credential is (see papo.auth.principal_cache); 0 = never.
     auth_cache_seconds: float = 60.0
 
@@ -179,6 +181,23 @@ class Settings(BaseSettings):
     whatsapp_text_only_notice: str = (
         "Recebi seu arquivo, mas só consigo ler mensagens de texto. Uma pessoa da equipe vai ver e responder em breve."
     )
+
+    # Knowledge base: documents a tenant's assistants answer from. Passages are embedded with
+    # embedding_model at the operator's provider (openai_base_url / openai_api_key); with neither
+    # set, papo's demo embedder (word hashing, offline) is used and says so. A document is at most
+    # knowledge_max_bytes and knowledge_max_pages; URLs are fetched under the outbound rules.
+    # A failing fetch or embeddings call is retried knowledge_max_attempts times, then the
+    # document is "failed" with the reason (re-index it to try again).
+    embedding_model: str = "text-embedding-3-small"
+    knowledge_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
+    knowledge_max_pages: int = Field(default=2000, ge=1)
+    knowledge_passage_chars: int = Field(default=1200, ge=200, le=20000)
+    knowledge_overlap_chars: int = Field(default=200, ge=0, le=5000)
+    knowledge_max_attempts: int = Field(default=4, ge=1, le=50)
+    knowledge_retry_seconds: float = Field(default=15.0, gt=0)
+    knowledge_poll_seconds: float = Field(default=5.0, gt=0)
+    # A passage found only by its vector counts as relevant from this cosine similarity up.
+    knowledge_min_similarity: float = Field(default=0.35, ge=-1, le=1)
 
     # Media (photos, voice notes, videos, documents) kept with their messages: files in a blob store,
     # under data_dir unless an S3-compatible bucket is configured. media_max_bytes caps one file (a

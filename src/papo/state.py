@@ -19,6 +19,7 @@ from papo.background import Workers
 from papo.blobs import BlobStore
 from papo.crypto import KeyBox
 from papo.db.engine import Database
+from papo.knowledge.indexer import KnowledgeIndexer
 from papo.ops.alerts import Alerts
 from papo.ops.looplag import LoopLagMonitor
 from papo.ops.ratelimit import RateLimiter
@@ -50,6 +51,7 @@ class AppState:
     workers: Workers
     blobs: BlobStore
     media: MediaDownloads
+    knowledge: KnowledgeIndexer
     read_replica: Database | None = None  # PAPO_READ_DATABASE_URL
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     tenants: TenantCache = field(default_factory=TenantCache)

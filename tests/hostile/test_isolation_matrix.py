@@ -137,6 +137,14 @@ async def victim_world(client: httpx.AsyncClient, tenant: TenantHandle, fake: Fa
     delivery = await client.post(f"/api/v1/webhooks/{hook.json()['id']}/test", headers=admin.headers)
     invitation = await client.post("/api/v1/invitations", json={"email": "invitee@victim.test"}, headers=admin.headers)
     assert invitation.status_code == 201, invitation.text
+    collection = await client.post("/api/v1/knowledge/collections", json={"name": "Victim docs"}, headers=admin.headers)
+    assert collection.status_code == 201, collection.text
+    document = await client.post(
+        f"/api/v1/knowledge/collections/{collection.json()['id']}/documents",
+        files={"file": ("policy.txt", b"the victim's refund policy", "text/plain")},
+        headers=admin.headers,
+    )
+    assert document.status_code == 202, document.text
     return {
         "admin": admin,
         "member": member,
@@ -153,6 +161,8 @@ async def victim_world(client: httpx.AsyncClient, tenant: TenantHandle, fake: Fa
             "user_id": member.user_id,
             "invitation_id": invitation.json()["id"],
             "attachment_id": attachment["id"],
+            "collection_id": collection.json()["id"],
+            "document_id": document.json()["id"],
         },
     }
 
@@ -187,6 +197,8 @@ async def snapshot(client: httpx.AsyncClient, world: dict[str, Any]) -> dict[str
             "webhook": await body(admin, f"/api/v1/webhooks/{ids['webhook_id']}"),
             "members": await body(admin, "/api/v1/members"),
             "invitations": await body(admin, "/api/v1/invitations"),
+            "collection": await body(member, f"/api/v1/knowledge/collections/{ids['collection_id']}"),
+            "documents": await body(member, f"/api/v1/knowledge/collections/{ids['collection_id']}/documents"),
             "key_works": (await client.get("/api/v1/me", headers=world["key"].headers)).status_code,
         }
     )

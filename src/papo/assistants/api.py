@@ -15,6 +15,8 @@ from papo.assistants.service import AssistantService, to_out
 from papo.auth.deps import CurrentPrincipal, DbSession
 from papo.crypto import KeyBox
 from papo.errors import BadRequest
+from papo.knowledge.schemas import AssistantCollections
+from papo.knowledge.service import KnowledgeService
 from papo.runtime import current_runtime
 from papo.settings import Settings
 
@@ -61,6 +63,32 @@ async def update_assistant(assistant_id: uuid.UUID, body: AssistantPatch, assist
 async def delete_assistant(assistant_id: uuid.UUID, assistants: Assistants) -> Response:
     await assistants.delete(assistant_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{assistant_id}/collections", response_model=AssistantCollections, tags=["knowledge"])
+async def assistant_collections(
+    assistant_id: uuid.UUID, assistants: Assistants, session: DbSession, principal: CurrentPrincipal, state: State
+) -> AssistantCollections:
+    """The knowledge collections this assistant answers from."""
+    await assistants.get(assistant_id)
+    knowledge = KnowledgeService(session, principal, state.settings)
+    return AssistantCollections(collection_ids=await knowledge.assistant_collections(assistant_id))
+
+
+@router.put("/{assistant_id}/collections", response_model=AssistantCollections, tags=["knowledge"])
+async def set_assistant_collections(
+    assistant_id: uuid.UUID,
+    body: AssistantCollections,
+    assistants: Assistants,
+    session: DbSession,
+    principal: CurrentPrincipal,
+    state: State,
+) -> AssistantCollections:
+    """Choose the collections this assistant answers from (replacing the list); admins and API keys."""
+    await assistants.get(assistant_id)
+    knowledge = KnowledgeService(session, principal, state.settings)
+    await knowledge.set_assistant_collections(assistant_id, body.collection_ids)
+    return AssistantCollections(collection_ids=await knowledge.assistant_collections(assistant_id))
 
 
 class UsageOut(BaseModel):

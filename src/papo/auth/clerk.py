@@ -10,7 +10,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from svix.webhooks import Webhook, WebhookVerificationError
 
-from papo.auth.principal_cache import withdraws_access
 from papo.auth.tokens import PROVIDER_ROLES
 from papo.db.base import new_id
 from papo.errors import BadRequest, Forbidden, Unauthorized
@@ -64,7 +63,6 @@ def _required(data: dict[str, Any], *path: str) -> str:
 
 async def apply_event(session: AsyncSession, event: dict[str, Any]) -> None:
     kind, data = event["type"], event["data"]
-    withdraws_access(session)  # a deletion or a role change may withdraw access
     if kind in ("user.created", "user.updated", "user.deleted"):
         await session.execute(
             text("SELECT papo_sync_user(:id, :email, :name, :deleted)"),

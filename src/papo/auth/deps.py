@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from papo.auth import web_sessions
 from papo.auth.invitations import Accounts
 from papo.auth.principal_cache import Credential, PrincipalCache, Recalled
-from papo.auth.service import Principal, authenticate, authenticate_bearer
+from papo.auth.service import Principal, authenticate_bearer
 from papo.auth.tenant_cache import TenantCache
 from papo.auth.tokens import SigningKey, TokenVerifier
-from papo.db.engine import Database
+from papo.db.engine import RESUMPTION_REFUSED, Database
 from papo.errors import Unauthorized
 from papo.ops.ratelimit import RateLimiter
 from papo.runtime import current_runtime, running
@@ -43,14 +43,17 @@ class AuthRuntime(Protocol):
 
 async def request_tx(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed when the handler returns, rolled back if it raises.
-    On a route that authenticates, a credential this process has just seen scopes the transaction
-    from its BEGIN (see papo.auth.principal_cache)."""
+    On a route that authenticates, a credential this process has just seen opens the transaction
+    already scoped, once the database has confirmed it still holds (see papo.auth.principal_cache)."""
     runtime: AuthRuntime = running(request)
-    recalled = runtime.principals.recall(presented_credential(request)) if _authenticates(request) else None
-    async with runtime.db.transaction(None if recalled is None else recalled.principal.context()) as session:
-        runtime.principals.watch(session)
-        if recalled is not None:
-            request.state.recalled = recalled
+    credential = presented_credential(request) if _authenticates(request) else None
+    recalled = runtime.principals.recall(credential)
+    async with runtime.db.transaction(None if recalled is None else recalled.resumption()) as session:
+        if recalled is not None and credential is not None:
+            if session.info[RESUMPTION_REFUSED]:
+                runtime.principals.refused(credential)
+            else:
+                request.state.recalled = recalled
         yield session
 
 
@@ -89,7 +92,7 @@ async def cookie_principal(request: Request, session: AsyncSession, state: AuthR
         request.state.web_session_id = web_session_id
         return principal
     if clerk_token := request.cookies.get(CLERK_SESSION_COOKIE):
-        principal = await authenticate(session, state.verifier, clerk_token)
+        principal, _ = await authenticate_bearer(session, state.verifier, clerk_token, outside_only=True)
         request.state.provider_cookie = True
         return principal
     return None
@@ -101,7 +104,6 @@ async def current_principal(request: Request, session: DbSession, state: Auth) -
     credential = presented_credential(request)
     recalled: Recalled | None = getattr(request.state, "recalled", None)
     if recalled is None:
-        epoch_before = state.principals.epoch
         if credential is not None and credential.kind != "bearer":
             if (principal := await cookie_principal(request, session, state)) is None:
                 raise Unauthorized("sign in again")  # not reached: the cookie was there a moment ago
@@ -109,7 +111,7 @@ async def current_principal(request: Request, session: DbSession, state: Auth) -
         else:
             principal, browser = await authenticate_bearer(session, state.verifier, bearer_credential(request))
         if credential is not None:
-            state.principals.remember(session, credential, Recalled(principal, browser), epoch_before=epoch_before)
+            state.principals.remember(session, credential, Recalled(principal, browser))
     else:
         principal = recalled.principal
         if credential is not None and credential.kind == "web":

@@ -16,7 +16,6 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.auth.models import ADMIN_ROLES, ApiKey, Membership, Role, Tenant, User
-from papo.auth.principal_cache import withdraws_access
 from papo.auth.tokens import TokenVerifier
 from papo.db.base import new_id
 from papo.db.engine import RlsContext, apply_context, driver
@@ -82,11 +81,15 @@ async def authenticate(session: AsyncSession, verifier: TokenVerifier, credentia
 
 
 async def authenticate_bearer(
-    session: AsyncSession, verifier: TokenVerifier, credential: str
+    session: AsyncSession, verifier: TokenVerifier, credential: str, *, outside_only: bool = False
 ) -> tuple[Principal, uuid.UUID | None]:
     """Like `authenticate`, also naming the browser session a papo token was minted for (None for
-    API keys and outside tokens)."""
+    API keys and outside tokens). `outside_only`: only an identity provider's token (a provider's
+    session cookie), never an API key or one of papo's own tokens, whose browser binding such a
+    cookie would shed."""
     connection = driver(session)  # runs on every request: straight to asyncpg
+    if outside_only and credential.startswith(API_KEY_PREFIX):
+        raise Unauthorized("this cookie holds an identity provider's session token only")
     if credential.startswith(API_KEY_PREFIX):
         key = await connection.fetchrow(AUTHENTICATE_API_KEY, hash_api_key(credential))
         if key is None:
@@ -94,6 +97,8 @@ async def authenticate_bearer(
         return Principal(key["key_tenant_id"], None, SERVICE_ROLE, key["key_id"]), None
 
     identity = await verifier.verify(credential)
+    if outside_only and identity.issuer_is_papo:
+        raise Unauthorized("this cookie holds an identity provider's session token only")
     external = not identity.issuer_is_papo
     subject = await connection.fetchrow(
         AUTHENTICATE_SUBJECT,
@@ -256,7 +261,6 @@ async def list_api_keys(session: AsyncSession) -> list[ApiKey]:
 
 
 async def revoke_api_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey:
-    withdraws_access(session)
     key: ApiKey | None = await session.scalar(
         update(ApiKey)
         .where(ApiKey.id == key_id)

@@ -24,7 +24,6 @@ from papo.auth.models import (
     Tenant,
     User,
 )
-from papo.auth.principal_cache import withdraws_access
 from papo.auth.service import Principal
 from papo.auth.tenant_cache import TenantCache
 from papo.errors import Forbidden, InvalidInput, NotFound
@@ -150,7 +149,6 @@ async def set_role(session: AsyncSession, principal: Principal, user_id: str, ro
     )
     if Role.owner.value in (role.value, current) and principal.role != Role.owner.value:
         raise Forbidden("only owners grant or take the owner role")
-    withdraws_access(session)
     await session.execute(
         sql_update(Membership)
         .where(Membership.tenant_id == principal.tenant_id, Membership.user_id == user_id)
@@ -166,7 +164,6 @@ async def remove_member(session: AsyncSession, principal: Principal, user_id: st
     current = await _other_members_role(session, principal, user_id, "you cannot remove yourself; ask another admin")
     if current == Role.owner.value and principal.role != Role.owner.value:
         raise Forbidden("only owners remove owners")
-    withdraws_access(session)
     await session.execute(
         delete(Membership).where(Membership.tenant_id == principal.tenant_id, Membership.user_id == user_id)
     )

@@ -21,7 +21,6 @@ from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.auth.models import WebSession
-from papo.auth.principal_cache import withdraws_access
 from papo.auth.service import Principal, hash_password
 from papo.db.base import new_id
 from papo.db.engine import RlsContext, apply_context, driver, rows_changed
@@ -97,13 +96,11 @@ async def authenticate(session: AsyncSession, token: str) -> tuple[Principal, uu
 
 async def end(session: AsyncSession, token: str) -> None:
     """Sign this browser out (the context must be the session's member)."""
-    withdraws_access(session)
     await session.execute(delete(WebSession).where(WebSession.token_hash == token_hash(token)))
 
 
 async def end_all(session: AsyncSession, principal: Principal) -> int:
     """Sign the member out of every browser (RLS keeps it to their own sessions)."""
-    withdraws_access(session)
     return await rows_changed(
         session,
         delete(WebSession).where(WebSession.tenant_id == principal.tenant_id, WebSession.user_id == principal.user_id),

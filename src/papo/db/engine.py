@@ -106,15 +106,37 @@ async def apply_context(session: AsyncSession, context: RlsContext) -> None:
     )
 
 
-def begin_in(context: RlsContext) -> str | None:
-    """BEGIN and the context as one simple query (one round trip instead of two); None when a value
-    cannot be written as a literal here (a non-ASCII user id), so the context is set apart."""
-    tenant_id = None if context.tenant_id is None else str(context.tenant_id)
-    values = [tenant_id, context.user_id, context.role]
+@dataclass(frozen=True)
+class Resumption:
+    """A principal remembered from an earlier authentication (papo.auth.principal_cache), for the
+    database to confirm at BEGIN: papo_resume_context (migration 0032) sets `context` only if the
+    membership still has its role, the API key is not revoked and the browser session is live."""
+
+    context: RlsContext
+    api_key_id: uuid.UUID | None
+    web_session_id: uuid.UUID | None
+
+
+# session.info key: the database refused the unit's Resumption; it runs with no context instead.
+RESUMPTION_REFUSED = "resumption_refused"
+REFUSED_SQLSTATE = "PAP01"
+
+
+def begin_in(context: RlsContext | Resumption) -> str | None:
+    """BEGIN and the context (or its resumption) as one simple query: one round trip instead of
+    two. None when a value cannot be written as a literal here (a non-ASCII user id)."""
+    base = context.context if isinstance(context, Resumption) else context
+    values: list[object] = [base.tenant_id, base.user_id, base.role]
+    if isinstance(context, Resumption):
+        values += [context.api_key_id, context.web_session_id]
     try:
-        tenant, user, role = ("NULL" if value is None else sql_literal(value) for value in values)
+        literals = ["NULL" if value is None else sql_literal(str(value)) for value in values]
     except ValueError:
         return None
+    if isinstance(context, Resumption):
+        tenant, user, role, key, browser = literals
+        return f"BEGIN;SELECT papo_resume_context({tenant}::uuid,{user},{role},{key}::uuid,{browser}::uuid)"
+    tenant, user, role = literals
     return f"BEGIN;SELECT papo_set_context({tenant}::uuid,{user},{role})"
 
 
@@ -200,7 +222,7 @@ class Database:
         event.listen(pool, "checkin", on_checkout_or_in)
 
     @asynccontextmanager
-    async def transaction(self, context: RlsContext | None = None) -> AsyncIterator[AsyncSession]:
+    async def transaction(self, context: RlsContext | Resumption | None = None) -> AsyncIterator[AsyncSession]:
         """One unit of work: an ORM session and its asyncpg connection in one database transaction.
 
         asyncpg owns BEGIN/COMMIT; SQLAlchemy runs on the same connection in autocommit mode, so it
@@ -225,7 +247,7 @@ class Database:
                 log.warning("work after a commit failed", error=str(exc) or type(exc).__name__)
 
     @asynccontextmanager
-    async def _unit(self, context: RlsContext | None) -> AsyncIterator[AsyncSession]:
+    async def _unit(self, context: RlsContext | Resumption | None) -> AsyncIterator[AsyncSession]:
         async with self.engine.connect() as connection:
             raw = await connection.get_raw_connection()
             asyncpg_connection: asyncpg.Connection = raw.driver_connection
@@ -241,11 +263,22 @@ class Database:
                 if asyncpg_connection.is_in_transaction():
                     await asyncpg_connection.execute("ROLLBACK")
                 opening = None if context is None else begin_in(context)
-                await asyncpg_connection.execute(opening or "BEGIN")
+                # a resumption the database refuses (or that cannot be written as literals) leaves
+                # the unit without a context: its caller authenticates from scratch
+                refused = isinstance(context, Resumption) and opening is None
+                try:
+                    await asyncpg_connection.execute(opening or "BEGIN")
+                except asyncpg.PostgresError as exc:
+                    if getattr(exc, "sqlstate", None) != REFUSED_SQLSTATE:
+                        raise
+                    await asyncpg_connection.execute("ROLLBACK")
+                    await asyncpg_connection.execute("BEGIN")
+                    refused = True
                 session = AsyncSession(bind=connection, expire_on_commit=False, autoflush=True)
                 session.info["driver"] = asyncpg_connection
+                session.info[RESUMPTION_REFUSED] = refused
                 try:
-                    if context is not None and opening is None:
+                    if isinstance(context, RlsContext) and opening is None:
                         await apply_context(session, context)
                     yield session
                     await session.flush()

@@ -63,17 +63,28 @@ def role_marker(database: str) -> str:
 
 
 async def migrate(
-    owner_url: URL, app_url: URL, *, revision: str = "head", create_app_role: bool, restrict_connect: bool = True
+    owner_url: URL,
+    app_url: URL,
+    *,
+    revision: str = "head",
+    create_app_role: bool,
+    restrict_connect: bool = True,
+    vectors: bool = True,
 ) -> None:
     """Upgrade the schema and make sure the runtime login role exists and is bound by RLS.
 
     restrict_connect: only this install's runtime role (and the owner, and superusers) may connect
     to the database. The NOLOGIN roles that carry papo's privileges (papo_runtime, papo_auth) are
     shared by every papo database on the server, so without this the runtime role of one install
-    could open another install's database with those privileges."""
+    could open another install's database with those privileges.
+
+    vectors: use the server's pgvector extension for knowledge retrieval where it has one (False:
+    full text only, as on a server without it; migration 0031 reads this as `papo.vector`)."""
     engine = create_async_engine(owner_url, hide_parameters=True)
     try:
         async with engine.connect() as connection:
+            if not vectors:
+                await connection.execute(text("SELECT set_config('papo.vector', 'off', false)"))
             await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
             await connection.commit()
             role = app_url.username or ""

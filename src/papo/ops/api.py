@@ -23,6 +23,10 @@ router = APIRouter(tags=["ops"])
 READY_TIMEOUT_SECONDS = 2.0
 
 
+class Describes(Protocol):
+    def describe(self) -> str: ...
+
+
 class OpsRuntime(Protocol):
     """What health and metrics read from the running process."""
 
@@ -31,6 +35,10 @@ class OpsRuntime(Protocol):
     hub: EventHub
     loop_lag: LoopLagMonitor
     workers: Workers
+
+    @property
+    def knowledge(self) -> Describes:
+        """How knowledge retrieval works here (vectors or full text only)."""
 
 
 @router.get("/healthz")
@@ -68,9 +76,9 @@ async def readyz(request: Request) -> Response:
             "A dependency is not ready; see checks.",
             slug="not-ready",
             headers={"Retry-After": "5"},
-            extensions={"checks": checks},
+            extensions={"checks": checks, "knowledge_retrieval": state.knowledge.describe()},
         )
-    return JSONResponse({"status": "ready", "checks": checks})
+    return JSONResponse({"status": "ready", "checks": checks, "knowledge_retrieval": state.knowledge.describe()})
 
 
 @router.get("/metrics", include_in_schema=False)

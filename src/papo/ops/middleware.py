@@ -124,7 +124,9 @@ class RequestContextMiddleware:
 
 
 # Where a client uploads a file: its body may be as large as a file papo keeps (multipart overhead aside).
-UPLOAD_PATH = re.compile(r"/api/v1/whatsapp/conversations/[0-9a-fA-F-]{36}/attachments")
+UPLOAD_PATH = re.compile(
+    r"/api/v1/whatsapp/conversations/[0-9a-fA-F-]{36}/attachments|/api/v1/knowledge/collections/[0-9a-fA-F-]{36}/documents"
+)
 UPLOAD_OVERHEAD = 64 * 1024
 
 

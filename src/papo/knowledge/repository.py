@@ -1,0 +1,282 @@
+"""The only SQL on the knowledge tables. Row-level security scopes every statement to the caller's
+tenant (and lets only owners, admins and API keys write); the tenant is also named in each
+statement, so the planner uses the tenant-leading indexes."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from papo.db.engine import Database, driver, rows_changed
+from papo.knowledge.chunking import Passage
+from papo.knowledge.models import (
+    EMBEDDINGS_TABLE,
+    AssistantCollection,
+    KnowledgeChunk,
+    KnowledgeCollection,
+    KnowledgeDocument,
+)
+
+INSERT_CHUNKS = """
+    INSERT INTO knowledge_chunks (tenant_id, document_id, ordinal, collection_id, page, content)
+    SELECT $1, $2, c.ordinal, $3, c.page, c.content
+      FROM unnest($4::integer[], $5::integer[], $6::text[]) AS c(ordinal, page, content)
+"""
+INSERT_EMBEDDINGS = """
+    INSERT INTO knowledge_embeddings (tenant_id, document_id, ordinal, collection_id, model, embedding)
+    SELECT $1, $2, e.ordinal, $3, $4, e.embedding::vector
+      FROM unnest($5::integer[], $6::text[]) AS e(ordinal, embedding)
+"""
+
+# Passages ranked by full text and by vector, fused by reciprocal rank (k = 60): a passage high
+# in either list rises, one high in both rises most. Each list is cut at $5 before fusing.
+TEXT_HITS = """
+    text_hits AS (
+      SELECT c.document_id, c.ordinal,
+             row_number() OVER (ORDER BY ts_rank_cd(c.search_vector, q.query) DESC, c.document_id, c.ordinal)
+               AS position
+        FROM knowledge_chunks c, (SELECT to_tsquery('simple', $3) AS query) q
+       WHERE c.tenant_id = $1 AND c.collection_id = ANY($2::uuid[]) AND c.search_vector @@ q.query
+       ORDER BY position
+       LIMIT $5)"""
+VECTOR_HITS = """
+    vector_hits AS (
+      SELECT e.document_id, e.ordinal, 1 - (e.embedding <=> $7::text::vector) AS similarity,
+             row_number() OVER (ORDER BY e.embedding <=> $7::text::vector, e.document_id, e.ordinal) AS position
+        FROM knowledge_embeddings e
+       WHERE e.tenant_id = $1 AND e.collection_id = ANY($2::uuid[]) AND e.model = $6
+       ORDER BY position
+       LIMIT $5)"""
+FUSED_TEMPLATE = """
+    WITH {lists},
+    fused AS (
+      SELECT h.document_id, h.ordinal, sum(1.0 / (60 + h.position)) AS score,
+             max(h.similarity) AS similarity, bool_or(h.from_text) AS matched_words
+        FROM ({union}) AS h
+       GROUP BY h.document_id, h.ordinal)
+    SELECT f.document_id, f.ordinal, f.score::float8 AS score, f.similarity::float8 AS similarity,
+           f.matched_words, c.content, c.page, d.title, d.collection_id, d.url, d.file_name
+      FROM fused f
+      JOIN knowledge_chunks c ON c.tenant_id = $1 AND c.document_id = f.document_id AND c.ordinal = f.ordinal
+      JOIN knowledge_documents d ON d.tenant_id = $1 AND d.id = f.document_id
+     ORDER BY f.score DESC, f.document_id, f.ordinal
+     LIMIT $4
+"""
+TEXT_UNION = "SELECT document_id, ordinal, position, NULL::float8 AS similarity, true AS from_text FROM text_hits"
+VECTOR_UNION = "SELECT document_id, ordinal, position, similarity, false AS from_text FROM vector_hits"
+RETRIEVE_FUSED = FUSED_TEMPLATE.format(
+    lists=TEXT_HITS + "," + VECTOR_HITS, union=TEXT_UNION + " UNION ALL " + VECTOR_UNION
+)
+RETRIEVE_TEXT = FUSED_TEMPLATE.format(lists=TEXT_HITS, union=TEXT_UNION)  # without pgvector
+
+
+@dataclass(frozen=True)
+class Hit:
+    document_id: uuid.UUID
+    ordinal: int
+    score: float
+    similarity: float | None
+    matched_words: bool
+    content: str
+    page: int | None
+    title: str
+    collection_id: uuid.UUID
+    url: str | None
+    file_name: str | None
+
+
+class DuplicateName(Exception):
+    pass
+
+
+class MissingAssistant(Exception):
+    pass
+
+
+async def vectors_available(db: Database) -> bool:
+    return bool(await db.call("SELECT to_regclass($1) IS NOT NULL", EMBEDDINGS_TABLE))
+
+
+# ---- collections ------------------------------------------------------------------------------
+
+
+async def add_collection(
+    session: AsyncSession, tenant_id: uuid.UUID, name: str, description: str
+) -> KnowledgeCollection:
+    collection = KnowledgeCollection(tenant_id=tenant_id, name=name, description=description)
+    session.add(collection)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        raise DuplicateName from exc
+    return collection
+
+
+async def collections(session: AsyncSession, tenant_id: uuid.UUID) -> list[KnowledgeCollection]:
+    query = select(KnowledgeCollection).where(KnowledgeCollection.tenant_id == tenant_id)
+    return list((await session.scalars(query.order_by(func.lower(KnowledgeCollection.name)))).all())
+
+
+async def collection(
+    session: AsyncSession, tenant_id: uuid.UUID, collection_id: uuid.UUID
+) -> KnowledgeCollection | None:
+    return await session.get(KnowledgeCollection, (tenant_id, collection_id))
+
+
+async def document_counts(session: AsyncSession, tenant_id: uuid.UUID) -> dict[tuple[uuid.UUID, str], int]:
+    rows = await session.execute(
+        select(KnowledgeDocument.collection_id, KnowledgeDocument.state, func.count())
+        .where(KnowledgeDocument.tenant_id == tenant_id)
+        .group_by(KnowledgeDocument.collection_id, KnowledgeDocument.state)
+    )
+    return {(row[0], row[1]): row[2] for row in rows}
+
+
+async def rename_collection(
+    session: AsyncSession, tenant_id: uuid.UUID, collection_id: uuid.UUID, values: dict[str, Any]
+) -> KnowledgeCollection | None:
+    try:
+        async with session.begin_nested():
+            found: KnowledgeCollection | None = await session.scalar(
+                update(KnowledgeCollection)
+                .where(KnowledgeCollection.tenant_id == tenant_id, KnowledgeCollection.id == collection_id)
+                .values(**values)
+                .returning(KnowledgeCollection)
+            )
+    except IntegrityError as exc:
+        raise DuplicateName from exc
+    return found
+
+
+async def delete_collection(session: AsyncSession, tenant_id: uuid.UUID, collection_id: uuid.UUID) -> bool:
+    statement = delete(KnowledgeCollection).where(
+        KnowledgeCollection.tenant_id == tenant_id, KnowledgeCollection.id == collection_id
+    )
+    return await rows_changed(session, statement) > 0
+
+
+# ---- documents --------------------------------------------------------------------------------
+
+
+async def add_document(session: AsyncSession, document: KnowledgeDocument) -> KnowledgeDocument:
+    session.add(document)
+    await session.flush()
+    await session.refresh(document)
+    return document
+
+
+async def documents(session: AsyncSession, tenant_id: uuid.UUID, collection_id: uuid.UUID) -> list[KnowledgeDocument]:
+    query = select(KnowledgeDocument).where(
+        KnowledgeDocument.tenant_id == tenant_id, KnowledgeDocument.collection_id == collection_id
+    )
+    return list((await session.scalars(query.order_by(KnowledgeDocument.created_at.desc()))).all())
+
+
+async def document(session: AsyncSession, tenant_id: uuid.UUID, document_id: uuid.UUID) -> KnowledgeDocument | None:
+    return await session.get(KnowledgeDocument, (tenant_id, document_id), populate_existing=True)
+
+
+async def delete_document(session: AsyncSession, tenant_id: uuid.UUID, document_id: uuid.UUID) -> bool:
+    statement = delete(KnowledgeDocument).where(
+        KnowledgeDocument.tenant_id == tenant_id, KnowledgeDocument.id == document_id
+    )
+    return await rows_changed(session, statement) > 0
+
+
+async def set_document(session: AsyncSession, tenant_id: uuid.UUID, document_id: uuid.UUID, **values: Any) -> None:
+    await session.execute(
+        update(KnowledgeDocument)
+        .where(KnowledgeDocument.tenant_id == tenant_id, KnowledgeDocument.id == document_id)
+        .values(**values)
+    )
+
+
+async def claim_documents(db: Database, limit: int) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
+    rows = await db.rows(
+        "SELECT knowledge_tenant_id, knowledge_document_id, knowledge_attempts FROM papo_claim_knowledge_documents($1)",
+        limit,
+    )
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+async def replace_passages(
+    session: AsyncSession,
+    document: KnowledgeDocument,
+    found: list[Passage],
+    model: str | None,
+    vectors: list[str] | None,
+) -> None:
+    """The document's passages (and their vectors, as pgvector text) instead of the ones before,
+    in the caller's transaction: a reader sees the old set or the new one, never a mix."""
+    connection = driver(session)
+    await session.execute(
+        delete(KnowledgeChunk).where(
+            KnowledgeChunk.tenant_id == document.tenant_id, KnowledgeChunk.document_id == document.id
+        )
+    )
+    key = (document.tenant_id, document.id, document.collection_id)
+    ordinals = [passage.ordinal for passage in found]
+    await connection.execute(
+        INSERT_CHUNKS, *key, ordinals, [passage.page for passage in found], [passage.content for passage in found]
+    )
+    if model is not None and vectors is not None:
+        await connection.execute(INSERT_EMBEDDINGS, *key, model, ordinals, vectors)
+
+
+async def retrieve(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    collection_ids: list[uuid.UUID],
+    text_query: str,
+    limit: int,
+    *,
+    model: str | None,
+    vector: str | None,
+    candidates: int = 50,
+) -> list[Hit]:
+    arguments: list[Any] = [tenant_id, collection_ids, text_query, limit, candidates]
+    if model is not None and vector is not None:
+        rows = await driver(session).fetch(RETRIEVE_FUSED, *arguments, model, vector)
+    else:
+        rows = await driver(session).fetch(RETRIEVE_TEXT, *arguments)
+    return [Hit(**dict(row)) for row in rows]
+
+
+# ---- assistants ---------------------------------------------------------------------------------
+
+
+async def assistant_collection_ids(
+    session: AsyncSession, tenant_id: uuid.UUID, assistant_id: uuid.UUID
+) -> list[uuid.UUID]:
+    rows = await session.scalars(
+        select(AssistantCollection.collection_id).where(
+            AssistantCollection.tenant_id == tenant_id, AssistantCollection.assistant_id == assistant_id
+        )
+    )
+    return list(rows.all())
+
+
+async def set_assistant_collections(
+    session: AsyncSession, tenant_id: uuid.UUID, assistant_id: uuid.UUID, collection_ids: list[uuid.UUID]
+) -> None:
+    """Raises MissingAssistant when the tenant has no such assistant (the foreign key says so)."""
+    try:
+        async with session.begin_nested():
+            await session.execute(
+                delete(AssistantCollection).where(
+                    AssistantCollection.tenant_id == tenant_id, AssistantCollection.assistant_id == assistant_id
+                )
+            )
+            for collection_id in dict.fromkeys(collection_ids):
+                session.add(
+                    AssistantCollection(tenant_id=tenant_id, assistant_id=assistant_id, collection_id=collection_id)
+                )
+            await session.flush()
+    except IntegrityError as exc:
+        raise MissingAssistant from exc

@@ -1,0 +1,281 @@
+"""Knowledge base rules: who manages collections and documents, what a document may be, and
+retrieval for a question (fused vector + full-text ranks, scoped to the tenant and to the
+collections asked for or attached to an assistant)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from papo.auth.service import Principal
+from papo.blobs import WrittenBlob
+from papo.chat.search import fold
+from papo.db.base import new_id
+from papo.errors import Conflict, Forbidden, InvalidInput, NotFound
+from papo.knowledge import repository
+from papo.knowledge.embeddings import Embedder, vector_literal
+from papo.knowledge.models import DOCUMENT_STATES, KnowledgeCollection, KnowledgeDocument
+from papo.knowledge.repository import DuplicateName, Hit, MissingAssistant
+from papo.knowledge.schemas import CollectionOut
+from papo.netguard import NetGuard, TargetRefused
+from papo.settings import Settings
+
+COLLECTION_NOT_FOUND = "knowledge collection not found"
+DOCUMENT_NOT_FOUND = "document not found"
+WRITERS_ONLY = "only tenant admins (and API keys) manage the knowledge base"
+_WORD = re.compile(r"\w+")
+# Words that carry no subject in a question (Portuguese and English); the rest are OR-ed, so a
+# passage sharing more of the question's words ranks higher without needing all of them.
+_STOPWORD_TEXT = """
+a o as os um uma uns umas de do da dos das no na nos nas em por para pra com sem sob sobre
+e ou mas que se nao sim ja ate como quando onde qual quais quem quanto quanta quantos quantas
+ao aos pelo pela pelos pelas este esta estes estas esse essa esses essas isso isto aquilo
+eu voce voces ele ela eles elas meu minha seu sua seus suas nosso nossa lhe me te
+eh foi ser sao era tem ter temos tenho ha hoje pode posso podem vai vou fazer faz
+the an of to in on at for from by with and or but is are was be been do does did what which
+who whom how when where why can could should would will you he she it we they my your our
+their this that these those there here not yes
+"""
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
+
+def text_query(question: str) -> str:
+    """The question as a `to_tsquery('simple', …)` string: its subject words, folded like the
+    index (papo_fold), OR-ed; a longer word matches by its stem (`devoluc:*` finds devolução and
+    devoluções). Only \\w characters reach the query, so it cannot be malformed."""
+    terms: list[str] = []
+    for word in _WORD.findall(fold(question)):
+        if word in STOPWORDS or (len(word) < 3 and not word.isdigit()):
+            continue
+        term = f"{word[: max(4, len(word) - 2)]}:*" if len(word) > 5 else word
+        if term not in terms:
+            terms.append(term)
+    return " | ".join(terms[:32])
+
+
+@dataclass(frozen=True)
+class Found:
+    hit: Hit
+    relevant: bool
+
+
+def collection_out(row: KnowledgeCollection, counts: dict[tuple[uuid.UUID, str], int]) -> CollectionOut:
+    return CollectionOut(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        documents={state: counts.get((row.id, state), 0) for state in DOCUMENT_STATES},
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _collection_name(name: str) -> str:
+    name = " ".join(name.split())
+    if not name:
+        raise InvalidInput("a collection needs a name", field="name")
+    return name
+
+
+def document_blob_key(tenant_id: uuid.UUID, document_id: uuid.UUID) -> str:
+    return f"knowledge/{tenant_id.hex}/{document_id.hex}"
+
+
+class KnowledgeService:
+    def __init__(self, db: AsyncSession, principal: Principal, settings: Settings) -> None:
+        self.db = db
+        self.principal = principal
+        self.settings = settings
+
+    @property
+    def tenant_id(self) -> uuid.UUID:
+        return self.principal.tenant_id
+
+    def require_writer(self) -> None:
+        if not (self.principal.is_admin or self.principal.is_service):
+            raise Forbidden(WRITERS_ONLY)
+
+    # ---- collections ---------------------------------------------------------------------------
+
+    async def create_collection(self, name: str, description: str) -> CollectionOut:
+        self.require_writer()
+        name = _collection_name(name)
+        try:
+            row = await repository.add_collection(self.db, self.tenant_id, name, description)
+        except DuplicateName as exc:
+            raise Conflict(f"a collection named {name!r} already exists") from exc
+        await self.db.refresh(row)
+        return collection_out(row, {})
+
+    async def collections(self) -> list[CollectionOut]:
+        rows = await repository.collections(self.db, self.tenant_id)
+        counts = await repository.document_counts(self.db, self.tenant_id)
+        return [collection_out(row, counts) for row in rows]
+
+    async def collection(self, collection_id: uuid.UUID) -> CollectionOut:
+        row = await self._collection(collection_id)
+        return collection_out(row, await repository.document_counts(self.db, self.tenant_id))
+
+    async def update_collection(self, collection_id: uuid.UUID, values: dict[str, Any]) -> CollectionOut:
+        self.require_writer()
+        if "name" in values:
+            values["name"] = _collection_name(values["name"])
+        if not values:
+            return await self.collection(collection_id)
+        try:
+            row = await repository.rename_collection(self.db, self.tenant_id, collection_id, values)
+        except DuplicateName as exc:
+            raise Conflict(f"a collection named {values['name']!r} already exists") from exc
+        if row is None:
+            raise NotFound(COLLECTION_NOT_FOUND)
+        return collection_out(row, await repository.document_counts(self.db, self.tenant_id))
+
+    async def delete_collection(self, collection_id: uuid.UUID) -> None:
+        """The collection, its documents (their files queued for deletion) and their passages."""
+        self.require_writer()
+        if not await repository.delete_collection(self.db, self.tenant_id, collection_id):
+            raise NotFound(COLLECTION_NOT_FOUND)
+
+    async def _collection(self, collection_id: uuid.UUID) -> KnowledgeCollection:
+        row = await repository.collection(self.db, self.tenant_id, collection_id)
+        if row is None:
+            raise NotFound(COLLECTION_NOT_FOUND)
+        return row
+
+    # ---- documents -----------------------------------------------------------------------------
+
+    def new_document_id(self) -> uuid.UUID:
+        """An id for a file about to be written (its blob is named after it)."""
+        self.require_writer()
+        return new_id()
+
+    async def add_upload(
+        self,
+        collection_id: uuid.UUID,
+        document_id: uuid.UUID,
+        written: WrittenBlob,
+        *,
+        file_name: str | None,
+        mime_type: str | None,
+        title: str | None,
+    ) -> KnowledgeDocument:
+        self.require_writer()
+        await self._collection(collection_id)
+        if written.size == 0:
+            raise InvalidInput("the file is empty")
+        name = (file_name or "").replace("\\", "/").rsplit("/", 1)[-1][:255] or None
+        document = KnowledgeDocument(
+            tenant_id=self.tenant_id,
+            id=document_id,
+            collection_id=collection_id,
+            title=(title or name or "document").strip()[:300],
+            source="upload",
+            file_name=name,
+            mime_type=mime_type,
+            size=written.size,
+            sha256=written.sha256,
+            blob_key=document_blob_key(self.tenant_id, document_id),
+            created_by=self.principal.user_id,
+        )
+        return await repository.add_document(self.db, document)
+
+    async def add_url(
+        self, collection_id: uuid.UUID, url: str, title: str | None, guard: NetGuard
+    ) -> KnowledgeDocument:
+        """A page to fetch and index; refused now (422) when the outbound rules would refuse it,
+        and checked again at every connection (redirects included) when it is fetched."""
+        self.require_writer()
+        await self._collection(collection_id)
+        url = url.strip()
+        try:
+            await guard.check_url(url)
+        except TargetRefused as exc:
+            raise InvalidInput(str(exc) or "this URL is not allowed") from exc
+        document = KnowledgeDocument(
+            tenant_id=self.tenant_id,
+            id=new_id(),
+            collection_id=collection_id,
+            title=(title or url).strip()[:300],
+            source="url",
+            url=url,
+            created_by=self.principal.user_id,
+        )
+        return await repository.add_document(self.db, document)
+
+    async def documents(self, collection_id: uuid.UUID) -> list[KnowledgeDocument]:
+        await self._collection(collection_id)
+        return await repository.documents(self.db, self.tenant_id, collection_id)
+
+    async def document(self, document_id: uuid.UUID) -> KnowledgeDocument:
+        row = await repository.document(self.db, self.tenant_id, document_id)
+        if row is None:
+            raise NotFound(DOCUMENT_NOT_FOUND)
+        return row
+
+    async def delete_document(self, document_id: uuid.UUID) -> None:
+        """The document and its passages at once; its file is queued for deletion (same transaction)."""
+        self.require_writer()
+        if not await repository.delete_document(self.db, self.tenant_id, document_id):
+            raise NotFound(DOCUMENT_NOT_FOUND)
+
+    async def reindex(self, document_id: uuid.UUID) -> KnowledgeDocument:
+        """Index again from the start (a changed page, a provider that failed before)."""
+        self.require_writer()
+        await self.document(document_id)
+        await repository.set_document(
+            self.db, self.tenant_id, document_id, state="pending", attempts=0, error=None, next_attempt_at=func.now()
+        )
+        return await self.document(document_id)
+
+    # ---- assistants ----------------------------------------------------------------------------
+
+    async def assistant_collections(self, assistant_id: uuid.UUID) -> list[uuid.UUID]:
+        return await repository.assistant_collection_ids(self.db, self.tenant_id, assistant_id)
+
+    async def set_assistant_collections(self, assistant_id: uuid.UUID, collection_ids: list[uuid.UUID]) -> None:
+        self.require_writer()
+        for collection_id in collection_ids:
+            await self._collection(collection_id)  # another tenant's id is simply not found
+        try:
+            await repository.set_assistant_collections(self.db, self.tenant_id, assistant_id, collection_ids)
+        except MissingAssistant as exc:
+            raise NotFound("assistant not found") from exc
+
+    # ---- retrieval -----------------------------------------------------------------------------
+
+    async def search(
+        self,
+        question: str,
+        collection_ids: list[uuid.UUID],
+        limit: int,
+        embedder: Embedder,
+        *,
+        vectors: bool,
+    ) -> list[Found]:
+        """The passages that best answer `question` in these collections, best first; each says
+        whether it is relevant (shares a subject word with the question, or its vector is at least
+        `knowledge_min_similarity` close)."""
+        if not collection_ids:
+            return []
+        query = text_query(question)
+        vector = None
+        if vectors:
+            vector = vector_literal((await embedder.embed([question]))[0])
+        hits = await repository.retrieve(
+            self.db,
+            self.tenant_id,
+            collection_ids,
+            query,
+            limit,
+            model=embedder.model if vectors else None,
+            vector=vector,
+        )
+        floor = self.settings.knowledge_min_similarity
+        return [
+            Found(hit, hit.matched_words or (hit.similarity is not None and hit.similarity >= floor)) for hit in hits
+        ]
