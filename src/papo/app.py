@@ -144,6 +144,7 @@ def create_app(
                 NetGuard.from_settings(settings),
             )
             log.info("knowledge retrieval", mode=knowledge.describe())
+            replies.knowledge = knowledge
             state = AppState(
                 settings,
                 db,

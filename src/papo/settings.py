@@ -198,6 +198,16 @@ class Settings(BaseSettings):
     knowledge_poll_seconds: float = Field(default=5.0, gt=0)
     # A passage found only by its vector counts as relevant from this cosine similarity up.
     knowledge_min_similarity: float = Field(default=0.35, ge=-1, le=1)
+    # An assistant with collections attached answers from them or says it does not know (the model
+    # is not asked, so it cannot guess); on WhatsApp the conversation then goes to a person.
+    knowledge_unknown_reply: str = (
+        "Não encontrei essa informação nos documentos que tenho, então prefiro não arriscar uma resposta."
+    )
+    knowledge_handoff_reply: str = (
+        "Não encontrei essa informação nos nossos documentos. Vou chamar uma pessoa da equipe para te ajudar."
+    )
+    # WhatsApp replies drawn from documents end with a short "Fonte: …" line naming them.
+    knowledge_whatsapp_sources: bool = True
 
     # Media (photos, voice notes, videos, documents) kept with their messages: files in a blob store,
     # under data_dir unless an S3-compatible bucket is configured. media_max_bytes caps one file (a

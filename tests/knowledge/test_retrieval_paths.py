@@ -21,7 +21,7 @@ from papo.db.engine import Database
 from papo.knowledge import repository
 from papo.knowledge.embeddings import DemoEmbedder, Embedder, ProviderEmbedder, demo_vector
 from papo.knowledge.indexer import KnowledgeIndexer
-from papo.knowledge.service import KnowledgeService, text_query
+from papo.knowledge.service import KnowledgeService, embed_question, text_query
 from papo.netguard import NetGuard
 from papo.settings import Settings
 from tests.conftest import ProvisionedDatabase, plain_dsn
@@ -71,9 +71,8 @@ class Library:
     async def search(self, question: str) -> list[Any]:
         async with self.db.transaction(self.principal.context()) as session:
             knowledge = KnowledgeService(session, self.principal, self.settings)
-            return await knowledge.search(
-                question, [self.collection_id], 3, self.indexer.embedder, vectors=self.indexer.vectors
-            )
+            model, vector = await embed_question(self.indexer.embedder, self.indexer.vectors, question)
+            return await knowledge.search(question, [self.collection_id], 3, model=model, vector=vector)
 
 
 @pytest.fixture

@@ -41,6 +41,8 @@ from papo.auth.service import Principal
 from papo.chat.service import ChatService
 from papo.crypto import KeyBox
 from papo.db.engine import Database, driver
+from papo.knowledge.grounding import Grounding, ground, source_line
+from papo.knowledge.indexer import KnowledgeIndexer
 from papo.ops.metrics import record_ai_reply
 from papo.realtime.hub import EventHub
 from papo.realtime.service import Event
@@ -79,9 +81,12 @@ class ReplyManager:
         self.hub = hub
         self.running: dict[uuid.UUID, asyncio.Task[None]] = {}
         self.live: dict[uuid.UUID, LiveReply] = {}
-        # Called with (principal, session id, reply id, text) when a reply is complete: the WhatsApp
-        # inbox sends its bot's replies out this way.
-        self.on_complete: Callable[[Principal, uuid.UUID, uuid.UUID, str], Awaitable[None]] | None = None
+        # Called with (principal, session id, reply id, text, hand off) when a reply is complete: the
+        # WhatsApp inbox sends its bot's replies out this way (and hands the conversation to a person
+        # when the bot did not find the answer in the company's documents).
+        self.on_complete: Callable[[Principal, uuid.UUID, uuid.UUID, str, bool], Awaitable[None]] | None = None
+        # Where assistants with collections look things up (the app sets it; None: no knowledge base).
+        self.knowledge: KnowledgeIndexer | None = None
         self.clients = ProviderClients(
             max_attempts=settings.reply_max_attempts, request_timeout=settings.reply_deadline_seconds
         )
@@ -191,16 +196,20 @@ class ReplyManager:
                 history = await self._chat(session, principal).history_for_model(
                     session_id, target.context_token_budget - estimate_tokens(target.instructions), estimate_tokens
                 )
+            grounding = await self._ground(principal, assistant_id, history)
+            if grounding.system is not None:
+                history.insert(0, {"role": "system", "content": grounding.system})
             if target.instructions:
                 history.insert(0, {"role": "system", "content": target.instructions})
             meta |= {
                 "model": target.model,
                 "provider": target.provider,
                 "prompt_estimate": sum(estimate_tokens(m["content"]) for m in history),
-            }
+            } | grounding.metadata()
             async with asyncio.timeout(self.settings.reply_deadline_seconds):
                 last_flush = last_save = 0.0  # the first token goes out at once; later ones are coalesced
-                async with contextlib.aclosing(self._stream(target, history)) as stream:
+                answer = self._stream(target, history) if not grounding.unknown else self._unknown(principal)
+                async with contextlib.aclosing(answer) as stream:
                     async for piece in stream:
                         if isinstance(piece, Finished):
                             finished = piece
@@ -220,6 +229,8 @@ class ReplyManager:
                             last_save = time.monotonic()
             if not live.text.strip():
                 raise ProviderError("the AI provider returned an empty answer")
+            if grounding.sources and principal.is_service and self.settings.knowledge_whatsapp_sources:
+                live.text += "\n\n" + source_line(grounding.sources)  # a WhatsApp customer sees no metadata
             # The tail goes out as a delta too, so following the deltas alone gives the whole reply.
             self._publish_delta(principal, session_id, reply_id, live)
         except asyncio.CancelledError:
@@ -251,9 +262,25 @@ class ReplyManager:
         if await self._finish(principal, reply_id, live.text, meta, "complete"):
             await self._title(principal, session_id, target, history, live.text)
             if self.on_complete is not None:
-                await self.on_complete(principal, session_id, reply_id, live.text)
+                await self.on_complete(principal, session_id, reply_id, live.text, grounding.unknown)
         else:  # stopped after the last token
             await self._keep_stopped(principal, reply_id, live.text)
+
+    async def _ground(self, principal: Principal, assistant_id: uuid.UUID, history: list[dict[str, str]]) -> Grounding:
+        question = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
+        if self.knowledge is None or not question.strip():
+            return Grounding()
+        knowledge = self.knowledge
+        return await ground(
+            self.db, principal, self.settings, assistant_id, question, knowledge.embedder, knowledge.vectors
+        )
+
+    async def _unknown(self, principal: Principal) -> AsyncGenerator[str | Finished, None]:
+        """The answer when the documents do not have one (no model is asked): on WhatsApp (the bot
+        runs as the tenant's service principal) it says a person will take over."""
+        settings = self.settings
+        yield settings.knowledge_handoff_reply if principal.is_service else settings.knowledge_unknown_reply
+        yield Finished("knowledge_not_found", 0, 0)
 
     def _publish_delta(self, principal: Principal, session_id: uuid.UUID, reply_id: uuid.UUID, live: LiveReply) -> None:
         """Send the text not yet sent, in pieces small enough for a NOTIFY payload."""

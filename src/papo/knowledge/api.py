@@ -12,7 +12,8 @@ from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Response, U
 from papo.auth.deps import CurrentPrincipal, DbSession
 from papo.blobs import READ_CHUNK, BlobStore, BlobTooLarge
 from papo.db.engine import after_commit
-from papo.errors import InvalidInput, PayloadTooLarge
+from papo.errors import InvalidInput, PayloadTooLarge, Unavailable
+from papo.knowledge.embeddings import EmbeddingError
 from papo.knowledge.indexer import KnowledgeIndexer
 from papo.knowledge.schemas import (
     CollectionCreate,
@@ -24,7 +25,7 @@ from papo.knowledge.schemas import (
     SearchRequest,
     UrlDocumentCreate,
 )
-from papo.knowledge.service import KnowledgeService, document_blob_key
+from papo.knowledge.service import KnowledgeService, document_blob_key, embed_question
 from papo.runtime import current_runtime
 from papo.settings import Settings
 
@@ -169,7 +170,11 @@ async def search(body: SearchRequest, knowledge: Knowledge, state: State) -> Sea
         assert body.assistant_id is not None
         collection_ids = await knowledge.assistant_collections(body.assistant_id)
     indexer = state.knowledge
-    found = await knowledge.search(body.query, collection_ids, body.limit, indexer.embedder, vectors=indexer.vectors)
+    try:
+        model, vector = await embed_question(indexer.embedder, indexer.vectors, body.query)
+    except EmbeddingError as exc:
+        raise Unavailable(f"{exc}; try again") from exc
+    found = await knowledge.search(body.query, collection_ids, body.limit, model=model, vector=vector)
     return SearchOut(
         passages=[
             PassageOut(

@@ -253,29 +253,35 @@ class KnowledgeService:
         question: str,
         collection_ids: list[uuid.UUID],
         limit: int,
-        embedder: Embedder,
         *,
-        vectors: bool,
+        model: str | None = None,
+        vector: list[float] | None = None,
     ) -> list[Found]:
-        """The passages that best answer `question` in these collections, best first; each says
-        whether it is relevant (shares a subject word with the question, or its vector is at least
-        `knowledge_min_similarity` close)."""
+        """The passages that best answer `question` in these collections, best first (by full text,
+        and by `vector` too when given: the question embedded with `model`, see `embed_question`);
+        each says whether it is relevant (shares a subject word with the question, or its vector is
+        at least `knowledge_min_similarity` close)."""
         if not collection_ids:
             return []
-        query = text_query(question)
-        vector = None
-        if vectors:
-            vector = vector_literal((await embedder.embed([question]))[0])
         hits = await repository.retrieve(
             self.db,
             self.tenant_id,
             collection_ids,
-            query,
+            text_query(question),
             limit,
-            model=embedder.model if vectors else None,
-            vector=vector,
+            model=model if vector is not None else None,
+            vector=vector_literal(vector) if vector is not None else None,
         )
         floor = self.settings.knowledge_min_similarity
         return [
             Found(hit, hit.matched_words or (hit.similarity is not None and hit.similarity >= floor)) for hit in hits
         ]
+
+
+async def embed_question(embedder: Embedder, vectors: bool, question: str) -> tuple[str | None, list[float] | None]:
+    """The model and vector to search with (None, None where the database has no vectors). Called
+    outside any transaction: a provider's embeddings call must not hold a database connection.
+    Raises EmbeddingError."""
+    if not vectors:
+        return None, None
+    return embedder.model, (await embedder.embed([question]))[0]

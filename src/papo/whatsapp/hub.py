@@ -375,13 +375,17 @@ class WhatsappHub:
             await self.replies.spawn(principal, note.session_id, reply_id, number.assistant_id)
 
     async def bot_reply_completed(
-        self, principal: Principal, conversation_id: uuid.UUID, reply_id: uuid.UUID, text: str
+        self, principal: Principal, conversation_id: uuid.UUID, reply_id: uuid.UUID, text: str, hand_off: bool
     ) -> None:
-        """A bot reply was written (ReplyManager's completion hook): send it to the customer."""
+        """A bot reply was written (ReplyManager's completion hook): send it to the customer, and when
+        the bot did not find the answer in the company's documents, hand the conversation to a person."""
         if not principal.is_service:
             return
         async with self.db.transaction(principal.context()) as session:
-            outgoing = await Inbox(session, principal).bot_reply_ready(conversation_id, reply_id)
+            inbox = Inbox(session, principal)
+            outgoing = await inbox.bot_reply_ready(conversation_id, reply_id)
+            if outgoing is not None and hand_off:
+                await inbox.hand_off(conversation_id)
         if outgoing is not None:
             await self.send(outgoing)
 

@@ -111,11 +111,18 @@ class Inbox:
         files_only = bot_on and not supported and bool(files) and not transcribable
         handed_off = files_only or (bot_on and supported and asks_for_a_human(content, handoff_words))
         if handed_off:
-            await self.store.hand_off(conversation_id)
-            conversation = await self.store.find(conversation_id)
-        self._announce(conversation)
+            conversation = await self.hand_off(conversation_id)
+        else:
+            self._announce(conversation)
         bot_answers = bool(conversation["bot_enabled"]) and supported  # after a handoff, no longer
         return Received(conversation_id, message["id"], handed_off, bot_answers, files_only)
+
+    async def hand_off(self, conversation_id: uuid.UUID) -> dict[str, Any]:
+        """The bot stops answering and the conversation waits for a person (the agents' queue)."""
+        await self.store.hand_off(conversation_id)
+        conversation = await self.store.find(conversation_id)
+        self._announce(conversation)
+        return conversation
 
     async def conversations(self, ticket_status: str | None, limit: int = 100) -> list[dict[str, Any]]:
         if ticket_status is not None and ticket_status not in TICKET_STATUSES:

@@ -1,0 +1,111 @@
+"""Grounding a reply in the company's documents: the passages an assistant is shown for a question,
+how it is told to use and cite them, and what the reply records about them.
+
+An assistant with collections attached answers from them or says it does not know: when nothing
+relevant is found, the model is not asked at all (it would answer from its general knowledge and
+could invent a price or a policy); the reply is the tenant-wide "I don't know" text and, on
+WhatsApp, the conversation goes to a person."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from papo.auth.service import Principal
+from papo.db.engine import Database
+from papo.knowledge.embeddings import Embedder, EmbeddingError
+from papo.knowledge.service import Found, KnowledgeService, embed_question
+from papo.settings import Settings
+
+PASSAGES_SHOWN = 4
+EXCERPT_CHARS = 300
+INSTRUCTIONS = (
+    "Answer from the company's documents below. Use only what they say for facts about the company "
+    "(prices, policies, hours, procedures); cite the passages you used as [1], [2]. If they do not "
+    "contain the answer, say that you do not know instead of guessing. Answer in the user's language."
+)
+
+
+@dataclass
+class Grounding:
+    """What retrieval gave a reply: the system message with the passages, the sources recorded in the
+    reply's metadata, and whether the assistant has nothing to answer from."""
+
+    system: str | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    unknown: bool = False
+    error: str | None = None  # the embeddings endpoint failed: full text alone was used
+
+    @property
+    def used(self) -> bool:
+        return self.system is not None or self.unknown
+
+    def metadata(self) -> dict[str, Any]:
+        if not self.used:
+            return {}
+        found: dict[str, Any] = {"found": not self.unknown, "sources": self.sources}
+        if self.error:
+            found["error"] = self.error
+        return {"knowledge": found}
+
+
+def source(number: int, found: Found) -> dict[str, Any]:
+    hit = found.hit
+    excerpt = hit.content if len(hit.content) <= EXCERPT_CHARS else hit.content[:EXCERPT_CHARS].rsplit(" ", 1)[0] + "…"
+    return {
+        "n": number,
+        "document_id": str(hit.document_id),
+        "collection_id": str(hit.collection_id),
+        "title": hit.title,
+        "page": hit.page,
+        "passage": hit.ordinal,
+        "excerpt": excerpt,
+        "url": hit.url,
+        "score": round(hit.score, 5),
+    }
+
+
+def source_line(sources: list[dict[str, Any]]) -> str:
+    """A short line naming the documents a reply came from (WhatsApp replies carry it)."""
+    named: list[str] = []
+    for item in sources:
+        label = item["title"] + (f", p. {item['page']}" if item["page"] else "")
+        if label not in named:
+            named.append(label)
+    return "Fonte: " + "; ".join(named[:3]) if named else ""
+
+
+async def ground(
+    db: Database,
+    principal: Principal,
+    settings: Settings,
+    assistant_id: uuid.UUID,
+    question: str,
+    embedder: Embedder,
+    vectors: bool,
+) -> Grounding:
+    """What the assistant is shown for `question`. Its own transactions, and none held while the
+    question is embedded."""
+    async with db.transaction(principal.context()) as session:
+        collections = await KnowledgeService(session, principal, settings).assistant_collections(assistant_id)
+    if not collections:
+        return Grounding()
+    error = None
+    try:
+        model, vector = await embed_question(embedder, vectors, question)
+    except EmbeddingError as exc:  # the question cannot be embedded now: full text still answers
+        error, model, vector = str(exc), None, None
+    async with db.transaction(principal.context()) as session:
+        found = await KnowledgeService(session, principal, settings).search(
+            question, collections, PASSAGES_SHOWN, model=model, vector=vector
+        )
+    relevant = [item for item in found if item.relevant]
+    if not relevant:
+        return Grounding(unknown=True, error=error)
+    sources = [source(number, item) for number, item in enumerate(relevant, 1)]
+    passages = "\n\n".join(
+        f"[{item['n']}] {item['title']}" + (f" (p. {item['page']})" if item["page"] else "") + f"\n{hit.hit.content}"
+        for item, hit in zip(sources, relevant, strict=True)
+    )
+    return Grounding(system=f"{INSTRUCTIONS}\n\n{passages}", sources=sources, error=error)
