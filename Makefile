@@ -7,7 +7,7 @@ CHROMIUM := /usr/bin/chromium
 NATS_SERVER := /usr/sbin/nats-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint bench bench-core bench-realtime bench-assistants bench-web bench-whatsapp bench-ops bench-scale lock clean
+.PHONY: install run test lint bench bench-core bench-realtime bench-assistants bench-web bench-whatsapp bench-ops bench-scale bench-knowledge lock clean
 
 install: $(STAMP)
 
@@ -39,7 +39,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: bench-core bench-realtime bench-assistants bench-web bench-whatsapp bench-ops bench-scale
+bench: bench-core bench-realtime bench-assistants bench-web bench-whatsapp bench-ops bench-scale bench-knowledge
 
 bench-core: install
 	$(BIN)/python bench/run.py
@@ -49,6 +49,9 @@ bench-realtime: install
 
 bench-assistants: install
 	$(BIN)/python bench/assistants.py
+
+bench-knowledge: install
+	$(BIN)/python bench/knowledge.py
 
 bench-web: install $(CHROMIUM)
 	$(BIN)/python bench/web.py

@@ -15,7 +15,8 @@ from svix.webhooks import Webhook
 from papo.auth.models import Role
 from papo.web.brand import contrast
 from papo.whatsapp.transports.base import SessionKey
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import API_KEY, FakeOpenAI
+from tests.knowledge.test_grounded_replies import knowledgeable_assistant
 from tests.support import FakeOidcProvider, Member, TenantHandle, WebhookReceiver, create_session
 from tests.support import send as send_over_api
 from tests.web.conftest import default_assistant, screenshot, set_tenant_settings, sign_in, watch_errors
@@ -150,6 +151,42 @@ class TestChat:
         await page.goto(f"{live_url}/chats/{session_id}?versions=1")  # the older branch is kept and reachable
         await expect(page.locator(".msg.superseded")).to_have_count(1)
         await expect(page.locator(".msg.superseded .body")).to_contain_text("Echo: outra")
+        assert errors == []
+
+    async def test_a_reply_from_the_documents_shows_its_sources(
+        self,
+        context: BrowserContext,
+        live_url: str,
+        client: httpx.AsyncClient,
+        make_tenant: Any,
+        fake_openai: tuple[FakeOpenAI, str],
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Fontes")
+        admin, member = await tenant.member(Role.admin), await tenant.member()
+        body = {
+            "name": "Loja",
+            "model": "fake-echo",
+            "base_url": fake_openai[1],
+            "api_key": API_KEY,
+            "is_default": True,
+        }
+        await knowledgeable_assistant(client, admin, body)
+        page = await context.new_page()
+        errors = watch_errors(page)
+        await sign_in(page, live_url, member)
+        await open_new_chat(page, live_url)
+        await send(page, "qual o prazo para devolver um produto?")
+        sources = page.locator('.msg.assistant[data-state="complete"] .sources')
+        await expect(sources.locator("summary")).to_have_text("Fontes (1)", timeout=15_000)  # shown live
+        await sources.locator("summary").click()
+        await expect(sources.locator(".source-title").first).to_have_text("politicas.pdf · p. 1")
+        await expect(sources.locator("blockquote").first).to_contain_text("30 dias corridos")
+        await screenshot(page, "chat-sources")
+        await page.reload()  # and from the server's page
+        await expect(page.locator(".msg.assistant .sources summary")).to_have_text("Fontes (1)")
+        await send(page, "vocês vendem bicicletas?")
+        unknown = page.locator('.msg.assistant[data-state="complete"] .body').last
+        await expect(unknown).to_contain_text("Não encontrei essa informação", timeout=15_000)
         assert errors == []
 
 

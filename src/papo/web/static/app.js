@@ -22,6 +22,21 @@ function element(tag, attributes = {}, ...children) {
   return node;
 }
 
+// The documents a reply was drawn from (metadata.knowledge.sources), as _sources.html shows them.
+function sourcesNode(metadata) {
+  const sources = metadata?.knowledge?.sources || [];
+  if (!sources.length) return null;
+  const items = sources.map((s) =>
+    element(
+      "li",
+      { value: String(s.n) },
+      element("span", { class: "source-title", text: s.title + (s.page ? ` · ${t("chat.page")} ${s.page}` : "") }),
+      element("blockquote", { text: s.excerpt }),
+    ),
+  );
+  return element("details", { class: "sources" }, element("summary", { text: `${t("chat.sources")} (${sources.length})` }), element("ol", {}, ...items));
+}
+
 // ---- the API, with the session cookie and the CSRF header -----------------------------------
 
 class SessionEnded extends Error {}
@@ -419,6 +434,9 @@ function setupChat() {
       const rendered = element("div", { class: "body md" });
       rendered.innerHTML = message.html; // sanitised on the server by nh3
       body.replaceWith(rendered);
+      node.querySelector(".sources")?.remove();
+      const sources = sourcesNode(message.metadata);
+      if (sources) rendered.after(sources);
       live.textContent = message.content.slice(0, 500);
     } else {
       body.textContent = message.content;
@@ -675,6 +693,7 @@ function setupInbox() {
         { class: `msg ${data.role === "user" ? "user" : "assistant"}`, id: `m-${data.id}`, "data-id": data.id, "data-status": data.status || "" },
         element("div", { class: "who", text: who }),
         element("div", { class: "body plain", text: data.content }),
+        sourcesNode(data.metadata),
         ...(data.attachments || []).map(attachmentNode),
         element("div", { class: "meta" }, element("span", { class: "status", "data-delivery": true, text: delivery(data.delivery_status) })),
       );
