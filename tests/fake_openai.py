@@ -108,8 +108,45 @@ class FakeOpenAI:
         if model == "fake-unknown":
             return JSONResponse({"error": {"message": "The model does not exist"}}, 404)
         question = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+        if model in ("fake-tools", "fake-tools-loop"):
+            return StreamingResponse(self.tool_turn(model, body, question), media_type="text/event-stream")
         words = f"Echo: {question}".split(" ")
         return StreamingResponse(self.stream(model, words), media_type="text/event-stream")
+
+    async def tool_turn(self, model: str, body: dict[str, Any], question: str) -> AsyncIterator[str]:
+        """Function calling as OpenAI streams it. "fake-tools" calls the first tool offered with
+        {"query": <the question>} and then answers with what the tool said; "fake-tools-loop" calls
+        it for as long as tools are offered."""
+        last = body["messages"][-1]
+        tools = body.get("tools") or []
+        if tools and (model == "fake-tools-loop" or last["role"] != "tool"):
+            name = tools[0]["function"]["name"]
+            arguments = json.dumps({"query": question})
+            call_id = f"call_{self.calls[model]}"
+            for index, piece in enumerate((arguments[:5], arguments[5:])):  # arguments arrive in pieces
+                function = {"name": name, "arguments": piece} if index == 0 else {"arguments": piece}
+                delta = {"tool_calls": [{"index": 0, "type": "function", "function": function}]}
+                if index == 0:
+                    delta["tool_calls"][0]["id"] = call_id
+                yield self.raw_chunk(delta, None)
+            yield self.raw_chunk({}, "tool_calls")
+        else:
+            said = last["content"] if last["role"] == "tool" else "no tool"
+            yield self.chunk(f"Tool said: {said}" if model == "fake-tools" else "Done after tools")
+            yield self.chunk(finish="stop")
+        yield self.usage_chunk(prompt=11, completion=3)
+        yield "data: [DONE]\n\n"
+
+    @staticmethod
+    def raw_chunk(delta: dict[str, Any], finish: str | None) -> str:
+        body = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": "fake",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(body)}\n\n"
 
     async def stream(self, model: str, words: list[str]) -> AsyncIterator[str]:
         pace = 0.15 if model == "fake-slow" else 0.005

@@ -147,6 +147,8 @@ class Settings(BaseSettings):
     outbound_allowed_targets: Annotated[list[str], NoDecode] = Field(default_factory=list)
     reply_deadline_seconds: float = 120.0
     reply_max_attempts: int = 3
+    # Rounds of tool calls one reply may make before the model must answer with what it has.
+    reply_max_tool_steps: int = Field(default=5, ge=0, le=20)
     reply_stale_seconds: float = 20.0
     demo_tokens_per_second: float = 40.0
 

@@ -137,6 +137,12 @@ async def victim_world(client: httpx.AsyncClient, tenant: TenantHandle, fake: Fa
     delivery = await client.post(f"/api/v1/webhooks/{hook.json()['id']}/test", headers=admin.headers)
     invitation = await client.post("/api/v1/invitations", json={"email": "invitee@victim.test"}, headers=admin.headers)
     assert invitation.status_code == 201, invitation.text
+    tool = await client.post(
+        f"/api/v1/assistants/{assistant.json()['id']}/tools",
+        json={"name": "victim_tool", "url": "http://127.0.0.1:9/victim"},
+        headers=admin.headers,
+    )
+    assert tool.status_code == 201, tool.text
     collection = await client.post("/api/v1/knowledge/collections", json={"name": "Victim docs"}, headers=admin.headers)
     assert collection.status_code == 201, collection.text
     document = await client.post(
@@ -163,6 +169,7 @@ async def victim_world(client: httpx.AsyncClient, tenant: TenantHandle, fake: Fa
             "attachment_id": attachment["id"],
             "collection_id": collection.json()["id"],
             "document_id": document.json()["id"],
+            "tool_id": tool.json()["id"],
         },
     }
 
@@ -192,6 +199,7 @@ async def snapshot(client: httpx.AsyncClient, world: dict[str, Any]) -> dict[str
             "chat": await body(member, f"/api/v1/sessions/{ids['session_id']}"),
             "messages": await body(member, f"/api/v1/sessions/{ids['session_id']}/messages"),
             "assistant": await body(admin, f"/api/v1/assistants/{ids['assistant_id']}"),
+            "tools": await body(admin, f"/api/v1/assistants/{ids['assistant_id']}/tools"),
             "number": await body(admin, f"{WHATSAPP_SESSIONS}/{ids['whatsapp_session_id']}"),
             "conversation": await body(admin, f"/api/v1/whatsapp/conversations/{ids['conversation_id']}/messages"),
             "webhook": await body(admin, f"/api/v1/webhooks/{ids['webhook_id']}"),

@@ -10,13 +10,15 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from papo.assistants import usage
-from papo.assistants.schemas import AssistantCreate, AssistantOut, AssistantPatch
+from papo.assistants.schemas import AssistantCreate, AssistantOut, AssistantPatch, ToolCreate, ToolCreated, ToolOut
 from papo.assistants.service import AssistantService, to_out
+from papo.assistants.tools import ToolService, tool_view
 from papo.auth.deps import CurrentPrincipal, DbSession
 from papo.crypto import KeyBox
 from papo.errors import BadRequest
 from papo.knowledge.schemas import AssistantCollections
 from papo.knowledge.service import KnowledgeService
+from papo.netguard import NetGuard
 from papo.runtime import current_runtime
 from papo.settings import Settings
 
@@ -89,6 +91,38 @@ async def set_assistant_collections(
     knowledge = KnowledgeService(session, principal, state.settings)
     await knowledge.set_assistant_collections(assistant_id, body.collection_ids)
     return AssistantCollections(collection_ids=await knowledge.assistant_collections(assistant_id))
+
+
+def tool_service(session: DbSession, principal: CurrentPrincipal, state: State) -> ToolService:
+    return ToolService(session, principal, state.keys, NetGuard.from_settings(state.settings))
+
+
+Tools = Annotated[ToolService, Depends(tool_service)]
+
+
+@router.get("/{assistant_id}/tools", response_model=list[ToolOut], tags=["tools"])
+async def list_tools(assistant_id: uuid.UUID, assistants: Assistants, tools: Tools) -> list[dict[str, object]]:
+    await assistants.get(assistant_id)
+    return [tool_view(tool) for tool in await tools.list(assistant_id)]
+
+
+@router.post("/{assistant_id}/tools", status_code=status.HTTP_201_CREATED, response_model=ToolCreated, tags=["tools"])
+async def create_tool(
+    assistant_id: uuid.UUID, body: ToolCreate, assistants: Assistants, tools: Tools
+) -> dict[str, object]:
+    """An HTTP tool the assistant may call: papo POSTs `{"tool", "call_id", "arguments", …}` as JSON to
+    `url`, signed with the returned `secret` (Standard Webhooks headers), and gives the model the
+    answer (at most 64 KB; an error status, a timeout or a larger answer is given as an error)."""
+    await assistants.get(assistant_id)
+    tool, secret = await tools.create(assistant_id, body.model_dump())
+    return tool_view(tool) | {"secret": secret}
+
+
+@router.delete("/{assistant_id}/tools/{tool_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["tools"])
+async def delete_tool(assistant_id: uuid.UUID, tool_id: uuid.UUID, assistants: Assistants, tools: Tools) -> Response:
+    await assistants.get(assistant_id)
+    await tools.delete(assistant_id, tool_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 class UsageOut(BaseModel):

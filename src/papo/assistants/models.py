@@ -6,7 +6,7 @@ import uuid
 from datetime import date
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, Text, text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, ForeignKeyConstraint, Index, Integer, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -36,6 +36,37 @@ class Assistant(Timestamps, Base):
         CheckConstraint("context_token_budget BETWEEN 256 AND 2000000", name="budget"),
         # At most one default assistant per tenant: the one a member's first AI chat creates.
         Index("uq_assistants_tenant_id_default", "tenant_id", unique=True, postgresql_where=text("is_default")),
+    )
+
+
+class AssistantTool(Timestamps, Base):
+    """An HTTP tool an assistant may call (migration 0033); the secret signs each call."""
+
+    __tablename__ = "assistant_tools"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    assistant_id: Mapped[uuid.UUID] = mapped_column(nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("''"))
+    parameters: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("""'{"type": "object", "properties": {}}'::jsonb""")
+    )
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    timeout_seconds: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("10"))
+    secret_encrypted: Mapped[str] = mapped_column(Text, nullable=False)
+    enabled: Mapped[bool] = mapped_column(nullable=False, server_default=text("true"))
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "assistant_id"],
+            ["assistants.tenant_id", "assistants.id"],
+            ondelete="CASCADE",
+            name="fk_assistant_tools_assistant",
+        ),
+        CheckConstraint("name ~ '^[A-Za-z0-9_-]{1,64}$'", name="name"),
+        CheckConstraint("timeout_seconds BETWEEN 1 AND 60", name="timeout"),
+        Index("uq_assistant_tools_name", "tenant_id", "assistant_id", "name", unique=True),
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import openai
 
 from papo.assistants.service import ProviderTarget
+from papo.assistants.tools import ToolCall
 from papo.knowledge.grounding import INSTRUCTIONS
 from papo.netguard import NOT_ALLOWED, TargetRefused
 
@@ -23,6 +24,13 @@ class Finished:
     finish_reason: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """The model asked for these tools to be called before it answers."""
+
+    calls: list[ToolCall]
 
 
 class ProviderError(Exception):
@@ -67,10 +75,15 @@ class ProviderClients:
 
 
 async def stream_openai(
-    client: openai.AsyncOpenAI, target: ProviderTarget, history: list[dict[str, str]]
-) -> AsyncGenerator[str | Finished, None]:
+    client: openai.AsyncOpenAI,
+    target: ProviderTarget,
+    history: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+) -> AsyncGenerator[str | ToolCalls | Finished, None]:
+    """Text deltas; the tool calls the model asked for (once, complete, before Finished); Finished."""
     finish_reason = None
     usage: Any = None
+    calls: dict[int, dict[str, str]] = {}  # by the delta's index: id, name and the arguments so far
     try:
         # The SDK's overloads type every message shape; ours are plain role/content dicts.
         create: Any = client.chat.completions.create
@@ -80,6 +93,7 @@ async def stream_openai(
             stream=True,
             stream_options={"include_usage": True},
             extra_body=target.parameters or None,  # temperature, top_p, max_tokens…, validated on input
+            **({"tools": tools} if tools else {}),
         )
         async for chunk in stream:
             if chunk.usage is not None:
@@ -87,6 +101,12 @@ async def stream_openai(
             for choice in chunk.choices:
                 if choice.delta and choice.delta.content:
                     yield choice.delta.content
+                for delta in (choice.delta.tool_calls or []) if choice.delta else []:
+                    call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                    call["id"] = delta.id or call["id"]
+                    if delta.function is not None:
+                        call["name"] += delta.function.name or ""
+                        call["arguments"] += delta.function.arguments or ""
                 if choice.finish_reason:
                     finish_reason = choice.finish_reason
     except TargetRefused as exc:  # raised where the connection is made, so the SDK passes it through
@@ -110,6 +130,13 @@ async def stream_openai(
         # Every OpenAI-compatible server ends a stream with a finish_reason; without one the answer
         # was cut short (a dropped connection, or a chunk the SDK could not parse).
         raise ProviderError("the AI provider closed the stream early or sent a malformed response")
+    if calls:
+        yield ToolCalls(
+            [
+                ToolCall(call["id"] or f"call_{index}", call["name"], call["arguments"])
+                for index, call in sorted(calls.items())
+            ]
+        )
     yield Finished(
         finish_reason,
         getattr(usage, "prompt_tokens", None),
@@ -118,7 +145,7 @@ async def stream_openai(
 
 
 async def stream_demo(
-    target: ProviderTarget, history: list[dict[str, str]], *, tokens_per_second: float
+    target: ProviderTarget, history: list[dict[str, Any]], *, tokens_per_second: float
 ) -> AsyncGenerator[str | Finished, None]:
     """A deterministic answer at a realistic pace, so papo works offline. Always says what it is."""
     question = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")

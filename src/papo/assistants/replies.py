@@ -31,18 +31,22 @@ from papo.assistants.providers import (
     Finished,
     ProviderClients,
     ProviderError,
+    ToolCalls,
     estimate_tokens,
     stream_demo,
     stream_openai,
 )
 from papo.assistants.service import AssistantService, ProviderTarget
+from papo.assistants.tools import Toolbox, fit_bytes, toolbox
 from papo.assistants.usage import record as record_usage
 from papo.auth.service import Principal
+from papo.chat.models import MessageRole, MessageStatus
 from papo.chat.service import ChatService
 from papo.crypto import KeyBox
 from papo.db.engine import Database, driver
 from papo.knowledge.grounding import Grounding, ground, source_line
 from papo.knowledge.indexer import KnowledgeIndexer
+from papo.netguard import NetGuard
 from papo.ops.metrics import record_ai_reply
 from papo.realtime.hub import EventHub
 from papo.realtime.service import Event
@@ -87,6 +91,7 @@ class ReplyManager:
         self.on_complete: Callable[[Principal, uuid.UUID, uuid.UUID, str, bool], Awaitable[None]] | None = None
         # Where assistants with collections look things up (the app sets it; None: no knowledge base).
         self.knowledge: KnowledgeIndexer | None = None
+        self.guard = NetGuard.from_settings(settings)  # tools are tenant-set URLs
         self.clients = ProviderClients(
             max_attempts=settings.reply_max_attempts, request_timeout=settings.reply_deadline_seconds
         )
@@ -193,9 +198,10 @@ class ReplyManager:
         try:
             async with self.db.transaction(principal.context()) as session:
                 target = await AssistantService(session, principal, self.settings, self.keys).target(assistant_id)
-                history = await self._chat(session, principal).history_for_model(
+                history: list[dict[str, Any]] = await self._chat(session, principal).history_for_model(
                     session_id, target.context_token_budget - estimate_tokens(target.instructions), estimate_tokens
                 )
+                tools = await toolbox(session, principal, assistant_id, self.keys, self.guard)
             grounding = await self._ground(principal, assistant_id, history)
             if grounding.system is not None:
                 history.insert(0, {"role": "system", "content": grounding.system})
@@ -208,25 +214,40 @@ class ReplyManager:
             } | grounding.metadata()
             async with asyncio.timeout(self.settings.reply_deadline_seconds):
                 last_flush = last_save = 0.0  # the first token goes out at once; later ones are coalesced
-                answer = self._stream(target, history) if not grounding.unknown else self._unknown(principal)
-                async with contextlib.aclosing(answer) as stream:
-                    async for piece in stream:
-                        if isinstance(piece, Finished):
-                            finished = piece
-                            break
-                        if live.halted:
-                            return await self._keep_stopped(principal, reply_id, live.text)
-                        if first_token_at is None:
-                            first_token_at = last_save = time.monotonic()
-                        live.text += piece
-                        now = time.monotonic()
-                        if now - last_flush >= self.settings.reply_flush_seconds:
-                            self._publish_delta(principal, session_id, reply_id, live)
-                            last_flush = now
-                        if now - last_save >= self.settings.reply_save_seconds:
-                            if not await self._save(principal, reply_id, live.text):
+                steps = self.settings.reply_max_tool_steps
+                for step in range(steps + 1):
+                    # tools are offered until the step limit; then the model must answer with what it has
+                    offer = tools.specs() if tools and step < steps else None
+                    answer = self._unknown(principal) if grounding.unknown else self._stream(target, history, offer)
+                    step_started, asked = len(live.text), None
+                    async with contextlib.aclosing(answer) as stream:
+                        async for piece in stream:
+                            if isinstance(piece, Finished):
+                                finished = piece
+                                break
+                            if isinstance(piece, ToolCalls):
+                                asked = piece
+                                continue
+                            if live.halted:
                                 return await self._keep_stopped(principal, reply_id, live.text)
-                            last_save = time.monotonic()
+                            if first_token_at is None:
+                                first_token_at = last_save = time.monotonic()
+                            live.text += piece
+                            now = time.monotonic()
+                            if now - last_flush >= self.settings.reply_flush_seconds:
+                                self._publish_delta(principal, session_id, reply_id, live)
+                                last_flush = now
+                            if now - last_save >= self.settings.reply_save_seconds:
+                                if not await self._save(principal, reply_id, live.text):
+                                    return await self._keep_stopped(principal, reply_id, live.text)
+                                last_save = time.monotonic()
+                    if asked is None:
+                        break
+                    meta["tool_calls"] = meta.get("tool_calls", 0) + len(asked.calls)
+                    meta["tool_steps_exhausted"] = step + 1 == steps
+                    await self._call_tools(
+                        principal, session_id, reply_id, tools, asked, history, live.text[step_started:]
+                    )
             if not live.text.strip():
                 raise ProviderError("the AI provider returned an empty answer")
             if grounding.sources and principal.is_service and self.settings.knowledge_whatsapp_sources:
@@ -275,7 +296,52 @@ class ReplyManager:
             self.db, principal, self.settings, assistant_id, question, knowledge.embedder, knowledge.vectors
         )
 
-    async def _unknown(self, principal: Principal) -> AsyncGenerator[str | Finished, None]:
+    async def _call_tools(
+        self,
+        principal: Principal,
+        session_id: uuid.UUID,
+        reply_id: uuid.UUID,
+        tools: Toolbox,
+        asked: ToolCalls,
+        history: list[dict[str, Any]],
+        said: str,
+    ) -> None:
+        """Run the calls the model asked for, one after another, each recorded in the chat as a
+        `tool` message (what was asked, what came back, how long it took), and give the model the
+        results to continue from."""
+        history.append(
+            {
+                "role": "assistant",
+                "content": said or None,
+                "tool_calls": [
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in asked.calls
+                ],
+            }
+        )
+        context = {"assistant_reply_id": str(reply_id), "session_id": str(session_id)}
+        for call in asked.calls:
+            result = await tools.call(call, context)
+            metadata = {
+                "tool": call.name,
+                "call_id": call.id,
+                "arguments": call.arguments[:4000],
+                "ok": result.ok,
+                "error": result.error,
+                "duration_ms": result.duration_ms,
+                "reply_id": str(reply_id),
+            }
+            async with self.db.transaction(principal.context()) as session:
+                await self._chat(session, principal).add_message(
+                    session_id,
+                    MessageRole.tool,
+                    fit_bytes(result.content, self.settings.max_message_bytes),
+                    metadata=metadata,
+                    status=MessageStatus.delivered,
+                )
+            history.append({"role": "tool", "tool_call_id": call.id, "content": result.content})
+
+    async def _unknown(self, principal: Principal) -> AsyncGenerator[str | ToolCalls | Finished, None]:
         """The answer when the documents do not have one (no model is asked): on WhatsApp (the bot
         runs as the tenant's service principal) it says a person will take over."""
         settings = self.settings
@@ -328,10 +394,12 @@ class ReplyManager:
         async with self.db.transaction(principal.context()) as session:
             await self._chat(session, principal).set_title_if_unset(session_id, principal.user_id, title)
 
-    def _stream(self, target: ProviderTarget, history: list[dict[str, str]]) -> AsyncGenerator[str | Finished, None]:
+    def _stream(
+        self, target: ProviderTarget, history: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> AsyncGenerator[str | ToolCalls | Finished, None]:
         if target.provider == "demo":
             return stream_demo(target, history, tokens_per_second=self.settings.demo_tokens_per_second)
-        return stream_openai(self.clients.get(target), target, history)
+        return stream_openai(self.clients.get(target), target, history, tools)
 
     async def _save(self, principal: Principal, reply_id: uuid.UUID, text: str) -> bool:
         async with self.db.transaction(principal.context()) as session:

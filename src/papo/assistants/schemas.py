@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 
 class Parameters(BaseModel):
@@ -70,3 +71,43 @@ class AssistantOut(BaseModel):
     is_default: bool
     created_at: datetime
     updated_at: datetime
+
+
+class ToolCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The function name the model calls")
+    description: str = Field(default="", max_length=2000)
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="JSON Schema of the arguments (an object)",
+    )
+    url: str = Field(min_length=8, max_length=2000, description="Where papo POSTs each call (signed)")
+    timeout_seconds: int = Field(default=10, ge=1, le=60)
+    enabled: bool = True
+
+    @field_validator("parameters")
+    @classmethod
+    def _object_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value.get("type") != "object":
+            raise ValueError('parameters is a JSON Schema with "type": "object"')
+        if len(json.dumps(value)) > 16_000:
+            raise ValueError("parameters is limited to 16,000 characters of JSON")
+        return value
+
+
+class ToolOut(BaseModel):
+    id: uuid.UUID
+    assistant_id: uuid.UUID
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    url: str
+    timeout_seconds: int
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class ToolCreated(ToolOut):
+    secret: str = Field(description="Verifies papo's signature on each call (Standard Webhooks); shown once")

@@ -45,6 +45,7 @@ class MessageRole(enum.StrEnum):
     user = "user"
     assistant = "assistant"
     system = "system"
+    tool = "tool"  # a tool call's result, written by papo alone (see migration 0033)
 
 
 class MessageStatus(enum.StrEnum):
@@ -182,7 +183,7 @@ class Message(Base):
         ForeignKeyConstraint(
             ["tenant_id", "branch_of"], ["messages.tenant_id", "messages.id"], ondelete="SET NULL (branch_of)"
         ),
-        CheckConstraint("role IN ('user', 'assistant', 'system')", name="role"),
+        CheckConstraint("role IN ('user', 'assistant', 'system', 'tool')", name="role"),
         CheckConstraint(
             "reply_state IN ('streaming', 'complete', 'stopped', 'failed', 'interrupted')", name="reply_state"
         ),

@@ -198,7 +198,8 @@ class ReplyLifecycle:
         self: ChatRows, session_id: uuid.UUID, token_budget: int, estimate: Any
     ) -> list[dict[str, str]]:
         """The newest messages that fit the budget, oldest first; replies still being written or that
-        failed are left out. A message without text says what its voice notes' transcripts say."""
+        failed are left out, and so are earlier tool calls (the replies they fed say what they found).
+        A message without text says what its voice notes' transcripts say."""
         rows = await driver(self.db).fetch(
             """
             SELECT role, content FROM (
@@ -207,7 +208,7 @@ class ReplyLifecycle:
                         WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id AND a.transcript IS NOT NULL
                      )) AS content
                 FROM messages m
-               WHERE m.tenant_id = $1 AND m.session_id = $2 AND m.superseded_at IS NULL
+               WHERE m.tenant_id = $1 AND m.session_id = $2 AND m.superseded_at IS NULL AND m.role <> 'tool'
                  AND (m.reply_state IS NULL OR m.reply_state IN ('complete', 'stopped'))
             ) said
              WHERE content <> ''

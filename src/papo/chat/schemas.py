@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from papo.chat.models import Channel, MessageRole, MessageStatus, SessionStatus
 
@@ -98,6 +98,13 @@ class MessageCreate(Strict):
     content: str
     role: MessageRole = MessageRole.user
     metadata: dict[str, Any] | None = None
+
+    @field_validator("role")
+    @classmethod
+    def _authored(cls, role: MessageRole) -> MessageRole:
+        if role == MessageRole.tool:
+            raise ValueError("tool messages are written by papo when an assistant calls a tool")
+        return role
 
 
 class MessagePatch(Strict):
