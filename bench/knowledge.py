@@ -51,7 +51,7 @@ from papo.ops.logging import configure_logging  # noqa: E402
 from run import HOST, BenchServer, verdict  # noqa: E402
 
 P95_TARGET_MS = 50.0
-PASSAGES_PER_DOCUMENT = 200
+PASSAGES_PER_DOCUMENT = 100
 KINDS = [
     "Liquidificador",
     "Ventilador",
@@ -109,6 +109,28 @@ def facts(rng: random.Random, name: str, code: str) -> list[tuple[str, str]]:
     ]
 
 
+# What a catalogue says around each fact: enough that one fact makes one passage, worded alike
+# across products, so the fact's own words are what tells passages apart.
+FILLER = [
+    "Antes do primeiro uso, leia o manual e lave as partes removíveis com água e sabão neutro.",
+    "O produto acompanha manual em português e certificado de garantia do fabricante.",
+    "Para limpeza, desligue o aparelho da tomada e use apenas um pano macio e úmido.",
+    "Não utilize produtos abrasivos, palha de aço ou solventes nas superfícies externas.",
+    "Em caso de defeito, procure a assistência técnica autorizada mais próxima da sua cidade.",
+    "Guarde a nota fiscal: ela é necessária para qualquer atendimento dentro da garantia.",
+    "A embalagem original protege o aparelho no transporte; recomendamos guardá-la.",
+    "Mantenha o aparelho longe do alcance de crianças e de fontes de calor.",
+    "Peças de reposição podem ser compradas nas lojas e no atendimento ao cliente.",
+    "O aparelho possui selo de eficiência energética e atende às normas do Inmetro.",
+    "Trocas por arrependimento podem ser pedidas em até sete dias após o recebimento.",
+    "O atendimento ao cliente funciona de segunda a sábado, em horário comercial.",
+]
+
+
+def passage_text(rng: random.Random, fact: str) -> str:
+    return fact + " " + " ".join(rng.sample(FILLER, 7))
+
+
 def corpus(passages: int, questions: int, seed: int = 7) -> tuple[list[list[str]], list[Question]]:
     """Documents (lists of passages) and the questions, each answered by exactly one passage."""
     rng = random.Random(seed)
@@ -121,7 +143,7 @@ def corpus(passages: int, questions: int, seed: int = 7) -> tuple[list[list[str]
         if len(asked) < questions and number % 7 == 0:
             passage, question = rng.choice(pairs)
             asked.append(Question(question, passage))
-        all_passages.extend(passage for passage, _ in pairs)
+        all_passages.extend(passage_text(rng, passage) for passage, _ in pairs)
         number += 1
     documents = [
         all_passages[i : i + PASSAGES_PER_DOCUMENT] for i in range(0, len(all_passages), PASSAGES_PER_DOCUMENT)
@@ -161,6 +183,13 @@ class Library:
                 self.collection_id, document_id, written, file_name=file_name, mime_type=mime_type, title=None
             )
         return document_id
+
+    async def chunks(self) -> int:
+        async with self.db.transaction(self.principal.context()) as session:
+            return sum(
+                d.chunks
+                for d in await KnowledgeService(session, self.principal, self.settings).documents(self.collection_id)
+            )
 
     async def index_all(self) -> None:
         while await self.indexer.batch():
@@ -208,8 +237,8 @@ async def main() -> None:
     server = BenchServer("knowledge")
     documents, asked = corpus(args.passages, args.questions)
     print(
-        f"papo knowledge benchmark — {os.cpu_count()} cores, PostgreSQL embedded, {sum(map(len, documents))} passages "
-        f"per collection, {len(asked)} questions"
+        f"papo knowledge benchmark — {os.cpu_count()} cores, PostgreSQL embedded, {sum(map(len, documents))} "
+        f"catalogue facts (one passage each) per collection, two collections, {len(asked)} questions"
     )
     try:
         await server.migrate()
@@ -230,7 +259,11 @@ async def main() -> None:
             await library.index_all()
             elapsed = time.perf_counter() - started
             total = sum(map(len, documents))
-            print(f"  {library.name:9} {total} passages in {elapsed:6.1f} s = {total / elapsed:7.0f} passages/s")
+            chunks = await library.chunks()
+            print(
+                f"  {library.name:9} {total} facts → {chunks} passages in {elapsed:6.1f} s "
+                f"= {chunks / elapsed:6.0f} passages/s"
+            )
         pdf_library = libraries[0]
         pages = [f"Página {n}\n" + " ".join(documents[0][n % len(documents[0])].split()) for n in range(args.pdf_pages)]
         started = time.perf_counter()

@@ -198,6 +198,9 @@ class Settings(BaseSettings):
     knowledge_max_attempts: int = Field(default=4, ge=1, le=50)
     knowledge_retry_seconds: float = Field(default=15.0, gt=0)
     knowledge_poll_seconds: float = Field(default=5.0, gt=0)
+    # At most this many passages matching a question's words are ranked (a common word would
+    # otherwise make one question rank the whole collection).
+    knowledge_text_candidates: int = Field(default=2000, ge=10, le=1_000_000)
     # A passage found only by its vector counts as relevant from this cosine similarity up.
     knowledge_min_similarity: float = Field(default=0.35, ge=-1, le=1)
     # An assistant with collections attached answers from them or says it does not know (the model

@@ -191,6 +191,9 @@ class Database:
         server_settings = {
             "application_name": application_name("papo-read" if read_only else "papo"),
             "standard_conforming_strings": "on",
+            # pgvector (knowledge retrieval): an index scan filtered by tenant goes on until it has
+            # found enough rows, instead of returning the few of the first candidates that pass
+            "hnsw.iterative_scan": "relaxed_order",
         }
         if read_only:  # a replica refuses writes anyway; a primary used as one refuses them too
             server_settings["default_transaction_read_only"] = "on"

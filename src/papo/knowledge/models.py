@@ -133,6 +133,12 @@ class KnowledgeEmbedding(Base):
             name="fk_knowledge_embeddings_chunk",
         ),
         Index("ix_knowledge_embeddings_collection", "tenant_id", "collection_id", "model"),
+        Index(
+            "ix_knowledge_embeddings_demo_hnsw",
+            text("(embedding::vector(256)) vector_cosine_ops"),
+            postgresql_using="hnsw",
+            postgresql_where=text("model = 'papo-demo-hash-256'"),
+        ),
     )
 
 

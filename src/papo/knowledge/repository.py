@@ -35,23 +35,36 @@ INSERT_EMBEDDINGS = """
 
 # Passages ranked by full text and by vector, fused by reciprocal rank (k = 60): a passage high
 # in either list rises, one high in both rises most. Each list is cut at $5 before fusing.
+# Full text: the passages matching the filter $6 (the question's anchors, see
+# papo.knowledge.service.text_filter, or any of its words), at most $7 of them, ranked by the
+# question's words $3. PostgreSQL's ranking knows no word rarity, and a word every passage has
+# would make it rank the whole collection; the cap bounds that cost.
 TEXT_HITS = """
     text_hits AS (
-      SELECT c.document_id, c.ordinal,
-             row_number() OVER (ORDER BY ts_rank_cd(c.search_vector, q.query) DESC, c.document_id, c.ordinal)
-               AS position
-        FROM knowledge_chunks c, (SELECT to_tsquery('simple', $3) AS query) q
-       WHERE c.tenant_id = $1 AND c.collection_id = ANY($2::uuid[]) AND c.search_vector @@ q.query
+      SELECT m.document_id, m.ordinal,
+             row_number() OVER (ORDER BY ts_rank_cd(m.search_vector, to_tsquery('simple', $3)) DESC,
+                                m.document_id, m.ordinal) AS position
+        FROM (SELECT c.document_id, c.ordinal, c.search_vector
+                FROM knowledge_chunks c
+               WHERE c.tenant_id = $1 AND c.collection_id = ANY($2::uuid[])
+                 AND c.search_vector @@ to_tsquery('simple', $6)
+               LIMIT $7) m
        ORDER BY position
        LIMIT $5)"""
 VECTOR_HITS = """
     vector_hits AS (
-      SELECT e.document_id, e.ordinal, 1 - (e.embedding <=> $7::text::vector) AS similarity,
-             row_number() OVER (ORDER BY e.embedding <=> $7::text::vector, e.document_id, e.ordinal) AS position
-        FROM knowledge_embeddings e
-       WHERE e.tenant_id = $1 AND e.collection_id = ANY($2::uuid[]) AND e.model = $6
-       ORDER BY position
-       LIMIT $5)"""
+      SELECT v.document_id, v.ordinal, 1 - v.distance AS similarity,
+             row_number() OVER (ORDER BY v.distance, v.document_id, v.ordinal) AS position
+        FROM (SELECT e.document_id, e.ordinal, {distance} AS distance
+                FROM knowledge_embeddings e
+               WHERE e.tenant_id = $1 AND e.collection_id = ANY($2::uuid[]) AND e.model = {model}
+               ORDER BY {distance}
+               LIMIT $5) v)"""
+# The demo embedder's vectors have an HNSW index (migration 0034), used when the query names the
+# model as written in the index's predicate and compares vectors of its size.
+EXACT_DISTANCE = "e.embedding <=> $9::text::vector"
+INDEXED_DISTANCE = "e.embedding::vector(256) <=> $8::text::vector(256)"
+INDEXED_MODEL = "papo-demo-hash-256"
 FUSED_TEMPLATE = """
     WITH {lists},
     fused AS (
@@ -69,8 +82,12 @@ FUSED_TEMPLATE = """
 """
 TEXT_UNION = "SELECT document_id, ordinal, position, NULL::float8 AS similarity, true AS from_text FROM text_hits"
 VECTOR_UNION = "SELECT document_id, ordinal, position, similarity, false AS from_text FROM vector_hits"
-RETRIEVE_FUSED = FUSED_TEMPLATE.format(
-    lists=TEXT_HITS + "," + VECTOR_HITS, union=TEXT_UNION + " UNION ALL " + VECTOR_UNION
+RETRIEVE_FUSED, RETRIEVE_FUSED_INDEXED = (
+    FUSED_TEMPLATE.format(
+        lists=TEXT_HITS + "," + VECTOR_HITS.format(distance=distance, model=model),
+        union=TEXT_UNION + " UNION ALL " + VECTOR_UNION,
+    )
+    for distance, model in ((EXACT_DISTANCE, "$8"), (INDEXED_DISTANCE, f"'{INDEXED_MODEL}'"))
 )
 RETRIEVE_TEXT = FUSED_TEMPLATE.format(lists=TEXT_HITS, union=TEXT_UNION)  # without pgvector
 
@@ -233,15 +250,19 @@ async def retrieve(
     session: AsyncSession,
     tenant_id: uuid.UUID,
     collection_ids: list[uuid.UUID],
-    text_query: str,
+    ranking: str,
     limit: int,
     *,
+    text_filter: str,
     model: str | None,
     vector: str | None,
     candidates: int = 50,
+    text_candidates: int = 2000,
 ) -> list[Hit]:
-    arguments: list[Any] = [tenant_id, collection_ids, text_query, limit, candidates]
-    if model is not None and vector is not None:
+    arguments: list[Any] = [tenant_id, collection_ids, ranking, limit, candidates, text_filter, text_candidates]
+    if model == INDEXED_MODEL and vector is not None:
+        rows = await driver(session).fetch(RETRIEVE_FUSED_INDEXED, *arguments, vector)
+    elif model is not None and vector is not None:
         rows = await driver(session).fetch(RETRIEVE_FUSED, *arguments, model, vector)
     else:
         rows = await driver(session).fetch(RETRIEVE_TEXT, *arguments)

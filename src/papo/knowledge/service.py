@@ -58,6 +58,14 @@ def text_query(question: str) -> str:
     return " | ".join(terms[:32])
 
 
+def text_filter(question: str) -> str | None:
+    """The question's anchors — words with a digit in them (an order, a product model, a code) —
+    all required, as a `to_tsquery` string; None when it has none. A question naming one thing
+    among thousands alike is answered by the passages that name it."""
+    anchors = [word for word in dict.fromkeys(_WORD.findall(fold(question))) if any(ch.isdigit() for ch in word)]
+    return " & ".join(anchors[:8]) or None
+
+
 @dataclass(frozen=True)
 class Found:
     hit: Hit
@@ -263,15 +271,25 @@ class KnowledgeService:
         at least `knowledge_min_similarity` close)."""
         if not collection_ids:
             return []
-        hits = await repository.retrieve(
-            self.db,
-            self.tenant_id,
-            collection_ids,
-            text_query(question),
-            limit,
-            model=model if vector is not None else None,
-            vector=vector_literal(vector) if vector is not None else None,
-        )
+        ranking = text_query(question)
+        anchored = text_filter(question)
+
+        async def retrieve(words: str) -> list[Hit]:
+            return await repository.retrieve(
+                self.db,
+                self.tenant_id,
+                collection_ids,
+                ranking,
+                limit,
+                text_filter=words,
+                model=model if vector is not None else None,
+                vector=vector_literal(vector) if vector is not None else None,
+                text_candidates=self.settings.knowledge_text_candidates,
+            )
+
+        hits = await retrieve(anchored or ranking)
+        if anchored and not any(hit.matched_words for hit in hits):
+            hits = await retrieve(ranking)  # nothing names it: any of the question's words will do
         floor = self.settings.knowledge_min_similarity
         return [
             Found(hit, hit.matched_words or (hit.similarity is not None and hit.similarity >= floor)) for hit in hits
