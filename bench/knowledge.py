@@ -235,7 +235,8 @@ async def main() -> None:
     while not provider.started:  # noqa: ASYNC110  (uvicorn exposes a flag)
         await asyncio.sleep(0.02)
     base_url = f"http://{HOST}:{provider.servers[0].sockets[0].getsockname()[1]}/v1"
-    server = BenchServer("knowledge")
+    # the provider model's size is configured, so `papo migrate` indexes its vectors (HNSW) too
+    server = BenchServer("knowledge", embedding_model="fake-embed", embedding_dimensions=64)
     documents, asked = corpus(args.passages, args.questions)
     print(
         f"papo knowledge benchmark — {os.cpu_count()} cores, PostgreSQL embedded, {sum(map(len, documents))} "
@@ -245,10 +246,11 @@ async def main() -> None:
         await server.migrate()
         db = Database(server.location.app_url, pool_size=4)
         vectors = await repository.vectors_available(db)
+        await repository.create_vector_index(server.owner_dsn, "fake-embed", 64)
         client = openai.AsyncOpenAI(base_url=base_url, api_key=API_KEY, max_retries=2)
         libraries = [
             Library(db, server, DemoEmbedder(), vectors, "demo"),
-            Library(db, server, ProviderEmbedder(client, "fake-embed"), vectors, "provider"),
+            Library(db, server, ProviderEmbedder(client, "fake-embed", 64), vectors, "provider"),
         ]
         print("\n1. Ingest (the indexer: read, cut, embed, write)")
         for library in libraries:

@@ -25,6 +25,7 @@ from papo.crypto import KeyBox
 from papo.db.engine import Database, RlsContext, locate_database
 from papo.db.migrate import AppRoleConflict, ensure_database, migrate
 from papo.errors import Conflict, DomainError
+from papo.knowledge.repository import create_vector_index
 from papo.ops.logging import configure_logging
 from papo.ops.metrics import MULTIPROCESS_ENV, fresh_metrics_dir
 from papo.realtime.service import prune_events
@@ -98,6 +99,9 @@ async def apply_migrations(settings: Settings) -> None:
             restrict_connect=settings.database_restrict_connect,
             vectors=settings.knowledge_vectors,
         )
+        if settings.embedding_dimensions and settings.knowledge_vectors:
+            owner_dsn = location.owner_url.set(drivername="postgresql").render_as_string(hide_password=False)
+            await create_vector_index(owner_dsn, settings.embedding_model, settings.embedding_dimensions)
     finally:
         location.stop()
 

@@ -191,6 +191,9 @@ class Settings(BaseSettings):
     # A failing fetch or embeddings call is retried knowledge_max_attempts times, then the
     # document is "failed" with the reason (re-index it to try again).
     embedding_model: str = "text-embedding-3-small"
+    # The model's vector size: set it and `papo migrate` builds an HNSW index for its vectors (and
+    # the provider is asked for vectors of that size); unset, they are compared one by one.
+    embedding_dimensions: int | None = Field(default=None, ge=1, le=2000)
     knowledge_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     knowledge_max_pages: int = Field(default=2000, ge=1)
     knowledge_passage_chars: int = Field(default=1200, ge=200, le=20000)

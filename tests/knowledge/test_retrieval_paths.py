@@ -193,3 +193,24 @@ def test_the_demo_embedder_is_deterministic_and_puts_shared_words_close() -> Non
         return sum(p * q for p, q in zip(x, y, strict=True))
 
     assert cosine(a, b) > 0.7 > 0.3 > cosine(a, c)
+
+
+async def test_a_configured_provider_model_is_searched_through_its_own_index(
+    quiet_db: Database,
+    quiet_database: ProvisionedDatabase,
+    settings: Settings,
+    tmp_path: Path,
+    fake_openai: tuple[FakeOpenAI, str],
+) -> None:
+    """PAPO_EMBEDDING_DIMENSIONS set: `papo migrate` builds the model's HNSW index, retrieval uses it."""
+    _, base_url = fake_openai
+    vectors = await repository.vectors_available(quiet_db)
+    made = await repository.create_vector_index(plain_dsn(quiet_database.owner_url), "fake-embed", 64)
+    assert made == vectors  # no embeddings table, no index: nothing to do on a server without pgvector
+    sized = settings.model_copy(update={"embedding_model": "fake-embed", "embedding_dimensions": 64})
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=API_KEY, max_retries=0)
+    library = Library(quiet_db, sized, ProviderEmbedder(client, "fake-embed", 64), vectors, FileBlobStore(tmp_path))
+    await library.open()
+    await library.add_pdf(POLICIES)
+    found = await library.search("horário de atendimento aos sábados")
+    assert "sábados" in found[0].hit.content

@@ -74,9 +74,10 @@ class ProviderEmbedder:
 
     is_demo = False
 
-    def __init__(self, client: openai.AsyncOpenAI, model: str) -> None:
+    def __init__(self, client: openai.AsyncOpenAI, model: str, dimensions: int | None = None) -> None:
         self.client = client
         self._model = model
+        self.dimensions = dimensions
 
     @property
     def model(self) -> str:
@@ -87,7 +88,12 @@ class ProviderEmbedder:
         for start in range(0, len(texts), BATCH):
             batch = texts[start : start + BATCH]
             try:
-                answer = await self.client.embeddings.create(model=self._model, input=batch)
+                if self.dimensions:
+                    answer = await self.client.embeddings.create(
+                        model=self._model, input=batch, dimensions=self.dimensions
+                    )
+                else:
+                    answer = await self.client.embeddings.create(model=self._model, input=batch)
             except TargetRefused as exc:
                 raise EmbeddingError(f"{NOT_ALLOWED}: the embeddings endpoint is not reachable from here") from exc
             except openai.AuthenticationError as exc:
@@ -123,7 +129,7 @@ def embedder_from_settings(settings: Settings) -> Embedder:
         max_retries=max(0, settings.reply_max_attempts - 1),
         timeout=60.0,
     )
-    return ProviderEmbedder(client, settings.embedding_model)
+    return ProviderEmbedder(client, settings.embedding_model, settings.embedding_dimensions)
 
 
 def describe(embedder: Embedder, vectors: bool) -> str:

@@ -4,16 +4,19 @@ statement, so the planner uses the tenant-leading indexes."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import structlog
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from papo.db.engine import Database, driver, rows_changed
+from papo.db.engine import Database, driver, rows_changed, sql_literal
 from papo.knowledge.chunking import Passage
 from papo.knowledge.models import (
     EMBEDDINGS_TABLE,
@@ -61,11 +64,23 @@ VECTOR_HITS = """
                WHERE e.tenant_id = $1 AND e.collection_id = ANY($2::uuid[]) AND e.model = {model}
                ORDER BY {distance}
                LIMIT $5) v)"""
-# The demo embedder's vectors have an HNSW index (migration 0034), used when the query names the
-# model as written in the index's predicate and compares vectors of its size.
+# A model whose vectors have an HNSW index (the demo embedder's, migration 0034; the configured
+# provider model's when PAPO_EMBEDDING_DIMENSIONS is set, made by `papo migrate`) is searched
+# through it: the query names the model as the index's predicate does and compares vectors of
+# its size.
 EXACT_DISTANCE = "e.embedding <=> $9::text::vector"
-INDEXED_DISTANCE = "e.embedding::vector(256) <=> $8::text::vector(256)"
-INDEXED_MODEL = "papo-demo-hash-256"
+INDEXED_DISTANCE = "e.embedding::vector({dimensions}) <=> $8::text::vector({dimensions})"
+
+
+def vector_index_sql(model: str, dimensions: int) -> str:
+    """The HNSW index for one model's vectors (`papo migrate` makes the configured model's)."""
+    name = "ix_knowledge_embeddings_hnsw_" + hashlib.sha256(model.encode()).hexdigest()[:12]
+    return (
+        f"CREATE INDEX IF NOT EXISTS {name} ON knowledge_embeddings "
+        f"USING hnsw ((embedding::vector({int(dimensions)})) vector_cosine_ops) WHERE model = {sql_literal(model)}"
+    )
+
+
 FUSED_TEMPLATE = """
     WITH {lists},
     fused AS (
@@ -83,13 +98,21 @@ FUSED_TEMPLATE = """
 """
 TEXT_UNION = "SELECT document_id, ordinal, position, NULL::float8 AS similarity, true AS from_text FROM text_hits"
 VECTOR_UNION = "SELECT document_id, ordinal, position, similarity, false AS from_text FROM vector_hits"
-RETRIEVE_FUSED, RETRIEVE_FUSED_INDEXED = (
-    FUSED_TEMPLATE.format(
-        lists=TEXT_HITS + "," + VECTOR_HITS.format(distance=distance, model=model),
+RETRIEVE_FUSED = FUSED_TEMPLATE.format(
+    lists=TEXT_HITS + "," + VECTOR_HITS.format(distance=EXACT_DISTANCE, model="$8"),
+    union=TEXT_UNION + " UNION ALL " + VECTOR_UNION,
+)
+
+
+@functools.cache
+def indexed_retrieval(model: str, dimensions: int) -> str:
+    distance = INDEXED_DISTANCE.format(dimensions=int(dimensions))
+    return FUSED_TEMPLATE.format(
+        lists=TEXT_HITS + "," + VECTOR_HITS.format(distance=distance, model=sql_literal(model)),
         union=TEXT_UNION + " UNION ALL " + VECTOR_UNION,
     )
-    for distance, model in ((EXACT_DISTANCE, "$8"), (INDEXED_DISTANCE, f"'{INDEXED_MODEL}'"))
-)
+
+
 RETRIEVE_TEXT = FUSED_TEMPLATE.format(lists=TEXT_HITS, union=TEXT_UNION)  # without pgvector
 
 
@@ -114,6 +137,19 @@ class DuplicateName(Exception):
 
 class MissingAssistant(Exception):
     pass
+
+
+async def create_vector_index(owner_dsn: str, model: str, dimensions: int) -> bool:
+    """As the schema's owner (`papo migrate`): the HNSW index for `model`'s vectors, where the
+    database has the embeddings table. Whether it exists now."""
+    owner = await asyncpg.connect(owner_dsn)
+    try:
+        if not await owner.fetchval("SELECT to_regclass($1) IS NOT NULL", EMBEDDINGS_TABLE):
+            return False
+        await owner.execute(vector_index_sql(model, dimensions))
+        return True
+    finally:
+        await owner.close()
 
 
 async def vectors_available(db: Database) -> bool:
@@ -257,10 +293,11 @@ def _retrieval(
     vector: str | None,
     candidates: int,
     text_candidates: int,
+    indexed: tuple[str, int] | None,
 ) -> tuple[str, list[Any]]:
     arguments: list[Any] = [tenant_id, collection_ids, ranking, limit, candidates, text_filter, text_candidates]
-    if model == INDEXED_MODEL and vector is not None:
-        return RETRIEVE_FUSED_INDEXED, [*arguments, vector]
+    if model is not None and vector is not None and indexed is not None and indexed[0] == model:
+        return indexed_retrieval(*indexed), [*arguments, vector]
     if model is not None and vector is not None:
         return RETRIEVE_FUSED, [*arguments, model, vector]
     return RETRIEVE_TEXT, arguments
@@ -278,12 +315,13 @@ async def retrieve(
     vector: str | None,
     candidates: int = 50,
     text_candidates: int = 2000,
+    indexed: tuple[str, int] | None = None,
     explain: bool = False,
 ) -> list[Hit]:
     """The fused passages, best first. `explain`: the statement's EXPLAIN ANALYZE is logged instead
     of nothing (for bench-knowledge's profile of a missed target)."""
     statement, arguments = _retrieval(
-        tenant_id, collection_ids, ranking, limit, text_filter, model, vector, candidates, text_candidates
+        tenant_id, collection_ids, ranking, limit, text_filter, model, vector, candidates, text_candidates, indexed
     )
     connection = driver(session)
     if explain:

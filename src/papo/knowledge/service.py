@@ -18,7 +18,7 @@ from papo.chat.search import fold
 from papo.db.base import new_id
 from papo.errors import Conflict, Forbidden, InvalidInput, NotFound
 from papo.knowledge import repository
-from papo.knowledge.embeddings import Embedder, vector_literal
+from papo.knowledge.embeddings import DEMO_DIMENSIONS, DEMO_MODEL, Embedder, vector_literal
 from papo.knowledge.models import DOCUMENT_STATES, KnowledgeCollection, KnowledgeDocument
 from papo.knowledge.repository import DuplicateName, Hit, MissingAssistant
 from papo.knowledge.schemas import CollectionOut
@@ -285,6 +285,7 @@ class KnowledgeService:
                 model=model if vector is not None else None,
                 vector=vector_literal(vector) if vector is not None else None,
                 text_candidates=self.settings.knowledge_text_candidates,
+                indexed=indexed_model(self.settings, model),
             )
 
         hits = await retrieve(anchored or ranking)
@@ -294,6 +295,15 @@ class KnowledgeService:
         return [
             Found(hit, hit.matched_words or (hit.similarity is not None and hit.similarity >= floor)) for hit in hits
         ]
+
+
+def indexed_model(settings: Settings, model: str | None) -> tuple[str, int] | None:
+    """The (model, size) to search through an HNSW index, if `model`'s vectors have one."""
+    if model == DEMO_MODEL:
+        return model, DEMO_DIMENSIONS
+    if model is not None and model == settings.embedding_model and settings.embedding_dimensions:
+        return model, settings.embedding_dimensions
+    return None
 
 
 async def embed_question(embedder: Embedder, vectors: bool, question: str) -> tuple[str | None, list[float] | None]:
