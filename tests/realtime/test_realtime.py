@@ -137,11 +137,14 @@ class TestOutbox:
             last = await reader.fetchval("SELECT head FROM papo_events_bounds()")
             start = last
             while True:
+                # read once more after the last stamping, not only after the event was set: a poll
+                # that came back empty just before the final stamping must not end the reading
+                stamped_before_this_read = all_stamped.is_set()
                 rows = await reader.fetch("SELECT event_id FROM papo_events_after($1, 1000)", last)
                 for row in rows:
                     seen.append(row["event_id"])
                     last = row["event_id"]
-                if all_stamped.is_set() and not rows:
+                if stamped_before_this_read and not rows:
                     break
                 await asyncio.sleep(0.001)
             final = await reader.fetch("SELECT event_id FROM papo_events_after($1, 100000)", start)

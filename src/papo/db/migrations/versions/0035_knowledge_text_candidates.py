@@ -26,7 +26,7 @@ SIGNATURE = "papo_knowledge_candidates(uuid[], tsquery, integer)"
 FUNCTION_SQL = """
 CREATE FUNCTION papo_knowledge_candidates(p_collections uuid[], p_query tsquery, p_limit integer)
   RETURNS TABLE (candidate_document_id uuid, candidate_ordinal integer)
-  LANGUAGE plpgsql STABLE {security} ROWS 50 SET search_path = pg_catalog, public
+  LANGUAGE plpgsql STABLE {security} ROWS 50 SET search_path = pg_catalog, public, pg_temp
   AS $$
 DECLARE
   ctx_tenant uuid := papo_current_tenant();
