@@ -4,9 +4,13 @@ sealed OIDC sign-ins, e-mail confirmation links)."""
 
 from __future__ import annotations
 
+import base64
+import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
+from svix.webhooks import Webhook
 
 from papo.private_files import read_or_create_private_file
 from papo.settings import Settings
@@ -35,3 +39,19 @@ class KeyBox:
             return self.fernet.decrypt(token.encode()).decode()
         except InvalidToken as exc:
             raise RuntimeError("a stored secret cannot be decrypted: was PAPO_SECRET_KEY changed?") from exc
+
+
+def new_signing_secret() -> str:
+    """A Standard Webhooks secret (`whsec_` + base64), for outbound webhooks and assistant tools."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def signature_headers(secret: str, message_id: str, body: str) -> dict[str, str]:
+    """The Standard Webhooks headers that let a receiver verify papo sent `body` (any svix or
+    standardwebhooks library checks them)."""
+    signed_at = datetime.now(UTC)
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(signed_at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(message_id, signed_at, body),
+    }

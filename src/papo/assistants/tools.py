@@ -11,24 +11,20 @@ answers around: a failing tool never costs the reply."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from svix.webhooks import Webhook
 
 from papo.assistants.models import AssistantTool
 from papo.auth.service import Principal
-from papo.crypto import KeyBox
+from papo.crypto import KeyBox, new_signing_secret, signature_headers
 from papo.db.base import new_id
 from papo.db.engine import rows_changed
 from papo.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -60,10 +56,6 @@ def fit_bytes(text: str, limit: int) -> str:
     """`text` cut to at most `limit` bytes of UTF-8, on a character boundary."""
     encoded = text.encode()
     return text if len(encoded) <= limit else encoded[:limit].decode("utf-8", errors="ignore")
-
-
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
 def tool_view(tool: AssistantTool) -> dict[str, Any]:
@@ -104,7 +96,7 @@ class ToolService:
         """The new tool and its signing secret (shown this once)."""
         self._require_writer()
         await self._check_url(values["url"])
-        secret = new_secret()
+        secret = new_signing_secret()
         tool = AssistantTool(
             tenant_id=self.principal.tenant_id,
             id=new_id(),
@@ -179,15 +171,8 @@ class Toolbox:
         body = json.dumps(
             {"tool": tool.name, "call_id": call.id, "arguments": arguments, **context}, ensure_ascii=False
         )
-        message_id = f"msg_{call.id}"[:64]
-        signed_at = datetime.now(UTC)
-        headers = {
-            "content-type": "application/json",
-            "user-agent": "papo-tools/1",
-            "webhook-id": message_id,
-            "webhook-timestamp": str(int(signed_at.timestamp())),
-            "webhook-signature": Webhook(self.keys.open(tool.secret_encrypted)).sign(message_id, signed_at, body),
-        }
+        signed = signature_headers(self.keys.open(tool.secret_encrypted), f"msg_{call.id}"[:64], body)
+        headers = {"content-type": "application/json", "user-agent": "papo-tools/1", **signed}
         try:
             async with (
                 asyncio.timeout(tool.timeout_seconds),  # the whole call, however slowly bytes trickle

@@ -50,7 +50,7 @@ Knowledge = Annotated[KnowledgeService, Depends(knowledge_service)]
 async def writable_collection(collection_id: uuid.UUID, knowledge: Knowledge) -> uuid.UUID:
     """A collection the caller may add to: 403 or 404 before any upload is looked at."""
     knowledge.require_writer()
-    await knowledge.collection(collection_id)
+    await knowledge.require_collection(collection_id)
     return collection_id
 
 

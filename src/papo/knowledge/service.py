@@ -126,7 +126,7 @@ class KnowledgeService:
         return [collection_out(row, counts) for row in rows]
 
     async def collection(self, collection_id: uuid.UUID) -> CollectionOut:
-        row = await self._collection(collection_id)
+        row = await self.require_collection(collection_id)
         return collection_out(row, await repository.document_counts(self.db, self.tenant_id))
 
     async def update_collection(self, collection_id: uuid.UUID, values: dict[str, Any]) -> CollectionOut:
@@ -149,7 +149,7 @@ class KnowledgeService:
         if not await repository.delete_collection(self.db, self.tenant_id, collection_id):
             raise NotFound(COLLECTION_NOT_FOUND)
 
-    async def _collection(self, collection_id: uuid.UUID) -> KnowledgeCollection:
+    async def require_collection(self, collection_id: uuid.UUID) -> KnowledgeCollection:
         row = await repository.collection(self.db, self.tenant_id, collection_id)
         if row is None:
             raise NotFound(COLLECTION_NOT_FOUND)
@@ -173,7 +173,7 @@ class KnowledgeService:
         title: str | None,
     ) -> KnowledgeDocument:
         self.require_writer()
-        await self._collection(collection_id)
+        await self.require_collection(collection_id)
         if written.size == 0:
             raise InvalidInput("the file is empty")
         name = (file_name or "").replace("\\", "/").rsplit("/", 1)[-1][:255] or None
@@ -198,7 +198,7 @@ class KnowledgeService:
         """A page to fetch and index; refused now (422) when the outbound rules would refuse it,
         and checked again at every connection (redirects included) when it is fetched."""
         self.require_writer()
-        await self._collection(collection_id)
+        await self.require_collection(collection_id)
         url = url.strip()
         try:
             await guard.check_url(url)
@@ -216,7 +216,7 @@ class KnowledgeService:
         return await repository.add_document(self.db, document)
 
     async def documents(self, collection_id: uuid.UUID) -> list[KnowledgeDocument]:
-        await self._collection(collection_id)
+        await self.require_collection(collection_id)
         return await repository.documents(self.db, self.tenant_id, collection_id)
 
     async def document(self, document_id: uuid.UUID) -> KnowledgeDocument:
@@ -248,7 +248,7 @@ class KnowledgeService:
     async def set_assistant_collections(self, assistant_id: uuid.UUID, collection_ids: list[uuid.UUID]) -> None:
         self.require_writer()
         for collection_id in collection_ids:
-            await self._collection(collection_id)  # another tenant's id is simply not found
+            await self.require_collection(collection_id)  # another tenant's id is simply not found
         try:
             await repository.set_assistant_collections(self.db, self.tenant_id, assistant_id, collection_ids)
         except MissingAssistant as exc:

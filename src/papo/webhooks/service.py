@@ -13,10 +13,8 @@ own token can fetch."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import random
-import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,10 +26,9 @@ import structlog
 from sqlalchemy import Select, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
-from svix.webhooks import Webhook
 
 from papo.auth.service import Principal
-from papo.crypto import KeyBox
+from papo.crypto import KeyBox, new_signing_secret, signature_headers
 from papo.db.base import new_id
 from papo.db.engine import Database, after_commit, driver, rows_changed
 from papo.errors import InvalidInput, NotFound
@@ -102,10 +99,6 @@ def retry_delay(attempts: int, first: float) -> float:
     """After `attempts` failed tries: first, 2×first, 4×first … at most an hour, with ±20 % jitter."""
     base = min(MAX_RETRY_SECONDS, first * 2 ** max(0, attempts - 1))
     return float(base * random.uniform(0.8, 1.2))
-
-
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
 async def check_target(url: str, guard: NetGuard) -> None:
@@ -196,7 +189,7 @@ class WebhookService:
     async def create(self, url: str, event_types: Sequence[str], description: str | None) -> tuple[Endpoint, str]:
         types = _check_types(event_types)
         await check_target(url, self.guard)
-        secret = new_secret()
+        secret = new_signing_secret()
         created = await self.db.execute(
             insert(WebhookEndpoint)
             .values(
@@ -372,18 +365,11 @@ class WebhookSender:
         status_code: int | None = None
         error: str | None = None
         try:
-            signed_at = datetime.now(UTC)
-            signature = Webhook(self.keys.open(row["delivery_secret"])).sign(f"msg_{delivery_id}", signed_at, body)
+            signed = signature_headers(self.keys.open(row["delivery_secret"]), f"msg_{delivery_id}", body)
             response = await self.http.post(
                 row["delivery_url"],
                 content=body,
-                headers={
-                    "content-type": "application/json",
-                    "user-agent": "papo-webhooks/1",
-                    "webhook-id": f"msg_{delivery_id}",
-                    "webhook-timestamp": str(int(signed_at.timestamp())),
-                    "webhook-signature": signature,
-                },
+                headers={"content-type": "application/json", "user-agent": "papo-webhooks/1", **signed},
                 timeout=SEND_TIMEOUT_SECONDS,
                 follow_redirects=False,
             )
