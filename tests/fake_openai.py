@@ -114,14 +114,17 @@ class FakeOpenAI:
         return StreamingResponse(self.stream(model, words), media_type="text/event-stream")
 
     async def tool_turn(self, model: str, body: dict[str, Any], question: str) -> AsyncIterator[str]:
-        """Function calling as OpenAI streams it. "fake-tools" calls the first tool offered with
-        {"query": <the question>} and then answers with what the tool said; "fake-tools-loop" calls
-        it for as long as tools are offered."""
+        """Function calling as OpenAI streams it. "fake-tools" calls the first tool offered (or the one
+        a question "tool:<name> <query>" names) with {"query": <the question, or the query>}, then
+        answers with what the tool said; "fake-tools-loop" calls it for as long as tools are offered."""
         last = body["messages"][-1]
         tools = body.get("tools") or []
         if tools and (model == "fake-tools-loop" or last["role"] != "tool"):
-            name = tools[0]["function"]["name"]
-            arguments = json.dumps({"query": question})
+            # "tool:<name> rest" asks for that tool, with the rest as the query
+            wanted = re.match(r"tool:(\S+)\s*(.*)", question, re.DOTALL)
+            offered = [tool["function"]["name"] for tool in tools]
+            name = wanted.group(1) if wanted and wanted.group(1) in offered else offered[0]
+            arguments = json.dumps({"query": wanted.group(2) if wanted else question})
             call_id = f"call_{self.calls[model]}"
             for index, piece in enumerate((arguments[:5], arguments[5:])):  # arguments arrive in pieces
                 function = {"name": name, "arguments": piece} if index == 0 else {"arguments": piece}

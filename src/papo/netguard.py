@@ -15,14 +15,16 @@ import asyncio
 import ipaddress
 import re
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpcore
+import httpcore2
 import httpx
+import httpx2
 
 if TYPE_CHECKING:
     from papo.settings import Settings
@@ -301,6 +303,29 @@ class NetGuard:
         connect to, the real target."""
         return httpx.AsyncClient(transport=self.transport(), trust_env=False, **options)
 
+    def client2(self, *, max_response_bytes: int, **options: Any) -> httpx2.AsyncClient:
+        """The same for libraries built on httpx2 (the MCP SDK), with every response body capped."""
+        transport = CappedTransport2(GuardedTransport2(self), max_response_bytes)
+        return httpx2.AsyncClient(transport=transport, trust_env=False, **options)
+
+
+async def _connect_checked(
+    guard: NetGuard, host: str, port: int, connect: Callable[[str], Awaitable[Any]], errors: Any
+) -> Any:
+    """A connection to the first checked address of `host` that answers; `connect` opens one to an
+    address, `errors` is the httpcore flavour whose connect failures move on to the next."""
+    addresses = await guard.addresses(host, port)
+    if not addresses:
+        raise errors.ConnectError("name resolution failed")
+    failure: Exception | None = None
+    for address in addresses:
+        try:
+            return await connect(str(address))
+        except (errors.ConnectError, errors.ConnectTimeout) as exc:
+            failure = exc
+    assert failure is not None
+    raise failure
+
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network layer with the check in front: connects to the checked addresses only."""
@@ -317,19 +342,13 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        addresses = await self.guard.addresses(host, port)
-        if not addresses:
-            raise httpcore.ConnectError("name resolution failed")
-        failure: Exception | None = None
-        for address in addresses:
-            try:
-                return await self.inner.connect_tcp(
-                    str(address), port, timeout=timeout, local_address=local_address, socket_options=socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-        assert failure is not None
-        raise failure
+        async def connect(address: str) -> httpcore.AsyncNetworkStream:
+            return await self.inner.connect_tcp(
+                address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+            )
+
+        stream: httpcore.AsyncNetworkStream = await _connect_checked(self.guard, host, port, connect, httpcore)
+        return stream
 
     async def connect_unix_socket(
         self,
@@ -337,6 +356,41 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         timeout: float | None = None,  # noqa: ASYNC109  (httpcore's interface)
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        raise TargetRefused()
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+class GuardedBackend2(httpcore2.AsyncNetworkBackend):
+    """The same check for httpcore2 (under httpx2)."""
+
+    def __init__(self, guard: NetGuard) -> None:
+        self.guard = guard
+        self.inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109  (httpcore2's interface)
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        async def connect(address: str) -> httpcore2.AsyncNetworkStream:
+            return await self.inner.connect_tcp(
+                address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+            )
+
+        stream: httpcore2.AsyncNetworkStream = await _connect_checked(self.guard, host, port, connect, httpcore2)
+        return stream
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109  (httpcore2's interface)
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
         raise TargetRefused()
 
     async def sleep(self, seconds: float) -> None:
@@ -365,3 +419,57 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
             retries=retries,
             network_backend=GuardedBackend(guard),
         )
+
+
+class GuardedTransport2(httpx2.AsyncHTTPTransport):
+    """httpx2's transport over a GuardedBackend2."""
+
+    def __init__(self, guard: NetGuard) -> None:
+        limits = httpx2.Limits(max_connections=100, max_keepalive_connections=20)
+        super().__init__(limits=limits)
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=httpx2.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=GuardedBackend2(guard),
+        )
+
+
+class ResponseTooLarge(httpx2.TransportError):
+    """A tenant's server answered more than we read."""
+
+
+class CappedStream(httpx2.AsyncByteStream):
+    def __init__(self, inner: httpx2.AsyncByteStream, limit: int) -> None:
+        self.inner = inner
+        self.limit = limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        received = 0
+        async for chunk in self.inner:
+            received += len(chunk)
+            if received > self.limit:
+                raise ResponseTooLarge(f"the answer was larger than {self.limit // 1024} KB")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class CappedTransport2(httpx2.AsyncBaseTransport):
+    """Stops reading a response body past `limit` bytes (a library reading whole answers into memory
+    must not be fed 10 MB by a tenant's server)."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, limit: int) -> None:
+        self.inner = inner
+        self.limit = limit
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self.inner.handle_async_request(request)
+        assert isinstance(response.stream, httpx2.AsyncByteStream)
+        response.stream = CappedStream(response.stream, self.limit)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

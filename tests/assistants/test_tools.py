@@ -111,12 +111,13 @@ async def test_a_signed_tool_call_is_recorded_and_answered_from(
     listed = await client.get(f"/api/v1/assistants/{assistant_id}/tools", headers=member.headers)
     assert [t["name"] for t in listed.json()] == ["order_status"] and "secret" not in listed.json()[0]
 
+    asked_before = len(fake.requests)
     reply = await ask(client, member, assistant_id, "cadê meu pedido A-1001?")
     assert reply["reply_state"] == "complete", reply
     assert reply["content"].startswith("Tool said: ") and "a caminho" in reply["content"]
     assert reply["metadata"]["tool_calls"] == 1
     # what the model was offered, and that it saw the result paired with its call
-    offered = next(r for r in fake.requests if r["model"] == "fake-tools" and r.get("tools"))
+    offered = next(r for r in fake.requests[asked_before:] if r["model"] == "fake-tools" and r.get("tools"))
     assert offered["tools"][0]["function"]["name"] == "order_status"
 
     path, headers, body = CompanyApi.received[-1]

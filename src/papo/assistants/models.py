@@ -40,7 +40,8 @@ class Assistant(Timestamps, Base):
 
 
 class AssistantTool(Timestamps, Base):
-    """An HTTP tool an assistant may call (migration 0033); the secret signs each call."""
+    """A tool an assistant may call (migrations 0033, 0036): a tenant's HTTP endpoint (the secret
+    signs each call), a tenant's MCP server (every tool it lists), or one of papo's built-ins."""
 
     __tablename__ = "assistant_tools"
 
@@ -52,9 +53,11 @@ class AssistantTool(Timestamps, Base):
     parameters: Mapped[dict[str, Any]] = mapped_column(
         JSONB, nullable=False, server_default=text("""'{"type": "object", "properties": {}}'::jsonb""")
     )
-    url: Mapped[str] = mapped_column(Text, nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'http'"))
+    url: Mapped[str | None] = mapped_column(Text)
     timeout_seconds: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("10"))
-    secret_encrypted: Mapped[str] = mapped_column(Text, nullable=False)
+    secret_encrypted: Mapped[str | None] = mapped_column(Text)
+    authorization_encrypted: Mapped[str | None] = mapped_column(Text)
     enabled: Mapped[bool] = mapped_column(nullable=False, server_default=text("true"))
 
     __table_args__ = (
@@ -66,6 +69,17 @@ class AssistantTool(Timestamps, Base):
         ),
         CheckConstraint("name ~ '^[A-Za-z0-9_-]{1,64}$'", name="name"),
         CheckConstraint("timeout_seconds BETWEEN 1 AND 60", name="timeout"),
+        CheckConstraint("kind IN ('http', 'mcp', 'builtin')", name="kind"),
+        CheckConstraint(
+            """CASE kind
+                 WHEN 'http' THEN url IS NOT NULL AND secret_encrypted IS NOT NULL
+                   AND authorization_encrypted IS NULL
+                 WHEN 'mcp' THEN url IS NOT NULL AND secret_encrypted IS NULL
+                 ELSE url IS NULL AND secret_encrypted IS NULL AND authorization_encrypted IS NULL
+                   AND name IN ('hand_over_to_person', 'earlier_conversations')
+               END""",
+            name="shape",
+        ),
         Index("uq_assistant_tools_name", "tenant_id", "assistant_id", "name", unique=True),
     )
 

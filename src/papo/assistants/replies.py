@@ -27,6 +27,7 @@ from typing import IO, Any
 import openai
 import structlog
 
+from papo.assistants.mcp import McpCatalog
 from papo.assistants.providers import (
     Finished,
     ProviderClients,
@@ -37,7 +38,7 @@ from papo.assistants.providers import (
     stream_openai,
 )
 from papo.assistants.service import AssistantService, ProviderTarget
-from papo.assistants.tools import Toolbox, fit_bytes, toolbox
+from papo.assistants.tools import Toolbox, ToolService, fit_bytes, toolbox
 from papo.assistants.usage import record as record_usage
 from papo.auth.service import Principal
 from papo.chat.models import MessageRole, MessageStatus
@@ -92,6 +93,7 @@ class ReplyManager:
         # Where assistants with collections look things up (the app sets it; None: no knowledge base).
         self.knowledge: KnowledgeIndexer | None = None
         self.guard = NetGuard.from_settings(settings)  # tools are tenant-set URLs
+        self.mcp = McpCatalog()
         self.clients = ProviderClients(
             max_attempts=settings.reply_max_attempts, request_timeout=settings.reply_deadline_seconds
         )
@@ -201,7 +203,12 @@ class ReplyManager:
                 history: list[dict[str, Any]] = await self._chat(session, principal).history_for_model(
                     session_id, target.context_token_budget - estimate_tokens(target.instructions), estimate_tokens
                 )
-                tools = await toolbox(session, principal, assistant_id, self.keys, self.guard)
+                tool_rows = await ToolService(session, principal, self.keys, self.guard).list(assistant_id)
+            tools, unavailable = await toolbox(
+                tool_rows, self.db, principal, session_id, self.keys, self.guard, self.mcp, self.settings
+            )
+            if unavailable:
+                meta["tool_servers_unavailable"] = unavailable
             grounding = await self._ground(principal, assistant_id, history)
             if grounding.system is not None:
                 history.insert(0, {"role": "system", "content": grounding.system})
@@ -283,7 +290,8 @@ class ReplyManager:
         if await self._finish(principal, reply_id, live.text, meta, "complete"):
             await self._title(principal, session_id, target, history, live.text)
             if self.on_complete is not None:
-                await self.on_complete(principal, session_id, reply_id, live.text, grounding.unknown)
+                hand_off = grounding.unknown or tools.builtins.handed_over
+                await self.on_complete(principal, session_id, reply_id, live.text, hand_off)
         else:  # stopped after the last token
             await self._keep_stopped(principal, reply_id, live.text)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, HttpUrl, Tag, field_validator
 
 
 class Parameters(BaseModel):
@@ -73,9 +73,13 @@ class AssistantOut(BaseModel):
     updated_at: datetime
 
 
-class ToolCreate(BaseModel):
+BUILTIN_TOOLS = ("hand_over_to_person", "earlier_conversations")
+
+
+class HttpToolCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    kind: Literal["http"] = "http"
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The function name the model calls")
     description: str = Field(default="", max_length=2000)
     parameters: dict[str, Any] = Field(
@@ -96,13 +100,59 @@ class ToolCreate(BaseModel):
         return value
 
 
+class McpToolCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["mcp"]
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9]{1,24}$",
+        description="Prefix of the server's tools: the model sees `<name>__<tool>`",
+    )
+    description: str = Field(default="", max_length=2000)
+    url: str = Field(min_length=8, max_length=2000, description="The MCP server's streamable HTTP endpoint")
+    authorization: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4000,
+        description="Sent as the Authorization header (e.g. `Bearer …`); stored encrypted, never returned",
+    )
+    timeout_seconds: int = Field(default=10, ge=1, le=60)
+    enabled: bool = True
+
+
+class BuiltinToolCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["builtin"]
+    name: Literal["hand_over_to_person", "earlier_conversations"] = Field(
+        description="hand_over_to_person (WhatsApp conversations: a person takes over) or "
+        "earlier_conversations (the customer's other conversations, optionally searched)"
+    )
+    enabled: bool = True
+
+
+def _tool_kind(value: Any) -> str:
+    kind = value.get("kind", "http") if isinstance(value, dict) else getattr(value, "kind", "http")
+    return str(kind)
+
+
+ToolCreate = Annotated[
+    Annotated[HttpToolCreate, Tag("http")]
+    | Annotated[McpToolCreate, Tag("mcp")]
+    | Annotated[BuiltinToolCreate, Tag("builtin")],
+    Discriminator(_tool_kind),
+]
+
+
 class ToolOut(BaseModel):
     id: uuid.UUID
     assistant_id: uuid.UUID
+    kind: Literal["http", "mcp", "builtin"]
     name: str
     description: str
     parameters: dict[str, Any]
-    url: str
+    url: str | None
+    has_authorization: bool
     timeout_seconds: int
     enabled: bool
     created_at: datetime
@@ -110,4 +160,6 @@ class ToolOut(BaseModel):
 
 
 class ToolCreated(ToolOut):
-    secret: str = Field(description="Verifies papo's signature on each call (Standard Webhooks); shown once")
+    secret: str | None = Field(
+        description="HTTP tools: verifies papo's signature on each call (Standard Webhooks); shown once"
+    )

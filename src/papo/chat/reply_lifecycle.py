@@ -194,6 +194,55 @@ class ReplyLifecycle:
             .limit(1)
         )
 
+    async def earlier_conversations(
+        self: ChatRows, session_id: uuid.UUID, query: str, *, limit: int = 5, messages_each: int = 6
+    ) -> list[dict[str, Any]]:
+        """The same customer's other conversations, newest first, each with its latest messages (or,
+        given a query, the messages that match it): a WhatsApp contact's conversations on that
+        number's tenant, or a member's own chats. Row-level security still decides what is read."""
+        rows = await driver(self.db).fetch(
+            """
+            WITH this AS (
+              SELECT user_id, contact_id FROM chat_sessions WHERE tenant_id = $1 AND id = $2
+            ), q AS (
+              SELECT CASE WHEN $3 = '' THEN NULL ELSE websearch_to_tsquery('simple', papo_fold($3)) END AS query
+            )
+            SELECT s.id, s.title, s.channel::text AS channel, s.created_at, s.last_message_at, s.ticket_status,
+                   said.messages
+              FROM this, q, chat_sessions s
+              CROSS JOIN LATERAL (
+                SELECT json_agg(json_build_object('role', m.role, 'at', m.created_at, 'text', left(m.content, 400))
+                                ORDER BY m.created_at) AS messages
+                  FROM (SELECT role, created_at, content FROM messages
+                         WHERE tenant_id = s.tenant_id AND session_id = s.id AND superseded_at IS NULL
+                           AND role IN ('user', 'assistant') AND content <> ''
+                           AND (q.query IS NULL OR search_vector @@ q.query)
+                         ORDER BY created_at DESC LIMIT $5) m
+              ) said
+             WHERE s.tenant_id = $1 AND s.id <> $2 AND s.status <> 'deleted' AND said.messages IS NOT NULL
+               AND CASE WHEN this.contact_id IS NOT NULL THEN s.contact_id = this.contact_id
+                        ELSE s.user_id = this.user_id AND s.contact_id IS NULL END
+             ORDER BY s.activity_at DESC LIMIT $4
+            """,
+            self.principal.tenant_id,
+            session_id,
+            query.strip()[:200],
+            limit,
+            messages_each,
+        )
+        return [
+            {
+                "conversation_id": str(row["id"]),
+                "title": row["title"],
+                "channel": row["channel"],
+                "started_at": row["created_at"].isoformat(),
+                "last_message_at": row["last_message_at"].isoformat() if row["last_message_at"] else None,
+                "ticket_status": row["ticket_status"],
+                "messages": row["messages"],
+            }
+            for row in rows
+        ]
+
     async def history_for_model(
         self: ChatRows, session_id: uuid.UUID, token_budget: int, estimate: Any
     ) -> list[dict[str, str]]:
