@@ -191,6 +191,47 @@ class TestChat:
         await expect(unknown).to_contain_text("Não encontrei essa informação", timeout=15_000)
         assert errors == []
 
+    async def test_a_replys_tool_calls_are_shown_above_it(
+        self,
+        context: BrowserContext,
+        live_url: str,
+        client: httpx.AsyncClient,
+        make_tenant: Any,
+        fake_openai: tuple[FakeOpenAI, str],
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Ferramentas web")
+        admin, member = await tenant.member(Role.admin), await tenant.member()
+        body = {"name": "Loja", "model": "fake-tools", "base_url": fake_openai[1], "api_key": API_KEY}
+        made = await client.post("/api/v1/assistants", json=body | {"is_default": True}, headers=admin.headers)
+        tool = {"kind": "builtin", "name": "earlier_conversations"}
+        added = await client.post(f"/api/v1/assistants/{made.json()['id']}/tools", json=tool, headers=admin.headers)
+        assert added.status_code == 201, added.text
+        page = await context.new_page()
+        errors = watch_errors(page)
+        await sign_in(page, live_url, member)
+        await open_new_chat(page, live_url)
+        await send(page, "tool:earlier_conversations geladeira")
+        reply = page.locator('.msg.assistant[data-state="complete"]')
+        await expect(reply.locator(".body")).to_contain_text("Tool said:", timeout=15_000)
+
+        async def check_order() -> None:
+            roles = await page.locator("#messages > .msg").evaluate_all("nodes => nodes.map(n => n.dataset.role)")
+            assert roles == ["user", "tool", "assistant"], roles  # the call sits above the reply it fed
+            call = page.locator(".msg.tool")
+            await expect(call.locator("summary")).to_contain_text("Ferramenta: earlier_conversations · concluída")
+            await call.locator("summary").click()
+            await expect(call.locator("pre").first).to_have_text('{"query": "geladeira"}')
+            await expect(call.locator("pre").last).to_contain_text('"conversations": []')
+
+        await check_order()  # live
+        await screenshot(page, "chat-tool-call")
+        preview = page.locator(".chat-item.current .preview")
+        await expect(preview).not_to_contain_text("{")  # never the tool's raw answer (JSON)
+        await page.reload()
+        await check_order()  # and from the server's page
+        await expect(preview).to_contain_text("Tool said:")
+        assert errors == []
+
 
 class TestDashboard:
     async def test_a_chat_opened_by_the_back_office_appears_live(

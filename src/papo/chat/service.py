@@ -181,6 +181,7 @@ class ChatService(ReplyLifecycle):
               CROSS JOIN LATERAL (
                 SELECT content FROM messages
                  WHERE tenant_id = $1 AND session_id = s.id AND superseded_at IS NULL AND content <> ''
+                   AND role <> 'tool'
                  ORDER BY created_at DESC, id DESC LIMIT 1) AS m
             """,
             self.principal.tenant_id,

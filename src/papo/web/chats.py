@@ -33,6 +33,27 @@ def message_view(message: Any) -> dict[str, Any]:
     return out
 
 
+def tool_calls_before_their_replies(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A reply's tool calls are stored after the reply's row (its placeholder is created first) but
+    were made before it was written: they are shown above the reply they fed."""
+
+    def reply_of(message: dict[str, Any]) -> str | None:
+        return str((message.get("metadata") or {}).get("reply_id") or "") if message["role"] == "tool" else None
+
+    present = {str(m["id"]) for m in messages}
+    calls: dict[str, list[dict[str, Any]]] = {}
+    for message in messages:
+        reply = reply_of(message)
+        if reply in present:
+            calls.setdefault(reply, []).append(message)
+    ordered: list[dict[str, Any]] = []
+    for message in messages:
+        if reply_of(message) not in present:
+            ordered += calls.get(str(message["id"]), [])
+            ordered.append(message)
+    return ordered
+
+
 async def chat_list(page: Page, chat: ChatService, status: str, cursor: str | None = None) -> dict[str, Any]:
     listing = SessionStatus.archived if status == "archived" else SessionStatus.active
     rows, next_cursor = await chat.get_chat_sessions(page.user_id, listing, limit=PAGE_SIZE, cursor=cursor)
@@ -78,7 +99,7 @@ async def chat_page(
     if found is None:
         return not_found(page, state)
     history = await chat.get_messages(session_id, page.user_id, latest=True, limit=100, include_superseded=versions)
-    messages = [message_view(m) for m in history.items]
+    messages = tool_calls_before_their_replies([message_view(m) for m in history.items])
     listing = await chat_list(page, chat, "active")
     return render(
         page,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response
 from papo.auth import tenant_settings
 from papo.auth.deps import DbSession
 from papo.errors import NotFound
+from papo.web.chats import tool_calls_before_their_replies
 from papo.web.pages import Admin, Staff, State, not_found, render
 from papo.whatsapp.inbox import Inbox
 from papo.whatsapp.rows import session_out
@@ -33,7 +34,7 @@ async def inbox_page(
     if conversation_id is not None:
         try:
             current = await box.conversation(conversation_id)
-            messages = await box.messages(conversation_id)
+            messages = tool_calls_before_their_replies(await box.messages(conversation_id))
         except NotFound:
             return not_found(page, state)
         if current["assigned_to"]:

@@ -37,6 +37,44 @@ function sourcesNode(metadata) {
   return element("details", { class: "sources" }, element("summary", { text: `${t("chat.sources")} (${sources.length})` }), element("ol", {}, ...items));
 }
 
+// One tool call of a reply (role `tool`), as _tool_call.html shows it, placed above the reply it fed.
+function toolCallNode(message) {
+  const call = message.metadata || {};
+  const ms = call.duration_ms === undefined || call.duration_ms === null ? "" : ` · ${Math.round(call.duration_ms)} ms`;
+  return element(
+    "li",
+    { class: "msg tool", id: `m-${message.id}`, "data-id": message.id, "data-role": "tool", "data-reply": call.reply_id || "" },
+    element(
+      "details",
+      { class: "tool-call" },
+      element(
+        "summary",
+        {},
+        element("span", { class: "tool-name", text: `${t("chat.tool")}: ${call.tool || "?"}` }),
+        " · ",
+        element("span", { class: call.ok ? "ok" : "failed", text: t(call.ok ? "chat.tool_ok" : "chat.tool_failed") }),
+        ms,
+      ),
+      element(
+        "div",
+        { class: "tool-detail" },
+        element("div", { class: "muted", text: t("chat.tool_arguments") }),
+        element("pre", { text: call.arguments || "" }),
+        element("div", { class: "muted", text: t("chat.tool_result") }),
+        element("pre", { text: (message.content || "").slice(0, 4000) }),
+      ),
+    ),
+  );
+}
+
+function placeToolCall(list, message) {
+  const node = toolCallNode(message);
+  const reply = message.metadata?.reply_id && document.getElementById(`m-${message.metadata.reply_id}`);
+  if (reply && reply.parentNode === list) list.insertBefore(node, reply);
+  else list.append(node);
+  return node;
+}
+
 // ---- the API, with the session cookie and the CSRF header -----------------------------------
 
 class SessionEnded extends Error {}
@@ -177,7 +215,7 @@ function setupChatList() {
     } else if (event === "message.created") {
       const item = find(data.session_id);
       if (item) {
-        if (data.content) item.querySelector(".preview").textContent = data.content.slice(0, 140);
+        if (data.content && data.role !== "tool") item.querySelector(".preview").textContent = data.content.slice(0, 140);
         const time = item.querySelector("time");
         time.dateTime = data.created_at;
         time.textContent = shortTime(data.created_at);
@@ -395,7 +433,7 @@ function setupChat() {
     const busy = streaming().length > 0;
     stopButton.hidden = !busy;
     sendButton.disabled = busy;
-    $$(".msg", list).forEach(decorate);
+    $$(".msg:not(.tool)", list).forEach(decorate);
     $("#chat-empty").hidden = list.children.length > 0;
   }
 
@@ -412,6 +450,7 @@ function setupChat() {
 
   function upsert(message) {
     let node = find(message.id);
+    if (!node && message.role === "tool") return placeToolCall(list, message);
     if (!node) {
       node = messageNode(message);
       list.append(node);
@@ -686,7 +725,9 @@ function setupInbox() {
   handlers.add((event, data) => {
     if (event === "whatsapp.conversation.updated" && !$(`#conversations [data-id="${CSS.escape(data.id)}"]`)) reload();
     if (!current || data.session_id !== current) return;
-    if (event === "message.created" && !$(`#m-${CSS.escape(data.id)}`)) {
+    if (event === "message.created" && data.role === "tool" && !$(`#m-${CSS.escape(data.id)}`)) {
+      placeToolCall(list, data);
+    } else if (event === "message.created" && !$(`#m-${CSS.escape(data.id)}`)) {
       const who = data.role === "user" ? t("inbox.customer") : data.metadata?.author === "bot" ? t("inbox.bot") : t("inbox.agent");
       const node = element(
         "li",
