@@ -37,6 +37,7 @@ OWNERS: dict[str, list[str]] = {
         "knowledge_chunks",
         "knowledge_embeddings",
         "assistant_collections",
+        "chat_document_chunks",
     ],
     "ops": ["alert_states", "ops_observations", "rate_limit_buckets", "sign_in_guards"],
 }

@@ -43,6 +43,7 @@ from papo.insights.api import router as insights_router
 from papo.insights.sentiment import ChildProcessScorer
 from papo.insights.service import SentimentWorker
 from papo.knowledge.api import KnowledgeRuntime
+from papo.knowledge.api import files_router as chat_files_router
 from papo.knowledge.api import router as knowledge_router
 from papo.knowledge.embeddings import embedder_from_settings
 from papo.knowledge.indexer import KnowledgeIndexer
@@ -232,6 +233,7 @@ def create_app(
     app.include_router(auth_router)
     app.include_router(chat_router)
     app.include_router(attachments_router)
+    app.include_router(chat_files_router)
     app.include_router(legacy_chat_router)
     app.include_router(realtime_router)
     app.include_router(assistants_router)

@@ -74,6 +74,14 @@ class PayloadTooLarge(DomainError):
     status, slug, title = 413, "payload-too-large", "Payload too large"
 
 
+class FileTooLarge(DomainError):
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class UnsupportedFile(DomainError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
 class InvalidInput(DomainError):
     """Semantically invalid input found after schema validation (e.g. merged metadata too large)."""
 

@@ -16,7 +16,9 @@ from papo.auth.models import Role
 from papo.web.brand import contrast
 from papo.whatsapp.transports.base import SessionKey
 from tests.fake_openai import API_KEY, FakeOpenAI
+from tests.knowledge.documents import make_pdf
 from tests.knowledge.test_grounded_replies import knowledgeable_assistant
+from tests.knowledge.test_knowledge_api import POLICIES
 from tests.support import FakeOidcProvider, Member, TenantHandle, WebhookReceiver, create_session
 from tests.support import send as send_over_api
 from tests.web.conftest import default_assistant, screenshot, set_tenant_settings, sign_in, watch_errors
@@ -230,6 +232,48 @@ class TestChat:
         await page.reload()
         await check_order()  # and from the server's page
         await expect(preview).to_contain_text("Tool said:")
+        assert errors == []
+
+    async def test_a_document_attached_in_the_chat_is_answered_from(
+        self,
+        context: BrowserContext,
+        live_url: str,
+        client: httpx.AsyncClient,
+        make_tenant: Any,
+        fake_openai: tuple[FakeOpenAI, str],
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Anexos web")
+        admin, member = await tenant.member(Role.admin), await tenant.member()
+        body = {"name": "Leitor", "model": "fake-echo", "base_url": fake_openai[1], "api_key": API_KEY}
+        await client.post("/api/v1/assistants", json=body | {"is_default": True}, headers=admin.headers)
+        page = await context.new_page()
+        errors = watch_errors(page)
+        await sign_in(page, live_url, member)
+        await open_new_chat(page, live_url)
+        await page.set_input_files(
+            "#chat-file",
+            files=[{"name": "programa.exe", "mimeType": "application/octet-stream", "buffer": b"MZ" + bytes(600)}],
+        )
+        await page.click("#send")
+        await expect(page.locator("#chat-error")).to_contain_text("O chat aceita fotos")  # refused, said why
+        await page.click("#chat-pending [data-unpick]")
+        pdf = make_pdf(POLICIES)
+        await page.set_input_files(
+            "#chat-file", files=[{"name": "contrato.pdf", "mimeType": "application/pdf", "buffer": pdf}]
+        )
+        await expect(page.locator("#chat-pending .name")).to_have_text("contrato.pdf")
+        await page.fill("#composer-input", "qual o prazo para devolver um produto?")
+        await page.click("#send")
+        sent = page.locator(".msg.user").last
+        await expect(sent.locator(".attachment.document .file strong")).to_have_text("contrato.pdf")
+        await expect(page.locator("#chat-error")).to_be_hidden()
+        sources = page.locator('.msg.assistant[data-state="complete"] .sources')
+        await expect(sources.locator("summary")).to_have_text("Fontes (1)", timeout=15_000)
+        await sources.locator("summary").click()
+        await expect(sources.locator(".source-title").first).to_have_text("contrato.pdf · p. 1")
+        await screenshot(page, "chat-attached-document")
+        await page.reload()
+        await expect(page.locator(".msg.user .attachment.document .file strong")).to_have_text("contrato.pdf")
         assert errors == []
 
 

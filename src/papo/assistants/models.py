@@ -30,6 +30,7 @@ class Assistant(Timestamps, Base):
         Integer, nullable=False, default=8000, server_default=text("8000")
     )
     is_default: Mapped[bool] = mapped_column(nullable=False, default=False, server_default=text("false"))
+    accepts_images: Mapped[bool] = mapped_column(nullable=False, default=False, server_default=text("false"))
 
     __table_args__ = (
         CheckConstraint("provider IN ('openai', 'demo')", name="provider"),

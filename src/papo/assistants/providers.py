@@ -13,7 +13,7 @@ import openai
 
 from papo.assistants.service import ProviderTarget
 from papo.assistants.tools import ToolCall
-from papo.knowledge.grounding import INSTRUCTIONS
+from papo.knowledge.grounding import passages_shown
 from papo.netguard import NOT_ALLOWED, TargetRefused
 
 DEMO_NOTICE = "papo demo assistant (no AI provider is configured)"
@@ -155,11 +155,9 @@ async def stream_demo(
         "Set PAPO_OPENAI_BASE_URL and PAPO_OPENAI_API_KEY, or give this assistant its own provider, "
         "and a real model will answer here, streamed just like this."
     )
-    grounded = next(
-        (m["content"] for m in history if m["role"] == "system" and m["content"].startswith(INSTRUCTIONS)), None
-    )
+    grounded = next((shown for m in history if m["role"] == "system" and (shown := passages_shown(m["content"]))), None)
     if grounded is not None:  # show the knowledge flow offline: the best passage, cited
-        header, _, passage = grounded.removeprefix(INSTRUCTIONS).strip().partition("\n")
+        header, _, passage = grounded.partition("\n")
         passage = " ".join(passage.split("\n\n[2]")[0].split())
         answer = f"({DEMO_NOTICE}.) {header}: “{passage[:400]}” [1]"
     words = answer.split(" ")

@@ -45,6 +45,7 @@ from papo.chat.models import MessageRole, MessageStatus
 from papo.chat.service import ChatService
 from papo.crypto import KeyBox
 from papo.db.engine import Database, driver
+from papo.knowledge.chat_files import MAX_IMAGES_FOR_MODEL, ChatFiles
 from papo.knowledge.grounding import Grounding, ground, source_line
 from papo.knowledge.indexer import KnowledgeIndexer
 from papo.netguard import NetGuard
@@ -209,7 +210,8 @@ class ReplyManager:
             )
             if unavailable:
                 meta["tool_servers_unavailable"] = unavailable
-            grounding = await self._ground(principal, assistant_id, history)
+            files = ChatFiles(self.knowledge) if self.knowledge is not None else None
+            grounding = await self._ground(principal, session_id, assistant_id, history, files)
             if grounding.system is not None:
                 history.insert(0, {"role": "system", "content": grounding.system})
             if target.instructions:
@@ -219,13 +221,14 @@ class ReplyManager:
                 "provider": target.provider,
                 "prompt_estimate": sum(estimate_tokens(m["content"]) for m in history),
             } | grounding.metadata()
+            prompt = await self._with_files(target, history, files)
             async with asyncio.timeout(self.settings.reply_deadline_seconds):
                 last_flush = last_save = 0.0  # the first token goes out at once; later ones are coalesced
                 steps = self.settings.reply_max_tool_steps
                 for step in range(steps + 1):
                     # tools are offered until the step limit; then the model must answer with what it has
                     offer = tools.specs() if tools and step < steps else None
-                    answer = self._unknown(principal) if grounding.unknown else self._stream(target, history, offer)
+                    answer = self._unknown(principal) if grounding.unknown else self._stream(target, prompt, offer)
                     step_started, asked = len(live.text), None
                     async with contextlib.aclosing(answer) as stream:
                         async for piece in stream:
@@ -253,7 +256,7 @@ class ReplyManager:
                     meta["tool_calls"] = meta.get("tool_calls", 0) + len(asked.calls)
                     meta["tool_steps_exhausted"] = step + 1 == steps
                     await self._call_tools(
-                        principal, session_id, reply_id, tools, asked, history, live.text[step_started:]
+                        principal, session_id, reply_id, tools, asked, prompt, live.text[step_started:]
                     )
             if not live.text.strip():
                 raise ProviderError("the AI provider returned an empty answer")
@@ -295,14 +298,54 @@ class ReplyManager:
         else:  # stopped after the last token
             await self._keep_stopped(principal, reply_id, live.text)
 
-    async def _ground(self, principal: Principal, assistant_id: uuid.UUID, history: list[dict[str, str]]) -> Grounding:
+    async def _ground(
+        self,
+        principal: Principal,
+        session_id: uuid.UUID,
+        assistant_id: uuid.UUID,
+        history: list[dict[str, Any]],
+        files: ChatFiles | None,
+    ) -> Grounding:
         question = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
-        if self.knowledge is None or not question.strip():
+        if self.knowledge is None or files is None or not question.strip():
             return Grounding()
+        if any(file["kind"] == "document" for m in history for file in m.get("files") or ()):
+            await files.read_documents(principal, session_id)
+        attached = await files.search(principal, session_id, question)
         knowledge = self.knowledge
         return await ground(
-            self.db, principal, self.settings, assistant_id, question, knowledge.embedder, knowledge.vectors
+            self.db, principal, self.settings, assistant_id, question, knowledge.embedder, knowledge.vectors, attached
         )
+
+    async def _with_files(
+        self, target: ProviderTarget, history: list[dict[str, Any]], files: ChatFiles | None
+    ) -> list[dict[str, Any]]:
+        """The messages as the model takes them: a user's newest photos as image parts when the model
+        takes images, every other file named in the text."""
+        images_left = MAX_IMAGES_FOR_MODEL if target.accepts_images and target.provider != "demo" else 0
+        prompt: list[dict[str, Any]] = []
+        for message in reversed(history):
+            attached = message.get("files")
+            if not attached:
+                prompt.append(message)
+                continue
+            text, parts = message["content"], []
+            for file in attached:
+                if file["kind"] == "image" and images_left > 0 and files is not None:
+                    try:
+                        part = await files.image_part(file)
+                    except Exception:  # a file gone from the store: the text still names it
+                        log.warning("attached image unreadable", blob_key=file.get("blob_key"))
+                        part = None
+                    if part is not None:
+                        parts.append(part)
+                        images_left -= 1
+                        continue
+                text += f"\n[{'image' if file['kind'] == 'image' else 'document'}: {file.get('file_name') or 'file'}]"
+            content: Any = [{"type": "text", "text": text}, *parts] if parts else text
+            prompt.append({"role": message["role"], "content": content})
+        prompt.reverse()
+        return prompt
 
     async def _call_tools(
         self,

@@ -40,6 +40,9 @@ class AssistantCreate(BaseModel):
     parameters: Parameters = Field(default_factory=Parameters)
     context_token_budget: int = Field(default=8000, ge=256, le=2_000_000)
     is_default: bool = False
+    accepts_images: bool = Field(
+        default=False, description="The model takes images (vision): photos in a chat are sent to it as image parts"
+    )
 
 
 class AssistantPatch(BaseModel):
@@ -55,6 +58,7 @@ class AssistantPatch(BaseModel):
     parameters: Parameters | None = None
     context_token_budget: int | None = Field(default=None, ge=256, le=2_000_000)
     is_default: bool | None = None
+    accepts_images: bool | None = None
 
 
 class AssistantOut(BaseModel):
@@ -69,6 +73,7 @@ class AssistantOut(BaseModel):
     parameters: dict[str, float | int]
     context_token_budget: int
     is_default: bool
+    accepts_images: bool
     created_at: datetime
     updated_at: datetime
 

@@ -38,6 +38,7 @@ class ProviderTarget:
     api_key: str | None
     parameters: dict[str, Any]
     context_token_budget: int
+    accepts_images: bool = False
     # Checks every connection to a URL the tenant chose; None for the operator's own endpoints.
     guard: NetGuard | None = None
 
@@ -55,6 +56,7 @@ def to_out(assistant: Assistant) -> AssistantOut:
         parameters=assistant.parameters,
         context_token_budget=assistant.context_token_budget,
         is_default=assistant.is_default,
+        accepts_images=assistant.accepts_images,
         created_at=assistant.created_at,
         updated_at=assistant.updated_at,
     )
@@ -151,6 +153,7 @@ class AssistantService:
             parameters=body.parameters.model_dump(exclude_none=True),
             context_token_budget=body.context_token_budget,
             is_default=body.is_default,
+            accepts_images=body.accepts_images,
         )
         self.db.add(assistant)
         await self.db.flush()
@@ -169,7 +172,16 @@ class AssistantService:
             )
         if body.is_default:
             await self._clear_default()
-        for field in ("name", "instructions", "provider", "model", "api_key_env", "context_token_budget", "is_default"):
+        for field in (
+            "name",
+            "instructions",
+            "provider",
+            "model",
+            "api_key_env",
+            "context_token_budget",
+            "is_default",
+            "accepts_images",
+        ):
             if field in sent:
                 value = getattr(body, field)
                 if value is None and field not in ("api_key_env",):
@@ -229,5 +241,6 @@ class AssistantService:
             api_key=api_key,
             parameters=dict(assistant.parameters),
             context_token_budget=assistant.context_token_budget,
+            accepts_images=assistant.accepts_images,
             guard=guard,
         )

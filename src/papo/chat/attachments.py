@@ -191,6 +191,34 @@ class Attachments:
     async def set_transcript(self, attachment_id: uuid.UUID, transcript: str) -> Attachment:
         return await self._change(attachment_id, transcript=transcript[:32_000])
 
+    async def documents_to_read(self, session_id: uuid.UUID) -> list[Attachment]:
+        """The session's stored documents that no reply has read yet (see papo.knowledge.chat_files)."""
+        rows = await self.db.scalars(
+            select(Attachment)
+            .where(
+                Attachment.tenant_id == self.principal.tenant_id,
+                Attachment.session_id == session_id,
+                Attachment.kind == "document",
+                Attachment.state == "stored",
+                Attachment.data["passages"].is_(None),  # not read yet (data may be JSON null)
+                Attachment.error.is_(None),
+            )
+            .order_by(Attachment.created_at, Attachment.id)
+        )
+        return list(rows)
+
+    async def file_names(self, attachment_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+        rows = await self.db.execute(
+            select(Attachment.id, Attachment.file_name).where(
+                Attachment.tenant_id == self.principal.tenant_id, Attachment.id.in_(attachment_ids)
+            )
+        )
+        return {row.id: row.file_name or "document" for row in rows}
+
+    async def set_document_read(self, attachment_id: uuid.UUID, passages: int, error: str | None) -> Attachment:
+        """How reading a document went: its passage count, or why it could not be read."""
+        return await self._change(attachment_id, data={"passages": passages}, error=error[:500] if error else None)
+
     def _announce(self, row: Attachment) -> None:
         payload = attachment_view(row) | {"session_id": str(row.session_id)}
         emit(

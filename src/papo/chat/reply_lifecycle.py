@@ -245,34 +245,45 @@ class ReplyLifecycle:
 
     async def history_for_model(
         self: ChatRows, session_id: uuid.UUID, token_budget: int, estimate: Any
-    ) -> list[dict[str, str]]:
+    ) -> list[dict[str, Any]]:
         """The newest messages that fit the budget, oldest first; replies still being written or that
         failed are left out, and so are earlier tool calls (the replies they fed say what they found).
-        A message without text says what its voice notes' transcripts say."""
+        A message without text says what its voice notes' transcripts say; a user's message with
+        stored images or documents lists them under `files` (the caller turns them into what the
+        model takes, and removes the key)."""
         rows = await driver(self.db).fetch(
             """
-            SELECT role, content FROM (
+            SELECT role, coalesce(content, '') AS content, files FROM (
               SELECT m.role, m.created_at, m.id, coalesce(nullif(m.content, ''), (
                        SELECT string_agg(a.transcript, ' ' ORDER BY a.created_at) FROM attachments a
                         WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id AND a.transcript IS NOT NULL
-                     )) AS content
+                     )) AS content,
+                     (SELECT json_agg(json_build_object('kind', a.kind, 'mime_type', a.mime_type,
+                                      'file_name', a.file_name, 'blob_key', a.blob_key, 'size', a.size)
+                                      ORDER BY a.created_at)
+                        FROM attachments a
+                       WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id AND a.state = 'stored'
+                         AND a.kind IN ('image', 'document') AND m.role = 'user') AS files
                 FROM messages m
                WHERE m.tenant_id = $1 AND m.session_id = $2 AND m.superseded_at IS NULL AND m.role <> 'tool'
                  AND (m.reply_state IS NULL OR m.reply_state IN ('complete', 'stopped'))
             ) said
-             WHERE content <> ''
+             WHERE content <> '' OR files IS NOT NULL
              ORDER BY created_at DESC, id DESC LIMIT 500
             """,
             self.principal.tenant_id,
             session_id,
         )
-        picked: list[dict[str, str]] = []
+        picked: list[dict[str, Any]] = []
         spent = 0
         for row in rows:
             cost = estimate(row["content"])
             if picked and spent + cost > token_budget:
                 break
-            picked.append({"role": row["role"], "content": row["content"]})
+            said: dict[str, Any] = {"role": row["role"], "content": row["content"]}
+            if row["files"]:
+                said["files"] = row["files"]
+            picked.append(said)
             spent += cost
         picked.reverse()
         return picked

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Response, UploadFile, status
+from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Request, Response, UploadFile, status
 
 from papo.auth.deps import CurrentPrincipal, DbSession
 from papo.blobs import READ_CHUNK, BlobStore, BlobTooLarge
+from papo.chat.api import Chat, ChatRuntime, MessageAllowance, schedule
+from papo.chat.attachments import Attachments, attachment_view
+from papo.chat.models import MessageRole
+from papo.chat.schemas import AttachmentOut, MessageOut
 from papo.db.engine import after_commit
 from papo.errors import InvalidInput, PayloadTooLarge, Unavailable
+from papo.knowledge.chat_files import store_chat_file
 from papo.knowledge.embeddings import EmbeddingError
 from papo.knowledge.indexer import KnowledgeIndexer
 from papo.knowledge.schemas import (
@@ -196,3 +201,65 @@ async def search(body: SearchRequest, knowledge: Knowledge, state: State) -> Sea
         retrieval="vector+text" if indexer.vectors else "text",
         embedder=indexer.embedder.model if indexer.vectors else "none",
     )
+
+
+# ---- files in a chat ----------------------------------------------------------------------------
+
+
+class ChatFilesRuntime(ChatRuntime, Protocol):
+    blobs: BlobStore
+
+
+FilesState = Annotated[ChatFilesRuntime, Depends(current_runtime)]
+files_router = APIRouter(prefix="/api/v1/sessions", tags=["chat"])
+
+
+async def own_chat(session_id: uuid.UUID, chat: Chat, principal: CurrentPrincipal) -> uuid.UUID:
+    """One of the caller's chats: 404 before any upload is looked at."""
+    await chat.require_chat_session(session_id, principal.require_user())
+    return session_id
+
+
+OwnChat = Annotated[uuid.UUID, Depends(own_chat)]
+
+
+class FileMessageOut(MessageOut):
+    attachments: list[AttachmentOut]
+
+
+@files_router.post(
+    "/{session_id}/files",
+    status_code=status.HTTP_201_CREATED,
+    response_model=FileMessageOut,
+    dependencies=[MessageAllowance],
+)
+async def send_file(
+    session_id: OwnChat,
+    chat: Chat,
+    principal: CurrentPrincipal,
+    session: DbSession,
+    state: FilesState,
+    request: Request,
+    response: Response,
+    background: BackgroundTasks,
+    file: Annotated[
+        UploadFile,
+        File(description="A photo (JPEG, PNG, GIF, WebP) or a document (PDF, DOCX, HTML, Markdown, text, CSV)"),
+    ],
+    content: Annotated[str, Form(max_length=32_000, description="Text sent with the file")] = "",
+) -> dict[str, Any]:
+    """Send a file in one of your chats, with optional text. In a chat with an assistant it starts a
+    reply (`X-Reply-Id`) like a text message: a photo is shown to a model that takes images (the
+    assistant's `accepts_images`), a document's passages are what the reply answers from and cites.
+    413 over the size limit or the company's storage quota, 415 for other types; nothing is kept."""
+    attachments = Attachments(session, principal)
+    stored = await store_chat_file(state.blobs, state.settings, attachments, file)
+    try:
+        text = content.strip() or stored.part.file_name or stored.part.kind
+        posted = await state.conversations.post(chat, session_id, MessageRole.user, text, None)
+        row = await attachments.add_stored({"id": posted.message.id, "session_id": session_id}, stored)
+        await schedule(background, state, request, principal, posted.reply, response)
+    except BaseException:
+        await state.blobs.delete(stored.key)  # refused: no file kept without its message
+        raise
+    return MessageOut.model_validate(posted.message).model_dump() | {"attachments": [attachment_view(row)]}

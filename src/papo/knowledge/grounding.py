@@ -14,6 +14,7 @@ from typing import Any
 
 from papo.auth.service import Principal
 from papo.db.engine import Database
+from papo.knowledge.chat_files import ChatPassage
 from papo.knowledge.embeddings import Embedder, EmbeddingError
 from papo.knowledge.service import Found, KnowledgeService, embed_question
 from papo.settings import Settings
@@ -24,6 +25,11 @@ INSTRUCTIONS = (
     "Answer from the company's documents below. Use only what they say for facts about the company "
     "(prices, policies, hours, procedures); cite the passages you used as [1], [2]. If they do not "
     "contain the answer, say that you do not know instead of guessing. Answer in the user's language."
+)
+
+ATTACHED_INSTRUCTIONS = (
+    "The user attached documents to this chat; the passages below are from them. Use them to answer, "
+    "and cite the passages you used as [1], [2]. Answer in the user's language."
 )
 
 
@@ -76,6 +82,28 @@ def source_line(sources: list[dict[str, Any]]) -> str:
     return "Fonte: " + "; ".join(named[:3]) if named else ""
 
 
+def passages_shown(system: str) -> str | None:
+    """The passages in a grounding system message (None: it is not one)."""
+    for instructions in (INSTRUCTIONS, ATTACHED_INSTRUCTIONS):
+        if system.startswith(instructions):
+            return system.removeprefix(instructions).strip()
+    return None
+
+
+def chat_source(number: int, passage: ChatPassage) -> dict[str, Any]:
+    content = passage.content
+    excerpt = content if len(content) <= EXCERPT_CHARS else content[:EXCERPT_CHARS].rsplit(" ", 1)[0] + "…"
+    return {
+        "n": number,
+        "attachment_id": str(passage.attachment_id),
+        "title": passage.title,
+        "page": passage.page,
+        "passage": passage.ordinal,
+        "excerpt": excerpt,
+        "score": passage.score,
+    }
+
+
 async def ground(
     db: Database,
     principal: Principal,
@@ -84,28 +112,37 @@ async def ground(
     question: str,
     embedder: Embedder,
     vectors: bool,
+    attached: list[ChatPassage] | None = None,
 ) -> Grounding:
-    """What the assistant is shown for `question`. Its own transactions, and none held while the
-    question is embedded."""
+    """What the assistant is shown for `question`: passages of its collections and of the documents
+    attached in this chat (`attached`, already searched). Its own transactions, and none held while
+    the question is embedded. Only an assistant with collections says it does not know."""
     async with db.transaction(principal.context()) as session:
         collections = await KnowledgeService(session, principal, settings).assistant_collections(assistant_id)
-    if not collections:
+    in_chat = [item for item in attached or [] if item.relevant]
+    if not collections and not in_chat:
         return Grounding()
     error = None
-    try:
-        model, vector = await embed_question(embedder, vectors, question)
-    except EmbeddingError as exc:  # the question cannot be embedded now: full text still answers
-        error, model, vector = str(exc), None, None
-    async with db.transaction(principal.context()) as session:
-        found = await KnowledgeService(session, principal, settings).search(
-            question, collections, PASSAGES_SHOWN, model=model, vector=vector
-        )
-    relevant = [item for item in found if item.relevant]
-    if not relevant:
+    relevant: list[Found] = []
+    if collections:
+        try:
+            model, vector = await embed_question(embedder, vectors, question)
+        except EmbeddingError as exc:  # the question cannot be embedded now: full text still answers
+            error, model, vector = str(exc), None, None
+        async with db.transaction(principal.context()) as session:
+            found = await KnowledgeService(session, principal, settings).search(
+                question, collections, PASSAGES_SHOWN, model=model, vector=vector
+            )
+        relevant = [item for item in found if item.relevant]
+    if not relevant and not in_chat:
         return Grounding(unknown=True, error=error)
-    sources = [source(number, item) for number, item in enumerate(relevant, 1)]
+    sources = [chat_source(number, item) for number, item in enumerate(in_chat, 1)]
+    texts = [item.content for item in in_chat]
+    sources += [source(number, item) for number, item in enumerate(relevant, len(sources) + 1)]
+    texts += [item.hit.content for item in relevant]
     passages = "\n\n".join(
-        f"[{item['n']}] {item['title']}" + (f" (p. {item['page']})" if item["page"] else "") + f"\n{hit.hit.content}"
-        for item, hit in zip(sources, relevant, strict=True)
+        f"[{item['n']}] {item['title']}" + (f" (p. {item['page']})" if item["page"] else "") + f"\n{text}"
+        for item, text in zip(sources, texts, strict=True)
     )
-    return Grounding(system=f"{INSTRUCTIONS}\n\n{passages}", sources=sources, error=error)
+    instructions = INSTRUCTIONS if collections else ATTACHED_INSTRUCTIONS
+    return Grounding(system=f"{instructions}\n\n{passages}", sources=sources, error=error)

@@ -19,7 +19,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import TSVECTOR
+from sqlalchemy.dialects.postgresql import ARRAY, ENUM, REAL, TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column
 
 from papo.db.base import Base, Timestamps, new_id
@@ -163,4 +163,36 @@ class AssistantCollection(Base):
             name="fk_assistant_collections_collection",
         ),
         Index("ix_assistant_collections_collection", "tenant_id", "collection_id"),
+    )
+
+
+class ChatDocumentChunk(Base):
+    """A passage of a document attached in a chat (migration 0037): that chat's replies retrieve
+    from it. Visible exactly like its attachment (channel and owner copied), deleted with it."""
+
+    __tablename__ = "chat_document_chunks"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    attachment_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    ordinal: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(nullable=False)
+    channel: Mapped[str] = mapped_column(ENUM(name="chat_channel", create_type=False), nullable=False)
+    user_id: Mapped[str | None] = mapped_column(Text)
+    page: Mapped[int | None] = mapped_column(Integer)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    search_vector: Mapped[str] = mapped_column(
+        TSVECTOR,
+        Computed("to_tsvector('simple'::regconfig, papo_fold(content))", persisted=True),
+        nullable=True,  # as migrated, though never NULL (content is not)
+    )
+    embedding: Mapped[list[float] | None] = mapped_column(ARRAY(REAL))
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "attachment_id"],
+            ["attachments.tenant_id", "attachments.id"],
+            ondelete="CASCADE",
+            name="fk_chat_document_chunks_attachment",
+        ),
+        Index("ix_chat_document_chunks_session", "tenant_id", "session_id"),
     )

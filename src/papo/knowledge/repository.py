@@ -363,3 +363,64 @@ async def set_assistant_collections(
             await session.flush()
     except IntegrityError as exc:
         raise MissingAssistant from exc
+
+
+# ---- documents attached in chats ----------------------------------------------------------------
+
+INSERT_CHAT_CHUNK = """
+INSERT INTO chat_document_chunks
+       (tenant_id, attachment_id, ordinal, session_id, channel, user_id, page, content, embedding)
+VALUES ($1, $2, $3, $4, $5::chat_channel, $6, $7, $8, $9)
+"""
+CHAT_CHUNKS = """
+SELECT attachment_id, ordinal, page, content, embedding,
+       CASE WHEN $3 = '' THEN 0 ELSE ts_rank_cd(search_vector, to_tsquery('simple', $3)) END AS rank,
+       $3 <> '' AND search_vector @@ to_tsquery('simple', $3) AS matched
+  FROM chat_document_chunks
+ WHERE tenant_id = $1 AND session_id = $2
+ ORDER BY attachment_id, ordinal
+ LIMIT $4
+"""
+
+
+@dataclass(frozen=True)
+class ChatChunk:
+    attachment_id: uuid.UUID
+    ordinal: int
+    page: int | None
+    content: str
+    embedding: list[float] | None
+    rank: float
+    matched: bool
+
+
+async def add_chat_chunks(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    attachment: Any,
+    found: list[Passage],
+    vectors: list[list[float]] | None,
+) -> None:
+    """A chat document's passages, visible like its attachment (channel and owner copied)."""
+    rows = [
+        (
+            tenant_id,
+            attachment.id,
+            ordinal,
+            attachment.session_id,
+            str(attachment.channel),
+            attachment.user_id,
+            passage.page,
+            passage.content,
+            vectors[ordinal] if vectors is not None else None,
+        )
+        for ordinal, passage in enumerate(found)
+    ]
+    await driver(session).executemany(INSERT_CHAT_CHUNK, rows)
+
+
+async def chat_chunks(
+    session: AsyncSession, tenant_id: uuid.UUID, session_id: uuid.UUID, ranking: str, limit: int
+) -> list[ChatChunk]:
+    rows = await driver(session).fetch(CHAT_CHUNKS, tenant_id, session_id, ranking, limit)
+    return [ChatChunk(**dict(row)) for row in rows]

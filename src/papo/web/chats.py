@@ -12,6 +12,7 @@ from markupsafe import Markup
 
 from papo.assistants.service import AssistantService
 from papo.auth.deps import CurrentPrincipal, DbSession
+from papo.chat.attachments import Attachments, attachment_view
 from papo.chat.models import Channel, SessionStatus
 from papo.chat.schemas import MessageOut
 from papo.chat.service import ChatService
@@ -99,7 +100,10 @@ async def chat_page(
     if found is None:
         return not_found(page, state)
     history = await chat.get_messages(session_id, page.user_id, latest=True, limit=100, include_superseded=versions)
-    messages = tool_calls_before_their_replies([message_view(m) for m in history.items])
+    files = await Attachments(session, page.member).for_messages([m.id for m in history.items])
+    messages = tool_calls_before_their_replies(
+        [message_view(m) | {"attachments": [attachment_view(a) for a in files.get(m.id, [])]} for m in history.items]
+    )
     listing = await chat_list(page, chat, "active")
     return render(
         page,

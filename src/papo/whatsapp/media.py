@@ -29,7 +29,7 @@ from papo.chat.channel import ChannelConversations
 from papo.chat.models import Attachment
 from papo.db.base import new_id
 from papo.db.engine import Database
-from papo.errors import DomainError, InvalidInput, NotFound
+from papo.errors import FileTooLarge, InvalidInput, NotFound, UnsupportedFile
 from papo.settings import Settings
 from papo.sizes import file_size
 from papo.waiting import work_when_woken
@@ -202,14 +202,6 @@ OUTBOUND_LIMITS: dict[str, tuple[int, frozenset[str] | None]] = {
     "document": (100 * 1024**2, None),
 }
 SAFE_FILE_NAME = re.compile(r"[^\w.\- ()]+")
-
-
-class FileTooLarge(DomainError):
-    status, slug, title = 413, "payload-too-large", "Payload too large"
-
-
-class UnsupportedFile(DomainError):
-    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
 
 
 def outbound_kind(mime_type: str) -> str:

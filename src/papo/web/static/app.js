@@ -75,6 +75,21 @@ function placeToolCall(list, message) {
   return node;
 }
 
+// Why a file was not sent, as [text for the person, the server's detail].
+async function fileRefusal(response, unsupported) {
+  const detail = (await response.json().catch(() => ({}))).detail || "";
+  if (response.status === 413) return [t("media.too_large"), detail];
+  if (response.status === 415) return [unsupported, detail];
+  if (response.status === 422 && /empty/.test(detail)) return [t("media.empty"), detail];
+  return [`${t("inbox.send_failed")}: ${detail}`, detail];
+}
+
+async function postFile(url, fields) {
+  const body = new FormData();
+  for (const [name, value] of Object.entries(fields)) body.append(name, value);
+  return fetch(url, { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf }, body });
+}
+
 // ---- the API, with the session cookie and the CSRF header -----------------------------------
 
 class SessionEnded extends Error {}
@@ -575,13 +590,63 @@ function setupChat() {
     refreshControls();
   }
 
+  // A chosen photo or document waits beside the box and goes with what is typed (see /files).
+  const pendingFile = $("#chat-pending");
+  const fileError = $("#chat-error");
+  let picked = null;
+  const sayFileError = (text, detail = "") => {
+    fileError.textContent = text || "";
+    fileError.title = detail;
+    fileError.hidden = !text;
+  };
+  const pickFile = (file) => {
+    picked = file;
+    pendingFile.hidden = !file;
+    pendingFile.querySelector(".name").textContent = file ? file.name : "";
+    pendingFile.querySelector(".size").textContent = file ? fileSize(file.size) : "";
+  };
+  $("#chat-file").addEventListener("change", (event) => {
+    pickFile(event.target.files[0] || null);
+    event.target.value = "";
+    sayFileError("");
+    input.focus();
+  });
+  pendingFile.querySelector("[data-unpick]").addEventListener("click", () => pickFile(null));
+
+  async function sendFile(content, file) {
+    pendingFile.querySelector(".sending").hidden = false;
+    form.classList.add("busy");
+    let response;
+    try {
+      response = await postFile(`/api/v1/sessions/${sessionId}/files`, { file, content });
+    } finally {
+      form.classList.remove("busy");
+      pendingFile.querySelector(".sending").hidden = true;
+    }
+    if (response.status === 401) return sessionEnded();
+    if (!response.ok) {
+      input.value = content;
+      return sayFileError(...(await fileRefusal(response, t("chat.file_unsupported"))));
+    }
+    pickFile(null);
+    sayFileError("");
+    localStorage.removeItem(DRAFT_KEY);
+    const message = await response.json();
+    const node = upsert(message);
+    if (!node.querySelector(".attachment")) node.querySelector(".body").after(...message.attachments.map(attachmentNode));
+    const replyId = response.headers.get("X-Reply-Id");
+    if (replyId) upsert({ id: replyId, role: "assistant", content: "", status: "sent", reply_state: "streaming" });
+    refreshControls();
+  }
+
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const content = input.value.trim();
-    if (!content || streaming().length) return;
+    if ((!content && !picked) || streaming().length) return;
     input.value = "";
     autosize();
-    send(content);
+    if (picked) sendFile(content, picked);
+    else send(content);
   });
   input.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
@@ -823,13 +888,7 @@ function setupInbox() {
     pending.querySelector(".size").textContent = file ? fileSize(file.size) : "";
     if (stick) toBottom();
   };
-  const refuse = async (response) => {
-    const detail = (await response.json().catch(() => ({}))).detail || "";
-    const known = { 413: "media.too_large", 415: "media.unsupported" }[response.status];
-    if (known) return say(t(known), detail);
-    if (response.status === 422 && /empty/.test(detail)) return say(t("media.empty"), detail);
-    return say(`${t("inbox.send_failed")}: ${detail}`, detail);
-  };
+  const refuse = async (response) => say(...(await fileRefusal(response, t("media.unsupported"))));
   $("#inbox-file")?.addEventListener("change", (event) => {
     pick(event.target.files[0] || null);
     event.target.value = "";
@@ -849,12 +908,7 @@ function setupInbox() {
     try {
       let response;
       if (picked) {
-        const body = new FormData();
-        body.append("file", picked);
-        body.append("caption", content);
-        response = await fetch(`${url}/attachments`, {
-          method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf }, body,
-        });
+        response = await postFile(`${url}/attachments`, { file: picked, caption: content });
       } else {
         response = await api("POST", `${url}/messages`, { content });
       }
