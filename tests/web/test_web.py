@@ -17,6 +17,7 @@ from papo.web.brand import contrast
 from papo.whatsapp.transports.base import SessionKey
 from tests.fake_openai import API_KEY, FakeOpenAI
 from tests.knowledge.documents import make_pdf
+from tests.knowledge.test_grounded_replies import ask as ask_over_api
 from tests.knowledge.test_grounded_replies import knowledgeable_assistant
 from tests.knowledge.test_knowledge_api import POLICIES
 from tests.support import FakeOidcProvider, Member, TenantHandle, WebhookReceiver, create_session
@@ -455,6 +456,52 @@ class TestAdmin:
         await page.goto(f"{live_url}/settings/webhooks")
         await expect(page.locator("tr.delivery-delivered")).to_have_count(2)
         await screenshot(page, "settings-webhooks")
+        assert errors == []
+
+    async def test_knowledge_page_builds_a_collection_an_assistant_answers_from(
+        self,
+        context: BrowserContext,
+        live_url: str,
+        client: httpx.AsyncClient,
+        make_tenant: Any,
+        fake_openai: tuple[FakeOpenAI, str],
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Base")
+        admin, member = await tenant.member(Role.admin), await tenant.member()
+        body = {"name": "Suporte", "model": "fake-echo", "base_url": fake_openai[1], "api_key": API_KEY}
+        made = await client.post("/api/v1/assistants", json=body | {"is_default": True}, headers=admin.headers)
+        page = await context.new_page()
+        errors = watch_errors(page)
+        await sign_in(page, live_url, admin, next_path="/settings")
+        await page.click("a[href='/settings/knowledge']")
+        await page.fill("#collection-name", "Políticas")
+        await page.click("form[action='/settings/knowledge/collections'] button[type=submit]")
+        await expect(page.locator(".notice")).to_have_text("Coleção criada.")
+        await page.fill("#collection-name", "Políticas")  # the same name again is refused, said why
+        await page.click("form[action='/settings/knowledge/collections'] button[type=submit]")
+        await expect(page.locator(".alert")).to_contain_text("already exists")
+        collection = page.locator(".collection").first
+        await collection.locator("input[type=file]").set_input_files(
+            files=[{"name": "politicas.pdf", "mimeType": "application/pdf", "buffer": make_pdf(POLICIES)}]
+        )
+        await collection.locator("form.upload button").click()
+        await expect(page.locator(".notice")).to_have_text("Adicionado: está sendo lido agora.")
+        ready = page.locator(".collection tr.document-ready")
+        await expect(ready).to_have_count(1, timeout=20_000)  # the page follows the reading by itself
+        await expect(ready.locator("td").nth(2)).not_to_have_text("0")
+        await collection.locator("input[type=url]").fill("http://10.0.0.9/intranet")
+        await collection.locator("input[type=url]").press("Enter")
+        await expect(page.locator(".alert")).to_be_visible()  # a private address is refused
+        chooser = page.locator(f"form[data-assistant='{made.json()['id']}']")
+        await chooser.locator("input[type=checkbox]").check()
+        await chooser.locator("button").click()
+        await expect(page.locator(".notice")).to_have_text("Salvo.")
+        await expect(page.locator(f"form[data-assistant='{made.json()['id']}'] input[type=checkbox]")).to_be_checked()
+        await page.locator(".collection").first.scroll_into_view_if_needed()
+        await screenshot(page, "settings-knowledge")
+
+        reply = await ask_over_api(client, member, made.json()["id"], "qual o prazo para devolver um produto?")
+        assert reply["metadata"]["knowledge"]["sources"][0]["title"] == "politicas.pdf"
         assert errors == []
 
 

@@ -20,6 +20,7 @@ from papo.errors import InvalidInput, PayloadTooLarge, Unavailable
 from papo.knowledge.chat_files import store_chat_file
 from papo.knowledge.embeddings import EmbeddingError
 from papo.knowledge.indexer import KnowledgeIndexer
+from papo.knowledge.models import KnowledgeDocument
 from papo.knowledge.schemas import (
     CollectionCreate,
     CollectionOut,
@@ -43,6 +44,37 @@ class KnowledgeRuntime(Protocol):
 
 State = Annotated[KnowledgeRuntime, Depends(current_runtime)]
 router = APIRouter(prefix="/api/v1/knowledge", tags=["knowledge"])
+
+
+async def store_document(
+    knowledge: KnowledgeService,
+    blobs: BlobStore,
+    settings: Settings,
+    collection_id: uuid.UUID,
+    file: UploadFile,
+    title: str | None,
+) -> KnowledgeDocument:
+    """An uploaded file into the blob store and the collection, pending indexing (the caller wakes
+    the indexer once committed); nothing is kept when it is refused."""
+    document_id = knowledge.new_document_id()
+    key = document_blob_key(knowledge.tenant_id, document_id)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while chunk := await file.read(READ_CHUNK):
+            yield chunk
+
+    limit = settings.knowledge_max_bytes
+    try:
+        written = await blobs.write(key, chunks(), max_bytes=limit)
+    except BlobTooLarge as exc:
+        raise PayloadTooLarge(f"a document may have at most {limit} bytes") from exc
+    try:
+        return await knowledge.add_upload(
+            collection_id, document_id, written, file_name=file.filename, mime_type=file.content_type, title=title
+        )
+    except BaseException:
+        await blobs.delete(key)  # refused: no file kept without its row
+        raise
 
 
 async def knowledge_service(session: DbSession, principal: CurrentPrincipal, state: State) -> KnowledgeService:
@@ -105,30 +137,7 @@ async def upload_document(
 ) -> DocumentOut:
     """Store a file and queue it for indexing (202): its `state` goes pending → indexing → ready, or
     failed with the reason in `error`."""
-    document_id = knowledge.new_document_id()
-    key = document_blob_key(knowledge.tenant_id, document_id)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        while chunk := await file.read(READ_CHUNK):
-            yield chunk
-
-    limit = state.settings.knowledge_max_bytes
-    try:
-        written = await state.blobs.write(key, chunks(), max_bytes=limit)
-    except BlobTooLarge as exc:
-        raise PayloadTooLarge(f"a document may have at most {limit} bytes") from exc
-    try:
-        document = await knowledge.add_upload(
-            collection_id,
-            document_id,
-            written,
-            file_name=file.filename,
-            mime_type=file.content_type,
-            title=title.strip() or None,
-        )
-    except BaseException:
-        await state.blobs.delete(key)  # refused: no file kept without its row
-        raise
+    document = await store_document(knowledge, state.blobs, state.settings, collection_id, file, title.strip() or None)
     after_commit(session, state.knowledge.wake)
     return DocumentOut.model_validate(document)
 

@@ -934,6 +934,12 @@ function setupInbox() {
   toBottom();
 }
 
+// While documents are being read, the knowledge page shows their progress by reloading itself.
+function setupKnowledge() {
+  const page = $('[data-page="knowledge"][data-working]');
+  if (page) setTimeout(() => location.reload(), 3000);
+}
+
 function setupWhatsappNumbers() {
   if (!$('[data-page="whatsapp"]')) return;
   $("#wa-create").addEventListener("submit", async (event) => {
@@ -973,4 +979,5 @@ setupChatList();
 setupChat();
 setupInbox();
 setupWhatsappNumbers();
+setupKnowledge();
 connectRealtime();
