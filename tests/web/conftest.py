@@ -84,8 +84,8 @@ async def set_tenant_settings(tenant: TenantHandle, settings: dict[str, Any]) ->
         )
 
 
-async def default_assistant(client: httpx.AsyncClient, tenant: TenantHandle, base_url: str, model: str) -> None:
-    """Make the fake provider's `model` the tenant's default assistant."""
+async def default_assistant(client: httpx.AsyncClient, tenant: TenantHandle, base_url: str, model: str) -> str:
+    """Make the fake provider's `model` the tenant's default assistant; its id."""
     admin = await tenant.member(Role.admin)
     response = await client.post(
         "/api/v1/assistants",
@@ -93,6 +93,7 @@ async def default_assistant(client: httpx.AsyncClient, tenant: TenantHandle, bas
         headers=admin.headers,
     )
     assert response.status_code == 201, response.text
+    return str(response.json()["id"])
 
 
 async def screenshot(page: Page, name: str) -> None:

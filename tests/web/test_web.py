@@ -204,10 +204,9 @@ class TestChat:
     ) -> None:
         tenant: TenantHandle = await make_tenant("Ferramentas web")
         admin, member = await tenant.member(Role.admin), await tenant.member()
-        body = {"name": "Loja", "model": "fake-tools", "base_url": fake_openai[1], "api_key": API_KEY}
-        made = await client.post("/api/v1/assistants", json=body | {"is_default": True}, headers=admin.headers)
+        assistant_id = await default_assistant(client, tenant, fake_openai[1], "fake-tools")
         tool = {"kind": "builtin", "name": "earlier_conversations"}
-        added = await client.post(f"/api/v1/assistants/{made.json()['id']}/tools", json=tool, headers=admin.headers)
+        added = await client.post(f"/api/v1/assistants/{assistant_id}/tools", json=tool, headers=admin.headers)
         assert added.status_code == 201, added.text
         page = await context.new_page()
         errors = watch_errors(page)
@@ -244,9 +243,8 @@ class TestChat:
         fake_openai: tuple[FakeOpenAI, str],
     ) -> None:
         tenant: TenantHandle = await make_tenant("Anexos web")
-        admin, member = await tenant.member(Role.admin), await tenant.member()
-        body = {"name": "Leitor", "model": "fake-echo", "base_url": fake_openai[1], "api_key": API_KEY}
-        await client.post("/api/v1/assistants", json=body | {"is_default": True}, headers=admin.headers)
+        member = await tenant.member()
+        await default_assistant(client, tenant, fake_openai[1], "fake-echo")
         page = await context.new_page()
         errors = watch_errors(page)
         await sign_in(page, live_url, member)
@@ -468,8 +466,7 @@ class TestAdmin:
     ) -> None:
         tenant: TenantHandle = await make_tenant("Base")
         admin, member = await tenant.member(Role.admin), await tenant.member()
-        body = {"name": "Suporte", "model": "fake-echo", "base_url": fake_openai[1], "api_key": API_KEY}
-        made = await client.post("/api/v1/assistants", json=body | {"is_default": True}, headers=admin.headers)
+        assistant_id = await default_assistant(client, tenant, fake_openai[1], "fake-echo")
         page = await context.new_page()
         errors = watch_errors(page)
         await sign_in(page, live_url, admin, next_path="/settings")
@@ -492,15 +489,15 @@ class TestAdmin:
         await collection.locator("input[type=url]").fill("http://10.0.0.9/intranet")
         await collection.locator("input[type=url]").press("Enter")
         await expect(page.locator(".alert")).to_be_visible()  # a private address is refused
-        chooser = page.locator(f"form[data-assistant='{made.json()['id']}']")
+        chooser = page.locator(f"form[data-assistant='{assistant_id}']")
         await chooser.locator("input[type=checkbox]").check()
         await chooser.locator("button").click()
         await expect(page.locator(".notice")).to_have_text("Salvo.")
-        await expect(page.locator(f"form[data-assistant='{made.json()['id']}'] input[type=checkbox]")).to_be_checked()
+        await expect(page.locator(f"form[data-assistant='{assistant_id}'] input[type=checkbox]")).to_be_checked()
         await page.locator(".collection").first.scroll_into_view_if_needed()
         await screenshot(page, "settings-knowledge")
 
-        reply = await ask_over_api(client, member, made.json()["id"], "qual o prazo para devolver um produto?")
+        reply = await ask_over_api(client, member, assistant_id, "qual o prazo para devolver um produto?")
         assert reply["metadata"]["knowledge"]["sources"][0]["title"] == "politicas.pdf"
         assert errors == []
 

@@ -8,21 +8,26 @@ message. Its bytes live in the blob store under `blob_key(...)`, a name made of 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from fastapi import UploadFile
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from papo.auth.service import Principal
-from papo.blobs import BlobStore
+from papo.blobs import HEAD_BYTES, READ_CHUNK, BlobStore, BlobTooLarge, WrittenBlob
 from papo.chat.models import Attachment, Message
 from papo.db.base import new_id
 from papo.db.engine import Database, driver
-from papo.errors import NotFound
+from papo.errors import FileTooLarge, InvalidInput, NotFound
 from papo.realtime.service import emit
+from papo.settings import Settings
+from papo.sizes import file_size
 from papo.waiting import work_when_woken
 
 ATTACHMENT_NOT_FOUND = "attachment not found"
@@ -57,6 +62,47 @@ class StoredFile:
 
 def blob_key(tenant_id: uuid.UUID, attachment_id: uuid.UUID) -> str:
     return f"media/{tenant_id.hex}/{attachment_id.hex}"
+
+
+SAFE_FILE_NAME = re.compile(r"[^\w.\- ()]+")
+
+
+def safe_file_name(name: str | None) -> str | None:
+    """An uploaded file's name, kept to characters that are harmless in a header or a page."""
+    return SAFE_FILE_NAME.sub("_", name or "").strip()[:200] or None
+
+
+async def upload_head(upload: UploadFile) -> bytes:
+    """The first bytes of an upload (to tell what it is), the upload rewound; 422 when empty."""
+    head = await upload.read(HEAD_BYTES)
+    await upload.seek(0)
+    if not head:
+        raise InvalidInput("the file is empty", field="file")
+    return head
+
+
+async def write_upload(
+    blobs: BlobStore, settings: Settings, attachments: Attachments, upload: UploadFile, limit: int, too_large: str
+) -> tuple[uuid.UUID, str, WrittenBlob]:
+    """An upload streamed into the blob store under a new attachment id, within `limit` and what is
+    left of the tenant's storage quota (413, with `too_large` or "storage is full"; nothing kept)."""
+    quota_left = None
+    if settings.media_quota_bytes:
+        quota_left = settings.media_quota_bytes - await attachments.stored_bytes()
+    attachment_id = new_id()
+    key = blob_key(attachments.principal.tenant_id, attachment_id)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while chunk := await upload.read(READ_CHUNK):
+            yield chunk
+
+    try:
+        written = await blobs.write(key, chunks(), max_bytes=limit if quota_left is None else min(limit, quota_left))
+    except BlobTooLarge as exc:
+        if quota_left is not None and exc.limit == quota_left:
+            raise FileTooLarge("the company's media storage is full") from exc
+        raise FileTooLarge(f"{too_large} {file_size(limit)}") from exc
+    return attachment_id, key, written
 
 
 def attachment_view(row: Attachment) -> dict[str, Any]:

@@ -12,7 +12,6 @@ attachment; the reply goes on without it."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import uuid
 from dataclasses import dataclass
@@ -23,18 +22,23 @@ import structlog
 from fastapi import UploadFile
 
 from papo.auth.service import Principal
-from papo.blobs import HEAD_BYTES, READ_CHUNK, BlobStore, BlobTooLarge
-from papo.chat.attachments import Attachments, NewAttachment, StoredFile, blob_key
-from papo.db.base import new_id
-from papo.errors import FileTooLarge, InvalidInput, UnsupportedFile
+from papo.blobs import BlobStore
+from papo.chat.attachments import (
+    Attachments,
+    NewAttachment,
+    StoredFile,
+    safe_file_name,
+    upload_head,
+    write_upload,
+)
+from papo.errors import UnsupportedFile
 from papo.knowledge import repository
-from papo.knowledge.chunking import passages
+from papo.knowledge.chunking import Passage
 from papo.knowledge.embeddings import EmbeddingError
-from papo.knowledge.extract import DOCX, Unreadable, document_type, extract
-from papo.knowledge.indexer import KnowledgeIndexer
+from papo.knowledge.extract import DOCX, Unreadable, document_type
+from papo.knowledge.indexer import KnowledgeIndexer, read_passages
 from papo.knowledge.service import text_query
 from papo.settings import Settings
-from papo.sizes import file_size
 
 log = structlog.get_logger(__name__)
 
@@ -74,32 +78,14 @@ async def store_chat_file(
 ) -> StoredFile:
     """The user's file, checked (type, size, the company's quota) and streamed into the blob store;
     nothing is kept when it is refused."""
-    head = await upload.read(HEAD_BYTES)
-    await upload.seek(0)
-    if not head:
-        raise InvalidInput("the file is empty", field="file")
+    head = await upload_head(upload)
     kind, mime_type = file_kind(head, upload.filename, upload.content_type)
     limit = settings.media_max_bytes if kind == "image" else min(settings.media_max_bytes, settings.knowledge_max_bytes)
-    quota_left = None
-    if settings.media_quota_bytes:
-        quota_left = settings.media_quota_bytes - await attachments.stored_bytes()
-    attachment_id = new_id()
-    key = blob_key(attachments.principal.tenant_id, attachment_id)
-
-    async def chunks() -> Any:
-        while chunk := await upload.read(READ_CHUNK):
-            yield chunk
-
-    try:
-        written = await blobs.write(key, chunks(), max_bytes=limit if quota_left is None else min(limit, quota_left))
-    except BlobTooLarge as exc:
-        if quota_left is not None and exc.limit == quota_left:
-            raise FileTooLarge("the company's file storage is full") from exc
-        raise FileTooLarge(f"a file in a chat may have at most {file_size(limit)}") from exc
-    name = "".join(ch if ch.isprintable() and ch not in '/\\"' else "_" for ch in upload.filename or "")[:200]
-    part = NewAttachment(
-        kind, mime_type=mime_type, file_name=name.strip() or None, size=written.size, sha256=written.sha256
+    attachment_id, key, written = await write_upload(
+        blobs, settings, attachments, upload, limit, "a file in a chat may have at most"
     )
+    name = safe_file_name(upload.filename)
+    part = NewAttachment(kind, mime_type=mime_type, file_name=name, size=written.size, sha256=written.sha256)
     return StoredFile(attachment_id, part, key)
 
 
@@ -130,21 +116,13 @@ class ChatFiles:
         async with self.db.transaction(principal.context()) as session:
             waiting = await Attachments(session, principal).documents_to_read(session_id)
         for attachment in waiting:
-            found, vectors, error = [], None, None
+            found: list[Passage] = []
+            vectors, error = None, None
             try:
                 assert attachment.blob_key is not None  # stored documents have their bytes
                 data = b"".join([chunk async for chunk in self.blobs.read(attachment.blob_key)])
                 mime_type = document_type(data, attachment.file_name, attachment.mime_type)
-                extracted = await asyncio.to_thread(
-                    extract, data, mime_type, max_pages=self.settings.knowledge_max_pages
-                )
-                found = passages(
-                    extracted.pages,
-                    size=self.settings.knowledge_passage_chars,
-                    overlap=self.settings.knowledge_overlap_chars,
-                )
-                if not found:
-                    raise Unreadable("the document has no text to read")
+                _, found = await read_passages(data, mime_type, self.settings)
                 if self.vectors:
                     try:
                         vectors = await self.embedder.embed([passage.content for passage in found])

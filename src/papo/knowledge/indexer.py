@@ -21,9 +21,9 @@ from papo.auth.service import SERVICE_ROLE, Principal
 from papo.blobs import BlobStore
 from papo.db.engine import Database
 from papo.knowledge import repository
-from papo.knowledge.chunking import passages
+from papo.knowledge.chunking import Passage, passages
 from papo.knowledge.embeddings import Embedder, EmbeddingError, describe, vector_literal
-from papo.knowledge.extract import READABLE, Unreadable, document_type, extract
+from papo.knowledge.extract import READABLE, Extracted, Unreadable, document_type, extract
 from papo.knowledge.models import KnowledgeDocument
 from papo.netguard import NetGuard, TargetRefused
 from papo.settings import Settings
@@ -73,14 +73,7 @@ class KnowledgeIndexer:
         try:
             data, declared = await self._bytes(document)
             mime_type = document_type(data, document.file_name or _url_name(document.url), declared)
-            extracted = await asyncio.to_thread(extract, data, mime_type, max_pages=self.settings.knowledge_max_pages)
-            found = passages(
-                extracted.pages,
-                size=self.settings.knowledge_passage_chars,
-                overlap=self.settings.knowledge_overlap_chars,
-            )
-            if not found:
-                raise Unreadable("the document has no text to index")
+            extracted, found = await read_passages(data, mime_type, self.settings)
             vectors = None
             if self.vectors:
                 embedded = await self.embedder.embed([passage.content for passage in found])
@@ -166,6 +159,16 @@ class KnowledgeIndexer:
         context = Principal(document.tenant_id, None, SERVICE_ROLE).context()
         async with self.db.transaction(context) as session:
             await repository.set_document(session, document.tenant_id, document.id, **values)
+
+
+async def read_passages(data: bytes, mime_type: str, settings: Settings) -> tuple[Extracted, list[Passage]]:
+    """A document's text (read in a thread: a large PDF takes a while) cut into passages. Raises
+    Unreadable, also when it has no text at all (a scan)."""
+    extracted = await asyncio.to_thread(extract, data, mime_type, max_pages=settings.knowledge_max_pages)
+    found = passages(extracted.pages, size=settings.knowledge_passage_chars, overlap=settings.knowledge_overlap_chars)
+    if not found:
+        raise Unreadable("the document has no text to read")
+    return extracted, found
 
 
 def _reason(exc: Exception) -> str:

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -23,13 +22,21 @@ import puremagic
 import structlog
 from fastapi import UploadFile
 
-from papo.blobs import HEAD_BYTES, READ_CHUNK, BlobStore, BlobTooLarge, WrittenBlob
-from papo.chat.attachments import Attachments, NewAttachment, StoredFile, blob_key, claim_downloads
+from papo.blobs import BlobStore, BlobTooLarge, WrittenBlob
+from papo.chat.attachments import (
+    Attachments,
+    NewAttachment,
+    StoredFile,
+    blob_key,
+    claim_downloads,
+    safe_file_name,
+    upload_head,
+    write_upload,
+)
 from papo.chat.channel import ChannelConversations
 from papo.chat.models import Attachment
-from papo.db.base import new_id
 from papo.db.engine import Database
-from papo.errors import FileTooLarge, InvalidInput, NotFound, UnsupportedFile
+from papo.errors import NotFound, UnsupportedFile
 from papo.settings import Settings
 from papo.sizes import file_size
 from papo.waiting import work_when_woken
@@ -201,7 +208,6 @@ OUTBOUND_LIMITS: dict[str, tuple[int, frozenset[str] | None]] = {
     "video": (16 * 1024**2, frozenset({"video/mp4", "video/3gpp"})),
     "document": (100 * 1024**2, None),
 }
-SAFE_FILE_NAME = re.compile(r"[^\w.\- ()]+")
 
 
 def outbound_kind(mime_type: str) -> str:
@@ -233,34 +239,18 @@ async def store_upload(
 ) -> StoredFile:
     """An agent's file, checked against WhatsApp's limits and the company's quota, streamed into the
     blob store (nothing is kept when it is refused)."""
-    head = await upload.read(HEAD_BYTES)
-    await upload.seek(0)
-    if not head:
-        raise InvalidInput("the file is empty", field="file")
+    head = await upload_head(upload)
     mime_type = sniffed_type(claimed_type(upload.content_type), head)
     kind = outbound_kind(mime_type)
     # a photo larger than WhatsApp shows as a photo still goes, as a document (its full quality kept)
     sent_as = "document" if kind == "image" else kind
     limit = min(OUTBOUND_LIMITS[sent_as][0], settings.media_max_bytes)
-    quota_left = None
-    if settings.media_quota_bytes:
-        quota_left = settings.media_quota_bytes - await attachments.stored_bytes()
-    attachment_id = new_id()
-    key = blob_key(attachments.principal.tenant_id, attachment_id)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        while chunk := await upload.read(READ_CHUNK):
-            yield chunk
-
-    try:
-        written = await blobs.write(key, chunks(), max_bytes=limit if quota_left is None else min(limit, quota_left))
-    except BlobTooLarge as exc:
-        if quota_left is not None and exc.limit == quota_left:
-            raise FileTooLarge("the company's media storage is full") from exc
-        raise FileTooLarge(f"WhatsApp takes a {sent_as} of at most {file_size(limit)}") from exc
+    attachment_id, key, written = await write_upload(
+        blobs, settings, attachments, upload, limit, f"WhatsApp takes a {sent_as} of at most"
+    )
     if written.size > OUTBOUND_LIMITS[kind][0]:
         kind = sent_as
-    name = SAFE_FILE_NAME.sub("_", upload.filename or "").strip()[:200] or None
+    name = safe_file_name(upload.filename)
     part = NewAttachment(
         kind, mime_type=mime_type, file_name=name, caption=caption or None, size=written.size, sha256=written.sha256
     )
