@@ -12,7 +12,7 @@ from papo.assistants.service import AssistantService
 from papo.auth.deps import DbSession
 from papo.blobs import BlobStore
 from papo.db.engine import after_commit
-from papo.errors import DomainError, NotFound
+from papo.errors import DomainError, InvalidInput, NotFound
 from papo.knowledge.api import store_document
 from papo.knowledge.indexer import KnowledgeIndexer
 from papo.knowledge.service import KnowledgeService
@@ -95,12 +95,14 @@ async def upload_document(
     page: AdminForm,
     state: State,
     session: DbSession,
-    file: Annotated[UploadFile, File()],
+    file: Annotated[UploadFile | None, File()] = None,
 ) -> Response:
     knowledge = KnowledgeService(session, page.member, state.settings)
-    await knowledge.require_collection(collection_id)
+    await knowledge.require_collection(collection_id)  # another tenant's collection: 404, file unread
 
     async def store() -> None:
+        if file is None or not file.filename:
+            raise InvalidInput(page.t("kb.choose_file"), field="file")
         await store_document(knowledge, state.blobs, state.settings, collection_id, file, None)
 
     return await _acted(page, state, session, store, "added")
@@ -130,6 +132,7 @@ async def document_action(
 
 @router.post(PAGE + "/assistants/{assistant_id}")
 async def assistant_collections(assistant_id: uuid.UUID, page: AdminForm, state: State, session: DbSession) -> Response:
+    await AssistantService(session, page.member, state.settings, state.keys).get(assistant_id)  # or 404
     form = await page.request.form()
     knowledge = KnowledgeService(session, page.member, state.settings)
     try:
