@@ -194,6 +194,34 @@ class TestChat:
         await expect(unknown).to_contain_text("Não encontrei essa informação", timeout=15_000)
         assert errors == []
 
+    async def test_a_streaming_reply_is_rendered_as_markdown_from_its_first_words(
+        self,
+        context: BrowserContext,
+        live_url: str,
+        client: httpx.AsyncClient,
+        make_tenant: Any,
+        fake_openai: tuple[FakeOpenAI, str],
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Markdown ao vivo")
+        member = await tenant.member()
+        await default_assistant(client, tenant, fake_openai[1], "fake-slow")
+        page = await context.new_page()
+        errors = watch_errors(page)
+        await sign_in(page, live_url, member)
+        await open_new_chat(page, live_url)
+        await send(page, "**negrito** e `codigo`\n\n```python\nprint(1)\n```")
+        streaming = page.locator('.msg.assistant[data-state="streaming"]')
+        await expect(streaming.locator(".body.md strong")).to_have_text("negrito", timeout=10_000)
+        await expect(streaming.locator(".md pre .code-lang")).to_have_text("python")
+        await expect(streaming.locator(".md pre .copy-code")).to_be_visible()
+        assert "**" not in await streaming.locator(".body").inner_text()  # never raw markdown
+        await page.reload()  # mid-reply: the saved text, then the stream, both rendered
+        await expect(streaming.locator(".body.md strong")).to_have_text("negrito")
+        await expect(page.locator('.msg.assistant[data-state="complete"]')).to_have_count(1, timeout=15_000)
+        meta = page.locator(".msg.assistant .meta [data-status-label]")
+        await expect(meta).to_have_text("")  # a reply is not "delivered"
+        assert errors == []
+
     async def test_a_replys_tool_calls_are_shown_above_it(
         self,
         context: BrowserContext,

@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from markupsafe import Markup
 
 from papo.assistants.service import AssistantService
@@ -128,3 +129,17 @@ async def message_fragment(
     view = message_view(message)
     view["html"] = str(view["html"]) if view["html"] is not None else None
     return JSONResponse(view, headers={"Cache-Control": "no-store"})
+
+
+class MarkdownIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(max_length=markdown.MAX_RENDERED_CHARS)
+
+
+@router.post("/web/markdown")
+async def render_markdown(body: MarkdownIn, principal: CurrentPrincipal) -> JSONResponse:
+    """A reply still being written, as the same safe HTML its final render will be (the script asks
+    for it a few times a second while a reply streams, so markdown never shows raw)."""
+    principal.require_user()
+    return JSONResponse({"html": markdown.render(body.text)}, headers={"Cache-Control": "no-store"})

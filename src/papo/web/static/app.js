@@ -416,7 +416,8 @@ function setupChat() {
 
   function statusOf(node) {
     const state = node.dataset.state;
-    if (node.dataset.role === "assistant" && state && state !== "complete") return t(STATUS_KEYS[state] || "chat.status.error");
+    if (node.dataset.role === "assistant" && state === "complete") return ""; // a reply is not "delivered"
+    if (node.dataset.role === "assistant" && state) return t(STATUS_KEYS[state] || "chat.status.error");
     return t("chat.status." + (node.dataset.status || "sent"));
   }
 
@@ -439,8 +440,16 @@ function setupChat() {
       const retry = state === "failed" || state === "interrupted";
       meta.append(element("button", { type: "button", class: "link", "data-action": "regenerate", text: t(retry ? "chat.retry" : "chat.regenerate") }));
     }
-    for (const block of node.querySelectorAll(".md pre")) {
-      if (!block.querySelector(".copy-code")) block.prepend(element("button", { type: "button", class: "copy-code", "data-action": "copy-code", text: t("chat.copy") }));
+    decorateCode(node);
+  }
+
+  // Code blocks: the language the model named, and a copy button (also while a reply streams).
+  function decorateCode(root) {
+    for (const block of root.querySelectorAll(".md pre")) {
+      if (block.querySelector(".copy-code")) continue;
+      const language = [...(block.querySelector("code")?.classList || [])].find((name) => name.startsWith("language-"));
+      if (language) block.prepend(element("span", { class: "code-lang", text: language.slice("language-".length) }));
+      block.prepend(element("button", { type: "button", class: "copy-code", "data-action": "copy-code", text: t("chat.copy") }));
     }
   }
 
@@ -513,13 +522,48 @@ function setupChat() {
     }
   }
 
+  // A streaming reply is shown as markdown from its first words: the server renders the text so far
+  // with the final render's sanitiser, at most every RENDER_MS and one request at a time per reply.
+  const RENDER_MS = 250;
+  const rendering = new Map(); // reply id -> { busy, last, again }
   function paint(id) {
     const reply = replies.get(id);
     const node = find(id);
     if (!reply || !node) return;
-    const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
-    node.querySelector(".body").textContent = reply.text;
-    if (stick) node.scrollIntoView({ block: "end" });
+    const job = rendering.get(id) || { busy: false, last: 0, again: false };
+    rendering.set(id, job);
+    if (job.busy) {
+      job.again = true;
+      return;
+    }
+    const wait = Math.max(0, job.last + RENDER_MS - Date.now());
+    job.busy = true;
+    setTimeout(async () => {
+      const text = replies.get(id)?.text;
+      job.last = Date.now();
+      try {
+        if (text === undefined) return;
+        const response = await api("POST", "/web/markdown", { text });
+        const current = find(id);
+        if (!response.ok || !current || !replies.has(id)) return;
+        const { html } = await response.json();
+        const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+        const body = current.querySelector(".body");
+        const rendered = element("div", { class: "body md" });
+        rendered.innerHTML = html; // sanitised on the server by nh3, as the final render
+        body.replaceWith(rendered);
+        decorateCode(rendered);
+        if (stick) current.scrollIntoView({ block: "end" });
+      } catch (error) {
+        if (!(error instanceof SessionEnded)) throw error;
+      } finally {
+        job.busy = false;
+        if (job.again) {
+          job.again = false;
+          paint(id);
+        } else if (!replies.has(id)) rendering.delete(id);
+      }
+    }, wait);
   }
 
   // replies that were streaming when the page was rendered continue from the saved text
