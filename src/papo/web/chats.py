@@ -8,8 +8,8 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 from markupsafe import Markup
+from pydantic import BaseModel, ConfigDict, Field
 
 from papo.assistants.service import AssistantService
 from papo.auth.deps import CurrentPrincipal, DbSession
