@@ -184,7 +184,7 @@ async def _not_modified_handler(request: Request, exc: Exception) -> Response:
 _HTTP_SLUGS = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large", 415: "unsupported-media-type"}
 
 
-async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
+async def http_problem_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     slug = _HTTP_SLUGS.get(exc.status_code, "http-error")
     title = slug.replace("-", " ").capitalize()
@@ -255,5 +255,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(NotModified, _not_modified_handler)
     app.add_exception_handler(DomainError, _domain_handler)
-    app.add_exception_handler(StarletteHTTPException, _http_handler)
+    app.add_exception_handler(StarletteHTTPException, http_problem_handler)
     app.add_exception_handler(Exception, _unhandled_handler)

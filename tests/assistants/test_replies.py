@@ -251,6 +251,20 @@ class TestReplies:
         )
         assert again.status_code == 201
 
+    async def test_a_chat_whose_first_reply_was_stopped_is_named_by_its_question(
+        self, client: httpx.AsyncClient, team: tuple[Member, Member], fake_openai: tuple[FakeOpenAI, str]
+    ) -> None:
+        admin, member = team
+        assistant_id = await make_assistant(client, admin, fake_openai[1], "fake-slow")
+        made = await client.post("/api/v1/sessions", json={"assistant_id": assistant_id}, headers=member.headers)
+        sid = made.json()["id"]
+        assert made.json()["title"] is None
+        reply_id = await ask(client, member, sid, "planeje uma viagem de uma semana ao Chile")
+        await written(client, member, sid, reply_id)
+        await client.post(f"/api/v1/sessions/{sid}/messages/{reply_id}/stop", headers=member.headers)
+        named = await poll(client, member, f"/api/v1/sessions/{sid}", lambda chat: chat["title"] is not None, 5)
+        assert named["title"] == "planeje uma viagem de uma semana…"
+
     async def test_history_fits_the_token_budget(
         self, client: httpx.AsyncClient, team: tuple[Member, Member], fake_openai: tuple[FakeOpenAI, str]
     ) -> None:

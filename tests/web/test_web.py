@@ -33,7 +33,7 @@ STREAMING = '.msg.assistant[data-state="streaming"]'
 
 async def open_new_chat(page: Page, base: str) -> str:
     await page.goto(f"{base}/")
-    await page.click("main form[action='/chats'] button")
+    await page.click(".chatlist form[action='/chats'] button")
     await page.wait_for_url(re.compile(r".*/chats/[0-9a-f-]{36}$"))
     return page.url.rsplit("/", 1)[-1]
 
@@ -222,6 +222,78 @@ class TestChat:
         await expect(meta).to_have_text("")  # a reply is not "delivered"
         assert errors == []
 
+    async def test_the_home_page_starts_a_chat_from_its_message_box(
+        self,
+        browser: Any,
+        live_url: str,
+        client: httpx.AsyncClient,
+        make_tenant: Any,
+        fake_openai: tuple[FakeOpenAI, str],
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Casa")
+        member = await tenant.member()
+        await default_assistant(client, tenant, fake_openai[1], "fake-echo")
+        for width, height, name in ((1280, 800, "home-desktop"), (375, 740, "home-phone")):
+            context = await browser.new_context(locale="pt-BR", viewport={"width": width, "height": height})
+            try:
+                page = await context.new_page()
+                errors = watch_errors(page)
+                await sign_in(page, live_url, member)
+                await expect(page.locator("#home-input")).to_be_visible()  # no click on "New chat" first
+                await screenshot(page, name)
+                await page.fill("#home-input", f"olá de {width} px")
+                if width > 400:
+                    await page.press("#home-input", "Enter")
+                else:
+                    await page.click("#home-composer button[type=submit]")
+                await page.wait_for_url(re.compile(r".*/chats/[0-9a-f-]{36}$"))
+                await expect(page.locator(".msg.user .body")).to_have_text(f"olá de {width} px")
+                reply = page.locator('.msg.assistant[data-state="complete"] .body')
+                await expect(reply).to_contain_text(f"Echo: olá de {width} px", timeout=15_000)
+                assert errors == []
+            finally:
+                await context.close()
+
+    async def test_a_phone_gets_a_compact_header_one_menu_and_the_chat_list_in_a_drawer(
+        self, browser: Any, live_url: str, client: httpx.AsyncClient, make_tenant: Any
+    ) -> None:
+        tenant: TenantHandle = await make_tenant("Telefone")
+        member = await tenant.member()
+        first = await create_session(client, member, "Primeira conversa")
+        await send_over_api(client, member, first["id"], "oi")
+        second = await create_session(client, member, "Segunda conversa")
+        phone = await browser.new_context(
+            locale="pt-BR", viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True
+        )
+        try:
+            page = await phone.new_page()
+            errors = watch_errors(page)
+            await sign_in(page, live_url, member)
+            await page.goto(f"{live_url}/chats/{second['id']}")
+            head = await page.locator(".chat-head").bounding_box()
+            assert head is not None and head["y"] + head["height"] <= 110, head  # not a quarter of the screen
+            await expect(page.locator(".chat-menu summary")).to_be_visible()
+            await expect(page.locator(".hint")).to_be_hidden()
+            await expect(page.locator("#chatlist")).not_to_be_in_viewport()
+            await page.click(".chat-head [data-drawer]")
+            await expect(page.locator("#chatlist")).to_be_in_viewport(ratio=1)
+            await screenshot(page, "phone-drawer")
+            await page.click(f'#chatlist .chat-item[data-id="{first["id"]}"] a')
+            await page.wait_for_url(f"{live_url}/chats/{first['id']}")
+            await expect(page.locator("#chatlist")).not_to_be_in_viewport()
+            await page.click(".chat-menu summary")
+            await expect(page.locator(".chat-menu [data-chat-action=rename]")).to_be_visible()
+            await screenshot(page, "phone-chat-menu")
+            for path in ("/", f"/chats/{first['id']}", "/settings", "/no-such-page"):
+                await page.goto(f"{live_url}{path}")
+                width = await page.evaluate("document.scrollingElement.scrollWidth")
+                assert width <= 375, f"{path} scrolls sideways on a phone ({width}px)"
+            await expect(page.locator("main h1")).to_have_text("Página não encontrada")
+            await screenshot(page, "phone-404")
+            assert errors == []
+        finally:
+            await phone.close()
+
     async def test_a_replys_tool_calls_are_shown_above_it(
         self,
         context: BrowserContext,
@@ -358,18 +430,23 @@ class TestDashboard:
         await hit.click()
         await page.wait_for_url(re.compile(rf".*/chats/{sid}#m-.*"))
 
+        await page.click(".chat-menu summary")
         await page.click("[data-chat-action=rename]")
         await page.fill(".rename input", "Orçamento 2027")
         await page.keyboard.press("Enter")
         await expect(page.locator("#chat-title")).to_have_text("Orçamento 2027")
         await expect(page.locator(f'.chat-item[data-id="{sid}"] .title')).to_have_text("Orçamento 2027")  # live
 
-        await page.click("details.export summary")
+        await page.click(".chat-menu summary")
         async with page.expect_download() as download_info:
-            await page.click("details.export a:text('CSV')")
+            await page.click(".chat-menu a[data-export=csv]")
         download = await download_info.value
         assert download.suggested_filename.endswith(".csv")
 
+        await page.click(".chat-menu summary")
+        await expect(page.locator("[data-chat-action=delete]")).to_have_css(
+            "color", re.compile(r"rgb\(180, 35, 24\)|rgb\(249, 112, 102\)")
+        )
         await page.click("[data-chat-action=delete]")
         await page.wait_for_url(f"{live_url}/")
         await expect(page.locator("#toast")).to_be_visible()
@@ -378,6 +455,7 @@ class TestDashboard:
         await page.wait_for_url(f"{live_url}/chats/{sid}")
         await expect(page.locator(".msg.user")).to_have_count(2)
 
+        await page.click(".chat-menu summary")
         await page.click("[data-chat-action=archive]")
         await page.wait_for_url(f"{live_url}/")
         await expect(page.locator(f'.chat-item[data-id="{sid}"]')).to_have_count(0)
@@ -598,6 +676,7 @@ class TestLook:
             await page.goto(f"{live_url}/chats/{sid}")
             await screenshot(page, "chat-light")
 
+            await page.click("details.account summary")
             await page.select_option("#pref-theme", "dark")
             await page.wait_for_load_state("load")
             await expect(page.locator("html")).to_have_attribute("data-theme", "dark")
@@ -608,10 +687,11 @@ class TestLook:
             await expect(page.locator("html")).to_have_attribute("data-theme", "dark")  # remembered
             await screenshot(page, "dashboard-dark")
 
+            await page.click("details.account summary")
             await page.select_option("#pref-lang", "en")
             await page.wait_for_load_state("load")
             await expect(page.locator("html")).to_have_attribute("lang", "en")
-            await expect(page.locator("main button.primary")).to_have_text("New chat")
+            await expect(page.locator("#home-input")).to_have_attribute("placeholder", "Write a message…")
             assert errors == []
         finally:
             await context.close()

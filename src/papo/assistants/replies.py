@@ -239,7 +239,7 @@ class ReplyManager:
                                 asked = piece
                                 continue
                             if live.halted:
-                                return await self._keep_stopped(principal, reply_id, live.text)
+                                return await self._keep_stopped(principal, session_id, reply_id, live.text, history)
                             if first_token_at is None:
                                 first_token_at = last_save = time.monotonic()
                             live.text += piece
@@ -249,7 +249,7 @@ class ReplyManager:
                                 last_flush = now
                             if now - last_save >= self.settings.reply_save_seconds:
                                 if not await self._save(principal, reply_id, live.text):
-                                    return await self._keep_stopped(principal, reply_id, live.text)
+                                    return await self._keep_stopped(principal, session_id, reply_id, live.text, history)
                                 last_save = time.monotonic()
                     if asked is None:
                         break
@@ -296,7 +296,7 @@ class ReplyManager:
                 hand_off = grounding.unknown or tools.builtins.handed_over
                 await self.on_complete(principal, session_id, reply_id, live.text, hand_off)
         else:  # stopped after the last token
-            await self._keep_stopped(principal, reply_id, live.text)
+            await self._keep_stopped(principal, session_id, reply_id, live.text, history)
 
     async def _ground(
         self,
@@ -456,9 +456,22 @@ class ReplyManager:
         async with self.db.transaction(principal.context()) as session:
             return await self._chat(session, principal).save_reply_progress(reply_id, text)
 
-    async def _keep_stopped(self, principal: Principal, reply_id: uuid.UUID, text: str) -> None:
+    async def _keep_stopped(
+        self,
+        principal: Principal,
+        session_id: uuid.UUID,
+        reply_id: uuid.UUID,
+        text: str,
+        history: list[dict[str, Any]],
+    ) -> None:
+        """Keep what was shown; a chat whose first reply was stopped is still named (by its question:
+        no model is asked for a title of a reply the user cut short)."""
+        questions = [m["content"] for m in history if m["role"] == "user"]
         async with self.db.transaction(principal.context()) as session:
-            await self._chat(session, principal).keep_stopped_text(reply_id, text)
+            chat = self._chat(session, principal)
+            await chat.keep_stopped_text(reply_id, text)
+            if len(questions) == 1 and principal.user_id is not None:
+                await chat.set_title_if_unset(session_id, principal.user_id, fallback_title(questions[0]))
 
     async def _finish(
         self, principal: Principal, reply_id: uuid.UUID, text: str, meta: dict[str, Any], state: str

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Form, Response
 from fastapi.responses import JSONResponse
 from markupsafe import Markup
 from pydantic import BaseModel, ConfigDict, Field
 
 from papo.assistants.service import AssistantService
 from papo.auth.deps import CurrentPrincipal, DbSession
+from papo.chat.api import ChatRuntime, schedule
 from papo.chat.attachments import Attachments, attachment_view
-from papo.chat.models import Channel, SessionStatus
+from papo.chat.models import Channel, MessageRole, SessionStatus
 from papo.chat.schemas import MessageOut
 from papo.chat.service import ChatService
+from papo.runtime import current_runtime
 from papo.web import markdown
 from papo.web.pages import Member, MemberForm, Page, State, WebRuntime, not_found, redirect, render
 
@@ -82,12 +84,26 @@ async def dashboard(
     return render(page, state, "dashboard.html", current=None, **listing)
 
 
+class HomeRuntime(WebRuntime, ChatRuntime, Protocol):
+    pass
+
+
 @router.post("/chats")
-async def new_chat(page: MemberForm, state: State, session: DbSession) -> Response:
+async def new_chat(
+    page: MemberForm,
+    state: Annotated[HomeRuntime, Depends(current_runtime)],
+    session: DbSession,
+    background: BackgroundTasks,
+    content: Annotated[str, Form(max_length=32_000)] = "",
+) -> Response:
+    """A new chat; from the home page's message box, with its first message (and the reply started)."""
     assistant_id = await AssistantService(session, page.member, state.settings, state.keys).default_id()
-    created = await chat_service(session, page, state).create_chat_session(
-        page.user_id, channel=Channel.web, assistant_id=assistant_id
-    )
+    chat = chat_service(session, page, state)
+    created = await chat.create_chat_session(page.user_id, channel=Channel.web, assistant_id=assistant_id)
+    if content.strip():
+        await state.limiter.messages(page.request, page.member)
+        posted = await state.conversations.post(chat, created.id, MessageRole.user, content.strip(), None)
+        await schedule(background, state, page.request, page.member, posted.reply)
     return redirect(page, state, f"/chats/{created.id}")
 
 

@@ -17,13 +17,14 @@ from typing import Annotated, Any, Protocol
 from fastapi import Depends, FastAPI, Form, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from papo.auth import oidc, web_sessions
 from papo.auth import service as auth_service
 from papo.auth.deps import AuthRuntime, DbSession, cookie_principal
 from papo.auth.service import Principal
 from papo.crypto import KeyBox
-from papo.errors import Unauthorized
+from papo.errors import Unauthorized, http_problem_handler
 from papo.realtime.service import bounds as realtime_bounds
 from papo.realtime.service import stamp_events
 from papo.runtime import current_runtime
@@ -210,10 +211,32 @@ async def _answer_refusal(_request: Request, exc: Exception) -> Response:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(PageRefused, _answer_refusal)
+    app.add_exception_handler(StarletteHTTPException, _missing_page)
+
+
+API_PREFIXES = ("/api/", "/v1/", "/webhooks/", "/web/", "/metrics", "/healthz", "/readyz", "/docs", "/openapi")
+
+
+async def _missing_page(request: Request, exc: Exception) -> Response:
+    """A browser that opens an address papo does not have gets the 404 page in the app's layout;
+    API clients (and anything not asking for HTML) keep the problem+json answer."""
+    assert isinstance(exc, StarletteHTTPException)
+    wants_page = "text/html" in request.headers.get("accept", "") and not request.url.path.startswith(API_PREFIXES)
+    if exc.status_code != 404 or not wants_page:
+        return await http_problem_handler(request, exc)
+    state = await current_runtime(request)
+    return not_found(new_page(request, state), state)
 
 
 def not_found(page: Page, state: WebRuntime) -> Response:
-    return render(page, state, "error.html", status_code=404, message=page.t("error.not_found"))
+    return render(
+        page,
+        state,
+        "error.html",
+        status_code=404,
+        title=page.t("error.not_found_title"),
+        message=page.t("error.not_found"),
+    )
 
 
 async def visitor_page(request: Request, state: State) -> Page:

@@ -195,16 +195,65 @@ function chatItem(chat) {
     { href: `/chats/${chat.id}` },
     element("span", { class: "title", text: chat.title || t("dash.untitled") }),
     element("span", { class: "preview", text: chat.preview || "" }),
-    element("time", { datetime: chat.last_message_at || chat.created_at, text: shortTime(chat.last_message_at || chat.created_at) }),
+    element("time", { datetime: chat.last_message_at || chat.created_at, text: ago(chat.last_message_at || chat.created_at) }),
   );
   return element("li", { class: "chat-item", "data-id": chat.id }, link);
 }
 
-function shortTime(iso) {
+// "há 11 segundos" / "11 seconds ago", as the server writes the list: every time in it reads alike,
+// and they are brought up to date every minute.
+const AGO_UNITS = [["year", 31536000], ["month", 2592000], ["week", 604800], ["day", 86400], ["hour", 3600], ["minute", 60], ["second", 1]];
+function ago(iso) {
   if (!iso) return "";
-  const date = new Date(iso);
-  const sameDay = date.toDateString() === new Date().toDateString();
-  return new Intl.DateTimeFormat(document.documentElement.lang, sameDay ? { timeStyle: "short" } : { dateStyle: "short" }).format(date);
+  const seconds = Math.max(1, Math.round((Date.now() - new Date(iso).getTime()) / 1000));
+  const [unit, size] = AGO_UNITS.find(([, size]) => seconds >= size) || AGO_UNITS.at(-1);
+  return new Intl.RelativeTimeFormat(document.documentElement.lang, { numeric: "always" }).format(-Math.floor(seconds / size), unit);
+}
+setInterval(() => $$(".chats time[datetime]").forEach((time) => (time.textContent = ago(time.dateTime))), 60_000);
+
+// The home page's message box starts a chat: Enter sends, Shift+Enter breaks the line.
+function setupHomeComposer() {
+  const input = $("#home-input");
+  input?.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing && input.value.trim()) {
+      event.preventDefault();
+      input.form.requestSubmit();
+    }
+  });
+}
+
+// Menus (the chat's ⋯, the account): a chosen item, a click elsewhere or Escape closes them.
+function setupMenus() {
+  const menus = $$("details.chat-menu, details.account");
+  const closeAll = (except) => menus.forEach((menu) => menu !== except && menu.removeAttribute("open"));
+  document.addEventListener("click", (event) => {
+    const inside = event.target.closest("details.chat-menu, details.account");
+    closeAll(inside);
+    if (inside && event.target.closest(".menu a, .menu button")) inside.removeAttribute("open");
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape") return;
+    const open = menus.find((menu) => menu.open);
+    if (!open) return;
+    open.removeAttribute("open");
+    open.querySelector("summary").focus();
+  });
+}
+
+// On a phone the chat list is a drawer: ☰ opens it, Escape, a tap beside it or a chosen chat closes it.
+function setupDrawer() {
+  const toggles = $$("[data-drawer]");
+  if (!toggles.length) return;
+  const open = (yes) => {
+    document.body.classList.toggle("drawer-open", yes);
+    for (const toggle of toggles) toggle.setAttribute("aria-expanded", String(yes));
+    if (yes) $("#chatlist a, #chatlist button")?.focus();
+  };
+  for (const toggle of toggles) toggle.addEventListener("click", () => open(!document.body.classList.contains("drawer-open")));
+  document.addEventListener("keydown", (event) => event.key === "Escape" && document.body.classList.contains("drawer-open") && open(false));
+  document.addEventListener("click", (event) => {
+    if (document.body.classList.contains("drawer-open") && !event.target.closest("#chatlist, [data-drawer]")) open(false);
+  });
 }
 
 function setupChatList() {
@@ -233,7 +282,7 @@ function setupChatList() {
         if (data.content && data.role !== "tool") item.querySelector(".preview").textContent = data.content.slice(0, 140);
         const time = item.querySelector("time");
         time.dateTime = data.created_at;
-        time.textContent = shortTime(data.created_at);
+        time.textContent = ago(data.created_at);
         toTop(item);
       }
     }
@@ -306,7 +355,12 @@ function setupChatActions(sessionId) {
       if ((await api("DELETE", `/api/v1/sessions/${sessionId}`)).ok) location.assign(`/?deleted=${sessionId}`);
     },
   };
-  for (const button of $$("[data-chat-action]")) button.addEventListener("click", () => actions[button.dataset.chatAction]());
+  for (const button of $$("[data-chat-action]")) {
+    button.addEventListener("click", () => {
+      button.closest("details")?.removeAttribute("open");
+      actions[button.dataset.chatAction]();
+    });
+  }
 }
 
 function highlighted(snippet, ranges) {
@@ -352,7 +406,7 @@ function setupSearch() {
       ),
     );
     results.replaceChildren(
-      element("h2", { class: "sr-only", text: t("dash.results") }),
+      element("h2", { class: "list-heading", text: t("dash.results") }),
       items.length ? element("ul", { class: "chats" }, ...items) : element("p", { class: "muted", text: t("dash.no_results") }),
     );
     results.hidden = false;
@@ -489,6 +543,7 @@ function setupChat() {
   async function showFinal(id) {
     const response = await api("GET", `/web/chats/${sessionId}/messages/${id}`);
     if (!response.ok) return;
+    const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
     const message = await response.json();
     const node = upsert(message);
     replies.delete(id);
@@ -505,6 +560,7 @@ function setupChat() {
       body.textContent = message.content;
     }
     refreshControls();
+    if (stick) list.scrollTop = list.scrollHeight; // the action row too, after the final swap
   }
 
   async function refetchSaved(id) {
@@ -1019,6 +1075,9 @@ function setupWhatsappNumbers() {
   });
 }
 
+setupDrawer();
+setupMenus();
+setupHomeComposer();
 setupChatList();
 setupChat();
 setupInbox();
