@@ -151,6 +151,12 @@ async def victim_world(client: httpx.AsyncClient, tenant: TenantHandle, fake: Fa
         headers=admin.headers,
     )
     assert document.status_code == 202, document.text
+    canned = await client.post(
+        "/api/v1/whatsapp/canned-responses",
+        json={"shortcut": "victim", "content": "the victim's saved reply"},
+        headers=admin.headers,
+    )
+    assert canned.status_code == 201, canned.text
     return {
         "admin": admin,
         "member": member,
@@ -170,6 +176,7 @@ async def victim_world(client: httpx.AsyncClient, tenant: TenantHandle, fake: Fa
             "collection_id": collection.json()["id"],
             "document_id": document.json()["id"],
             "tool_id": tool.json()["id"],
+            "canned_id": canned.json()["id"],
         },
     }
 
@@ -207,6 +214,7 @@ async def snapshot(client: httpx.AsyncClient, world: dict[str, Any]) -> dict[str
             "invitations": await body(admin, "/api/v1/invitations"),
             "collection": await body(member, f"/api/v1/knowledge/collections/{ids['collection_id']}"),
             "documents": await body(member, f"/api/v1/knowledge/collections/{ids['collection_id']}/documents"),
+            "canned": await body(admin, "/api/v1/whatsapp/canned-responses"),
             "key_works": (await client.get("/api/v1/me", headers=world["key"].headers)).status_code,
         }
     )

@@ -185,14 +185,20 @@ class ChannelConversations:
             raise NotFound(CONVERSATION_NOT_FOUND)
         return dict(row)
 
-    async def find_all(self, ticket_status: str | None, limit: int) -> list[dict[str, Any]]:
+    async def find_all(
+        self, ticket_status: str | None, limit: int, *, assigned_to: str | None = None, unassigned: bool = False
+    ) -> list[dict[str, Any]]:
+        """Newest activity first; by ticket status, and by who has them (`assigned_to`), or nobody."""
         rows = await driver(self.db).fetch(
             CONVERSATION_SELECT
             + "WHERE c.tenant_id = $1 AND c.channel = 'whatsapp' AND ($2::text IS NULL OR c.ticket_status = $2) "
+            "AND ($4::text IS NULL OR c.assigned_to = $4) AND (NOT $5 OR c.assigned_to IS NULL) "
             "ORDER BY c.activity_at DESC, c.id DESC LIMIT $3",
             self.principal.tenant_id,
             ticket_status,
             limit,
+            assigned_to,
+            unassigned,
         )
         return [dict(row) for row in rows]
 
@@ -246,6 +252,24 @@ class ChannelConversations:
         assert row is not None
         attached = [await Attachments(self.db, self.principal).add_stored(plain(row), file)] if file else []
         return self._announce_message(row, attached)
+
+    async def store_note(self, conversation_id: uuid.UUID, text: str, metadata: dict[str, Any]) -> dict[str, Any]:
+        """An agent's private note: in the conversation for the staff, never delivered (no delivery
+        status), never shown to the bot's model (its role), and announced like any message."""
+        row = await driver(self.db).fetchrow(
+            f"""
+            INSERT INTO messages (tenant_id, id, session_id, role, content, status, metadata)
+            VALUES ($1, $2, $3, 'note', $4, 'sent', $5)
+            RETURNING {MESSAGE_COLUMNS}
+            """,  # noqa: S608  (fixed column list)
+            self.principal.tenant_id,
+            new_id(),
+            conversation_id,
+            text,
+            json.dumps(metadata),
+        )
+        assert row is not None
+        return self._announce_message(row, [])
 
     async def pending_outbound(self, message_id: uuid.UUID) -> dict[str, Any] | None:
         """A stored message still waiting to be sent, with where to."""

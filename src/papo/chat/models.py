@@ -46,6 +46,7 @@ class MessageRole(enum.StrEnum):
     assistant = "assistant"
     system = "system"
     tool = "tool"  # a tool call's result, written by papo alone (see migration 0033)
+    note = "note"  # an agent's private note in an inbox conversation (migration 0038)
 
 
 class MessageStatus(enum.StrEnum):
@@ -183,7 +184,7 @@ class Message(Base):
         ForeignKeyConstraint(
             ["tenant_id", "branch_of"], ["messages.tenant_id", "messages.id"], ondelete="SET NULL (branch_of)"
         ),
-        CheckConstraint("role IN ('user', 'assistant', 'system', 'tool')", name="role"),
+        CheckConstraint("role IN ('user', 'assistant', 'system', 'tool', 'note')", name="role"),
         CheckConstraint(
             "reply_state IN ('streaming', 'complete', 'stopped', 'failed', 'interrupted')", name="reply_state"
         ),

@@ -265,7 +265,8 @@ class ReplyLifecycle:
                        WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id AND a.state = 'stored'
                          AND a.kind IN ('image', 'document') AND m.role = 'user') AS files
                 FROM messages m
-               WHERE m.tenant_id = $1 AND m.session_id = $2 AND m.superseded_at IS NULL AND m.role <> 'tool'
+               WHERE m.tenant_id = $1 AND m.session_id = $2 AND m.superseded_at IS NULL
+                 AND m.role NOT IN ('tool', 'note')
                  AND (m.reply_state IS NULL OR m.reply_state IN ('complete', 'stopped'))
             ) said
              WHERE content <> '' OR files IS NOT NULL

@@ -104,6 +104,8 @@ class MessageCreate(Strict):
     def _authored(cls, role: MessageRole) -> MessageRole:
         if role == MessageRole.tool:
             raise ValueError("tool messages are written by papo when an assistant calls a tool")
+        if role == MessageRole.note:
+            raise ValueError("notes are an agent's, in the WhatsApp inbox (POST …/conversations/{id}/notes)")
         return role
 
 

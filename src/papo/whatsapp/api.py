@@ -26,15 +26,19 @@ from fastapi import (
 from papo.auth.deps import CurrentPrincipal, DbSession
 from papo.chat.attachments import Attachments
 from papo.errors import Conflict, Forbidden, NotFound
+from papo.whatsapp.canned import CannedResponses
 from papo.whatsapp.inbox import Inbox
 from papo.whatsapp.media import store_upload
-from papo.whatsapp.models import WhatsappSession
+from papo.whatsapp.models import CannedResponse, WhatsappSession
 from papo.whatsapp.rows import session_out
 from papo.whatsapp.schemas import (
+    CannedIn,
+    CannedOut,
     CleanupReport,
     ConversationOut,
     ConversationPatch,
     InboxMessageOut,
+    NoteIn,
     QrOut,
     ReplyIn,
     SessionCreate,
@@ -203,9 +207,49 @@ ConversationNumber = Annotated[WhatsappSession, Depends(conversation_number)]
 
 
 @conversations_router.get("", response_model=list[ConversationOut])
-async def list_conversations(box: InboxDep, ticket_status: str | None = None) -> list[dict[str, Any]]:
-    """Newest activity first; filter by ticket: open, pending (waiting for an agent) or closed."""
-    return await box.conversations(ticket_status)
+async def list_conversations(
+    box: InboxDep, ticket_status: str | None = None, view: str = "all"
+) -> list[dict[str, Any]]:
+    """Newest activity first; filter by ticket (open, pending: waiting for an agent, closed) and by
+    view: `all`, `mine` (assigned to the caller) or `unassigned`."""
+    return await box.conversations(ticket_status, view)
+
+
+@conversations_router.post(
+    "/{conversation_id}/notes", response_model=InboxMessageOut, status_code=status.HTTP_201_CREATED
+)
+async def add_note(conversation_id: uuid.UUID, body: NoteIn, box: InboxDep) -> dict[str, Any]:
+    """A private note in the conversation (role `note`): the staff see it, the customer never gets it,
+    and the bot's model is never shown it."""
+    return await box.add_note(conversation_id, body.content)
+
+
+canned_router = APIRouter(prefix="/api/v1/whatsapp/canned-responses", tags=["whatsapp"])
+
+
+def canned_responses(principal: CurrentPrincipal, session: DbSession) -> CannedResponses:
+    return CannedResponses(session, principal)
+
+
+Canned = Annotated[CannedResponses, Depends(canned_responses)]
+
+
+@canned_router.get("", response_model=list[CannedOut])
+async def list_canned(canned: Canned) -> list[CannedResponse]:
+    """The company's saved replies, by shortcut (staff)."""
+    return await canned.list()
+
+
+@canned_router.post("", response_model=CannedOut, status_code=status.HTTP_201_CREATED)
+async def create_canned(body: CannedIn, canned: Canned) -> CannedResponse:
+    """A saved reply agents type as `/shortcut` (owners, admins and API keys); 409 when the shortcut exists."""
+    return await canned.create(body.shortcut, body.content)
+
+
+@canned_router.delete("/{canned_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_canned(canned_id: uuid.UUID, canned: Canned) -> Response:
+    await canned.delete(canned_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @conversations_router.get("/{conversation_id}/messages", response_model=list[InboxMessageOut])

@@ -29,6 +29,7 @@ from papo.whatsapp.transports.base import InboundMessage
 VOICE_KINDS = ("voice", "audio")
 DEFAULT_HANDOFF_WORDS = ("atendente", "humano", "pessoa", "agent", "human", "operator")
 CUSTOMER_SERVICE_WINDOW = timedelta(hours=24)
+INBOX_VIEWS = ("all", "mine", "unassigned")
 TICKET_STATUSES = ("open", "pending", "closed")
 # A receipt may only move a message forward; "failed" only before it was delivered.
 DELIVERY_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
@@ -124,12 +125,29 @@ class Inbox:
         self._announce(conversation)
         return conversation
 
-    async def conversations(self, ticket_status: str | None, limit: int = 100) -> list[dict[str, Any]]:
+    async def conversations(
+        self, ticket_status: str | None, view: str = "all", limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """A ticket status's conversations, all of them, the caller's (`mine`) or nobody's (`unassigned`)."""
         if ticket_status is not None and ticket_status not in TICKET_STATUSES:
             raise InvalidInput(f"ticket_status is one of {', '.join(TICKET_STATUSES)}", field="ticket_status")
-        rows = await self.store.find_all(ticket_status, limit)
+        if view not in INBOX_VIEWS:
+            raise InvalidInput(f"view is one of {', '.join(INBOX_VIEWS)}", field="view")
+        mine = self.principal.user_id if view == "mine" else None
+        if view == "mine" and mine is None:
+            raise InvalidInput("an API key has no conversations of its own", field="view")
+        rows = await self.store.find_all(ticket_status, limit, assigned_to=mine, unassigned=view == "unassigned")
         moods = await session_sentiments(self.db, [row["id"] for row in rows])
         return [row | {"sentiment": _mood(moods.get(row["id"]))} for row in rows]
+
+    async def add_note(self, conversation_id: uuid.UUID, text: str) -> dict[str, Any]:
+        """A private note for the staff: never sent, never shown to the bot."""
+        if not text.strip():
+            raise InvalidInput("a note needs some text", field="content")
+        await self.store.find(conversation_id)
+        return await self.store.store_note(
+            conversation_id, text.strip(), {"author": "agent", "agent_id": self.principal.user_id}
+        )
 
     async def conversation(self, conversation_id: uuid.UUID) -> dict[str, Any]:
         return await self.store.find(conversation_id)

@@ -104,3 +104,20 @@ class WhatsappWebhookDelivery(Base):
         Index("ix_whatsapp_webhook_deliveries_waiting", "id", postgresql_where=text("dead_at IS NULL")),
         Index("ix_whatsapp_webhook_deliveries_dead", "id", postgresql_where=text("dead_at IS NOT NULL")),
     )
+
+
+class CannedResponse(Timestamps, Base):
+    """A company's saved reply, typed as `/shortcut` in the inbox (migration 0038)."""
+
+    __tablename__ = "canned_responses"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    shortcut: Mapped[str] = mapped_column(Text, nullable=False)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("shortcut ~ '^[a-z0-9_-]{1,32}$'", name="shortcut"),
+        CheckConstraint("length(content) BETWEEN 1 AND 4096", name="content"),
+        Index("uq_canned_responses_shortcut", "tenant_id", "shortcut", unique=True),
+    )

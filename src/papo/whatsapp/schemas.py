@@ -139,3 +139,26 @@ class InboxMessageOut(BaseModel):
     created_at: datetime
     sentiment: MessageSentiment | None = None
     attachments: list[AttachmentOut] = []
+
+
+class NoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    content: str = Field(min_length=1, max_length=4096)
+
+
+class CannedIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    shortcut: str = Field(pattern=r"^[a-z0-9_-]{1,32}$", description="Typed as /shortcut in the inbox")
+    content: str = Field(min_length=1, max_length=4096)
+
+
+class CannedOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    shortcut: str
+    content: str
+    created_at: datetime
+    updated_at: datetime
