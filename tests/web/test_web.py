@@ -844,6 +844,64 @@ class TestWhatsappPages:
         await screenshot(page, "inbox")
         assert errors == []
 
+    async def test_an_agent_works_the_queue_with_views_notes_saved_replies_and_history(
+        self,
+        context: BrowserContext,
+        live_url: str,
+        client: httpx.AsyncClient,
+        number: tuple[TenantHandle, Member, Member, SessionKey],
+        fake: Any,
+    ) -> None:
+        _, admin, agent, key = number
+        saved = {"shortcut": "frete", "content": "O frete para a capital é R$ 15,00."}
+        assert (
+            await client.post("/api/v1/whatsapp/canned-responses", json=saved, headers=admin.headers)
+        ).status_code == 201
+        inbox = "/api/v1/whatsapp/conversations"
+        await fake.customer_writes(key, "meu pedido anterior", wa_id="5511977770001", name="Dora")
+        (earlier,) = (await client.get(inbox, headers=agent.headers)).json()
+        await client.patch(f"{inbox}/{earlier['id']}", json={"ticket_status": "closed"}, headers=agent.headers)
+        await fake.customer_writes(key, "quanto custa o frete?", wa_id="5511977770001", name="Dora")
+        await fake.customer_writes(key, "outra pessoa aqui", wa_id="5511977770002", name="Eli")
+        page = await context.new_page()
+        errors = watch_errors(page)
+        await sign_in(page, live_url, agent, next_path="/inbox")
+        await page.click("[data-view=mine]")
+        await expect(page.locator("#conversations .chat-item")).to_have_count(0)
+        await page.click("[data-view=all]")
+        await expect(page.locator("#conversations .chat-item")).to_have_count(2)
+        await page.click("#conversations .chat-item a:has-text('Dora')")
+        await expect(page.locator(".customer .earlier a")).to_have_count(1)  # the closed conversation, beside
+        await expect(page.locator(".customer .earlier .preview")).to_have_text("meu pedido anterior")
+
+        await page.check("#inbox-note")
+        await page.fill("#inbox-input", "cliente pediu desconto antes")
+        await page.keyboard.press("Enter")
+        note = page.locator("#messages .msg.note")
+        await expect(note.locator(".body")).to_have_text("cliente pediu desconto antes")
+        await expect(note.locator(".who")).to_have_text("Nota privada")
+        assert not any("desconto" in text for _, _, text, _ in fake.sent)  # only the team saw it
+        await page.uncheck("#inbox-note")
+
+        await page.fill("#inbox-input", "")
+        await page.type("#inbox-input", "/fr")
+        await expect(page.locator("#canned [role=option]")).to_have_count(1)
+        await screenshot(page, "inbox-canned")
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#inbox-input")).to_have_value(saved["content"])
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#messages .msg.assistant .body").last).to_have_text(saved["content"])
+        assert fake.sent[-1][2] == saved["content"]
+
+        await page.click("[data-inbox-action=assign]")
+        await expect(page.locator("#assignee")).to_contain_text(agent.email)
+        await page.keyboard.press("Alt+ArrowDown")  # the next conversation in the list
+        await expect(page.locator("#chat-title")).to_contain_text("Eli")
+        await page.goto(f"{live_url}/inbox?view=mine")
+        await expect(page.locator("#conversations .chat-item .title")).to_have_text(["Dora"])
+        await screenshot(page, "inbox-agent")
+        assert errors == []
+
 
 def tiny_png(width: int = 40, height: int = 30) -> bytes:
     """A real PNG (a solid colour), so the browser can draw the thumbnail."""

@@ -75,4 +75,4 @@ class BuiltinTools:
             found = await ChatService(session, self.principal, self.settings).earlier_conversations(
                 self.session_id, query
             )
-        return json.dumps({"conversations": found}, ensure_ascii=False), None
+        return json.dumps({"conversations": found}, ensure_ascii=False, default=str), None

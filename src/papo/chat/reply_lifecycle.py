@@ -235,8 +235,8 @@ class ReplyLifecycle:
                 "conversation_id": str(row["id"]),
                 "title": row["title"],
                 "channel": row["channel"],
-                "started_at": row["created_at"].isoformat(),
-                "last_message_at": row["last_message_at"].isoformat() if row["last_message_at"] else None,
+                "started_at": row["created_at"],
+                "last_message_at": row["last_message_at"],
                 "ticket_status": row["ticket_status"],
                 "messages": row["messages"],
             }

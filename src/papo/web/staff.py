@@ -8,10 +8,11 @@ from fastapi import APIRouter, Response
 
 from papo.auth import tenant_settings
 from papo.auth.deps import DbSession
+from papo.chat.service import ChatService
 from papo.errors import NotFound
 from papo.web.chats import tool_calls_before_their_replies
 from papo.web.pages import Admin, Staff, State, not_found, render
-from papo.whatsapp.inbox import Inbox
+from papo.whatsapp.inbox import INBOX_VIEWS, TICKET_STATUSES, Inbox
 from papo.whatsapp.rows import session_out
 from papo.whatsapp.service import SessionService
 
@@ -26,11 +27,14 @@ async def inbox_page(
     session: DbSession,
     conversation_id: uuid.UUID | None = None,
     ticket: str = "open",
+    view: str = "all",
 ) -> Response:
     box = Inbox(session, page.member)
-    ticket = ticket if ticket in ("open", "pending", "closed") else "open"
+    ticket = ticket if ticket in TICKET_STATUSES else "open"
+    view = view if view in INBOX_VIEWS else "all"
     current = messages = None
     assignee = None
+    earlier: list[dict[str, object]] = []
     if conversation_id is not None:
         try:
             current = await box.conversation(conversation_id)
@@ -40,15 +44,18 @@ async def inbox_page(
         if current["assigned_to"]:
             members = {m.user_id: m.email for m in await tenant_settings.staff(session, page.member)}
             assignee = members.get(current["assigned_to"])
+        earlier = await ChatService(session, page.member, state.settings).earlier_conversations(conversation_id, "")
     return render(
         page,
         state,
         "inbox.html",
-        conversations=await box.conversations(ticket),
+        conversations=await box.conversations(ticket, view),
         ticket=ticket,
+        view=view,
         current=current,
         messages=messages or [],
         assignee=assignee,
+        earlier=earlier,
     )
 
 

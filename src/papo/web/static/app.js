@@ -893,10 +893,11 @@ function setupInbox() {
     if (event === "message.created" && data.role === "tool" && !$(`#m-${CSS.escape(data.id)}`)) {
       placeToolCall(list, data);
     } else if (event === "message.created" && !$(`#m-${CSS.escape(data.id)}`)) {
-      const who = data.role === "user" ? t("inbox.customer") : data.metadata?.author === "bot" ? t("inbox.bot") : t("inbox.agent");
+      const kind = data.role === "user" || data.role === "note" ? data.role : "assistant";
+      const who = { user: t("inbox.customer"), note: t("inbox.note") }[kind] || (data.metadata?.author === "bot" ? t("inbox.bot") : t("inbox.agent"));
       const node = element(
         "li",
-        { class: `msg ${data.role === "user" ? "user" : "assistant"}`, id: `m-${data.id}`, "data-id": data.id, "data-status": data.status || "" },
+        { class: `msg ${kind}`, id: `m-${data.id}`, "data-id": data.id, "data-status": data.status || "" },
         element("div", { class: "who", text: who }),
         element("div", { class: "body plain", text: data.content }),
         sourcesNode(data.metadata),
@@ -996,18 +997,29 @@ function setupInbox() {
     $("#inbox-input").focus();
   });
   pending?.querySelector("[data-unpick]").addEventListener("click", () => pick(null));
+  // A private note goes to the staff only; the box says so while the toggle is on.
+  const noteToggle = $("#inbox-note");
+  const noting = () => Boolean(noteToggle?.checked);
+  noteToggle?.addEventListener("change", () => {
+    form.classList.toggle("noting", noting());
+    $("#inbox-input").placeholder = noting() ? t("inbox.note_placeholder") : t("inbox.reply_hint");
+    $("#inbox-input").focus();
+  });
+  setupCannedResponses($("#inbox-input"), $("#canned"));
   form?.addEventListener("submit", async (event) => {
     event.preventDefault();
     const input = $("#inbox-input");
     const content = input.value.trim();
-    if (!content && !picked) return;
+    if (!content && (!picked || noting())) return;
     const controls = [...form.elements, pending?.querySelector("[data-unpick]")].filter(Boolean);
     form.classList.add("busy");
     for (const control of controls) control.disabled = true;
     pending?.querySelector(".sending")?.toggleAttribute("hidden", !picked);
     try {
       let response;
-      if (picked) {
+      if (noting()) {
+        response = await api("POST", `${url}/notes`, { content });
+      } else if (picked) {
         response = await postFile(`${url}/attachments`, { file: picked, caption: content });
       } else {
         response = await api("POST", `${url}/messages`, { content });
@@ -1026,10 +1038,21 @@ function setupInbox() {
     }
   });
   $("#inbox-input")?.addEventListener("keydown", (event) => {
+    if (event.defaultPrevented) return; // the canned-response list took the key
     if (event.key === "Enter" && !event.shiftKey) {
       event.preventDefault();
       form.requestSubmit();
     }
+  });
+  // Alt+↓ / Alt+↑: the next or previous conversation in the list, from anywhere on the page.
+  document.addEventListener("keydown", (event) => {
+    if (!event.altKey || (event.key !== "ArrowDown" && event.key !== "ArrowUp")) return;
+    const links = $$("#conversations .chat-item a");
+    if (!links.length) return;
+    event.preventDefault();
+    const at = links.findIndex((link) => link.closest(".chat-item").dataset.id === current);
+    const next = at < 0 ? 0 : Math.min(links.length - 1, Math.max(0, at + (event.key === "ArrowDown" ? 1 : -1)));
+    if (next !== at) links[next].click();
   });
   toBottom();
 }
@@ -1038,6 +1061,69 @@ function setupInbox() {
 function setupKnowledge() {
   const page = $('[data-page="knowledge"][data-working]');
   if (page) setTimeout(() => location.reload(), 3000);
+}
+
+// "/shortcut" in the reply box offers the company's canned responses: ↑/↓ choose, Enter or Tab
+// puts the text in the box, Escape closes the list.
+function setupCannedResponses(input, listbox) {
+  if (!input || !listbox) return;
+  let saved = [];
+  let shown = [];
+  let chosen = 0;
+  api("GET", "/api/v1/whatsapp/canned-responses").then(async (response) => {
+    if (response.ok) saved = await response.json();
+  });
+  const close = () => {
+    listbox.hidden = true;
+    shown = [];
+    input.removeAttribute("aria-activedescendant");
+  };
+  const paint = () => {
+    listbox.replaceChildren(
+      ...shown.map((item, index) =>
+        element(
+          "li",
+          { role: "option", id: `canned-${index}`, "aria-selected": String(index === chosen), "data-index": index },
+          element("strong", { text: "/" + item.shortcut }),
+          " ",
+          element("span", { class: "muted", text: item.content.slice(0, 90) }),
+        ),
+      ),
+    );
+    listbox.hidden = shown.length === 0;
+    if (shown.length) input.setAttribute("aria-activedescendant", `canned-${chosen}`);
+  };
+  const use = (item) => {
+    input.value = item.content;
+    close();
+    input.focus();
+  };
+  input.addEventListener("input", () => {
+    const typed = /^\/([a-z0-9_-]*)$/.exec(input.value);
+    shown = typed ? saved.filter((item) => item.shortcut.startsWith(typed[1])).slice(0, 8) : [];
+    chosen = 0;
+    paint();
+  });
+  input.addEventListener("keydown", (event) => {
+    if (listbox.hidden) return;
+    if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+      event.preventDefault();
+      chosen = (chosen + (event.key === "ArrowDown" ? 1 : shown.length - 1)) % shown.length;
+      paint();
+    } else if (event.key === "Enter" || event.key === "Tab") {
+      event.preventDefault();
+      use(shown[chosen]);
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      close();
+    }
+  });
+  listbox.addEventListener("mousedown", (event) => {
+    const option = event.target.closest("[data-index]");
+    if (!option) return;
+    event.preventDefault();
+    use(shown[Number(option.dataset.index)]);
+  });
 }
 
 function setupWhatsappNumbers() {
