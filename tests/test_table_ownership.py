@@ -25,7 +25,7 @@ OWNERS: dict[str, list[str]] = {
         "membership_removals",
         "user_identities",
     ],
-    "chat": ["chat_sessions", "messages", "contacts", "attachments", "blob_deletions"],
+    "chat": ["chat_sessions", "messages", "contacts", "attachments", "blob_deletions", "conversation_reads"],
     "realtime": ["events", "events_retention", "outbox_cursors"],
     "assistants": ["assistants", "usage_daily", "assistant_tools"],
     "whatsapp": ["whatsapp_sessions", "whatsapp_webhook_deliveries", "canned_responses"],

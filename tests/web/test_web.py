@@ -893,9 +893,21 @@ class TestWhatsappPages:
         await expect(page.locator("#messages .msg.assistant .body").last).to_have_text(saved["content"])
         assert fake.sent[-1][2] == saved["content"]
 
+        await fake.customer_writes(key, "ainda aqui", wa_id="5511977770002")  # Eli, while Dora is open
+        eli = page.locator("#conversations .chat-item:has-text('Eli') .badge.unread")
+        await expect(eli).to_have_attribute("data-unread", "2")  # live, beside the one not yet read
+        await page.fill("#labels-input", "VIP, frete")
+        await page.press("#labels-input", "Enter")
+        await expect(page.locator(".labels-form .chip")).to_have_text(["vip", "frete"])
+        await page.click(".labels-form .chip:text('vip')")
+        await expect(page.locator("#conversations .chat-item .title")).to_have_text(["Dora"])
+        await page.click("#conversations .chat-item a:has-text('Dora')")
+
         await page.click("[data-inbox-action=assign]")
         await expect(page.locator("#assignee")).to_contain_text(agent.email)
-        await page.keyboard.press("Alt+ArrowDown")  # the next conversation in the list
+        await page.goto(f"{live_url}/inbox?view=all")
+        await page.click("#conversations .chat-item a:has-text('Dora')")
+        await page.keyboard.press("Alt+ArrowUp")  # the one above in the list (Eli wrote last: first)
         await expect(page.locator("#chat-title")).to_contain_text("Eli")
         await page.goto(f"{live_url}/inbox?view=mine")
         await expect(page.locator("#conversations .chat-item .title")).to_have_text(["Dora"])

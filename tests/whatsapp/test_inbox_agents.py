@@ -125,3 +125,39 @@ async def test_canned_responses_are_written_by_admins_and_read_by_the_staff(
     assert (await client.get(CANNED, headers=stranger.headers)).json() == []
     assert (await client.delete(f"{CANNED}/{made.json()['id']}", headers=stranger.headers)).status_code == 404
     assert (await client.delete(f"{CANNED}/{made.json()['id']}", headers=admin.headers)).status_code == 204
+
+
+async def test_unread_counts_are_each_agents_own_and_labels_filter_the_queue(
+    client: httpx.AsyncClient, number: tuple[TenantHandle, Member, Member, SessionKey], fake: FakeTransport
+) -> None:
+    tenant, admin, agent, key = number
+    for text in ("oi", "tem alguém aí?", "preciso de ajuda"):
+        await fake.customer_writes(key, text, wa_id="5511900000004", name="Fábio")
+    (conversation,) = await conversations(client, agent, 1)
+    async with asyncio.timeout(10):
+        while (await client.get(INBOX, headers=agent.headers)).json()[0]["unread"] < 3:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    read = await client.post(f"{INBOX}/{conversation['id']}/read", headers=agent.headers)
+    assert read.status_code == 204
+    assert (await client.get(INBOX, headers=agent.headers)).json()[0]["unread"] == 0
+    assert (await client.get(INBOX, headers=admin.headers)).json()[0]["unread"] == 3  # the admin has not read it
+    await fake.customer_writes(key, "alô?", wa_id="5511900000004")
+    async with asyncio.timeout(10):
+        while (await client.get(INBOX, headers=agent.headers)).json()[0]["unread"] != 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    path = f"{INBOX}/{conversation['id']}"
+    labelled = await client.patch(path, json={"labels": ["VIP", "troca", "vip"]}, headers=agent.headers)
+    assert labelled.status_code == 200, labelled.text
+    assert labelled.json()["labels"] == ["vip", "troca"]
+    assert [c["id"] for c in (await client.get(INBOX, params={"label": "vip"}, headers=agent.headers)).json()] == [
+        conversation["id"]
+    ]
+    assert (await client.get(INBOX, params={"label": "outro"}, headers=agent.headers)).json() == []
+    too_many = await client.patch(path, json={"labels": [f"l{i}" for i in range(11)]}, headers=agent.headers)
+    assert too_many.status_code == 422
+    not_a_word = await client.patch(path, json={"labels": ["dois termos"]}, headers=agent.headers)
+    assert not_a_word.status_code == 422
+    assert (await client.get(path + "/messages", headers=agent.headers)).status_code == 200
+    member = await tenant.member()
+    assert (await client.post(f"{path}/read", headers=member.headers)).status_code == 403

@@ -33,7 +33,7 @@ MESSAGE_COLUMNS = (
 # A conversation with its contact (fixed text, completed with fixed conditions below).
 CONVERSATION_SELECT = """
 SELECT c.id, c.title, c.ticket_status, c.assigned_to, c.bot_enabled, c.last_inbound_at, c.last_message_at,
-       c.whatsapp_session_id, c.contact_id, k.wa_id, k.name AS contact_name, c.created_at
+       c.whatsapp_session_id, c.contact_id, k.wa_id, k.name AS contact_name, c.created_at, c.labels
   FROM chat_sessions c JOIN contacts k ON k.tenant_id = c.tenant_id AND k.id = c.contact_id
 """
 OUTBOUND_SELECT = """
@@ -186,21 +186,65 @@ class ChannelConversations:
         return dict(row)
 
     async def find_all(
-        self, ticket_status: str | None, limit: int, *, assigned_to: str | None = None, unassigned: bool = False
+        self,
+        ticket_status: str | None,
+        limit: int,
+        *,
+        assigned_to: str | None = None,
+        unassigned: bool = False,
+        label: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Newest activity first; by ticket status, and by who has them (`assigned_to`), or nobody."""
+        """Newest activity first; by ticket status, by who has them (`assigned_to`, or nobody), by label."""
         rows = await driver(self.db).fetch(
             CONVERSATION_SELECT
             + "WHERE c.tenant_id = $1 AND c.channel = 'whatsapp' AND ($2::text IS NULL OR c.ticket_status = $2) "
             "AND ($4::text IS NULL OR c.assigned_to = $4) AND (NOT $5 OR c.assigned_to IS NULL) "
+            "AND ($6::text IS NULL OR $6 = ANY (c.labels)) "
             "ORDER BY c.activity_at DESC, c.id DESC LIMIT $3",
             self.principal.tenant_id,
             ticket_status,
             limit,
             assigned_to,
             unassigned,
+            label,
         )
         return [dict(row) for row in rows]
+
+    async def unread(self, conversation_ids: list[uuid.UUID], user_id: str) -> dict[uuid.UUID, int]:
+        """The customer's messages since `user_id` last read each conversation (counted up to 100)."""
+        rows = await driver(self.db).fetch(
+            """
+            SELECT s.id, (SELECT count(*) FROM (
+                     SELECT 1 FROM messages m
+                      WHERE m.tenant_id = $1 AND m.session_id = s.id AND m.role = 'user'
+                        AND m.created_at > coalesce(r.read_at, '-infinity') LIMIT 100) said) AS unread
+              FROM unnest($2::uuid[]) AS s(id)
+              LEFT JOIN conversation_reads r ON r.tenant_id = $1 AND r.session_id = s.id AND r.user_id = $3
+            """,
+            self.principal.tenant_id,
+            conversation_ids,
+            user_id,
+        )
+        return {row["id"]: row["unread"] for row in rows}
+
+    async def mark_read(self, conversation_id: uuid.UUID, user_id: str) -> None:
+        await driver(self.db).execute(
+            """
+            INSERT INTO conversation_reads (tenant_id, session_id, user_id) VALUES ($1, $2, $3)
+            ON CONFLICT (tenant_id, session_id, user_id) DO UPDATE SET read_at = now()
+            """,
+            self.principal.tenant_id,
+            conversation_id,
+            user_id,
+        )
+
+    async def set_labels(self, conversation_id: uuid.UUID, labels: list[str]) -> None:
+        await driver(self.db).execute(
+            "UPDATE chat_sessions SET labels = $3 WHERE tenant_id = $1 AND id = $2",
+            self.principal.tenant_id,
+            conversation_id,
+            labels,
+        )
 
     async def messages(self, conversation_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
         rows = await driver(self.db).fetch(

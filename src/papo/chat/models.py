@@ -23,7 +23,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column
 
 from papo.db.base import Base, Timestamps, new_id
@@ -92,8 +92,10 @@ class ChatSession(Timestamps, Base):
     assigned_to: Mapped[str | None] = mapped_column(Text)
     bot_enabled: Mapped[bool] = mapped_column(server_default=text("false"))
     last_inbound_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    labels: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, server_default=text("'{}'"))
 
     __table_args__ = (
+        CheckConstraint("cardinality(labels) <= 10", name="labels"),
         ForeignKeyConstraint(
             ["tenant_id", "assistant_id"],
             ["assistants.tenant_id", "assistants.id"],
@@ -283,3 +285,23 @@ class BlobDeletion(Base):
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     blob_key: Mapped[str] = mapped_column(Text, nullable=False)
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class ConversationRead(Base):
+    """When an agent last read a conversation (migration 0039): the inbox counts what came since."""
+
+    __tablename__ = "conversation_reads"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    read_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "session_id"],
+            ["chat_sessions.tenant_id", "chat_sessions.id"],
+            ondelete="CASCADE",
+            name="fk_conversation_reads_session",
+        ),
+    )

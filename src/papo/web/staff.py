@@ -28,6 +28,7 @@ async def inbox_page(
     conversation_id: uuid.UUID | None = None,
     ticket: str = "open",
     view: str = "all",
+    label: str | None = None,
 ) -> Response:
     box = Inbox(session, page.member)
     ticket = ticket if ticket in TICKET_STATUSES else "open"
@@ -39,6 +40,7 @@ async def inbox_page(
         try:
             current = await box.conversation(conversation_id)
             messages = tool_calls_before_their_replies(await box.messages(conversation_id))
+            await box.read(conversation_id)
         except NotFound:
             return not_found(page, state)
         if current["assigned_to"]:
@@ -49,9 +51,10 @@ async def inbox_page(
         page,
         state,
         "inbox.html",
-        conversations=await box.conversations(ticket, view),
+        conversations=await box.conversations(ticket, view, label or None),
         ticket=ticket,
         view=view,
+        label=label or None,
         current=current,
         messages=messages or [],
         assignee=assignee,

@@ -208,11 +208,19 @@ ConversationNumber = Annotated[WhatsappSession, Depends(conversation_number)]
 
 @conversations_router.get("", response_model=list[ConversationOut])
 async def list_conversations(
-    box: InboxDep, ticket_status: str | None = None, view: str = "all"
+    box: InboxDep, ticket_status: str | None = None, view: str = "all", label: str | None = None
 ) -> list[dict[str, Any]]:
-    """Newest activity first; filter by ticket (open, pending: waiting for an agent, closed) and by
-    view: `all`, `mine` (assigned to the caller) or `unassigned`."""
-    return await box.conversations(ticket_status, view)
+    """Newest activity first; filter by ticket (open, pending: waiting for an agent, closed), by
+    view (`all`, `mine`: assigned to the caller, `unassigned`) and by label. `unread` counts the
+    customer's messages since the caller last read the conversation."""
+    return await box.conversations(ticket_status, view, label)
+
+
+@conversations_router.post("/{conversation_id}/read", status_code=status.HTTP_204_NO_CONTENT)
+async def read_conversation(conversation_id: uuid.UUID, box: InboxDep) -> Response:
+    """The caller has read the conversation up to now (its `unread` goes to 0 for them)."""
+    await box.read(conversation_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @conversations_router.post(
@@ -259,7 +267,8 @@ async def conversation_messages(conversation_id: uuid.UUID, box: InboxDep) -> li
 
 @conversations_router.patch("/{conversation_id}", response_model=ConversationOut)
 async def update_conversation(conversation_id: uuid.UUID, body: ConversationPatch, box: InboxDep) -> dict[str, Any]:
-    """Assign to an agent, close or reopen the ticket, or hand the conversation back to the bot."""
+    """Assign to an agent, close or reopen the ticket, hand the conversation back to the bot, or set its
+    labels (lowercase words, at most 10)."""
     return await box.update(conversation_id, body.model_dump(exclude_unset=True))
 
 

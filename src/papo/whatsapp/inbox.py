@@ -8,6 +8,7 @@ also announces messages in chat's one shape; the rules of the channel stay here.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 import uuid
 from dataclasses import dataclass
@@ -37,6 +38,20 @@ DELIVERY_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
 
 def _mood(found: SessionSentiment | None) -> dict[str, Any] | None:
     return None if found is None else {"average": found.average, "scored": found.scored, "last": found.last_label}
+
+
+LABEL = re.compile(r"^[\w-]{1,32}$")
+MAX_LABELS = 10
+
+
+def clean_labels(labels: list[str]) -> list[str]:
+    """Labels as the inbox keeps them: lowercase words (letters, digits, _ and -), each once, at most 10."""
+    cleaned = list(dict.fromkeys(label.strip().lower() for label in labels if label.strip()))
+    if len(cleaned) > MAX_LABELS or not all(LABEL.match(label) for label in cleaned):
+        raise InvalidInput(
+            f"at most {MAX_LABELS} labels, each a word of up to 32 letters, digits, _ or -", field="labels"
+        )
+    return cleaned
 
 
 def fold(text: str) -> str:
@@ -126,9 +141,10 @@ class Inbox:
         return conversation
 
     async def conversations(
-        self, ticket_status: str | None, view: str = "all", limit: int = 100
+        self, ticket_status: str | None, view: str = "all", label: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
-        """A ticket status's conversations, all of them, the caller's (`mine`) or nobody's (`unassigned`)."""
+        """A ticket status's conversations, all of them, the caller's (`mine`) or nobody's (`unassigned`),
+        optionally with one label; each with what the caller has not read yet (`unread`)."""
         if ticket_status is not None and ticket_status not in TICKET_STATUSES:
             raise InvalidInput(f"ticket_status is one of {', '.join(TICKET_STATUSES)}", field="ticket_status")
         if view not in INBOX_VIEWS:
@@ -136,9 +152,20 @@ class Inbox:
         mine = self.principal.user_id if view == "mine" else None
         if view == "mine" and mine is None:
             raise InvalidInput("an API key has no conversations of its own", field="view")
-        rows = await self.store.find_all(ticket_status, limit, assigned_to=mine, unassigned=view == "unassigned")
-        moods = await session_sentiments(self.db, [row["id"] for row in rows])
-        return [row | {"sentiment": _mood(moods.get(row["id"]))} for row in rows]
+        rows = await self.store.find_all(
+            ticket_status, limit, assigned_to=mine, unassigned=view == "unassigned", label=label
+        )
+        ids = [row["id"] for row in rows]
+        moods = await session_sentiments(self.db, ids)
+        user_id = self.principal.user_id
+        unread = await self.store.unread(ids, user_id) if user_id is not None else {}
+        return [row | {"sentiment": _mood(moods.get(row["id"])), "unread": unread.get(row["id"])} for row in rows]
+
+    async def read(self, conversation_id: uuid.UUID) -> None:
+        """The caller has read the conversation up to now (an API key has no reads of its own)."""
+        await self.store.find(conversation_id)
+        if self.principal.user_id is not None:
+            await self.store.mark_read(conversation_id, self.principal.user_id)
 
     async def add_note(self, conversation_id: uuid.UUID, text: str) -> dict[str, Any]:
         """A private note for the staff: never sent, never shown to the bot."""
@@ -164,8 +191,10 @@ class Inbox:
         return [row | {"sentiment": scores.get(row["id"])} for row in rows]
 
     async def update(self, conversation_id: uuid.UUID, changes: dict[str, Any]) -> dict[str, Any]:
-        """Assign, close / reopen, or hand back to the bot."""
+        """Assign, close / reopen, hand back to the bot, or label."""
         current = await self.store.find(conversation_id, lock=True)
+        if changes.get("labels") is not None:
+            await self.store.set_labels(conversation_id, clean_labels(changes["labels"]))
         status = changes.get("ticket_status", current["ticket_status"])
         if status not in TICKET_STATUSES:
             raise InvalidInput(f"ticket_status is one of {', '.join(TICKET_STATUSES)}", field="ticket_status")

@@ -111,6 +111,8 @@ class ConversationOut(BaseModel):
     contact_name: str | None
     created_at: datetime
     sentiment: ConversationSentiment | None = None
+    labels: list[str] = []
+    unread: int | None = Field(default=None, description="The customer's messages since the caller last read it")
 
 
 class ConversationPatch(BaseModel):
@@ -119,6 +121,7 @@ class ConversationPatch(BaseModel):
     ticket_status: str | None = Field(default=None, pattern="^(open|pending|closed)$")
     assigned_to: str | None = None
     bot_enabled: bool | None = None
+    labels: list[str] | None = Field(default=None, max_length=10)
 
 
 class ReplyIn(BaseModel):

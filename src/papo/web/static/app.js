@@ -887,9 +887,34 @@ function setupInbox() {
   const current = layout.dataset.conversation;
   const list = $("#messages");
   const reload = () => location.reload();
+  // What the agent has not read: a customer's message elsewhere adds to that conversation's count;
+  // in the open one it is read at once (told to the server at most every few seconds).
+  let reading = null;
+  const readNow = () => {
+    if (reading) return;
+    reading = setTimeout(() => {
+      reading = null;
+      api("POST", `/api/v1/whatsapp/conversations/${current}/read`);
+    }, 2000);
+  };
+  const countUnread = (conversationId) => {
+    const item = $(`#conversations [data-id="${CSS.escape(conversationId)}"] a`);
+    if (!item) return;
+    let badge = item.querySelector(".badge.unread");
+    if (!badge) {
+      badge = element("span", { class: "badge unread", "data-unread": "0" }, element("span", { "aria-hidden": "true" }), element("span", { class: "sr-only" }));
+      item.querySelector(".title").after(badge);
+    }
+    const count = Number(badge.dataset.unread) + 1;
+    badge.dataset.unread = String(count);
+    badge.firstChild.textContent = String(count);
+    badge.lastChild.textContent = t("inbox.unread").replace("{count}", String(count));
+  };
   handlers.add((event, data) => {
     if (event === "whatsapp.conversation.updated" && !$(`#conversations [data-id="${CSS.escape(data.id)}"]`)) reload();
+    if (event === "message.created" && data.role === "user" && data.session_id !== current) countUnread(data.session_id);
     if (!current || data.session_id !== current) return;
+    if (event === "message.created" && data.role === "user") readNow();
     if (event === "message.created" && data.role === "tool" && !$(`#m-${CSS.escape(data.id)}`)) {
       placeToolCall(list, data);
     } else if (event === "message.created" && !$(`#m-${CSS.escape(data.id)}`)) {
@@ -1006,6 +1031,13 @@ function setupInbox() {
     $("#inbox-input").focus();
   });
   setupCannedResponses($("#inbox-input"), $("#canned"));
+  $("[data-labels]")?.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const labels = $("#labels-input").value.split(",").map((label) => label.trim()).filter(Boolean);
+    const response = await api("PATCH", url, { labels });
+    if (response.ok) reload();
+    else say((await response.json().catch(() => ({}))).detail || t("inbox.send_failed"));
+  });
   form?.addEventListener("submit", async (event) => {
     event.preventDefault();
     const input = $("#inbox-input");
