@@ -911,6 +911,11 @@ class TestWhatsappPages:
         await expect(page.locator("#chat-title")).to_contain_text("Eli")
         await page.goto(f"{live_url}/inbox?view=mine")
         await expect(page.locator("#conversations .chat-item .title")).to_have_text(["Dora"])
+        await page.goto(f"{live_url}/inbox?view=all")
+        await page.fill("#inbox-search", "pedido anterior")  # words said, in any ticket status
+        await page.press("#inbox-search", "Enter")
+        await expect(page.locator("#conversations .chat-item .title")).to_have_text(["Dora"])
+        await expect(page.locator(".label-filter")).to_contain_text("pedido anterior")
         await screenshot(page, "inbox-agent")
         assert errors == []
 

@@ -161,3 +161,29 @@ async def test_unread_counts_are_each_agents_own_and_labels_filter_the_queue(
     assert (await client.get(path + "/messages", headers=agent.headers)).status_code == 200
     member = await tenant.member()
     assert (await client.post(f"{path}/read", headers=member.headers)).status_code == 403
+
+
+async def test_search_finds_conversations_by_name_number_or_words_and_only_the_companys(
+    client: httpx.AsyncClient,
+    number: tuple[TenantHandle, Member, Member, SessionKey],
+    fake: FakeTransport,
+    make_tenant: Any,
+) -> None:
+    _, _, agent, key = number
+    await fake.customer_writes(key, "minha geladeira chegou amassada", wa_id="5511900000005", name="Gabriela")
+    await fake.customer_writes(key, "bom dia", wa_id="5511900000006", name="Hugo")
+    await conversations(client, agent, 2)
+
+    async def found(q: str, who: Member = agent) -> list[str]:
+        response = await client.get(INBOX, params={"q": q}, headers=who.headers)
+        assert response.status_code == 200, response.text
+        return sorted(c["contact_name"] for c in response.json())
+
+    assert await found("geladeira amassada") == ["Gabriela"]  # what was said
+    assert await found("hugo") == ["Hugo"]  # the name, any case
+    assert await found("900000006") == ["Hugo"]  # the number
+    assert await found("100%_") == []  # LIKE's wildcards are taken literally
+    stranger = await (await make_tenant("Outra loja")).member(Role.agent)
+    assert await found("geladeira", stranger) == []
+    too_long = await client.get(INBOX, params={"q": "x" * 201}, headers=agent.headers)
+    assert too_long.status_code == 422

@@ -36,6 +36,20 @@ SELECT c.id, c.title, c.ticket_status, c.assigned_to, c.bot_enabled, c.last_inbo
        c.whatsapp_session_id, c.contact_id, k.wa_id, k.name AS contact_name, c.created_at, c.labels
   FROM chat_sessions c JOIN contacts k ON k.tenant_id = c.tenant_id AND k.id = c.contact_id
 """
+CONVERSATION_LIST = (
+    CONVERSATION_SELECT  # noqa: S608  (fixed text: every value is a parameter)
+    + """
+ WHERE c.tenant_id = $1 AND c.channel = 'whatsapp' AND ($2::text IS NULL OR c.ticket_status = $2)
+   AND ($4::text IS NULL OR c.assigned_to = $4) AND (NOT $5 OR c.assigned_to IS NULL)
+   AND ($6::text IS NULL OR $6 = ANY (c.labels))
+   AND ($7::text IS NULL
+        OR papo_fold(coalesce(k.name, '')) LIKE '%' || papo_fold($8) || '%'
+        OR ($9 <> '' AND k.wa_id LIKE '%' || $9 || '%')
+        OR EXISTS (SELECT 1 FROM messages m WHERE m.tenant_id = c.tenant_id AND m.session_id = c.id
+                      AND m.search_vector @@ websearch_to_tsquery('simple', papo_fold($7))))
+ ORDER BY c.activity_at DESC, c.id DESC LIMIT $3
+"""
+)
 OUTBOUND_SELECT = """
 SELECT m.content, m.session_id, c.whatsapp_session_id, k.wa_id
   FROM messages m
@@ -43,6 +57,11 @@ SELECT m.content, m.session_id, c.whatsapp_session_id, k.wa_id
   JOIN contacts k ON k.tenant_id = c.tenant_id AND k.id = c.contact_id
  WHERE m.tenant_id = $1 AND m.id = $2 AND m.delivery_status = 'pending'
 """
+
+
+def _like_escaped(text: str) -> str:
+    """`text` matched literally inside a LIKE pattern (its % and _ are not wildcards)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def plain(row: Any) -> dict[str, Any]:
@@ -193,20 +212,21 @@ class ChannelConversations:
         assigned_to: str | None = None,
         unassigned: bool = False,
         label: str | None = None,
+        query: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Newest activity first; by ticket status, by who has them (`assigned_to`, or nobody), by label."""
+        """Newest activity first; by ticket status, by who has them (`assigned_to`, or nobody), by label,
+        and by `query`: in the contact's name or number, or in what was said (full text)."""
         rows = await driver(self.db).fetch(
-            CONVERSATION_SELECT
-            + "WHERE c.tenant_id = $1 AND c.channel = 'whatsapp' AND ($2::text IS NULL OR c.ticket_status = $2) "
-            "AND ($4::text IS NULL OR c.assigned_to = $4) AND (NOT $5 OR c.assigned_to IS NULL) "
-            "AND ($6::text IS NULL OR $6 = ANY (c.labels)) "
-            "ORDER BY c.activity_at DESC, c.id DESC LIMIT $3",
+            CONVERSATION_LIST,
             self.principal.tenant_id,
             ticket_status,
             limit,
             assigned_to,
             unassigned,
             label,
+            query,
+            _like_escaped(query or ""),
+            "".join(ch for ch in query or "" if ch.isdigit()),
         )
         return [dict(row) for row in rows]
 

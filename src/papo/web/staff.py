@@ -29,6 +29,7 @@ async def inbox_page(
     ticket: str = "open",
     view: str = "all",
     label: str | None = None,
+    q: str = "",
 ) -> Response:
     box = Inbox(session, page.member)
     ticket = ticket if ticket in TICKET_STATUSES else "open"
@@ -51,7 +52,8 @@ async def inbox_page(
         page,
         state,
         "inbox.html",
-        conversations=await box.conversations(ticket, view, label or None),
+        conversations=await box.conversations(None if q.strip() else ticket, view, label or None, q[:200]),
+        q=q[:200],
         ticket=ticket,
         view=view,
         label=label or None,

@@ -208,12 +208,17 @@ ConversationNumber = Annotated[WhatsappSession, Depends(conversation_number)]
 
 @conversations_router.get("", response_model=list[ConversationOut])
 async def list_conversations(
-    box: InboxDep, ticket_status: str | None = None, view: str = "all", label: str | None = None
+    box: InboxDep,
+    ticket_status: str | None = None,
+    view: str = "all",
+    label: str | None = None,
+    q: str | None = None,
 ) -> list[dict[str, Any]]:
     """Newest activity first; filter by ticket (open, pending: waiting for an agent, closed), by
-    view (`all`, `mine`: assigned to the caller, `unassigned`) and by label. `unread` counts the
-    customer's messages since the caller last read the conversation."""
-    return await box.conversations(ticket_status, view, label)
+    view (`all`, `mine`: assigned to the caller, `unassigned`), by label and by `q` (the contact's
+    name or number, or words said in the conversation). `unread` counts the customer's messages
+    since the caller last read the conversation."""
+    return await box.conversations(ticket_status, view, label, q)
 
 
 @conversations_router.post("/{conversation_id}/read", status_code=status.HTTP_204_NO_CONTENT)

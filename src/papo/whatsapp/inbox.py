@@ -40,6 +40,7 @@ def _mood(found: SessionSentiment | None) -> dict[str, Any] | None:
     return None if found is None else {"average": found.average, "scored": found.scored, "last": found.last_label}
 
 
+MAX_QUERY_CHARS = 200
 LABEL = re.compile(r"^[\w-]{1,32}$")
 MAX_LABELS = 10
 
@@ -141,10 +142,18 @@ class Inbox:
         return conversation
 
     async def conversations(
-        self, ticket_status: str | None, view: str = "all", label: str | None = None, limit: int = 100
+        self,
+        ticket_status: str | None,
+        view: str = "all",
+        label: str | None = None,
+        query: str | None = None,
+        limit: int = 100,
     ) -> list[dict[str, Any]]:
         """A ticket status's conversations, all of them, the caller's (`mine`) or nobody's (`unassigned`),
-        optionally with one label; each with what the caller has not read yet (`unread`)."""
+        optionally with one label or matching `query`; each with what the caller has not read (`unread`)."""
+        query = (query or "").strip() or None
+        if query is not None and len(query) > MAX_QUERY_CHARS:
+            raise InvalidInput(f"search with at most {MAX_QUERY_CHARS} characters", field="q")
         if ticket_status is not None and ticket_status not in TICKET_STATUSES:
             raise InvalidInput(f"ticket_status is one of {', '.join(TICKET_STATUSES)}", field="ticket_status")
         if view not in INBOX_VIEWS:
@@ -153,7 +162,7 @@ class Inbox:
         if view == "mine" and mine is None:
             raise InvalidInput("an API key has no conversations of its own", field="view")
         rows = await self.store.find_all(
-            ticket_status, limit, assigned_to=mine, unassigned=view == "unassigned", label=label
+            ticket_status, limit, assigned_to=mine, unassigned=view == "unassigned", label=label, query=query
         )
         ids = [row["id"] for row in rows]
         moods = await session_sentiments(self.db, ids)
