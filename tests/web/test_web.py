@@ -854,17 +854,24 @@ class TestWhatsappPages:
     ) -> None:
         _, admin, agent, key = number
         saved = {"shortcut": "frete", "content": "O frete para a capital é R$ 15,00."}
-        assert (
-            await client.post("/api/v1/whatsapp/canned-responses", json=saved, headers=admin.headers)
-        ).status_code == 201
+        page = await context.new_page()
+        errors = watch_errors(page)
+        await sign_in(page, live_url, admin, next_path="/settings")  # the admin saves the reply
+        await page.fill("#canned-shortcut", saved["shortcut"])
+        await page.fill("#canned-content", saved["content"])
+        await page.click("#canned-form button[type=submit]")
+        await expect(page.locator("tr[data-canned] code")).to_have_text(["/frete"])
+        await page.fill("#canned-shortcut", "frete")
+        await page.fill("#canned-content", "de novo")
+        await page.click("#canned-form button[type=submit]")
+        await expect(page.locator(".alert")).to_contain_text("/frete already exists")
+        await context.clear_cookies()
         inbox = "/api/v1/whatsapp/conversations"
         await fake.customer_writes(key, "meu pedido anterior", wa_id="5511977770001", name="Dora")
         (earlier,) = (await client.get(inbox, headers=agent.headers)).json()
         await client.patch(f"{inbox}/{earlier['id']}", json={"ticket_status": "closed"}, headers=agent.headers)
         await fake.customer_writes(key, "quanto custa o frete?", wa_id="5511977770001", name="Dora")
         await fake.customer_writes(key, "outra pessoa aqui", wa_id="5511977770002", name="Eli")
-        page = await context.new_page()
-        errors = watch_errors(page)
         await sign_in(page, live_url, agent, next_path="/inbox")
         await page.click("[data-view=mine]")
         await expect(page.locator("#conversations .chat-item")).to_have_count(0)

@@ -3,6 +3,7 @@ and the usage of the last 30 days."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,12 +16,14 @@ from papo.auth import service as auth_service
 from papo.auth import tenant_settings
 from papo.auth.deps import DbSession
 from papo.auth.models import Role
-from papo.errors import DomainError
+from papo.errors import Conflict, DomainError
 from papo.insights.chart import activity_chart
 from papo.insights.service import usage_summary
-from papo.web.pages import Admin, AdminForm, Page, State, WebRuntime, redirect, render
+from papo.web.pages import Admin, AdminForm, Page, State, WebRuntime, afresh, redirect, render
+from papo.whatsapp.canned import CannedResponses
 
 router = APIRouter(include_in_schema=False)
+SHORTCUT = re.compile(r"^[a-z0-9_-]{1,32}$")
 
 
 async def _settings(page: Page, state: WebRuntime, session: Any, status_code: int = 200, **values: Any) -> Response:
@@ -56,6 +59,7 @@ async def _settings(page: Page, state: WebRuntime, session: Any, status_code: in
         signup_open=public.signup_open if public else False,
         signup_link=f"{base}/signup?tenant={principal.tenant_id}",
         invitations=await state.accounts.pending(session, principal),
+        canned=await CannedResponses(session, principal).list(),
         **{"notice": None, "error": None, "new_key": None, "invite_link": None, **values},
     )
 
@@ -142,3 +146,28 @@ async def create_key(
 async def revoke_key(key_id: uuid.UUID, page: AdminForm, state: State, session: DbSession) -> Response:
     await auth_service.revoke_api_key(session, key_id)
     return redirect(page, state, "/settings?saved=1")
+
+
+@router.post("/settings/canned-responses")
+async def add_canned_response(
+    page: AdminForm,
+    state: State,
+    session: DbSession,
+    shortcut: str = Form("", max_length=64),
+    content: str = Form("", max_length=8192),
+) -> Response:
+    shortcut, content = shortcut.strip().lower().lstrip("/"), content.strip()
+    if not SHORTCUT.match(shortcut) or not 1 <= len(content) <= 4096:
+        return await _settings(page, state, session, status_code=422, error=page.t("settings.canned_invalid"))
+    try:
+        await CannedResponses(session, page.member).create(shortcut, content)
+    except Conflict as exc:
+        async with afresh(page, state, session) as fresh:
+            return await _settings(page, state, fresh, status_code=409, error=exc.detail)
+    return redirect(page, state, "/settings?saved=1#canned-h")
+
+
+@router.post("/settings/canned-responses/{canned_id}/delete")
+async def delete_canned_response(canned_id: uuid.UUID, page: AdminForm, state: State, session: DbSession) -> Response:
+    await CannedResponses(session, page.member).delete(canned_id)
+    return redirect(page, state, "/settings?saved=1#canned-h")

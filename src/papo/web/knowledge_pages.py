@@ -17,7 +17,7 @@ from papo.knowledge.api import store_document
 from papo.knowledge.indexer import KnowledgeIndexer
 from papo.knowledge.service import KnowledgeService
 from papo.runtime import current_runtime
-from papo.web.pages import Admin, AdminForm, Page, WebRuntime, redirect, render
+from papo.web.pages import Admin, AdminForm, Page, WebRuntime, afresh, redirect, render
 
 router = APIRouter(include_in_schema=False)
 PAGE = "/settings/knowledge"
@@ -60,9 +60,8 @@ async def _acted(page: Page, state: KnowledgePagesRuntime, session: Any, action:
     """Run a change; on a refusal, the page again with the reason (and the refusal's status)."""
     try:
         await action()
-    except DomainError as exc:  # the request's work is undone; the page is read afresh, with the reason
-        await session.rollback()
-        async with state.db.transaction(page.member.context()) as fresh:
+    except DomainError as exc:
+        async with afresh(page, state, session) as fresh:
             return await _page(page, state, fresh, status_code=exc.status, error=exc.detail)
     after_commit(session, state.knowledge.wake)
     return redirect(page, state, f"{PAGE}?done={notice}")

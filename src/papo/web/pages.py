@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Protocol
@@ -226,6 +228,15 @@ async def _missing_page(request: Request, exc: Exception) -> Response:
         return await http_problem_handler(request, exc)
     state = await current_runtime(request)
     return not_found(new_page(request, state), state)
+
+
+@asynccontextmanager
+async def afresh(page: Page, state: WebRuntime, session: Any) -> AsyncIterator[Any]:
+    """After a refused change: the request's work undone, and a new transaction in the member's
+    context to show the page again with the reason (a failed statement leaves the old one unusable)."""
+    await session.rollback()
+    async with state.db.transaction(page.member.context()) as fresh:
+        yield fresh
 
 
 def not_found(page: Page, state: WebRuntime) -> Response:
