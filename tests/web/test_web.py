@@ -284,7 +284,10 @@ class TestChat:
             await page.click(".chat-menu summary")
             await expect(page.locator(".chat-menu [data-chat-action=rename]")).to_be_visible()
             await screenshot(page, "phone-chat-menu")
-            for path in ("/", f"/chats/{first['id']}", "/settings", "/no-such-page"):
+            await phone.clear_cookies()
+            await sign_in(page, live_url, await tenant.member(Role.admin))  # who sees every page
+            pages = ("/", f"/chats/{first['id']}", "/settings", "/settings/webhooks", "/settings/knowledge")
+            for path in (*pages, "/whatsapp", "/inbox", "/no-such-page"):
                 await page.goto(f"{live_url}{path}")
                 width = await page.evaluate("document.scrollingElement.scrollWidth")
                 assert width <= 375, f"{path} scrolls sideways on a phone ({width}px)"
