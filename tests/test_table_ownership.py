@@ -28,7 +28,7 @@ OWNERS: dict[str, list[str]] = {
     "chat": ["chat_sessions", "messages", "contacts", "attachments", "blob_deletions", "conversation_reads"],
     "realtime": ["events", "events_retention", "outbox_cursors"],
     "assistants": ["assistants", "usage_daily", "assistant_tools"],
-    "whatsapp": ["whatsapp_sessions", "whatsapp_webhook_deliveries", "canned_responses"],
+    "whatsapp": ["whatsapp_sessions", "whatsapp_webhook_deliveries", "canned_responses", "teams", "team_members"],
     "webhooks": ["webhook_endpoints", "webhook_deliveries"],
     "insights": ["message_sentiments"],
     "knowledge": [

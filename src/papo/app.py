@@ -68,7 +68,7 @@ from papo.web.pages import WebRuntime
 from papo.webhooks.api import WebhooksRuntime
 from papo.webhooks.api import router as webhooks_router
 from papo.webhooks.service import WebhookSender
-from papo.whatsapp.api import canned_router, conversations_router
+from papo.whatsapp.api import canned_router, conversations_router, teams_router
 from papo.whatsapp.api import router as whatsapp_router
 from papo.whatsapp.housekeeping import clean_up_loop
 from papo.whatsapp.hub import WhatsappHub
@@ -246,6 +246,7 @@ def create_app(
     app.include_router(seed_sessions_router)  # seed 004's paths, in its shape
     app.include_router(conversations_router)
     app.include_router(canned_router)
+    app.include_router(teams_router)
     app.include_router(whatsapp_webhook_router)
 
     app.include_router(ops_router)

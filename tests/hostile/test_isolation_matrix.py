@@ -157,6 +157,8 @@ async def victim_world(client: httpx.AsyncClient, tenant: TenantHandle, fake: Fa
         headers=admin.headers,
     )
     assert canned.status_code == 201, canned.text
+    team = await client.post("/api/v1/whatsapp/teams", json={"name": "Victim team"}, headers=admin.headers)
+    assert team.status_code == 201, team.text
     return {
         "admin": admin,
         "member": member,
@@ -177,6 +179,7 @@ async def victim_world(client: httpx.AsyncClient, tenant: TenantHandle, fake: Fa
             "document_id": document.json()["id"],
             "tool_id": tool.json()["id"],
             "canned_id": canned.json()["id"],
+            "team_id": team.json()["id"],
         },
     }
 
@@ -215,6 +218,7 @@ async def snapshot(client: httpx.AsyncClient, world: dict[str, Any]) -> dict[str
             "collection": await body(member, f"/api/v1/knowledge/collections/{ids['collection_id']}"),
             "documents": await body(member, f"/api/v1/knowledge/collections/{ids['collection_id']}/documents"),
             "canned": await body(admin, "/api/v1/whatsapp/canned-responses"),
+            "teams": await body(admin, "/api/v1/whatsapp/teams"),
             "key_works": (await client.get("/api/v1/me", headers=world["key"].headers)).status_code,
         }
     )

@@ -187,3 +187,48 @@ async def test_search_finds_conversations_by_name_number_or_words_and_only_the_c
     assert await found("geladeira", stranger) == []
     too_long = await client.get(INBOX, params={"q": "x" * 201}, headers=agent.headers)
     assert too_long.status_code == 422
+
+
+async def test_teams_are_the_companys_staff_and_a_team_view_shows_their_conversations(
+    client: httpx.AsyncClient,
+    number: tuple[TenantHandle, Member, Member, SessionKey],
+    fake: FakeTransport,
+    make_tenant: Any,
+) -> None:
+    tenant, admin, agent, key = number
+    teams = "/api/v1/whatsapp/teams"
+    made = await client.post(teams, json={"name": "Trocas"}, headers=admin.headers)
+    assert made.status_code == 201, made.text
+    team_id = made.json()["id"]
+    assert (await client.post(teams, json={"name": "trocas"}, headers=admin.headers)).status_code == 409
+    assert (await client.post(teams, json={"name": "Outra"}, headers=agent.headers)).status_code == 403
+    member = await tenant.member()
+    stranger = await (await make_tenant("Concorrente")).member(Role.admin)
+    refused = await client.put(f"{teams}/{team_id}/members", json={"user_ids": [member.user_id]}, headers=admin.headers)
+    assert refused.status_code == 422  # a plain member is not staff
+    foreign = await client.put(
+        f"{teams}/{team_id}/members", json={"user_ids": [stranger.user_id]}, headers=admin.headers
+    )
+    assert foreign.status_code == 422  # nor is another company's admin
+    joined = await client.put(f"{teams}/{team_id}/members", json={"user_ids": [agent.user_id]}, headers=admin.headers)
+    assert joined.status_code == 204
+    assert (await client.get(teams, headers=agent.headers)).json()[0]["member_ids"] == [agent.user_id]
+    assert (await client.get(teams, headers=stranger.headers)).json() == []
+
+    await fake.customer_writes(key, "quero trocar", wa_id="5511900000007", name="Iara")
+    await fake.customer_writes(key, "outra coisa", wa_id="5511900000008", name="João")
+    both = await conversations(client, agent, 2)
+    iara = next(c for c in both if c["contact_name"] == "Iara")
+    assigned = await client.patch(f"{INBOX}/{iara['id']}", json={"team_id": team_id}, headers=admin.headers)
+    assert assigned.status_code == 200 and assigned.json()["team_id"] == team_id
+    team_view = (await client.get(INBOX, params={"view": "team"}, headers=agent.headers)).json()
+    assert [c["contact_name"] for c in team_view] == ["Iara"]
+    assert (await client.get(INBOX, params={"view": "team"}, headers=admin.headers)).json() == []  # not in it
+    other_team = await client.post(teams, json={"name": "Deles"}, headers=stranger.headers)
+    bad = await client.patch(f"{INBOX}/{iara['id']}", json={"team_id": other_team.json()["id"]}, headers=admin.headers)
+    assert bad.status_code == 422  # another company's team is not found here
+
+    assert (await client.delete(f"{teams}/{team_id}", headers=stranger.headers)).status_code == 404
+    assert (await client.delete(f"{teams}/{team_id}", headers=admin.headers)).status_code == 204
+    after = (await client.get(INBOX, headers=agent.headers)).json()
+    assert next(c for c in after if c["contact_name"] == "Iara")["team_id"] is None  # the conversation stays

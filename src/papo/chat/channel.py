@@ -33,7 +33,7 @@ MESSAGE_COLUMNS = (
 # A conversation with its contact (fixed text, completed with fixed conditions below).
 CONVERSATION_SELECT = """
 SELECT c.id, c.title, c.ticket_status, c.assigned_to, c.bot_enabled, c.last_inbound_at, c.last_message_at,
-       c.whatsapp_session_id, c.contact_id, k.wa_id, k.name AS contact_name, c.created_at, c.labels
+       c.whatsapp_session_id, c.contact_id, k.wa_id, k.name AS contact_name, c.created_at, c.labels, c.team_id
   FROM chat_sessions c JOIN contacts k ON k.tenant_id = c.tenant_id AND k.id = c.contact_id
 """
 CONVERSATION_LIST = (
@@ -42,6 +42,7 @@ CONVERSATION_LIST = (
  WHERE c.tenant_id = $1 AND c.channel = 'whatsapp' AND ($2::text IS NULL OR c.ticket_status = $2)
    AND ($4::text IS NULL OR c.assigned_to = $4) AND (NOT $5 OR c.assigned_to IS NULL)
    AND ($6::text IS NULL OR $6 = ANY (c.labels))
+   AND ($10::uuid[] IS NULL OR c.team_id = ANY ($10))
    AND ($7::text IS NULL
         OR papo_fold(coalesce(k.name, '')) LIKE '%' || papo_fold($8) || '%'
         OR ($9 <> '' AND k.wa_id LIKE '%' || $9 || '%')
@@ -213,6 +214,7 @@ class ChannelConversations:
         unassigned: bool = False,
         label: str | None = None,
         query: str | None = None,
+        team_ids: list[uuid.UUID] | None = None,
     ) -> list[dict[str, Any]]:
         """Newest activity first; by ticket status, by who has them (`assigned_to`, or nobody), by label,
         and by `query`: in the contact's name or number, or in what was said (full text)."""
@@ -227,6 +229,7 @@ class ChannelConversations:
             query,
             _like_escaped(query or ""),
             "".join(ch for ch in query or "" if ch.isdigit()),
+            team_ids,
         )
         return [dict(row) for row in rows]
 
@@ -256,6 +259,14 @@ class ChannelConversations:
             self.principal.tenant_id,
             conversation_id,
             user_id,
+        )
+
+    async def set_team(self, conversation_id: uuid.UUID, team_id: uuid.UUID | None) -> None:
+        await driver(self.db).execute(
+            "UPDATE chat_sessions SET team_id = $3 WHERE tenant_id = $1 AND id = $2",
+            self.principal.tenant_id,
+            conversation_id,
+            team_id,
         )
 
     async def set_labels(self, conversation_id: uuid.UUID, labels: list[str]) -> None:

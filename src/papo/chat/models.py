@@ -93,6 +93,7 @@ class ChatSession(Timestamps, Base):
     bot_enabled: Mapped[bool] = mapped_column(server_default=text("false"))
     last_inbound_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     labels: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, server_default=text("'{}'"))
+    team_id: Mapped[uuid.UUID | None] = mapped_column()  # the inbox team it is assigned to (migration 0040)
 
     __table_args__ = (
         CheckConstraint("cardinality(labels) <= 10", name="labels"),
@@ -104,6 +105,13 @@ class ChatSession(Timestamps, Base):
         ForeignKeyConstraint(
             ["tenant_id", "contact_id"], ["contacts.tenant_id", "contacts.id"], name="fk_chat_sessions_contact"
         ),
+        ForeignKeyConstraint(
+            ["tenant_id", "team_id"],
+            ["teams.tenant_id", "teams.id"],
+            ondelete="SET NULL (team_id)",
+            name="fk_chat_sessions_team",
+        ),
+        Index("ix_chat_sessions_team", "tenant_id", "team_id", postgresql_where=text("team_id IS NOT NULL")),
         ForeignKeyConstraint(
             ["tenant_id", "whatsapp_session_id"],
             ["whatsapp_sessions.tenant_id", "whatsapp_sessions.id"],

@@ -47,9 +47,13 @@ from papo.whatsapp.schemas import (
     SessionPatch,
     SessionStats,
     SyncChange,
+    TeamIn,
+    TeamMembersIn,
+    TeamOut,
 )
 from papo.whatsapp.service import SessionService, State, WhatsappRuntime
 from papo.whatsapp.status import SessionStatus
+from papo.whatsapp.teams import Teams
 from papo.whatsapp.transports.base import SessionKey
 
 router = APIRouter(tags=["whatsapp"])
@@ -215,7 +219,8 @@ async def list_conversations(
     q: str | None = None,
 ) -> list[dict[str, Any]]:
     """Newest activity first; filter by ticket (open, pending: waiting for an agent, closed), by
-    view (`all`, `mine`: assigned to the caller, `unassigned`), by label and by `q` (the contact's
+    view (`all`, `mine`: assigned to the caller, `team`: to the caller's teams, `unassigned`), by
+    label and by `q` (the contact's
     name or number, or words said in the conversation). `unread` counts the customer's messages
     since the caller last read the conversation."""
     return await box.conversations(ticket_status, view, label, q)
@@ -235,6 +240,43 @@ async def add_note(conversation_id: uuid.UUID, body: NoteIn, box: InboxDep) -> d
     """A private note in the conversation (role `note`): the staff see it, the customer never gets it,
     and the bot's model is never shown it."""
     return await box.add_note(conversation_id, body.content)
+
+
+teams_router = APIRouter(prefix="/api/v1/whatsapp/teams", tags=["whatsapp"])
+
+
+def teams(principal: CurrentPrincipal, session: DbSession) -> Teams:
+    return Teams(session, principal)
+
+
+TeamsDep = Annotated[Teams, Depends(teams)]
+
+
+@teams_router.get("", response_model=list[TeamOut])
+async def list_teams(teams: TeamsDep) -> list[dict[str, Any]]:
+    """The company's teams and their members (staff)."""
+    return await teams.all()
+
+
+@teams_router.post("", response_model=TeamOut, status_code=status.HTTP_201_CREATED)
+async def create_team(body: TeamIn, teams: TeamsDep) -> dict[str, Any]:
+    """A team conversations can be assigned to (owners, admins and API keys); 409 when the name exists."""
+    team = await teams.create(body.name)
+    return {"id": team.id, "name": team.name, "member_ids": [], "created_at": team.created_at}
+
+
+@teams_router.put("/{team_id}/members", status_code=status.HTTP_204_NO_CONTENT)
+async def set_team_members(team_id: uuid.UUID, body: TeamMembersIn, teams: TeamsDep) -> Response:
+    """Replace the team's members: the company's owners, admins and agents."""
+    await teams.set_members(team_id, body.user_ids)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@teams_router.delete("/{team_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_team(team_id: uuid.UUID, teams: TeamsDep) -> Response:
+    """The team; its conversations stay, no longer assigned to a team."""
+    await teams.delete(team_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 canned_router = APIRouter(prefix="/api/v1/whatsapp/canned-responses", tags=["whatsapp"])

@@ -25,12 +25,13 @@ from papo.chat.channel import ChannelConversations, wire
 from papo.errors import Conflict, InvalidInput, NotFound
 from papo.insights.service import SessionSentiment, message_sentiments, session_sentiments
 from papo.realtime.service import emit
+from papo.whatsapp.teams import Teams
 from papo.whatsapp.transports.base import InboundMessage
 
 VOICE_KINDS = ("voice", "audio")
 DEFAULT_HANDOFF_WORDS = ("atendente", "humano", "pessoa", "agent", "human", "operator")
 CUSTOMER_SERVICE_WINDOW = timedelta(hours=24)
-INBOX_VIEWS = ("all", "mine", "unassigned")
+INBOX_VIEWS = ("all", "mine", "team", "unassigned")
 TICKET_STATUSES = ("open", "pending", "closed")
 # A receipt may only move a message forward; "failed" only before it was delivered.
 DELIVERY_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
@@ -159,10 +160,20 @@ class Inbox:
         if view not in INBOX_VIEWS:
             raise InvalidInput(f"view is one of {', '.join(INBOX_VIEWS)}", field="view")
         mine = self.principal.user_id if view == "mine" else None
-        if view == "mine" and mine is None:
-            raise InvalidInput("an API key has no conversations of its own", field="view")
+        if view in ("mine", "team") and self.principal.user_id is None:
+            raise InvalidInput("an API key has no conversations or teams of its own", field="view")
+        teams = None
+        if view == "team":
+            assert self.principal.user_id is not None
+            teams = await Teams(self.db, self.principal).of_member(self.principal.user_id)
         rows = await self.store.find_all(
-            ticket_status, limit, assigned_to=mine, unassigned=view == "unassigned", label=label, query=query
+            ticket_status,
+            limit,
+            assigned_to=mine,
+            unassigned=view == "unassigned",
+            label=label,
+            query=query,
+            team_ids=teams,
         )
         ids = [row["id"] for row in rows]
         moods = await session_sentiments(self.db, ids)
@@ -204,6 +215,13 @@ class Inbox:
         current = await self.store.find(conversation_id, lock=True)
         if changes.get("labels") is not None:
             await self.store.set_labels(conversation_id, clean_labels(changes["labels"]))
+        if "team_id" in changes:
+            if changes["team_id"] is not None:
+                try:
+                    await Teams(self.db, self.principal).require(changes["team_id"])
+                except NotFound as exc:
+                    raise InvalidInput("no such team in this company", field="team_id") from exc
+            await self.store.set_team(conversation_id, changes["team_id"])
         status = changes.get("ticket_status", current["ticket_status"])
         if status not in TICKET_STATUSES:
             raise InvalidInput(f"ticket_status is one of {', '.join(TICKET_STATUSES)}", field="ticket_status")

@@ -121,3 +121,39 @@ class CannedResponse(Timestamps, Base):
         CheckConstraint("length(content) BETWEEN 1 AND 4096", name="content"),
         Index("uq_canned_responses_shortcut", "tenant_id", "shortcut", unique=True),
     )
+
+
+class Team(Timestamps, Base):
+    """A company's team of staff; inbox conversations can be assigned to it (migration 0040)."""
+
+    __tablename__ = "teams"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("length(name) BETWEEN 1 AND 80", name="name"),
+        Index("uq_teams_name", "tenant_id", text("lower(name)"), unique=True),
+    )
+
+
+class TeamMember(Base):
+    __tablename__ = "team_members"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    team_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text, primary_key=True)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "team_id"], ["teams.tenant_id", "teams.id"], ondelete="CASCADE", name="fk_team_members_team"
+        ),
+        ForeignKeyConstraint(
+            ["tenant_id", "user_id"],
+            ["memberships.tenant_id", "memberships.user_id"],
+            ondelete="CASCADE",
+            name="fk_team_members_membership",
+        ),
+        Index("ix_team_members_user", "tenant_id", "user_id"),
+    )

@@ -112,6 +112,7 @@ class ConversationOut(BaseModel):
     created_at: datetime
     sentiment: ConversationSentiment | None = None
     labels: list[str] = []
+    team_id: uuid.UUID | None = None
     unread: int | None = Field(default=None, description="The customer's messages since the caller last read it")
 
 
@@ -122,6 +123,7 @@ class ConversationPatch(BaseModel):
     assigned_to: str | None = None
     bot_enabled: bool | None = None
     labels: list[str] | None = Field(default=None, max_length=10)
+    team_id: uuid.UUID | None = Field(default=None, description="The team it is assigned to; null unassigns it")
 
 
 class ReplyIn(BaseModel):
@@ -165,3 +167,22 @@ class CannedOut(BaseModel):
     content: str
     created_at: datetime
     updated_at: datetime
+
+
+class TeamIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=80)
+
+
+class TeamMembersIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_ids: list[str] = Field(max_length=500)
+
+
+class TeamOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    member_ids: list[str]
+    created_at: datetime
