@@ -868,6 +868,12 @@ class TestWhatsappPages:
         await page.fill("#canned-content", "de novo")
         await page.click("#canned-form button[type=submit]")
         await expect(page.locator(".alert")).to_contain_text("/frete already exists")
+        await page.fill("#team-name", "Trocas")
+        await page.click("#team-form button[type=submit]")
+        team = page.locator("form.team")
+        await team.locator(f"input[value='{agent.user_id}']").check()
+        await team.locator("button:not(.danger)").click()
+        await expect(page.locator(f"form.team input[value='{agent.user_id}']")).to_be_checked()
         await context.clear_cookies()
         inbox = "/api/v1/whatsapp/conversations"
         await fake.customer_writes(key, "meu pedido anterior", wa_id="5511977770001", name="Dora")
@@ -917,9 +923,15 @@ class TestWhatsappPages:
         await expect(page.locator("#assignee")).to_contain_text(agent.email)
         await page.goto(f"{live_url}/inbox?view=all")
         await page.click("#conversations .chat-item a:has-text('Dora')")
+        async with page.expect_response(lambda answer: answer.request.method == "PATCH") as patched:
+            await page.select_option("#team-select", label="Equipe: Trocas")
+        assert (await patched.value).ok
+        await page.locator("#chat-title").click()  # the keys work from anywhere on the page
         await page.keyboard.press("Alt+ArrowUp")  # the one above in the list (Eli wrote last: first)
         await expect(page.locator("#chat-title")).to_contain_text("Eli")
         await page.goto(f"{live_url}/inbox?view=mine")
+        await expect(page.locator("#conversations .chat-item .title")).to_have_text(["Dora"])
+        await page.click("[data-view=team]")
         await expect(page.locator("#conversations .chat-item .title")).to_have_text(["Dora"])
         await page.goto(f"{live_url}/inbox?view=all")
         await page.fill("#inbox-search", "pedido anterior")  # words said, in any ticket status

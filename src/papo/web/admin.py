@@ -21,6 +21,7 @@ from papo.insights.chart import activity_chart
 from papo.insights.service import usage_summary
 from papo.web.pages import Admin, AdminForm, Page, State, WebRuntime, afresh, redirect, render
 from papo.whatsapp.canned import CannedResponses
+from papo.whatsapp.teams import Teams
 
 router = APIRouter(include_in_schema=False)
 SHORTCUT = re.compile(r"^[a-z0-9_-]{1,32}$")
@@ -60,6 +61,7 @@ async def _settings(page: Page, state: WebRuntime, session: Any, status_code: in
         signup_link=f"{base}/signup?tenant={principal.tenant_id}",
         invitations=await state.accounts.pending(session, principal),
         canned=await CannedResponses(session, principal).list(),
+        teams=await Teams(session, principal).all(),
         **{"notice": None, "error": None, "new_key": None, "invite_link": None, **values},
     )
 
@@ -171,3 +173,28 @@ async def add_canned_response(
 async def delete_canned_response(canned_id: uuid.UUID, page: AdminForm, state: State, session: DbSession) -> Response:
     await CannedResponses(session, page.member).delete(canned_id)
     return redirect(page, state, "/settings?saved=1#canned-h")
+
+
+@router.post("/settings/teams")
+async def add_team(page: AdminForm, state: State, session: DbSession, name: str = Form("", max_length=200)) -> Response:
+    if not 1 <= len(name.strip()) <= 80:
+        return await _settings(page, state, session, status_code=422, error=page.t("settings.team_invalid"))
+    try:
+        await Teams(session, page.member).create(name)
+    except Conflict as exc:
+        async with afresh(page, state, session) as fresh:
+            return await _settings(page, state, fresh, status_code=409, error=exc.detail)
+    return redirect(page, state, "/settings?saved=1#teams-h")
+
+
+@router.post("/settings/teams/{team_id}/members")
+async def team_members(team_id: uuid.UUID, page: AdminForm, state: State, session: DbSession) -> Response:
+    form = await page.request.form()
+    await Teams(session, page.member).set_members(team_id, [str(value) for value in form.getlist("user_ids")])
+    return redirect(page, state, "/settings?saved=1#teams-h")
+
+
+@router.post("/settings/teams/{team_id}/delete")
+async def delete_team(team_id: uuid.UUID, page: AdminForm, state: State, session: DbSession) -> Response:
+    await Teams(session, page.member).delete(team_id)
+    return redirect(page, state, "/settings?saved=1#teams-h")

@@ -15,6 +15,7 @@ from papo.web.pages import Admin, Staff, State, not_found, render
 from papo.whatsapp.inbox import INBOX_VIEWS, TICKET_STATUSES, Inbox
 from papo.whatsapp.rows import session_out
 from papo.whatsapp.service import SessionService
+from papo.whatsapp.teams import Teams
 
 router = APIRouter(include_in_schema=False)
 
@@ -61,6 +62,7 @@ async def inbox_page(
         messages=messages or [],
         assignee=assignee,
         earlier=earlier,
+        teams=await Teams(session, page.member).all(),
     )
 
 

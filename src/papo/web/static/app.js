@@ -1031,6 +1031,10 @@ function setupInbox() {
     $("#inbox-input").focus();
   });
   setupCannedResponses($("#inbox-input"), $("#canned"));
+  $("[data-team-select]")?.addEventListener("change", async (event) => {
+    const response = await api("PATCH", url, { team_id: event.target.value || null });
+    if (!response.ok) say((await response.json().catch(() => ({}))).detail || t("inbox.send_failed"));
+  });
   $("[data-labels]")?.addEventListener("submit", async (event) => {
     event.preventDefault();
     const labels = $("#labels-input").value.split(",").map((label) => label.trim()).filter(Boolean);
