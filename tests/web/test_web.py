@@ -220,6 +220,11 @@ class TestChat:
         await expect(page.locator('.msg.assistant[data-state="complete"]')).to_have_count(1, timeout=15_000)
         meta = page.locator(".msg.assistant .meta [data-status-label]")
         await expect(meta).to_have_text("")  # a reply is not "delivered"
+        # a reply longer than the screen: after its final render the action row is still in view
+        await send(page, "\n".join(f"linha {n}" for n in range(60)))
+        await expect(page.locator('.msg.assistant[data-state="complete"]')).to_have_count(2, timeout=20_000)
+        await expect(page.locator(".msg.assistant .meta button[data-action=regenerate]")).to_be_in_viewport(ratio=1)
+        await expect(page.locator(".chat-item time").first).to_contain_text("há")  # as the server writes it
         assert errors == []
 
     async def test_the_home_page_starts_a_chat_from_its_message_box(
@@ -430,6 +435,7 @@ class TestDashboard:
         await page.fill("#search-q", "orcamento marketing")  # accents folded
         hit = page.locator("#search-results a").first
         await expect(hit.locator("mark").first).to_be_visible()
+        await expect(page.locator("#search-results h2")).to_have_text("Resultados da busca")  # not mixed in the list
         await hit.click()
         await page.wait_for_url(re.compile(rf".*/chats/{sid}#m-.*"))
 
