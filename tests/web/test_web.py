@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import struct
 import uuid
@@ -886,8 +887,22 @@ class TestWhatsappPages:
         (earlier,) = (await client.get(inbox, headers=agent.headers)).json()
         await client.patch(f"{inbox}/{earlier['id']}", json={"ticket_status": "closed"}, headers=agent.headers)
         await fake.customer_writes(key, "quanto custa o frete?", wa_id="5511977770001", name="Dora")
-        await fake.customer_writes(key, "outra pessoa aqui", wa_id="5511977770002", name="Eli")
+        await fake.customer_writes(
+            key, "Estou muito insatisfeito, o atendimento foi péssimo", wa_id="5511977770002", name="Eli"
+        )
+
+        async def someone_unhappy() -> bool:
+            listed = (await client.get(inbox, headers=agent.headers)).json()
+            return any(c["sentiment"] and c["sentiment"]["last"] == "negative" for c in listed)
+
+        async with asyncio.timeout(15):  # scored in the background: the list marks who is unhappy
+            while not await someone_unhappy():  # noqa: ASYNC110  (polling the API, as a client would)
+                await asyncio.sleep(0.1)
         await sign_in(page, live_url, agent, next_path="/inbox")
+        await expect(page.locator("#conversations .chat-item:has-text('Eli') .mood-negative")).to_have_text(
+            "Insatisfeito"
+        )
+        await expect(page.locator("#conversations .chat-item:has-text('Dora') .mood-negative")).to_have_count(0)
         await page.click("[data-view=mine]")
         await expect(page.locator("#conversations .chat-item")).to_have_count(0)
         await page.click("[data-view=all]")
