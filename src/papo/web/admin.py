@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -150,6 +151,16 @@ async def revoke_key(key_id: uuid.UUID, page: AdminForm, state: State, session: 
     return redirect(page, state, "/settings?saved=1")
 
 
+async def _created(page: Page, state: WebRuntime, session: Any, creating: Awaitable[object], section: str) -> Response:
+    """Create something from a Settings form: back to its section, or the page with why not (409)."""
+    try:
+        await creating
+    except Conflict as exc:
+        async with afresh(page, state, session) as fresh:
+            return await _settings(page, state, fresh, status_code=409, error=exc.detail)
+    return redirect(page, state, f"/settings?saved=1#{section}")
+
+
 @router.post("/settings/canned-responses")
 async def add_canned_response(
     page: AdminForm,
@@ -161,12 +172,9 @@ async def add_canned_response(
     shortcut, content = shortcut.strip().lower().lstrip("/"), content.strip()
     if not SHORTCUT.match(shortcut) or not 1 <= len(content) <= 4096:
         return await _settings(page, state, session, status_code=422, error=page.t("settings.canned_invalid"))
-    try:
-        await CannedResponses(session, page.member).create(shortcut, content)
-    except Conflict as exc:
-        async with afresh(page, state, session) as fresh:
-            return await _settings(page, state, fresh, status_code=409, error=exc.detail)
-    return redirect(page, state, "/settings?saved=1#canned-h")
+    return await _created(
+        page, state, session, CannedResponses(session, page.member).create(shortcut, content), "canned-h"
+    )
 
 
 @router.post("/settings/canned-responses/{canned_id}/delete")
@@ -179,12 +187,7 @@ async def delete_canned_response(canned_id: uuid.UUID, page: AdminForm, state: S
 async def add_team(page: AdminForm, state: State, session: DbSession, name: str = Form("", max_length=200)) -> Response:
     if not 1 <= len(name.strip()) <= 80:
         return await _settings(page, state, session, status_code=422, error=page.t("settings.team_invalid"))
-    try:
-        await Teams(session, page.member).create(name)
-    except Conflict as exc:
-        async with afresh(page, state, session) as fresh:
-            return await _settings(page, state, fresh, status_code=409, error=exc.detail)
-    return redirect(page, state, "/settings?saved=1#teams-h")
+    return await _created(page, state, session, Teams(session, page.member).create(name), "teams-h")
 
 
 @router.post("/settings/teams/{team_id}/members")
