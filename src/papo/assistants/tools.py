@@ -32,7 +32,7 @@ from papo.auth.service import Principal
 from papo.crypto import KeyBox, new_signing_secret, signature_headers
 from papo.db.base import new_id
 from papo.db.engine import Database, rows_changed
-from papo.errors import Conflict, Forbidden, InvalidInput, NotFound
+from papo.errors import Conflict, InvalidInput, NotFound
 from papo.netguard import NetGuard, TargetRefused
 from papo.settings import Settings
 
@@ -94,8 +94,7 @@ class ToolService:
         self.guard = guard
 
     def _require_writer(self) -> None:
-        if not (self.principal.is_admin or self.principal.is_service):
-            raise Forbidden("only tenant admins (and API keys) manage an assistant's tools")
+        self.principal.require_manager("an assistant's tools")
 
     async def list(self, assistant_id: uuid.UUID) -> list[AssistantTool]:
         query = select(AssistantTool).where(

@@ -68,6 +68,11 @@ class Principal:
         if not self.is_admin:
             raise Forbidden("tenant admins only")
 
+    def require_manager(self, what: str) -> None:
+        """Tenant admins and API keys manage a company's configuration (`what`: tools, teams, …)."""
+        if not (self.is_admin or self.is_service):
+            raise Forbidden(f"only tenant admins (and API keys) manage {what}")
+
 
 def hash_api_key(key: str) -> str:
     # API keys carry 256 bits of randomness, so a fast hash is enough (no brute force possible).

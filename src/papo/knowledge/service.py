@@ -16,7 +16,7 @@ from papo.auth.service import Principal
 from papo.blobs import WrittenBlob
 from papo.chat.search import fold
 from papo.db.base import new_id
-from papo.errors import Conflict, Forbidden, InvalidInput, NotFound
+from papo.errors import Conflict, InvalidInput, NotFound
 from papo.knowledge import repository
 from papo.knowledge.embeddings import DEMO_DIMENSIONS, DEMO_MODEL, Embedder, vector_literal
 from papo.knowledge.models import DOCUMENT_STATES, KnowledgeCollection, KnowledgeDocument
@@ -27,7 +27,6 @@ from papo.settings import Settings
 
 COLLECTION_NOT_FOUND = "knowledge collection not found"
 DOCUMENT_NOT_FOUND = "document not found"
-WRITERS_ONLY = "only tenant admins (and API keys) manage the knowledge base"
 _WORD = re.compile(r"\w+")
 # Words that carry no subject in a question (Portuguese and English); the rest are OR-ed, so a
 # passage sharing more of the question's words ranks higher without needing all of them.
@@ -105,8 +104,7 @@ class KnowledgeService:
         return self.principal.tenant_id
 
     def require_writer(self) -> None:
-        if not (self.principal.is_admin or self.principal.is_service):
-            raise Forbidden(WRITERS_ONLY)
+        self.principal.require_manager("the knowledge base")
 
     # ---- collections ---------------------------------------------------------------------------
 

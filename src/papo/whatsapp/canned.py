@@ -26,8 +26,7 @@ class CannedResponses:
         self.principal = principal
 
     def _require_writer(self) -> None:
-        if not (self.principal.is_admin or self.principal.is_service):
-            raise Forbidden("only tenant admins (and API keys) manage canned responses")
+        self.principal.require_manager("canned responses")
 
     async def list(self) -> list[CannedResponse]:
         rows = await self.db.scalars(

@@ -30,8 +30,7 @@ class Teams:
         self.principal = principal
 
     def _require_writer(self) -> None:
-        if not (self.principal.is_admin or self.principal.is_service):
-            raise Forbidden("only tenant admins (and API keys) manage teams")
+        self.principal.require_manager("teams")
 
     async def all(self) -> list[dict[str, Any]]:
         teams = await self.db.scalars(
