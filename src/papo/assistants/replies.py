@@ -48,6 +48,7 @@ from papo.db.engine import Database, driver
 from papo.knowledge.chat_files import MAX_IMAGES_FOR_MODEL, ChatFiles
 from papo.knowledge.grounding import Grounding, ground, source_line
 from papo.knowledge.indexer import KnowledgeIndexer
+from papo.knowledge.service import QuestionEmbedding
 from papo.netguard import NetGuard
 from papo.ops.metrics import record_ai_reply
 from papo.realtime.hub import EventHub
@@ -311,11 +312,9 @@ class ReplyManager:
             return Grounding()
         if any(file["kind"] == "document" for m in history for file in m.get("files") or ()):
             await files.read_documents(principal, session_id)
-        attached = await files.search(principal, session_id, question)
-        knowledge = self.knowledge
-        return await ground(
-            self.db, principal, self.settings, assistant_id, question, knowledge.embedder, knowledge.vectors, attached
-        )
+        asked = QuestionEmbedding(self.knowledge.embedder, self.knowledge.vectors, question)
+        attached = await files.search(principal, session_id, asked)
+        return await ground(self.db, principal, self.settings, assistant_id, asked, attached)
 
     async def _with_files(
         self, target: ProviderTarget, history: list[dict[str, Any]], files: ChatFiles | None

@@ -37,7 +37,7 @@ from papo.knowledge.chunking import Passage
 from papo.knowledge.embeddings import EmbeddingError
 from papo.knowledge.extract import DOCX, Unreadable, document_type
 from papo.knowledge.indexer import KnowledgeIndexer, read_passages
-from papo.knowledge.service import text_query
+from papo.knowledge.service import QuestionEmbedding, text_query
 from papo.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -135,9 +135,12 @@ class ChatFiles:
                     await repository.add_chat_chunks(session, principal.tenant_id, attachment, found, vectors)
                 await Attachments(session, principal).set_document_read(attachment.id, len(found), error)
 
-    async def search(self, principal: Principal, session_id: uuid.UUID, question: str) -> list[ChatPassage]:
-        """The chat's passages that best answer `question` (full text and vector, fused by
+    async def search(
+        self, principal: Principal, session_id: uuid.UUID, embedding: QuestionEmbedding
+    ) -> list[ChatPassage]:
+        """The chat's passages that best answer the question (full text and vector, fused by
         reciprocal rank), best first."""
+        question = embedding.question
         ranking = text_query(question)
         async with self.db.transaction(principal.context()) as session:
             chunks = await repository.chat_chunks(session, principal.tenant_id, session_id, ranking, CHUNKS_SEARCHED)
@@ -150,11 +153,12 @@ class ChatFiles:
         for position, index in enumerate(by_text):
             scores[index] = scores.get(index, 0.0) + 1.0 / (RRF_K + position + 1)
         embedded = [i for i, c in enumerate(chunks) if c.embedding is not None]
-        if self.vectors and embedded and question.strip():
+        if embedded and question.strip():
             try:
-                asked = np.array((await self.embedder.embed([question]))[0], dtype=np.float32)
+                _, vector = await embedding.get()
             except EmbeddingError:
-                asked = None
+                vector = None
+            asked = np.array(vector, dtype=np.float32) if vector is not None else None
             if asked is not None:
                 same_size = [i for i in embedded if len(chunks[i].embedding or ()) == len(asked)]
                 if same_size:

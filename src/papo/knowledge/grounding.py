@@ -15,8 +15,8 @@ from typing import Any
 from papo.auth.service import Principal
 from papo.db.engine import Database
 from papo.knowledge.chat_files import ChatPassage
-from papo.knowledge.embeddings import Embedder, EmbeddingError
-from papo.knowledge.service import Found, KnowledgeService, embed_question
+from papo.knowledge.embeddings import EmbeddingError
+from papo.knowledge.service import Found, KnowledgeService, QuestionEmbedding
 from papo.settings import Settings
 
 PASSAGES_SHOWN = 4
@@ -109,12 +109,10 @@ async def ground(
     principal: Principal,
     settings: Settings,
     assistant_id: uuid.UUID,
-    question: str,
-    embedder: Embedder,
-    vectors: bool,
+    asked: QuestionEmbedding,
     attached: list[ChatPassage] | None = None,
 ) -> Grounding:
-    """What the assistant is shown for `question`: passages of its collections and of the documents
+    """What the assistant is shown for the question: passages of its collections and of the documents
     attached in this chat (`attached`, already searched). Its own transactions, and none held while
     the question is embedded. Only an assistant with collections says it does not know."""
     async with db.transaction(principal.context()) as session:
@@ -126,12 +124,12 @@ async def ground(
     relevant: list[Found] = []
     if collections:
         try:
-            model, vector = await embed_question(embedder, vectors, question)
+            model, vector = await asked.get()
         except EmbeddingError as exc:  # the question cannot be embedded now: full text still answers
             error, model, vector = str(exc), None, None
         async with db.transaction(principal.context()) as session:
             found = await KnowledgeService(session, principal, settings).search(
-                question, collections, PASSAGES_SHOWN, model=model, vector=vector
+                asked.question, collections, PASSAGES_SHOWN, model=model, vector=vector
             )
         relevant = [item for item in found if item.relevant]
     if not relevant and not in_chat:

@@ -18,7 +18,7 @@ from papo.chat.search import fold
 from papo.db.base import new_id
 from papo.errors import Conflict, InvalidInput, NotFound
 from papo.knowledge import repository
-from papo.knowledge.embeddings import DEMO_DIMENSIONS, DEMO_MODEL, Embedder, vector_literal
+from papo.knowledge.embeddings import DEMO_DIMENSIONS, DEMO_MODEL, Embedder, EmbeddingError, vector_literal
 from papo.knowledge.models import DOCUMENT_STATES, KnowledgeCollection, KnowledgeDocument
 from papo.knowledge.repository import DuplicateName, Hit, MissingAssistant
 from papo.knowledge.schemas import CollectionOut
@@ -311,3 +311,26 @@ async def embed_question(embedder: Embedder, vectors: bool, question: str) -> tu
     if not vectors:
         return None, None
     return embedder.model, (await embedder.embed([question]))[0]
+
+
+class QuestionEmbedding:
+    """A reply's question, embedded at most once, by whichever search needs it first (the chat's own
+    documents, the assistant's collections): a provider's embeddings call is not made twice. A
+    failure is kept too, so the second search answers from full text at once instead of retrying."""
+
+    def __init__(self, embedder: Embedder, vectors: bool, question: str) -> None:
+        self.embedder = embedder
+        self.vectors = vectors
+        self.question = question
+        self._done: tuple[str | None, list[float] | None] | EmbeddingError | None = None
+
+    async def get(self) -> tuple[str | None, list[float] | None]:
+        """(model, vector), (None, None) where the database has no vectors; raises EmbeddingError."""
+        if self._done is None:
+            try:
+                self._done = await embed_question(self.embedder, self.vectors, self.question)
+            except EmbeddingError as exc:
+                self._done = exc
+        if isinstance(self._done, EmbeddingError):
+            raise self._done
+        return self._done
