@@ -15,7 +15,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from papo.auth.models import ADMIN_ROLES, ApiKey, Membership, Role, Tenant, User
+from papo.auth.models import ADMIN_ROLES, STAFF_ROLES, ApiKey, Membership, Role, Tenant, User
 from papo.auth.tokens import TokenVerifier
 from papo.db.base import new_id
 from papo.db.engine import RlsContext, apply_context, driver
@@ -67,6 +67,11 @@ class Principal:
     def require_admin(self) -> None:
         if not self.is_admin:
             raise Forbidden("tenant admins only")
+
+    def require_staff(self, detail: str) -> None:
+        """The company's staff (owners, admins, agents) and its API keys; members get `detail` (403)."""
+        if not (self.role in STAFF_ROLES or self.is_service):
+            raise Forbidden(detail)
 
     def require_manager(self, what: str) -> None:
         """Tenant admins and API keys manage a company's configuration (`what`: tools, teams, …)."""

@@ -25,7 +25,7 @@ from fastapi import (
 
 from papo.auth.deps import CurrentPrincipal, DbSession
 from papo.chat.attachments import Attachments
-from papo.errors import Conflict, Forbidden, NotFound
+from papo.errors import Conflict, NotFound
 from papo.whatsapp.canned import CannedResponses
 from papo.whatsapp.inbox import Inbox
 from papo.whatsapp.media import store_upload
@@ -60,8 +60,7 @@ router = APIRouter(tags=["whatsapp"])
 
 
 async def session_service(principal: CurrentPrincipal, session: DbSession, state: State) -> SessionService:
-    if principal.role not in ("owner", "admin", "agent", "service"):
-        raise Forbidden("WhatsApp sessions are for the company's staff")
+    principal.require_staff("WhatsApp sessions are for the company's staff")
     return SessionService(session, principal, state.whatsapp)
 
 
@@ -190,8 +189,7 @@ conversations_router = APIRouter(prefix="/api/v1/whatsapp/conversations", tags=[
 
 
 async def inbox(principal: CurrentPrincipal, session: DbSession) -> Inbox:
-    if principal.role not in ("owner", "admin", "agent", "service"):
-        raise Forbidden("the WhatsApp inbox is for the company's staff")
+    principal.require_staff("the WhatsApp inbox is for the company's staff")
     return Inbox(session, principal)
 
 

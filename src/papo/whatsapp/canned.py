@@ -12,16 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from papo.auth.service import Principal
 from papo.db.base import new_id
 from papo.db.engine import rows_changed
-from papo.errors import Conflict, Forbidden, NotFound
+from papo.errors import Conflict, NotFound
 from papo.whatsapp.models import CannedResponse
-
-STAFF_ROLES = ("owner", "admin", "agent", "service")
 
 
 class CannedResponses:
     def __init__(self, db: AsyncSession, principal: Principal) -> None:
-        if principal.role not in STAFF_ROLES:
-            raise Forbidden("canned responses are for the company's staff")
+        principal.require_staff("canned responses are for the company's staff")
         self.db = db
         self.principal = principal
 

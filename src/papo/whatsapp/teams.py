@@ -16,7 +16,7 @@ from papo.auth.models import STAFF_ROLES
 from papo.auth.service import Principal
 from papo.db.base import new_id
 from papo.db.engine import rows_changed
-from papo.errors import Conflict, Forbidden, InvalidInput, NotFound
+from papo.errors import Conflict, InvalidInput, NotFound
 from papo.whatsapp.models import Team, TeamMember
 
 TEAM_NOT_FOUND = "team not found"
@@ -24,8 +24,7 @@ TEAM_NOT_FOUND = "team not found"
 
 class Teams:
     def __init__(self, db: AsyncSession, principal: Principal) -> None:
-        if principal.role not in (*STAFF_ROLES, "service"):
-            raise Forbidden("teams are for the company's staff")
+        principal.require_staff("teams are for the company's staff")
         self.db = db
         self.principal = principal
 
