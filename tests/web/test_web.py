@@ -10,7 +10,7 @@ import zlib
 from typing import Any
 
 import httpx
-from playwright.async_api import BrowserContext, Page, WebSocketRoute, expect
+from playwright.async_api import Browser, BrowserContext, Page, WebSocketRoute, expect
 from svix.webhooks import Webhook
 
 from papo.auth.models import Role
@@ -856,6 +856,7 @@ class TestWhatsappPages:
 
     async def test_an_agent_works_the_queue_with_views_notes_saved_replies_and_history(
         self,
+        browser: Browser,
         context: BrowserContext,
         live_url: str,
         client: httpx.AsyncClient,
@@ -952,6 +953,7 @@ class TestWhatsappPages:
         await expect(page.locator("#chat-title")).to_contain_text("Eli")
         await page.goto(f"{live_url}/inbox?view=mine")
         await expect(page.locator("#conversations .chat-item .title")).to_have_text(["Dora"])
+        await expect(page.locator("#conversations .chat-item .badge.team")).to_have_text(["Trocas"])
         await page.click("[data-view=team]")
         await expect(page.locator("#conversations .chat-item .title")).to_have_text(["Dora"])
         await page.goto(f"{live_url}/inbox?view=all")
@@ -961,6 +963,29 @@ class TestWhatsappPages:
         await expect(page.locator(".label-filter")).to_contain_text("pedido anterior")
         await screenshot(page, "inbox-agent")
         assert errors == []
+
+        phone = await browser.new_context(locale="en", viewport={"width": 375, "height": 740}, is_mobile=True)
+        try:  # on a phone the conversation's tools open under ⋯, nothing scrolls sideways
+            page = await phone.new_page()
+            errors = watch_errors(page)
+            await sign_in(page, live_url, agent, next_path="/inbox")
+            await page.click("[data-drawer]")
+            await page.click("#conversations .chat-item a:has-text('Dora')")
+            await expect(page.locator("#team-select")).to_be_hidden()
+            assert await page.evaluate("document.scrollingElement.scrollWidth") <= 375
+            await page.click("[data-head-tools]")
+            await expect(page.locator("[data-head-tools]")).to_have_attribute("aria-expanded", "true")
+            await expect(page.locator("#labels-input")).to_be_focused()
+            await expect(page.locator("#team-select")).to_be_visible()
+            await expect(page.locator("[data-inbox-action=assign]")).to_be_in_viewport()
+            assert await page.evaluate("document.scrollingElement.scrollWidth") <= 375
+            await screenshot(page, "inbox-phone-tools")
+            await page.keyboard.press("Escape")
+            await expect(page.locator("#team-select")).to_be_hidden()
+            await expect(page.locator("[data-head-tools]")).to_be_focused()
+            assert errors == []
+        finally:
+            await phone.close()
 
 
 def tiny_png(width: int = 40, height: int = 30) -> bytes:

@@ -13,6 +13,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import httpx
 import structlog
@@ -35,6 +36,11 @@ FETCH_TIMEOUT_SECONDS = 30.0
 USER_AGENT = "papo-knowledge/1"
 
 
+class RetrievalMode(NamedTuple):
+    kind: str  # text (no pgvector), demo (the offline embedder) or provider
+    model: str
+
+
 class Transient(Exception):
     """Worth trying again later; the message says what failed."""
 
@@ -54,6 +60,12 @@ class KnowledgeIndexer:
 
     def describe(self) -> str:
         return describe(self.embedder, self.vectors)
+
+    def mode(self) -> RetrievalMode:
+        """How retrieval works here, for a page to say in its reader's language."""
+        if not self.vectors:
+            return RetrievalMode("text", "")
+        return RetrievalMode("demo" if self.embedder.is_demo else "provider", self.embedder.model)
 
     async def run(self) -> None:
         await work_when_woken(self.ready, self.settings.knowledge_poll_seconds, self.batch, name="knowledge indexing")

@@ -51,7 +51,7 @@ async def _page(
         collections=collections,
         assistants=assistants,
         working=working,
-        retrieval=state.knowledge.describe(),
+        retrieval=state.knowledge.mode(),
         **{"notice": None, "error": None, **values},
     )
 

@@ -256,6 +256,34 @@ function setupDrawer() {
   });
 }
 
+// The inbox's conversation tools on a phone: ⋯ opens them under the header; Escape or a tap elsewhere closes.
+function setupHeadTools() {
+  const toggle = $("[data-head-tools]");
+  if (!toggle) return;
+  const head = toggle.closest(".chat-head");
+  const open = (yes) => {
+    head.classList.toggle("tools-open", yes);
+    toggle.setAttribute("aria-expanded", String(yes));
+    if (yes) $("#head-tools input, #head-tools select, #head-tools button")?.focus();
+  };
+  toggle.addEventListener("click", () => open(!head.classList.contains("tools-open")));
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || !head.classList.contains("tools-open")) return;
+    open(false);
+    toggle.focus();
+  });
+  document.addEventListener("click", (event) => {
+    if (head.classList.contains("tools-open") && !event.target.closest(".chat-head")) open(false);
+  });
+}
+
+// The composer's paperclip is a button (reachable by keyboard) that opens its hidden file input.
+function setupFilePickers() {
+  for (const button of $$("[data-pick]")) {
+    button.addEventListener("click", () => document.getElementById(button.dataset.pick)?.click());
+  }
+}
+
 function setupChatList() {
   const list = $("#chats");
   if (!list) return;
@@ -1198,6 +1226,8 @@ function setupWhatsappNumbers() {
 }
 
 setupDrawer();
+setupHeadTools();
+setupFilePickers();
 setupMenus();
 setupHomeComposer();
 setupChatList();
