@@ -131,12 +131,14 @@ class TestChat:
         await expect(page.locator(".msg.user .body")).to_have_text("conte uma história")
         await expect(page.locator(f"{STREAMING} .body")).to_contain_text("w1", timeout=10_000)
         await expect(page.locator("#stop")).to_be_visible()
+        await expect(page.locator("#send")).to_be_hidden()  # Stop takes its place while a reply is written
         await screenshot(page, "chat-streaming-light")
 
         await page.reload()  # mid-stream: the saved text, then the live rest
         await expect(page.locator(f"{STREAMING} .body")).to_contain_text("Echo:")
         done = page.locator('.msg.assistant[data-state="complete"] .body')
         await expect(done).to_contain_text("w29", timeout=15_000)
+        await expect(page.locator("#send")).to_be_visible()
         reply = await stored_reply(client, member, session_id)
         assert reply["reply_state"] == "complete"
         assert (await done.inner_text()).strip() == reply["content"]
