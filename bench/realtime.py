@@ -53,6 +53,31 @@ TARGET_DELIVERIES = 20_000
 TARGET_P99_RATIO = 2.0
 
 
+METRICS_TOKEN = "bench-realtime"
+LAG_METRIC = "papo_realtime_event_lag_seconds_bucket"
+
+
+async def relay_lag_buckets(http: httpx.AsyncClient) -> dict[float, float]:
+    """papo's histogram of commit → hand-over to local streams (before any socket send), cumulative."""
+    answer = await http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    buckets: dict[float, float] = {}
+    for line in answer.text.splitlines():
+        if line.startswith(LAG_METRIC + "{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def bucket_percentile(before: dict[float, float], after: dict[float, float], fraction: float) -> float:
+    """The upper bound (ms) of the bucket holding that fraction of the events counted in between."""
+    counts = {bound: after.get(bound, 0.0) - before.get(bound, 0.0) for bound in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    for bound, cumulative in counts.items():
+        if total and cumulative >= fraction * total:
+            return bound * 1000
+    return float("nan")
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
@@ -159,7 +184,10 @@ async def main() -> None:
             for u in users
         ]
         papo_process = await server.serve(
-            PAPO_PORT, PAPO_REALTIME_QUEUE_SIZE="100000", PAPO_REALTIME_MAX_STREAMS_PER_USER="0"
+            PAPO_PORT,
+            PAPO_REALTIME_QUEUE_SIZE="100000",
+            PAPO_REALTIME_MAX_STREAMS_PER_USER="0",
+            PAPO_METRICS_TOKEN=METRICS_TOKEN,
         )
         server.processes.append(
             await asyncio.create_subprocess_exec(
@@ -209,6 +237,7 @@ async def main() -> None:
 
             results: dict[str, dict[float, tuple[float, float, float, int]]] = {"papo": {}, "baseline": {}}
             cpu: dict[float, float] = {}  # papo server's CPU seconds per rate
+            relay_lag: dict[float, tuple[float, float]] = {}  # commit → relay hand-over, p50 and p99 (ms)
             failures: dict[str, dict[float, int]] = {"papo": {}, "baseline": {}}
             for name, subscribe, send in (
                 ("papo", lambda: papo_subscribers(tokens, per_user), papo_send),
@@ -221,10 +250,17 @@ async def main() -> None:
                     recorded = papo_process.pid if name == "papo" and rate == rates[-1] else None
                     meter = CpuMeter(server=lambda: [papo_process.pid])
                     meter.start()
+                    lag_before = await relay_lag_buckets(http) if name == "papo" else {}
                     async with profiled(recorded, profile):
                         failures[name][rate] = await drive(rate, args.seconds, send)
                     if name == "papo":
                         cpu[rate] = meter.stop()["server"]
+                        await asyncio.sleep(0.5)  # the last deliveries of the round
+                        lag_after = await relay_lag_buckets(http)
+                        relay_lag[rate] = (
+                            bucket_percentile(lag_before, lag_after, 0.5),
+                            bucket_percentile(lag_before, lag_after, 0.99),
+                        )
                     lat = subscribers.latencies
                     results[name][rate] = (percentile(lat, 0.5), percentile(lat, 0.95), percentile(lat, 0.99), len(lat))
                 await subscribers.close()
@@ -234,7 +270,7 @@ async def main() -> None:
         print(
             f"\n  {'rate/s':>7} {'deliveries':>11} | {'papo p50':>9} {'p95':>7} {'p99':>7} | "
             f"{'baseline p50':>12} {'p95':>7} {'p99':>7} | {'p99 ratio':>9} | {'failed sends':>12} | "
-            f"{'µs CPU/delivery':>15}"
+            f"{'µs CPU/delivery':>15} | {'commit→relay p50/p99 (≤ ms)':>27}"
         )
         best = {"papo": 0.0, "baseline": 0.0}
         within = 0.0  # the highest rate where papo's p99 stays within 2x the baseline's, all delivered
@@ -250,7 +286,7 @@ async def main() -> None:
                 f"  {rate:7.0f} {p[3]:11d} | {p[0]:9.1f} {p[1]:7.1f} {p[2]:7.1f} | "
                 f"{b[0]:12.1f} {b[1]:7.1f} {b[2]:7.1f} | {p[2] / b[2]:9.2f} | "
                 f"{failures['papo'][rate]:5d} / {failures['baseline'][rate]:<5d} | "
-                f"{1e6 * cpu[rate] / max(1, p[3]):15.0f}"
+                f"{1e6 * cpu[rate] / max(1, p[3]):15.0f} | {relay_lag[rate][0]:>13.1f} / {relay_lag[rate][1]:<11.1f}"
             )
         print(
             f"\n  highest rate with p99 < 250 ms and ≥95% delivered: papo {best['papo']:.0f} msg/s "

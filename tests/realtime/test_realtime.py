@@ -7,6 +7,7 @@ import contextlib
 import json
 import random
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -310,6 +311,29 @@ class TestResilience:
         with pytest.raises(StreamEnded) as ended:
             await anext(stream)
         assert ended.value.code == 4008
+
+    async def test_a_quiet_stream_gets_heartbeats_and_a_busy_one_its_events(
+        self, app: Any, pair: tuple[Member, Member], settings: Settings
+    ) -> None:
+        alice, _ = pair
+        papo = app.state.papo
+        quick = settings.model_copy(update={"realtime_heartbeat_seconds": 0.3})
+        state = SimpleNamespace(settings=quick, db=papo.db, hub=papo.hub, verifier=papo.verifier)
+        subscriber = Subscriber(Principal(alice.tenant_id, alice.user_id, "member"), capacity=50, transport="sse")
+        stream = event_stream(state, subscriber, None)
+        ready = await anext(stream)
+        base = ready["id"] + 10**9
+        started = time.monotonic()
+        assert await asyncio.wait_for(anext(stream), 5) == {"type": "heartbeat"}
+        assert time.monotonic() - started >= 0.25  # not before it is due
+        for offset in range(20):  # a burst: each event in order, no heartbeat between them
+            subscriber.offer(Event(base + offset, alice.tenant_id, "user", alice.user_id, "test.tick", {}))
+        burst = [await asyncio.wait_for(anext(stream), 5) for _ in range(20)]
+        assert [m.id for m in burst if isinstance(m, Event)] == [base + offset for offset in range(20)]
+        quiet = time.monotonic()
+        assert await asyncio.wait_for(anext(stream), 5) == {"type": "heartbeat"}  # quiet again: the alarm rang
+        assert time.monotonic() - quiet >= 0.25
+        await stream.aclose()
 
     async def test_expired_token_closes_the_socket(self, live_url: str, make_tenant: Any, settings: Settings) -> None:
         tenant = await make_tenant()

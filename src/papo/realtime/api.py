@@ -97,57 +97,66 @@ async def event_stream(
             break
     yield {"type": "ready", "id": last}
     heartbeat = state.settings.realtime_heartbeat_seconds
+    leeway = state.settings.auth_leeway_seconds
     quiet_since = time.monotonic()
     held_back: Event | None = None  # taken from the queue just as a re-check began
-    while True:
-        if subscriber.ended is not None:
-            raise StreamEnded(*subscriber.ended)
-        if subscriber.closing.is_set():
-            raise StreamEnded(CLOSE_GOING_AWAY, "server shutting down")
-        if subscriber.overflowed.is_set() and subscriber.queue.empty() and held_back is None:
-            raise StreamEnded(CLOSE_SLOW_CONSUMER, "too far behind; reconnect with your last id to resume")
-        expires_at = subscriber.principal.expires_at
-        if expires_at is not None and time.time() > expires_at + state.settings.auth_leeway_seconds:
-            raise StreamEnded(CLOSE_UNAUTHORIZED, "token expired; reconnect (or send a fresh token) to resume")
-        if not subscriber.cleared.is_set():  # access being re-checked: send nothing until it stands
-            await wake_or_timeout(subscriber.cleared, 1.0)
-            continue
-        if held_back is not None:
-            event, held_back = held_back, None
-        elif not subscriber.queue.empty():  # a burst: no timer per event
-            if (queued := subscriber.queue.get_nowait()) is None:
+    # One alarm per stream wakes it for its heartbeat or its token's expiry. It is set again only
+    # when it rings, not per event: a busy stream arms no timer per message it sends.
+    loop = asyncio.get_running_loop()
+    alarm: asyncio.TimerHandle | None = None
+    try:
+        while True:
+            if subscriber.ended is not None:
+                raise StreamEnded(*subscriber.ended)
+            if subscriber.closing.is_set():
+                raise StreamEnded(CLOSE_GOING_AWAY, "server shutting down")
+            if subscriber.overflowed.is_set() and subscriber.queue.empty() and held_back is None:
+                raise StreamEnded(CLOSE_SLOW_CONSUMER, "too far behind; reconnect with your last id to resume")
+            expires_at = subscriber.principal.expires_at
+            if expires_at is not None and time.time() > expires_at + leeway:
+                raise StreamEnded(CLOSE_UNAUTHORIZED, "token expired; reconnect (or send a fresh token) to resume")
+            if not subscriber.cleared.is_set():  # access being re-checked: send nothing until it stands
+                await wake_or_timeout(subscriber.cleared, 1.0)
                 continue
-            event = queued
-        else:
-            # Asleep until an event, the heartbeat or the token's expiry: an ending stream is woken
-            # through its queue (Subscriber.end), so a thousand idle streams cost no timers a second.
-            wait = heartbeat - (time.monotonic() - quiet_since)
-            if expires_at is not None:
-                wait = min(wait, expires_at + state.settings.auth_leeway_seconds - time.time())
-            try:
-                async with asyncio.timeout(max(wait, 0.05)):  # not wait_for: see papo.waiting
-                    waiting = await subscriber.queue.get()
-            except TimeoutError:
-                if time.monotonic() - quiet_since >= heartbeat:
+            if held_back is not None:
+                event, held_back = held_back, None
+            elif not subscriber.queue.empty():  # a burst: taken without waiting
+                if (queued := subscriber.queue.get_nowait()) is None:
+                    continue
+                event = queued
+            else:
+                due = heartbeat - (time.monotonic() - quiet_since)
+                if due <= 0:
                     quiet_since = time.monotonic()
                     yield HEARTBEAT  # lets SSE keep proxies from closing an idle stream
+                    continue
+                if expires_at is not None:
+                    due = min(due, expires_at + leeway - time.time())
+                ring_at = loop.time() + max(due, 0.05)
+                if alarm is None or alarm.cancelled() or alarm.when() <= loop.time() or alarm.when() > ring_at:
+                    if alarm is not None:
+                        alarm.cancel()
+                    alarm = loop.call_at(ring_at, subscriber.wake)
+                # Asleep until an event or a wake-up (the alarm, Subscriber.end, a re-check).
+                if (waiting := await subscriber.queue.get()) is None:
+                    continue
+                event = waiting
+                if not subscriber.cleared.is_set() or subscriber.ended is not None:
+                    held_back = event  # a notice arrived while we waited: the re-check decides
+                    continue
+            principal = subscriber.principal  # as of now: a refreshed token may carry another role
+            if not event.visible_to(principal.tenant_id, principal.user_id, principal.role):
                 continue
-            if waiting is None:  # woken to look at its state
-                continue
-            event = waiting
-            if not subscriber.cleared.is_set() or subscriber.ended is not None:
-                held_back = event  # a notice arrived while we waited: the re-check decides
-                continue
-        principal = subscriber.principal  # as of now: a refreshed token may carry another role
-        if not event.visible_to(principal.tenant_id, principal.user_id, principal.role):
-            continue
-        if event.id is None:  # live: never replayed, so never a duplicate
-            yield event
-            quiet_since = time.monotonic()
-        elif event.id > last:
-            yield event
-            last = event.id
-            quiet_since = time.monotonic()
+            if event.id is None:  # live: never replayed, so never a duplicate
+                yield event
+                quiet_since = time.monotonic()
+            elif event.id > last:
+                yield event
+                last = event.id
+                quiet_since = time.monotonic()
+    finally:
+        if alarm is not None:
+            alarm.cancel()
 
 
 def _parse_since(value: Any) -> int | None:

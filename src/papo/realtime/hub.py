@@ -82,7 +82,11 @@ class Subscriber:
             self.ended = (code, reason)
         self.closing.set()
         self.cleared.set()
-        with contextlib.suppress(asyncio.QueueFull):  # a full queue is being drained: it sees `ended`
+        self.wake()
+
+    def wake(self) -> None:
+        """Make the stream look at its state (an ending, a heartbeat or the token's expiry due)."""
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue is being drained: it sees its state
             self.queue.put_nowait(None)
 
     def hold(self) -> None:
