@@ -2,16 +2,18 @@
 
 papo (auth, outbox in the message's transaction, NOTIFY wake-up, relay, per-subscriber routing) is
 measured beside a bare baseline: one asyncpg LISTEN connection forwarding NOTIFY payloads to the
-same number of WebSockets. Messages are written by this script through papo's chat service (as a
-second papo process behind the load balancer would: same transaction, outbox and stamping), so the
-measured server process does the fan-out alone, like the baseline. Subscribers are 10 users x 100
-connections; each message goes to its user's 100. Latency runs from the write (papo: the message's
-created_at, stamped in its transaction just before it commits; baseline: just before pg_notify is
-sent) to the moment a subscriber has the event. Both sides' subscribers are this script's sockets:
-at the top rates this process (1,000 sockets, 20,000 JSON messages a second) shares the two cores.
-Verdict (issue 17): the highest rate papo sustains with p99 within 2x the baseline's p99 at the
-same rate and at least 95 % delivered must reach 20,000 deliveries/s. A send that fails (an HTTP
-error, a dropped connection) is counted and printed, not fatal.
+same number of WebSockets. Messages are written through papo's chat service by a child process of
+this script (as a second papo process behind the load balancer would: same transaction, outbox and
+stamping; the baseline's NOTIFYs come from such a child too), so the measured server process does the
+fan-out alone, like the baseline, and no write waits behind the 1,000 sockets this script reads.
+Subscribers are 10 users x 100 connections; each message goes to its user's 100. Latency runs from
+the write (papo: the message's created_at, stamped in its transaction just before it commits;
+baseline: just before pg_notify is sent) to the moment a subscriber has the event; papo's own
+histogram adds where that time went before any socket send (commit → relay). Both sides' subscribers
+are this script's sockets, on the same two cores as the servers.
+Verdict (issue 17): papo's p99 within 2x the baseline's at every rate up to the one claimed, at least
+95 % delivered, and the baseline itself under 250 ms there; that rate must reach 20,000 deliveries/s.
+A send that fails (an HTTP error, a dropped connection) is counted and printed, not fatal.
 Run: `make bench-realtime` (or python bench/realtime.py --help).
 """
 
@@ -31,6 +33,7 @@ from typing import Any
 import asyncpg
 import httpx
 import websockets
+from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import papo.models  # noqa: F401  (every table, so cross-feature foreign keys resolve)
@@ -41,6 +44,7 @@ from papo.auth.tokens import SigningKey, issue_token
 from papo.chat.models import MessageRole
 from papo.chat.service import ChatService
 from papo.db.engine import Database
+from papo.settings import Settings
 from profiling import CpuMeter, profiled
 from run import HOST, BenchServer, plain_dsn, verdict, wait_healthy
 
@@ -148,6 +152,64 @@ async def drive(rate: float, seconds: float, send: Any) -> int:
     return sum(1 for outcome in outcomes if isinstance(outcome, BaseException))
 
 
+class Writer:
+    """The messages are written by a process of their own (this script run with --writer), as a second
+    papo process behind the load balancer would: its event loop is not the one reading the 1,000
+    subscribers' sockets, so neither side's write waits behind the measurement."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, side: str, rate: float, plan: dict[str, Any]) -> Writer:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--writer", side, "--rates", str(rate), "--plan", json.dumps(plan),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stdout is not None
+        if (await process.stdout.readline()).strip() != b"ready":
+            raise RuntimeError(f"the {side} writer did not start")
+        return cls(process)
+
+    async def run(self) -> int:
+        """Write for the plan's seconds; how many writes failed."""
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write(b"go\n")
+        await self.process.stdin.drain()
+        failed = int((await self.process.stdout.readline()).strip() or -1)
+        await self.process.wait()
+        return failed
+
+
+async def write_messages(side: str, rate: float, plan: dict[str, Any]) -> None:
+    """The child's part: connect, say ready, write at `rate` when told to go, print the failures."""
+    settings = Settings(data_dir=Path(plan["data_dir"]), log_level="WARNING", _env_file=None)
+    tenant_id = uuid.UUID(plan["tenant_id"])
+    users, sessions = plan["users"], plan["sessions"]
+    writers = Database(make_url(plan["app_url"]), pool_size=20)
+    notifier = await asyncpg.create_pool(plan["owner_dsn"], min_size=4, max_size=20)
+
+    async def papo_send(n: int) -> None:
+        user = n % USERS
+        principal = Principal(tenant_id, users[user], Role.member.value)
+        async with writers.transaction(principal.context()) as session:
+            chat = ChatService(session, principal, settings)
+            await chat.add_message(uuid.UUID(sessions[user]), MessageRole.user, repr(time.time()))
+
+    async def baseline_send(n: int) -> None:
+        payload = json.dumps({"user": f"u{n % USERS}", "sent": time.time()})
+        await notifier.execute("SELECT pg_notify('bench', $1)", payload)
+
+    await writers.rows("SELECT 1")  # connected before the clock starts
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    failed = await drive(rate, plan["seconds"], papo_send if side == "papo" else baseline_send)
+    print(failed, flush=True)
+    await notifier.close()
+    await writers.dispose()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subscribers", type=int, default=1000)
@@ -156,7 +218,12 @@ async def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="record papo's server with py-spy at the highest rate, into this directory"
     )
+    parser.add_argument("--writer", choices=("papo", "baseline"), help=argparse.SUPPRESS)
+    parser.add_argument("--plan", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.writer:
+        await write_messages(args.writer, float(args.rates), json.loads(args.plan))
+        return
     per_user = args.subscribers // USERS
     rates = [float(r) for r in args.rates.split(",")]
     server = BenchServer("rt")
@@ -206,7 +273,8 @@ async def main() -> None:
                 cwd=BENCH_DIR,
             )
         )
-        await wait_healthy(BASE_PORT, server.processes[-1])
+        baseline_process = server.processes[-1]
+        await wait_healthy(BASE_PORT, baseline_process)
 
         async with httpx.AsyncClient(
             base_url=f"http://{HOST}:{PAPO_PORT}", timeout=30, limits=httpx.Limits(max_connections=50)
@@ -220,41 +288,38 @@ async def main() -> None:
                 )
                 sessions.append(response.json()["id"])
 
-            writers = Database(location.app_url, pool_size=20)
-
-            async def papo_send(n: int) -> None:
-                user = n % USERS
-                principal = Principal(tenant.id, users[user], Role.member.value)
-                async with writers.transaction(principal.context()) as session:
-                    chat = ChatService(session, principal, settings)
-                    await chat.add_message(uuid.UUID(sessions[user]), MessageRole.user, repr(time.time()))
-
-            notifier = await asyncpg.create_pool(plain_dsn(location.owner_url), min_size=4, max_size=20)
-
-            async def baseline_send(n: int) -> None:
-                payload = json.dumps({"user": f"u{n % USERS}", "sent": time.time()})
-                await notifier.execute("SELECT pg_notify('bench', $1)", payload)
+            plan = {
+                "app_url": location.app_url.render_as_string(hide_password=False),
+                "data_dir": str(settings.data_dir),
+                "owner_dsn": plain_dsn(location.owner_url),
+                "tenant_id": str(tenant.id),
+                "users": users,
+                "sessions": sessions,
+                "seconds": args.seconds,
+            }
 
             results: dict[str, dict[float, tuple[float, float, float, int]]] = {"papo": {}, "baseline": {}}
-            cpu: dict[float, float] = {}  # papo server's CPU seconds per rate
+            cpu: dict[tuple[str, float], float] = {}  # each server's CPU seconds per rate
             relay_lag: dict[float, tuple[float, float]] = {}  # commit → relay hand-over, p50 and p99 (ms)
             failures: dict[str, dict[float, int]] = {"papo": {}, "baseline": {}}
-            for name, subscribe, send in (
-                ("papo", lambda: papo_subscribers(tokens, per_user), papo_send),
-                ("baseline", lambda: baseline_subscribers(per_user), baseline_send),
+            for name, subscribe in (
+                ("papo", lambda: papo_subscribers(tokens, per_user)),
+                ("baseline", lambda: baseline_subscribers(per_user)),
             ):
                 subscribers = await subscribe()
                 for rate in rates:
+                    writer = await Writer.start(name, rate, plan)
                     subscribers.latencies.clear()
                     profile = args.profile / "realtime-fan-out.txt" if args.profile else None
                     recorded = papo_process.pid if name == "papo" and rate == rates[-1] else None
-                    meter = CpuMeter(server=lambda: [papo_process.pid])
+                    measured = papo_process if name == "papo" else baseline_process
+                    meter = CpuMeter(server=lambda pid=measured.pid: [pid])
                     meter.start()
                     lag_before = await relay_lag_buckets(http) if name == "papo" else {}
                     async with profiled(recorded, profile):
-                        failures[name][rate] = await drive(rate, args.seconds, send)
+                        failures[name][rate] = await writer.run()
+                    cpu[name, rate] = meter.stop()["server"]
                     if name == "papo":
-                        cpu[rate] = meter.stop()["server"]
                         await asyncio.sleep(0.5)  # the last deliveries of the round
                         lag_after = await relay_lag_buckets(http)
                         relay_lag[rate] = (
@@ -264,29 +329,39 @@ async def main() -> None:
                     lat = subscribers.latencies
                     results[name][rate] = (percentile(lat, 0.5), percentile(lat, 0.95), percentile(lat, 0.99), len(lat))
                 await subscribers.close()
-            await notifier.close()
-            await writers.dispose()
 
         print(
             f"\n  {'rate/s':>7} {'deliveries':>11} | {'papo p50':>9} {'p95':>7} {'p99':>7} | "
             f"{'baseline p50':>12} {'p95':>7} {'p99':>7} | {'p99 ratio':>9} | {'failed sends':>12} | "
-            f"{'µs CPU/delivery':>15} | {'commit→relay p50/p99 (≤ ms)':>27}"
+            f"{'µs CPU/delivery papo / baseline':>31} | {'commit→relay p50/p99 (≤ ms)':>27}"
         )
         best = {"papo": 0.0, "baseline": 0.0}
-        within = 0.0  # the highest rate where papo's p99 stays within 2x the baseline's, all delivered
-        for rate in rates:
+        # The highest rate up to which papo's p99 stays within 2x the baseline's at every measured
+        # rate, all delivered, with the baseline itself holding p99 < 250 ms: beside a saturated
+        # forwarder "within 2x" says nothing.
+        within, holding = 0.0, True
+        for rate in sorted(rates):
             p, b = results["papo"][rate], results["baseline"][rate]
             expected = rate * args.seconds * per_user
             for name, row in (("papo", p), ("baseline", b)):
                 if row[2] < 250 and row[3] >= 0.95 * expected:
                     best[name] = max(best[name], rate)
-            if p[2] <= TARGET_P99_RATIO * b[2] and p[3] >= 0.95 * expected and not failures["papo"][rate]:
-                within = max(within, rate)
+            holding = (
+                holding
+                and b[2] < 250
+                and p[2] <= TARGET_P99_RATIO * b[2]
+                and p[3] >= 0.95 * expected
+                and not failures["papo"][rate]
+            )
+            if holding:
+                within = rate
             print(
                 f"  {rate:7.0f} {p[3]:11d} | {p[0]:9.1f} {p[1]:7.1f} {p[2]:7.1f} | "
                 f"{b[0]:12.1f} {b[1]:7.1f} {b[2]:7.1f} | {p[2] / b[2]:9.2f} | "
                 f"{failures['papo'][rate]:5d} / {failures['baseline'][rate]:<5d} | "
-                f"{1e6 * cpu[rate] / max(1, p[3]):15.0f} | {relay_lag[rate][0]:>13.1f} / {relay_lag[rate][1]:<11.1f}"
+                f"{1e6 * cpu['papo', rate] / max(1, p[3]):17.0f} / "
+                f"{1e6 * cpu['baseline', rate] / max(1, b[3]):<11.0f} | "
+                f"{relay_lag[rate][0]:>13.1f} / {relay_lag[rate][1]:<11.1f}"
             )
         print(
             f"\n  highest rate with p99 < 250 ms and ≥95% delivered: papo {best['papo']:.0f} msg/s "

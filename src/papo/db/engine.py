@@ -207,6 +207,18 @@ class Database:
             hide_parameters=True,
             connect_args={"server_settings": server_settings},
         )
+        # Two connections kept for the event path (numbering committed events, the relay's read).
+        # Under load the pool above has a queue of borrowers; an event waiting behind them to be
+        # numbered and handed out added up to a second to every subscriber's latency
+        # (`make bench-realtime`, commit → relay). Both users run one statement at a time.
+        self.event_path: AsyncEngine = create_async_engine(
+            app_url,
+            pool_size=2,
+            max_overflow=0,
+            isolation_level="AUTOCOMMIT",
+            hide_parameters=True,
+            connect_args={"server_settings": server_settings},
+        )
         if observer is not None:
             self._instrument(observer)
 
@@ -221,6 +233,7 @@ class Database:
             observer.pool(in_use, in_use + pool.checkedin())  # type: ignore[attr-defined]
 
         event.listen(pool, "connect", on_connect)
+        event.listen(self.event_path.sync_engine.pool, "connect", on_connect)
         event.listen(pool, "checkout", on_checkout_or_in)
         event.listen(pool, "checkin", on_checkout_or_in)
 
@@ -340,21 +353,27 @@ class Database:
         if revision != expected:
             raise RuntimeError(f"the database schema is at {revision}, papo needs {expected}: run `papo migrate`")
 
-    async def call(self, statement: str, *args: Any) -> Any:
+    async def call(self, statement: str, *args: Any, event_path: bool = False) -> Any:
         """One statement as its own transaction, outside any unit of work (a definer function's call
-        whose result needs no context): one round trip. Its single value."""
-        return await self._alone("fetchval", statement, *args)
+        whose result needs no context): one round trip. Its single value. `event_path`: on the
+        connections kept for numbering and relaying events, never queued behind the pool."""
+        return await self._alone("fetchval", statement, *args, event_path=event_path)
 
-    async def rows(self, statement: str, *args: Any) -> list[Any]:
+    async def rows(self, statement: str, *args: Any, event_path: bool = False) -> list[Any]:
         """Like `call`, for a statement's rows."""
-        rows: list[Any] = await self._alone("fetch", statement, *args)
+        rows: list[Any] = await self._alone("fetch", statement, *args, event_path=event_path)
         return rows
 
-    async def _alone(self, method: str, statement: str, *args: Any) -> Any:
+    async def _alone(self, method: str, statement: str, *args: Any, event_path: bool) -> Any:
         try:
-            async with self.engine.connect() as connection:
+            async with (self.event_path if event_path else self.engine).connect() as connection:
                 raw: asyncpg.Connection = (await connection.get_raw_connection()).driver_connection
-                return await getattr(raw, method)(statement, *args)
+                try:
+                    return await getattr(raw, method)(statement, *args)
+                except Exception:
+                    if raw.is_closed():  # dropped by the server: not back into the pool
+                        await connection.invalidate()
+                    raise
         except Exception as exc:
             if database_unreachable(exc):
                 raise DatabaseUnavailable from exc
@@ -362,3 +381,4 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        await self.event_path.dispose()

@@ -170,7 +170,9 @@ class Stamper:
             current, self.next, self.waited_for = self.next, None, False
             for attempt in range(1, STAMP_ATTEMPTS + 1):
                 try:
-                    while await self.db.call("SELECT papo_stamp_events($1)", STAMP_BATCH) >= STAMP_BATCH:
+                    while (
+                        await self.db.call("SELECT papo_stamp_events($1)", STAMP_BATCH, event_path=True) >= STAMP_BATCH
+                    ):
                         pass
                 except Exception as exc:
                     if attempt < STAMP_ATTEMPTS:
@@ -239,7 +241,7 @@ async def read_all_events(session: AsyncSession, after: int, limit: int) -> list
 
 async def relay_events(db: Database, after: int, limit: int) -> list[Event]:
     """The same read as one statement outside any unit of work: one round trip per relay round."""
-    return [_event(row) for row in await db.rows(EVENTS_AFTER, after, limit)]
+    return [_event(row) for row in await db.rows(EVENTS_AFTER, after, limit, event_path=True)]
 
 
 async def read_tenant_events(session: AsyncSession, tenant_id: uuid.UUID, after: int, limit: int) -> list[Event]:
