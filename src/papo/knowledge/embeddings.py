@@ -12,7 +12,7 @@ import hashlib
 import math
 import re
 from collections import Counter
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import openai
 
@@ -132,13 +132,25 @@ def embedder_from_settings(settings: Settings) -> Embedder:
     return ProviderEmbedder(client, settings.embedding_model, settings.embedding_dimensions)
 
 
-def describe(embedder: Embedder, vectors: bool) -> str:
-    """How retrieval works on this server, for the start-up log and /readyz."""
+class RetrievalMode(NamedTuple):
+    kind: str  # text (no pgvector), demo (the offline embedder) or provider
+    model: str
+
+
+def retrieval_mode(embedder: Embedder, vectors: bool) -> RetrievalMode:
+    """How retrieval works on this server: the start-up log and /readyz say it in English
+    (`describe`), the knowledge page in its reader's language."""
     if not vectors:
-        return "full text only: the database has no vector extension (pgvector)"
-    if embedder.is_demo:
-        return f"vectors ({DEMO_MODEL}: papo's offline demo embedder, no provider configured) + full text"
-    return f"vectors ({embedder.model} at the configured provider) + full text"
+        return RetrievalMode("text", "")
+    return RetrievalMode("demo" if embedder.is_demo else "provider", embedder.model)
+
+
+def describe(mode: RetrievalMode) -> str:
+    return {
+        "text": "full text only: the database has no vector extension (pgvector)",
+        "demo": f"vectors ({mode.model}: papo's offline demo embedder, no provider configured) + full text",
+        "provider": f"vectors ({mode.model} at the configured provider) + full text",
+    }[mode.kind]
 
 
 def vector_literal(vector: list[float]) -> str:

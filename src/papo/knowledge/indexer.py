@@ -13,7 +13,6 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
 
 import httpx
 import structlog
@@ -23,7 +22,14 @@ from papo.blobs import BlobStore
 from papo.db.engine import Database
 from papo.knowledge import repository
 from papo.knowledge.chunking import Passage, passages
-from papo.knowledge.embeddings import Embedder, EmbeddingError, describe, vector_literal
+from papo.knowledge.embeddings import (
+    Embedder,
+    EmbeddingError,
+    RetrievalMode,
+    describe,
+    retrieval_mode,
+    vector_literal,
+)
 from papo.knowledge.extract import READABLE, Extracted, Unreadable, document_type, extract
 from papo.knowledge.models import KnowledgeDocument
 from papo.netguard import NetGuard, TargetRefused
@@ -34,11 +40,6 @@ log = structlog.get_logger(__name__)
 DOCUMENTS_PER_BATCH = 4
 FETCH_TIMEOUT_SECONDS = 30.0
 USER_AGENT = "papo-knowledge/1"
-
-
-class RetrievalMode(NamedTuple):
-    kind: str  # text (no pgvector), demo (the offline embedder) or provider
-    model: str
 
 
 class Transient(Exception):
@@ -59,13 +60,10 @@ class KnowledgeIndexer:
         self.ready.set()
 
     def describe(self) -> str:
-        return describe(self.embedder, self.vectors)
+        return describe(self.mode())
 
     def mode(self) -> RetrievalMode:
-        """How retrieval works here, for a page to say in its reader's language."""
-        if not self.vectors:
-            return RetrievalMode("text", "")
-        return RetrievalMode("demo" if self.embedder.is_demo else "provider", self.embedder.model)
+        return retrieval_mode(self.embedder, self.vectors)
 
     async def run(self) -> None:
         await work_when_woken(self.ready, self.settings.knowledge_poll_seconds, self.batch, name="knowledge indexing")
