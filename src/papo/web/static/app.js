@@ -240,40 +240,44 @@ function setupMenus() {
   });
 }
 
+// A panel opened by its toggle button(s): the open state is a class on `host`; Escape, a tap outside
+// `inside`, or toggling again closes it. Opening focuses the panel's first control.
+function openable({ toggles, host, openClass, inside, first, refocus = false }) {
+  const isOpen = () => host.classList.contains(openClass);
+  const open = (yes) => {
+    host.classList.toggle(openClass, yes);
+    for (const toggle of toggles) toggle.setAttribute("aria-expanded", String(yes));
+    if (yes) $(first)?.focus();
+  };
+  for (const toggle of toggles) toggle.addEventListener("click", () => open(!isOpen()));
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || !isOpen()) return;
+    open(false);
+    if (refocus) toggles[0].focus();
+  });
+  document.addEventListener("click", (event) => {
+    if (isOpen() && !event.target.closest(inside)) open(false);
+  });
+}
+
 // On a phone the chat list is a drawer: ☰ opens it, Escape, a tap beside it or a chosen chat closes it.
 function setupDrawer() {
   const toggles = $$("[data-drawer]");
   if (!toggles.length) return;
-  const open = (yes) => {
-    document.body.classList.toggle("drawer-open", yes);
-    for (const toggle of toggles) toggle.setAttribute("aria-expanded", String(yes));
-    if (yes) $("#chatlist a, #chatlist button")?.focus();
-  };
-  for (const toggle of toggles) toggle.addEventListener("click", () => open(!document.body.classList.contains("drawer-open")));
-  document.addEventListener("keydown", (event) => event.key === "Escape" && document.body.classList.contains("drawer-open") && open(false));
-  document.addEventListener("click", (event) => {
-    if (document.body.classList.contains("drawer-open") && !event.target.closest("#chatlist, [data-drawer]")) open(false);
-  });
+  openable({ toggles, host: document.body, openClass: "drawer-open", inside: "#chatlist, [data-drawer]", first: "#chatlist a, #chatlist button" });
 }
 
-// The inbox's conversation tools on a phone: ⋯ opens them under the header; Escape or a tap elsewhere closes.
+// The inbox's conversation tools on a phone: ⋯ opens them under the header.
 function setupHeadTools() {
   const toggle = $("[data-head-tools]");
   if (!toggle) return;
-  const head = toggle.closest(".chat-head");
-  const open = (yes) => {
-    head.classList.toggle("tools-open", yes);
-    toggle.setAttribute("aria-expanded", String(yes));
-    if (yes) $("#head-tools input, #head-tools select, #head-tools button")?.focus();
-  };
-  toggle.addEventListener("click", () => open(!head.classList.contains("tools-open")));
-  document.addEventListener("keydown", (event) => {
-    if (event.key !== "Escape" || !head.classList.contains("tools-open")) return;
-    open(false);
-    toggle.focus();
-  });
-  document.addEventListener("click", (event) => {
-    if (head.classList.contains("tools-open") && !event.target.closest(".chat-head")) open(false);
+  openable({
+    toggles: [toggle],
+    host: toggle.closest(".chat-head"),
+    openClass: "tools-open",
+    inside: ".chat-head",
+    first: "#head-tools input, #head-tools select, #head-tools button",
+    refocus: true,
   });
 }
 
