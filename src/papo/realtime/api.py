@@ -133,7 +133,7 @@ async def event_stream(
                 if expires_at is not None:
                     due = min(due, expires_at + leeway - time.time())
                 ring_at = loop.time() + max(due, 0.05)
-                if alarm is None or alarm.cancelled() or alarm.when() <= loop.time() or alarm.when() > ring_at:
+                if alarm is None or alarm.when() <= loop.time() or alarm.when() > ring_at:  # none, rung or too late
                     if alarm is not None:
                         alarm.cancel()
                     alarm = loop.call_at(ring_at, subscriber.wake)
