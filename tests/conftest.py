@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -34,6 +35,7 @@ from papo.db.server import (
     remove_tree,
     start_embedded,
 )
+from papo.ops.logging import configure_logging
 from papo.settings import Settings
 from papo.whatsapp.transports.base import SessionKey
 from tests.fake_openai import FakeOpenAI
@@ -55,6 +57,19 @@ from tests.support import (
     start_server,
     wait_status,
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def papo_logging() -> None:
+    """The logs `papo serve` writes. structlog's defaults (what an app built in-process would use)
+    render each traceback with every frame's locals: seconds per logged failure on a busy machine,
+    and not what runs in production."""
+    papo_logs()
+
+
+def papo_logs() -> None:
+    """papo's logging on this run's stderr, not cached, so a test may point it at a stream and back."""
+    configure_logging("INFO", stream=sys.stderr)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from papo.auth.models import Role
 from papo.db.engine import Database
 from papo.ops.logging import ScrubbingFormatter, configure_logging
-from tests.conftest import ProvisionedDatabase, plain_dsn
+from tests.conftest import ProvisionedDatabase, papo_logs, plain_dsn
 from tests.support import create_session
 
 
@@ -57,7 +57,7 @@ async def test_failing_inserts_do_not_log_what_the_user_wrote(
                 "/api/v1/sessions", json={"title": poison, "assistant_id": None}, headers=member.headers
             )
     finally:
-        structlog.reset_defaults()
+        papo_logs()
         for table, constraint in constraints.items():
             await owner.execute(f"ALTER TABLE {table} DROP CONSTRAINT {constraint}")
         await owner.close()
@@ -102,7 +102,7 @@ async def test_bound_values_and_details_stay_out_of_every_log(db: Database, data
             log.error("insert failed", exc_info=failure)
             log.warning("worker failed; retrying", error=str(failure))
         finally:
-            structlog.reset_defaults()
+            papo_logs()
         assert poison not in stream.getvalue()
         assert "notes" in stream.getvalue()  # the statement and the error's message remain
 

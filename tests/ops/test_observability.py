@@ -17,7 +17,7 @@ from papo.app import create_app
 from papo.ops.logging import configure_logging
 from papo.realtime.hub import LISTENER_NAME
 from papo.settings import Settings
-from tests.conftest import ProvisionedDatabase, plain_dsn
+from tests.conftest import ProvisionedDatabase, papo_logs, plain_dsn
 from tests.support import METRICS_TOKEN, create_session, send
 
 SCRAPE = {"Authorization": f"Bearer {METRICS_TOKEN}"}
@@ -99,7 +99,7 @@ async def test_access_log_names_route_tenant_user_and_request_id(
         missing = await client.get("/api/v1/sessions/not-a-uuid", headers=member.headers)
         structlog.get_logger("papo.test").info("login", password="hunter2", token="abc", user_id="kept")
     finally:
-        structlog.reset_defaults()
+        papo_logs()
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     access = next(line for line in lines if line.get("request_id") == "trace-abc.123")
     assert access["route"] == "/api/v1/sessions/{session_id}/messages"

@@ -349,7 +349,7 @@ class TestDeadLetters:
         try:
             body = delivery(number, messages=[text_message(wamid(), customer, "não vai passar")])
             assert (await client.post(HOOK, content=body, headers=signed(body))).json() == {"received": 1}
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(60):  # a stall guard, not a speed check
                 while True:
                     dead = await owner.fetchrow(
                         "SELECT id, attempts, last_error FROM whatsapp_webhook_deliveries "
@@ -358,6 +358,7 @@ class TestDeadLetters:
                     )
                     if dead is not None:
                         break
+                    hub.ingest.wake()  # a retry is due after 0.05 s; the worker polls only every 2 s
                     await asyncio.sleep(0.05)
             assert dead["attempts"] == 3
             assert "contact refused by the test" in dead["last_error"]
