@@ -84,7 +84,10 @@ async def run_load(
     connections: int,
     seconds: float,
     expect: Callable[[int], bool] = lambda status: 200 <= status < 300,
+    total: int | None = None,
 ) -> LoadResult:
+    """Requests from `make_request(1, 2, ...)` on `connections` keep-alive connections, for
+    `seconds` or until `total` were sent, whichever comes first."""
     deadline = time.perf_counter() + seconds
     latencies: list[float] = []
     errors = 0
@@ -94,7 +97,7 @@ async def run_load(
         nonlocal errors, counter
         writer: asyncio.StreamWriter | None = None
         try:
-            while time.perf_counter() < deadline:
+            while time.perf_counter() < deadline and (total is None or counter < total):
                 try:
                     if writer is None:
                         reader, writer = await asyncio.open_connection(host, port)

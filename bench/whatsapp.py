@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import hashlib
 import hmac
 import json
@@ -40,11 +39,13 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 from tests.support import FakeGraphApi  # noqa: E402
 
 import papo.models  # noqa: E402, F401  (every table, so cross-feature foreign keys resolve)
+from loadgen import build_request, run_load  # noqa: E402
 from papo.auth import service as auth_service  # noqa: E402
 from papo.auth.models import Role  # noqa: E402
 from papo.auth.tokens import SigningKey, issue_token  # noqa: E402
 from papo.client import RealtimeClient, RealtimeEvent  # noqa: E402
 from papo.db.engine import Database  # noqa: E402
+from profiling import profiled  # noqa: E402
 from run import HOST, BenchServer, verdict  # noqa: E402
 
 PAPO_PORT = 8751
@@ -205,41 +206,26 @@ async def count_events(running: Running, wanted: int, matches: Callable[[Realtim
 
 
 async def post_all(running: Running, bodies: list[bytes], concurrency: int) -> tuple[list[float], int]:
-    """Post every delivery, `concurrency` at a time: the answers' latencies, and how many were not
-    answered 200 (refused, or the connection lost), which is a figure of the run, not its end."""
-    latencies: list[float] = []
-    failed = 0
-    reasons: collections.Counter[str] = collections.Counter()
-    gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(
-        base_url=running.base, timeout=60, limits=httpx.Limits(max_connections=concurrency)
-    ) as http:
+    """Post every delivery on `concurrency` keep-alive connections: the answers' latencies, and how
+    many were not answered 200 (refused, or the connection lost), which is a figure of the run, not
+    its end. bench/loadgen.py, not httpx: httpx's connection pool spent ~7 ms of CPU per request
+    here finding a free connection, and the script, not papo, was what the figure measured."""
+    port = int(running.base.rpartition(":")[2])
 
-        async def post(body: bytes) -> None:
-            nonlocal failed
-            async with gate:
-                started = time.perf_counter()
-                try:
-                    answer = await http.post("/api/v1/whatsapp/webhook", content=body, headers=signed(body))
-                except httpx.HTTPError as exc:
-                    failed += 1
-                    reasons[type(exc).__name__] += 1
-                    return
-                if answer.status_code != 200:
-                    failed += 1
-                    reasons[f"HTTP {answer.status_code}"] += 1
-                    return
-                latencies.append((time.perf_counter() - started) * 1000)
+    def request(n: int) -> bytes:
+        body = bodies[n - 1]
+        return build_request("POST", HOST, "/api/v1/whatsapp/webhook", signed(body), body)
 
-        await asyncio.gather(*(post(body) for body in bodies))
-    if reasons:
-        print(f"  (failed posts: {dict(reasons)})")
-    return latencies, failed
+    result = await run_load(HOST, port, request, connections=concurrency, seconds=600, total=len(bodies))
+    return result.latencies_ms, result.errors
 
 
-async def ingestion(messages: int, concurrency: int) -> tuple[float, list[float], int, int]:
+async def ingestion(
+    messages: int, concurrency: int, profile: Path | None = None
+) -> tuple[float, list[float], int, int]:
     """Messages per second stored and announced, the answers' latencies, failed posts, and how many
-    acknowledged messages were never announced (waited for up to two minutes)."""
+    acknowledged messages were never announced (waited for up to two minutes); `profile` records
+    the server with py-spy meanwhile."""
     async with whatsapp_server() as running:
         seen = 0
 
@@ -250,13 +236,14 @@ async def ingestion(messages: int, concurrency: int) -> tuple[float, list[float]
 
         bodies = [delivery(running.number, i) for i in range(messages)]
         await count_events(running, messages, counted)
-        started = time.perf_counter()
-        latencies, failed = await post_all(running, bodies, concurrency)
-        deadline = time.perf_counter() + 120
-        # every acknowledged one (how many is known only now)
-        while seen < len(latencies) and time.perf_counter() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        elapsed = time.perf_counter() - started
+        async with profiled(running.server.processes[0].pid if profile else None, profile):
+            started = time.perf_counter()
+            latencies, failed = await post_all(running, bodies, concurrency)
+            deadline = time.perf_counter() + 120
+            # every acknowledged one (how many is known only now)
+            while seen < len(latencies) and time.perf_counter() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            elapsed = time.perf_counter() - started
         return seen / elapsed, latencies, failed, max(0, len(latencies) - seen)
 
 
@@ -320,12 +307,13 @@ async def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--videos", type=int, default=20)
     parser.add_argument("--only", choices=["memory", "webhooks", "media"], help="run one of the three parts")
+    parser.add_argument("--profile", type=Path, help="record the server with py-spy during webhook ingestion, here")
     args = parser.parse_args()
     print(f"papo WhatsApp benchmark — {os.cpu_count()} cores")
     if args.only in (None, "memory"):
         memory()
     if args.only in (None, "webhooks"):
-        await webhooks(args.messages, args.concurrency)
+        await webhooks(args.messages, args.concurrency, args.profile and args.profile / "webhooks.txt")
     if args.only in (None, "media"):
         await media(args.images, args.videos)
 
@@ -353,8 +341,8 @@ def memory() -> None:
     )
 
 
-async def webhooks(messages: int, concurrency: int) -> None:
-    rate, latencies, failed, missing = await ingestion(messages, concurrency)
+async def webhooks(messages: int, concurrency: int, profile: Path | None = None) -> None:
+    rate, latencies, failed, missing = await ingestion(messages, concurrency, profile)
     p99 = pct(latencies, 0.99) if latencies else float("nan")
     print(
         f"\n  webhook ingestion: {messages} signed deliveries, {concurrency} at a time: "

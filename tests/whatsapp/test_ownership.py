@@ -5,6 +5,7 @@ letters and replay), a legacy import naming two companies, and clean-up by a cro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import secrets
@@ -22,6 +23,7 @@ from papo.auth.models import Role
 from papo.db.engine import Database, RlsContext, driver
 from papo.ops.alerts import Alerts
 from papo.settings import Settings
+from papo.whatsapp.ingest import lane_of
 from tests.cli.test_cli import papo
 from tests.conftest import ProvisionedDatabase, plain_dsn
 from tests.support import METRICS_TOKEN, FakeGraphApi, Member, TenantHandle, wait_status
@@ -321,6 +323,45 @@ class TestWebhookInput:
         assert await inbox_texts(client, a) == ["nul e \ufffd sozinho", "[unsupported message: unknown]"]
 
 
+@contextlib.asynccontextmanager
+async def refused_by_the_database(owner: asyncpg.Connection, customer: str) -> AsyncIterator[None]:
+    """The database refuses to store this customer (a fault past the webhook, where retrying cannot
+    help) until the block ends."""
+    trigger = "refuse_" + secrets.token_hex(4)
+    await owner.execute(
+        f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"IF NEW.wa_id = '{customer}' THEN RAISE EXCEPTION 'contact refused by the test'; END IF; "
+        f"RETURN NEW; END $$; "
+        f"CREATE TRIGGER {trigger} BEFORE INSERT ON contacts FOR EACH ROW EXECUTE FUNCTION {trigger}()"
+    )
+    try:
+        yield
+    finally:
+        await owner.execute(f"DROP TRIGGER {trigger} ON contacts; DROP FUNCTION {trigger}()")
+
+
+def new_customer() -> str:
+    return "55119" + str(secrets.randbelow(10**8)).zfill(8)
+
+
+async def dead_letters_of(owner: asyncpg.Connection, customer: str, count: int, hub: Any) -> list[asyncpg.Record]:
+    """Once there are `count` of them: the customer's dead letters, oldest first."""
+    async with asyncio.timeout(60):  # a stall guard, not a speed check
+        while True:
+            dead = await owner.fetch(
+                "SELECT id, attempts, last_error FROM whatsapp_webhook_deliveries "
+                "WHERE dead_at IS NOT NULL AND payload->'messages'->0->>'from' = $1 ORDER BY id",
+                customer,
+            )
+            if len(dead) >= count:
+                return dead
+            hub.ingest.wake()  # a retry is due after 0.05 s; the worker polls only every 2 s
+            await asyncio.sleep(0.05)
+
+
+QUICK_RETRIES = {"whatsapp_webhook_max_attempts": 3, "whatsapp_webhook_retry_seconds": 0.05}
+
+
 class TestDeadLetters:
     async def test_a_failing_delivery_stops_becomes_a_dead_letter_and_replays(
         self,
@@ -336,30 +377,12 @@ class TestDeadLetters:
         _, a, _, _ = two_companies
         _, number = await owned_number(client, a)
         hub = app.state.papo.whatsapp
-        quick = {"whatsapp_webhook_max_attempts": 3, "whatsapp_webhook_retry_seconds": 0.05}
-        monkeypatch.setattr(hub.ingest, "settings", hub.ingest.settings.model_copy(update=quick))
-        # The database refuses this customer (a fault past the webhook, where retrying cannot help).
-        customer, trigger = "55119" + str(secrets.randbelow(10**8)).zfill(8), "refuse_" + secrets.token_hex(4)
-        await owner.execute(
-            f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            f"IF NEW.wa_id = '{customer}' THEN RAISE EXCEPTION 'contact refused by the test'; END IF; "
-            f"RETURN NEW; END $$; "
-            f"CREATE TRIGGER {trigger} BEFORE INSERT ON contacts FOR EACH ROW EXECUTE FUNCTION {trigger}()"
-        )
-        try:
+        monkeypatch.setattr(hub.ingest, "settings", hub.ingest.settings.model_copy(update=QUICK_RETRIES))
+        customer = new_customer()
+        async with refused_by_the_database(owner, customer):
             body = delivery(number, messages=[text_message(wamid(), customer, "não vai passar")])
             assert (await client.post(HOOK, content=body, headers=signed(body))).json() == {"received": 1}
-            async with asyncio.timeout(60):  # a stall guard, not a speed check
-                while True:
-                    dead = await owner.fetchrow(
-                        "SELECT id, attempts, last_error FROM whatsapp_webhook_deliveries "
-                        "WHERE dead_at IS NOT NULL AND payload->'messages'->0->>'from' = $1",
-                        customer,
-                    )
-                    if dead is not None:
-                        break
-                    hub.ingest.wake()  # a retry is due after 0.05 s; the worker polls only every 2 s
-                    await asyncio.sleep(0.05)
+            [dead] = await dead_letters_of(owner, customer, 1, hub)
             assert dead["attempts"] == 3
             assert "contact refused by the test" in dead["last_error"]
             for _ in range(3):  # dead letters are not claimed again
@@ -383,11 +406,43 @@ class TestDeadLetters:
             letters = json.loads(papo(settings, "whatsapp", "dead-letters", "--json").stdout)["dead_letters"]
             assert dead["id"] in [letter["id"] for letter in letters]
             assert papo(settings, "whatsapp", "replay", check=False).returncode == 1  # an id or --all
-        finally:
-            await owner.execute(f"DROP TRIGGER {trigger} ON contacts; DROP FUNCTION {trigger}()")
         assert papo(settings, "whatsapp", "replay", str(dead["id"])).stdout.strip() == "1"
         await worked_off(database)
         assert await inbox_texts(client, a) == ["não vai passar"]
+
+    async def test_a_batch_with_a_failing_delivery_stores_the_others_once_in_their_order(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        two_companies: tuple[TenantHandle, Member, TenantHandle, Member],
+        database: ProvisionedDatabase,
+        owner: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Deliveries of a sender's lane are stored several to a transaction. When one of them fails,
+        the transaction stores none, and each is tried on its own: the others are stored once, in
+        the order they came, and only the one at fault waits for another attempt."""
+        _, a, _, _ = two_companies
+        _, number = await owned_number(client, a)
+        hub = app.state.papo.whatsapp
+        monkeypatch.setattr(hub.ingest, "settings", hub.ingest.settings.model_copy(update=QUICK_RETRIES))
+        customer = new_customer()
+        refused = next(c for c in iter(new_customer, None) if lane_of(c) == lane_of(customer))  # the same lane
+        words = ["um", "dois", "três", "quatro", "cinco"]
+        arrivals = [(customer, words[0]), (customer, words[1]), (refused, "recusada"), (customer, words[2]),
+                    (refused, "recusada também"), (customer, words[3]), (customer, words[4])]  # fmt: skip
+        # One webhook, one queued delivery per change: claimed together, in one lane.
+        changes = [json.loads(delivery(number, messages=[text_message(wamid(), who, text)]))["entry"][0]["changes"][0]
+                   for who, text in arrivals]  # fmt: skip
+        body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": changes}]}).encode()
+        async with refused_by_the_database(owner, refused):
+            assert (await client.post(HOOK, content=body, headers=signed(body))).json() == {"received": len(arrivals)}
+            dead = await dead_letters_of(owner, refused, 2, hub)
+        assert [letter["attempts"] for letter in dead] == [3, 3]
+        await worked_off(database)
+        assert await inbox_texts(client, a) == words
+        stored = await owner.fetchval("SELECT count(*) FROM messages WHERE metadata->>'wa_from' = $1", customer)
+        assert stored == len(words)
 
     async def test_operator_functions_are_not_the_runtime_roles(self, app_role_connection: asyncpg.Connection) -> None:
         for call in (

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,7 +40,7 @@ from papo.whatsapp.models import WhatsappSession
 from papo.whatsapp.ownership import SessionOwnership
 from papo.whatsapp.rows import NUMBER_TAKEN, SEALED_TOKEN, announce, service_principal, stored_number, violated
 from papo.whatsapp.status import SessionStatus, can_move
-from papo.whatsapp.transports.base import InboundMessage, OutgoingMedia, SessionKey, Transport
+from papo.whatsapp.transports.base import InboundMessage, InboundReceipt, OutgoingMedia, SessionKey, Transport
 
 log = structlog.get_logger(__name__)
 RUNNING = frozenset({SessionStatus.STARTING, SessionStatus.SCAN_QR_CODE, SessionStatus.WORKING})
@@ -301,32 +301,49 @@ class WhatsappHub:
 
     async def receive(self, key: SessionKey, inbound: InboundMessage) -> Received | None:
         """A customer's message: contact, open conversation and message stored (once), staff told."""
-        async with self.db.transaction(service_principal(key.tenant_id).context()) as session:
+        return (await self.take_in(key, [inbound]))[0]
+
+    async def take_in(
+        self, key: SessionKey, arrivals: Sequence[InboundMessage | InboundReceipt]
+    ) -> list[Received | None]:
+        """A number's customer messages and receipts, in their order, in one transaction: contacts,
+        open conversations and messages stored (each message once), receipts applied, staff told;
+        then the bot's replies started. Should one fail, none of them is stored (the caller may try
+        them one by one). What each message became (None for a receipt, or when the number is gone)."""
+        principal = service_principal(key.tenant_id)
+        results: list[Received | None] = []
+        replies: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID]] = []  # (conversation, placeholder, assistant)
+        async with self.db.transaction(principal.context()) as session:
             row = await session.get(WhatsappSession, (key.tenant_id, key.session_id))
             if row is None or not row.is_active:
                 log.warning("whatsapp message for an unknown or removed session", session=str(key.session_id))
-                return None
-            words = row.config.get("handoff_keywords") or DEFAULT_HANDOFF_WORDS
-            principal = service_principal(key.tenant_id)
-            received = await Inbox(session, principal).receive(
-                row.id, row.assistant_id, tuple(str(w) for w in words), inbound
-            )
-            if received.message_id:
-                WHATSAPP_MESSAGES.labels(row.transport, "in").inc()
-            bot_reply = None
-            if received.message_id and received.bot_enabled and row.assistant_id and self.replies is not None:
-                chat = ChatService(session, principal, self.settings)
-                if await chat.streaming_reply(received.conversation_id) is None:  # one answer at a time
+                return [None] * len(arrivals)
+            words = tuple(str(w) for w in row.config.get("handoff_keywords") or DEFAULT_HANDOFF_WORDS)
+            inbox = Inbox(session, principal)
+            chat = ChatService(session, principal, self.settings)
+            assistant = row.assistant_id if self.replies is not None else None  # who answers, if anyone
+            for arrival in arrivals:
+                if isinstance(arrival, InboundReceipt):
+                    await inbox.apply_receipt(arrival.external_id, arrival.status)
+                    results.append(None)
+                    continue
+                received = await inbox.receive(row.id, row.assistant_id, words, arrival)
+                results.append(received)
+                answers = received.message_id is not None and received.bot_enabled
+                # one answer at a time
+                if assistant is not None and answers and await chat.streaming_reply(received.conversation_id) is None:
                     placeholder = await chat.add_reply_placeholder(
-                        received.conversation_id, {"assistant_id": str(row.assistant_id), "author": "bot"}
+                        received.conversation_id, {"assistant_id": str(assistant), "author": "bot"}
                     )
-                    bot_reply = placeholder.id
-        if bot_reply is not None and self.replies is not None:
-            assert row.assistant_id is not None
-            await self.replies.spawn(principal, received.conversation_id, bot_reply, row.assistant_id)
-        if received.text_only_notice:
-            await self._text_only_notice(principal, received.conversation_id, row.transport)
-        return received
+                    replies.append((received.conversation_id, placeholder.id, assistant))
+        WHATSAPP_MESSAGES.labels(row.transport, "in").inc(sum(1 for r in results if r and r.message_id))
+        for conversation_id, reply_id, assistant_id in replies:
+            if self.replies is not None:
+                await self.replies.spawn(principal, conversation_id, reply_id, assistant_id)
+        for result in results:
+            if result is not None and result.text_only_notice:
+                await self._text_only_notice(principal, result.conversation_id, row.transport)
+        return results
 
     async def _text_only_notice(self, principal: Principal, conversation_id: uuid.UUID, transport: str) -> None:
         async with self.db.transaction(principal.context()) as session:

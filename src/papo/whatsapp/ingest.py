@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -21,9 +22,26 @@ from papo.whatsapp.rows import service_principal
 from papo.whatsapp.transports.base import SessionKey
 
 log = structlog.get_logger(__name__)
+Handler = Callable[[SessionKey, Sequence[Any]], Awaitable[None]]  # a number's payloads, in one transaction
 INGEST_POLL_SECONDS = 2.0  # webhook deliveries queued by another process are found this fast
 INGEST_BATCH = 200
+INGEST_LANES = 4  # a number's senders are spread over this many lanes, worked side by side
+INGEST_TRANSACTION = 50  # a lane's deliveries stored in one transaction (a sender's in order)
 MAX_RETRY_SECONDS = 3600.0
+
+
+def lane_of(sender: str) -> int:
+    """The lane of a number's deliveries that a sender's always fall in (the same in every process)."""
+    return zlib.crc32(sender.encode()) % INGEST_LANES
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery this process claimed: its id, the attempt this is, and its decoded payload."""
+
+    id: int
+    attempts: int
+    payload: Any
 
 
 @dataclass
@@ -45,43 +63,44 @@ class IngestQueue:
             self.wake()
         return queued
 
-    async def run(self, handle: Callable[[SessionKey, Any], Awaitable[None]]) -> None:
+    async def run(self, handle: Handler) -> None:
         """Work off queued webhook deliveries (from any process): a sender's deliveries in order,
-        different senders side by side; each row deleted once handled, claimed again if not."""
+        several per transaction, different senders side by side; each row deleted once handled,
+        claimed again if not."""
         await work_when_woken(
             self.ready, INGEST_POLL_SECONDS, partial(self._batch, handle), name="whatsapp webhook queue"
         )
 
-    async def _batch(self, handle: Callable[[SessionKey, Any], Awaitable[None]]) -> int:
+    async def _batch(self, handle: Handler) -> int:
         async with self.db.transaction() as session:
             rows = await driver(session).fetch(
                 "SELECT * FROM papo_claim_webhook_deliveries($1, $2)",
                 INGEST_BATCH,
                 self.settings.whatsapp_webhook_max_attempts,
             )
-        lanes: dict[tuple[uuid.UUID, str], list[Any]] = {}
-        for row in rows:
+        # A sender always falls in the same lane of its number, so its deliveries keep their order:
+        # the order they were queued in (an UPDATE ... RETURNING returns its rows in no set order).
+        lanes: dict[tuple[SessionKey, int], list[Claimed]] = {}
+        for row in sorted(rows, key=lambda claimed: claimed["delivery_id"]):
             stored = row["delivery_payload"]  # decoded JSON (the engine's codec), or its text
             payload = json.loads(stored) if isinstance(stored, str | bytes) else stored
             messages = payload.get("messages") if isinstance(payload, dict) else None
             senders = [m.get("from") for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
-            lanes.setdefault((row["delivery_session_id"], str(senders[0] if senders else "")), []).append(
-                (row, payload)
-            )
+            key = SessionKey(row["delivery_tenant_id"], row["delivery_session_id"])
+            lane = lane_of(str(senders[0] if senders else ""))
+            lanes.setdefault((key, lane), []).append(Claimed(row["delivery_id"], row["delivery_attempts"], payload))
 
         handled: dict[uuid.UUID, list[int]] = {}
+        # A few lanes at a time: each holds a connection, and the webhook's own answers need some.
+        gate = asyncio.Semaphore(INGEST_LANES)
 
-        async def lane(items: list[Any]) -> None:
-            for row, payload in items:
-                key = SessionKey(row["delivery_tenant_id"], row["delivery_session_id"])
-                try:
-                    await handle(key, payload)
-                except Exception as exc:
-                    await self._delivery_failed(key, row["delivery_id"], row["delivery_attempts"], exc)
-                    continue
-                handled.setdefault(key.tenant_id, []).append(row["delivery_id"])
+        async def work_lane(key: SessionKey, deliveries: list[Claimed]) -> None:
+            async with gate:
+                for start in range(0, len(deliveries), INGEST_TRANSACTION):
+                    stored = await self._handle(handle, key, deliveries[start : start + INGEST_TRANSACTION])
+                    handled.setdefault(key.tenant_id, []).extend(stored)
 
-        await asyncio.gather(*(lane(items) for items in lanes.values()))
+        await asyncio.gather(*(work_lane(key, deliveries) for (key, _), deliveries in lanes.items()))
         # One delete per company for the whole batch, not a transaction per delivery. Should it not
         # happen (the process dies first), the rows are claimed again and handled again: handling
         # is idempotent (a message is stored once by its WhatsApp id).
@@ -93,6 +112,22 @@ class IngestQueue:
                     delivery_ids,
                 )
         return len(rows)
+
+    async def _handle(self, handle: Handler, key: SessionKey, deliveries: list[Claimed]) -> list[int]:
+        """Deliveries of one lane in one transaction; should it fail, each in its own, so that only
+        the one at fault waits for another attempt. The ids handled."""
+        try:
+            await handle(key, [delivery.payload for delivery in deliveries])
+            return [delivery.id for delivery in deliveries]
+        except Exception as exc:
+            if len(deliveries) == 1:
+                await self._delivery_failed(key, deliveries[0].id, deliveries[0].attempts, exc)
+                return []
+            log.info("a batch of webhook deliveries failed; trying them one at a time", error=str(exc))
+        stored = []
+        for delivery in deliveries:
+            stored += await self._handle(handle, key, [delivery])
+        return stored
 
     async def _delivery_failed(self, key: SessionKey, delivery_id: int, attempts: int, exc: Exception) -> None:
         """Record a failed attempt: tried again after a growing pause, or, out of attempts, kept as a

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -29,7 +30,7 @@ from papo.errors import BadRequest, DomainError, Forbidden, Unauthorized
 from papo.ops.ratelimit import webhook_allowance
 from papo.whatsapp.rows import PHONE_NUMBER_ID
 from papo.whatsapp.service import State, WhatsappRuntime
-from papo.whatsapp.transports.base import InboundMessage, SessionKey
+from papo.whatsapp.transports.base import InboundMessage, InboundReceipt, SessionKey
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/api/v1/whatsapp/webhook", tags=["whatsapp"])
@@ -282,15 +283,18 @@ async def deliver(request: Request, state: State) -> dict[str, Any]:
     return {"received": len(queued)}
 
 
-async def process(state: WhatsappRuntime, key: SessionKey, value: Any) -> None:
-    """One queued delivery: its messages stored, its receipts applied (both idempotent). Rows queued
-    before deliveries were cleaned at the door are cleaned here."""
-    cleaned = clean_value(value)
-    if cleaned is None:
+async def process(state: WhatsappRuntime, key: SessionKey, values: Sequence[Any]) -> None:
+    """Queued deliveries of one number, in order, in one transaction: their messages stored, their
+    receipts applied (both idempotent). Rows queued before deliveries were cleaned at the door are
+    cleaned here."""
+    arrivals: list[InboundMessage | InboundReceipt] = []
+    for value in values:
+        cleaned = clean_value(value)
+        if cleaned is not None:
+            arrivals += inbound_messages(cleaned)
+            arrivals += [InboundReceipt(receipt["id"], receipt["status"]) for receipt in cleaned["statuses"]]
+    if not arrivals:
         return
-    for inbound in inbound_messages(cleaned):
-        await state.whatsapp.receive(key, inbound)
-        if inbound.attachments:
-            state.media.wake()  # stored (committed) with its media pending: fetch it now
-    for receipt in cleaned["statuses"]:
-        await state.whatsapp.receipt(key, receipt["id"], receipt["status"])
+    await state.whatsapp.take_in(key, arrivals)
+    if any(isinstance(arrival, InboundMessage) and arrival.attachments for arrival in arrivals):
+        state.media.wake()  # stored (committed) with its media pending: fetch it now

@@ -27,6 +27,14 @@ class InboundMessage:
     attachments: tuple[NewAttachment, ...] = ()  # media to download, a location, shared contacts
 
 
+@dataclass(frozen=True)
+class InboundReceipt:
+    """WhatsApp's word on a message papo sent: sent, delivered, read or failed."""
+
+    external_id: str
+    status: str
+
+
 class SessionEvents(Protocol):
     """Callbacks into the session service (each updates the database and emits a realtime event)."""
 
