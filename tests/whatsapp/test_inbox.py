@@ -173,3 +173,20 @@ async def test_the_bot_answers_until_the_customer_asks_for_a_human(
     assert len(fake.sent) == sent_before  # the bot stepped back
     handed = (await client.get(f"{INBOX}?ticket_status=pending", headers=agent.headers)).json()
     assert [c["id"] for c in handed] == [conversation["id"]]
+
+
+async def test_a_new_customers_first_messages_at_once_open_one_conversation(
+    client: httpx.AsyncClient,
+    number: tuple[TenantHandle, Member, Member, SessionKey],
+    fake: FakeTransport,
+) -> None:
+    """Two processes may each take in a first message of the same new customer: the contact and the
+    conversation are made once (the second waits on the contact's unique index, and then finds the
+    conversation only by trying to open it too), and both messages are in it."""
+    _, _, agent, key = number
+    texts = [f"mensagem {n}" for n in range(6)]
+    await asyncio.gather(*(fake.customer_writes(key, text, wa_id="5511966660000", name="Davi") for text in texts))
+    conversations = (await client.get(INBOX, headers=agent.headers)).json()
+    assert [(c["wa_id"], c["contact_name"]) for c in conversations] == [("5511966660000", "Davi")]
+    messages = (await client.get(f"{INBOX}/{conversations[0]['id']}/messages", headers=agent.headers)).json()
+    assert sorted(m["content"] for m in messages) == texts

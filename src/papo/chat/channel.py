@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,11 +31,13 @@ MESSAGE_COLUMNS = (
     "updated_at, external_id, delivery_status"
 )
 # A conversation with its contact (fixed text, completed with fixed conditions below).
-CONVERSATION_SELECT = """
-SELECT c.id, c.title, c.ticket_status, c.assigned_to, c.bot_enabled, c.last_inbound_at, c.last_message_at,
-       c.whatsapp_session_id, c.contact_id, k.wa_id, k.name AS contact_name, c.created_at, c.labels, c.team_id
+CONVERSATION_COLUMNS = """c.id, c.title, c.ticket_status, c.assigned_to, c.bot_enabled, c.last_inbound_at,
+       c.last_message_at, c.whatsapp_session_id, c.contact_id, k.wa_id, k.name AS contact_name, c.created_at,
+       c.labels, c.team_id"""
+CONVERSATION_SELECT = f"""
+SELECT {CONVERSATION_COLUMNS}
   FROM chat_sessions c JOIN contacts k ON k.tenant_id = c.tenant_id AND k.id = c.contact_id
-"""
+"""  # noqa: S608  (fixed text)
 CONVERSATION_LIST = (
     CONVERSATION_SELECT  # noqa: S608  (fixed text: every value is a parameter)
     + """
@@ -100,53 +102,65 @@ class ChannelConversations:
     def _announce_status(self, row: Any) -> None:
         emit(self.db, "message.status_changed", wire(row), tenant_id=self.principal.tenant_id, user_id=None)
 
-    async def contact(self, wa_id: str, name: str | None) -> uuid.UUID:
-        """The contact with this WhatsApp id (created, or its name refreshed)."""
-        contact_id: uuid.UUID = await driver(self.db).fetchval(
+    async def open_conversation(
+        self,
+        number_id: uuid.UUID,
+        wa_id: str,
+        contact_name: str | None,
+        title: str,
+        assistant_id: uuid.UUID | None,
+    ) -> uuid.UUID:
+        """The customer's contact (created, or its name refreshed) and its open conversation on this
+        number, started if there is none (a unique index settles concurrent arrivals); locked for the
+        rest of the transaction. One round trip when both exist, as they do for all but a customer's
+        first message."""
+        connection = driver(self.db)
+        found = await connection.fetchrow(
             """
-            INSERT INTO contacts (tenant_id, id, wa_id, name) VALUES ($1, $2, $3, $4)
-            ON CONFLICT (tenant_id, wa_id) DO UPDATE SET name = coalesce(EXCLUDED.name, contacts.name)
-            RETURNING id
+            WITH contact AS (
+              INSERT INTO contacts (tenant_id, id, wa_id, name) VALUES ($1, $2, $3, $4)
+              ON CONFLICT (tenant_id, wa_id) DO UPDATE SET name = coalesce(EXCLUDED.name, contacts.name)
+              RETURNING id)
+            SELECT (SELECT id FROM contact) AS contact_id,
+                   (SELECT c.id FROM chat_sessions c, contact
+                     WHERE c.tenant_id = $1 AND c.whatsapp_session_id = $5 AND c.contact_id = contact.id
+                       AND c.channel = 'whatsapp' AND c.ticket_status <> 'closed'
+                       FOR UPDATE OF c) AS conversation_id
             """,
             self.principal.tenant_id,
             new_id(),
             wa_id,
-            name,
+            contact_name,
+            number_id,
         )
-        return contact_id
-
-    async def open_conversation(
-        self,
-        number_id: uuid.UUID,
-        contact_id: uuid.UUID,
-        title: str,
-        assistant_id: uuid.UUID | None,
-    ) -> uuid.UUID:
-        """The open conversation of this number and contact, started if there is none (a unique index
-        settles concurrent arrivals); locked for the rest of the transaction."""
-        connection = driver(self.db)
-        await connection.execute(
+        if found["conversation_id"] is not None:
+            return cast(uuid.UUID, found["conversation_id"])
+        opened = await connection.fetchval(
             """
             INSERT INTO chat_sessions (tenant_id, id, title, channel, ticket_status, bot_enabled,
                                        whatsapp_session_id, contact_id, assistant_id)
             VALUES ($1, $2, $3, 'whatsapp', 'open', $4, $5, $6, $7)
             ON CONFLICT (tenant_id, whatsapp_session_id, contact_id)
               WHERE channel = 'whatsapp' AND ticket_status <> 'closed' DO NOTHING
+            RETURNING id
             """,
             self.principal.tenant_id,
             new_id(),
             title,
             assistant_id is not None,
             number_id,
-            contact_id,
+            found["contact_id"],
             assistant_id,
         )
+        if opened is not None:
+            return cast(uuid.UUID, opened)
+        # another transaction opened it first (its insert, now committed, is what conflicted)
         conversation_id: uuid.UUID = await connection.fetchval(
             "SELECT id FROM chat_sessions WHERE tenant_id = $1 AND whatsapp_session_id = $2 AND contact_id = $3 "
             "AND channel = 'whatsapp' AND ticket_status <> 'closed' FOR UPDATE",
             self.principal.tenant_id,
             number_id,
-            contact_id,
+            found["contact_id"],
         )
         return conversation_id
 
@@ -157,9 +171,9 @@ class ChannelConversations:
         metadata: dict[str, Any],
         external_id: str,
         attachments: tuple[NewAttachment, ...] = (),
-    ) -> dict[str, Any] | None:
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """A customer's message with what it carries, stored once by its channel id (None: delivered
-        before) and announced."""
+        before) and announced; with its conversation as it now is (the customer's last word now)."""
         connection = driver(self.db)
         row = await connection.fetchrow(
             f"""
@@ -177,13 +191,17 @@ class ChannelConversations:
         )
         if row is None:
             return None
-        await connection.execute(
-            "UPDATE chat_sessions SET last_inbound_at = now() WHERE tenant_id = $1 AND id = $2",
+        conversation = await connection.fetchrow(
+            f"""
+            UPDATE chat_sessions c SET last_inbound_at = now() FROM contacts k
+             WHERE c.tenant_id = $1 AND c.id = $2 AND k.tenant_id = c.tenant_id AND k.id = c.contact_id
+            RETURNING {CONVERSATION_COLUMNS}
+            """,  # noqa: S608  (fixed column list)
             self.principal.tenant_id,
             conversation_id,
         )
         stored = await Attachments(self.db, self.principal).add(plain(row), list(attachments))
-        return self._announce_message(row, stored)
+        return self._announce_message(row, stored), dict(conversation)
 
     async def hand_off(self, conversation_id: uuid.UUID) -> None:
         """The bot stops answering; the conversation waits for a person."""

@@ -107,19 +107,22 @@ class Inbox:
         handoff_words: tuple[str, ...],
         inbound: InboundMessage,
     ) -> Received:
-        contact_id = await self.store.contact(inbound.from_wa_id, inbound.contact_name)
         conversation_id = await self.store.open_conversation(
-            whatsapp_session_id, contact_id, inbound.contact_name or "+" + inbound.from_wa_id, assistant_id
+            whatsapp_session_id,
+            inbound.from_wa_id,
+            inbound.contact_name,
+            inbound.contact_name or "+" + inbound.from_wa_id,
+            assistant_id,
         )
         kept = inbound.kind == "text" or bool(inbound.attachments)
         content = inbound.text if kept else f"[unsupported message: {inbound.kind}]"
         metadata = {"wa_from": inbound.from_wa_id} | ({} if kept else {"unsupported": inbound.kind})
-        message = await self.store.store_inbound(
+        stored = await self.store.store_inbound(
             conversation_id, content, metadata, inbound.external_id, inbound.attachments
         )
-        if message is None:
+        if stored is None:
             return Received(conversation_id, None, False)
-        conversation = await self.store.find(conversation_id)
+        message, conversation = stored
         bot_on = bool(conversation["bot_enabled"])
         # the bot answers words (a text, a caption); a file alone goes to a person, and the customer is told
         supported = kept and bool(content.strip())
