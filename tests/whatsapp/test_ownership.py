@@ -323,6 +323,44 @@ class TestWebhookInput:
         assert await inbox_texts(client, a) == ["nul e \ufffd sozinho", "[unsupported message: unknown]"]
 
 
+async def test_webhooks_arriving_together_are_queued_together_and_each_answered_for_its_own(
+    client: httpx.AsyncClient,
+    two_companies: tuple[TenantHandle, Member, TenantHandle, Member],
+    database: ProvisionedDatabase,
+    owner: asyncpg.Connection,
+) -> None:
+    """Group commit: webhooks that arrive while a queueing statement runs are queued by the next one
+    together; each is answered for its own changes, after the statement holding them committed."""
+    _, a, _, _ = two_companies
+    _, number = await owned_number(client, a)
+    stranger = new_number()  # no company verified it: its changes are answered, not queued
+    # which transaction queued each delivery, seen from a trigger of the test's own
+    log_table, trigger = "queued_by_" + secrets.token_hex(4), "note_" + secrets.token_hex(4)
+    await owner.execute(
+        f"CREATE TABLE {log_table} (delivery bigint, tx bigint); "
+        f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ BEGIN "
+        f"INSERT INTO {log_table} VALUES (NEW.id, txid_current()); RETURN NEW; END $$; "
+        f"CREATE TRIGGER {trigger} AFTER INSERT ON whatsapp_webhook_deliveries "
+        f"FOR EACH ROW EXECUTE FUNCTION {trigger}()"
+    )
+    try:
+        bodies = [
+            delivery(number if n % 2 == 0 else stranger, messages=[text_message(wamid(), new_customer(), f"m{n}")])
+            for n in range(20)
+        ]
+        answers = await asyncio.gather(*(client.post(HOOK, content=body, headers=signed(body)) for body in bodies))
+        assert [answer.json() for answer in answers] == [{"received": 1}, {"received": 0}] * 10
+        deliveries, transactions = await owner.fetchrow(f"SELECT count(*), count(DISTINCT tx) FROM {log_table}")
+    finally:
+        await owner.execute(
+            f"DROP TRIGGER {trigger} ON whatsapp_webhook_deliveries; DROP FUNCTION {trigger}(); DROP TABLE {log_table}"
+        )
+    assert deliveries == 10
+    assert transactions < deliveries  # some were queued together
+    await worked_off(database)
+    assert sorted(await inbox_texts(client, a)) == sorted(f"m{n}" for n in range(0, 20, 2))
+
+
 @contextlib.asynccontextmanager
 async def refused_by_the_database(owner: asyncpg.Connection, customer: str) -> AsyncIterator[None]:
     """The database refuses to store this customer (a fault past the webhook, where retrying cannot

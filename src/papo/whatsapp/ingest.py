@@ -27,6 +27,7 @@ INGEST_POLL_SECONDS = 2.0  # webhook deliveries queued by another process are fo
 INGEST_BATCH = 200
 INGEST_LANES = 4  # a number's senders are spread over this many lanes, worked side by side
 INGEST_TRANSACTION = 50  # a lane's deliveries stored in one transaction (a sender's in order)
+QUEUE_GROUP = 100  # webhooks queued by one statement at most
 MAX_RETRY_SECONDS = 3600.0
 
 
@@ -51,17 +52,47 @@ class IngestQueue:
     db: Database
     settings: Settings
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # webhooks waiting for the next queueing statement: their changes, and who waits for the result
+    _waiting: list[tuple[list[dict[str, Any]], asyncio.Future[set[str]]]] = field(default_factory=list)
+    _queueing: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         self.ready.set()
 
     async def queue(self, changes: list[dict[str, Any]]) -> list[str]:
         """Queue a webhook's changes ({"phone_number_id", "payload"}) for the companies holding their
-        numbers, durably, in one statement (migration 0030); the numbers queued. Wakes the worker."""
-        queued: list[str] = await self.db.call("SELECT papo_queue_whatsapp_deliveries($1::jsonb)", json.dumps(changes))
-        if queued:
-            self.wake()
-        return queued
+        numbers, durably; the numbers queued. Wakes the worker.
+
+        Group commit: the webhooks that arrive while a queueing statement runs are queued together
+        by the next one (migration 0030's function takes any number of changes), and each is
+        answered once the statement holding its changes committed. One alone goes at once."""
+        result: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((changes, result))
+        if self._queueing is None or self._queueing.done():
+            self._queueing = asyncio.create_task(self._queue_waiting(), name="whatsapp webhook queueing")
+        routed = await result  # a webhook that gives up (its client left) cancels only its own wait
+        return [change["phone_number_id"] for change in changes if change["phone_number_id"] in routed]
+
+    async def _queue_waiting(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting[:QUEUE_GROUP], self._waiting[QUEUE_GROUP:]
+            changes = [change for waiting, _ in group for change in waiting]
+            try:
+                # a number is routed or not for the whole statement: what came back is the set of
+                # numbers some company verified
+                routed = set(
+                    await self.db.call("SELECT papo_queue_whatsapp_deliveries($1::jsonb)", json.dumps(changes))
+                )
+            except Exception as exc:  # every webhook of the group is refused (5xx): Meta delivers again
+                for _, result in group:
+                    if not result.done():
+                        result.set_exception(exc)
+                continue
+            for _, result in group:
+                if not result.done():
+                    result.set_result(routed)
+            if routed:
+                self.wake()
 
     async def run(self, handle: Handler) -> None:
         """Work off queued webhook deliveries (from any process): a sender's deliveries in order,
