@@ -509,7 +509,7 @@ def serve(
         finally:
             location.stop()
         return
-    application = create_app(settings, on_ready=print_banner if demo else None)
+    application = create_app(settings, on_ready=print_banner if demo else None, owns_process=True)
     uvicorn.run(application, host=settings.host, port=settings.port, **_server_options(settings))
 
 
