@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import statistics
 import sys
@@ -22,19 +24,21 @@ from typing import Any
 
 import httpx
 import openai
-import uvicorn
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(0, str(BENCH_DIR.parent))
-from tests.fake_openai import API_KEY, FakeOpenAI  # noqa: E402
+from tests.fake_openai import API_KEY  # noqa: E402
+from tests.support import free_port  # noqa: E402
 
 import papo.models  # noqa: E402, F401  (every table, so cross-feature foreign keys resolve)
+from loadgen import build_request, read_response  # noqa: E402
 from papo.auth import service as auth_service  # noqa: E402
 from papo.auth.models import Role  # noqa: E402
 from papo.auth.tokens import SigningKey, issue_token  # noqa: E402
 from papo.client import RealtimeClient, RealtimeEvent  # noqa: E402
 from papo.db.engine import Database  # noqa: E402
+from profiling import profiled  # noqa: E402
 from run import HOST, BenchServer, verdict  # noqa: E402
 
 PAPO_PORT = 8731
@@ -100,25 +104,31 @@ async def papo_ttft(tokens: list[str], sessions: list[tuple[int, str]], streams:
     listeners = [asyncio.create_task(listen(c)) for c in clients]
     for client in clients:
         await asyncio.wait_for(client.connected.wait(), 10)
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=streams)) as http:
+    # one keep-alive connection per stream, opened beforehand, as a browser has its own; not httpx,
+    # whose pool spent more CPU choosing a connection for 200 requests than papo spent on them
+    connections = [await asyncio.open_connection(HOST, PAPO_PORT) for _ in range(streams)]
 
-        async def one(index: int) -> float:
-            user, sid = sessions[index]
-            started = time.perf_counter()
-            response = await http.post(
-                f"/api/v1/sessions/{sid}/messages",
-                json={"content": f"pergunta {index}"},
-                headers={"Authorization": f"Bearer {tokens[user]}"},
-            )
-            assert response.status_code == 201, response.text
-            reply = response.headers["x-reply-id"]
-            await asyncio.wait_for(started_seen.setdefault(reply, asyncio.Event()).wait(), 60)
-            ttft = (first_delta[reply] - started) * 1000
-            # the chat is free again (for the next round) once its reply has finished
-            await asyncio.wait_for(finished.setdefault(reply, asyncio.Event()).wait(), 60)
-            return ttft
+    async def one(index: int) -> float:
+        user, sid = sessions[index]
+        reader, writer = connections[index]
+        body = json.dumps({"content": f"pergunta {index}"}).encode()
+        auth = {"Authorization": f"Bearer {tokens[user]}", "Content-Type": "application/json"}
+        started = time.perf_counter()
+        writer.write(build_request("POST", HOST, f"/api/v1/sessions/{sid}/messages", auth, body))
+        status, headers, answer = await read_response(reader)
+        assert status == 201, answer
+        reply = headers["x-reply-id"]
+        await asyncio.wait_for(started_seen.setdefault(reply, asyncio.Event()).wait(), 60)
+        ttft = (first_delta[reply] - started) * 1000
+        # the chat is free again (for the next round) once its reply has finished
+        await asyncio.wait_for(finished.setdefault(reply, asyncio.Event()).wait(), 60)
+        return ttft
 
+    try:
         results = await staggered(streams, interval, one)
+    finally:
+        for _, writer in connections:
+            writer.close()
     for task in listeners:
         task.cancel()
     return results
@@ -128,13 +138,25 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--profile", type=Path, help="record the server with py-spy during the bursts, here")
     args = parser.parse_args()
-    fake = FakeOpenAI()
-    provider = uvicorn.Server(uvicorn.Config(fake.app, host=HOST, port=0, log_config=None, access_log=False))
-    provider_task = asyncio.create_task(provider.serve())
-    while not provider.started:  # noqa: ASYNC110  (uvicorn exposes a flag)
-        await asyncio.sleep(0.02)
-    base_url = f"http://{HOST}:{provider.servers[0].sockets[0].getsockname()[1]}/v1"
+    # The provider runs in a process of its own, as a real one would: in this script's event loop,
+    # its answers waited behind the 200 clients'.
+    provider_port = free_port()
+    provider = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import uvicorn; from tests.fake_openai import FakeOpenAI; "
+        f"uvicorn.run(FakeOpenAI().app, host='{HOST}', port={provider_port}, log_level='warning', access_log=False)",
+        cwd=BENCH_DIR.parent,
+    )
+    base_url = f"http://{HOST}:{provider_port}/v1"
+    async with httpx.AsyncClient() as probe:
+        for _ in range(100):
+            with contextlib.suppress(httpx.HTTPError):
+                await probe.get(base_url + "/models")
+                break
+            await asyncio.sleep(0.1)
 
     server = BenchServer("ai")
     settings, location = server.settings, server.location
@@ -163,7 +185,7 @@ async def main() -> None:
             for u in users
         ]
         # the fake provider listens on loopback, which tenants may not reach unless the operator says so
-        await server.serve(PAPO_PORT, PAPO_DB_POOL_SIZE="20", PAPO_OUTBOUND_ALLOWED_TARGETS=HOST)
+        papo_process = await server.serve(PAPO_PORT, PAPO_DB_POOL_SIZE="20", PAPO_OUTBOUND_ALLOWED_TARGETS=HOST)
         async with httpx.AsyncClient(base_url=f"http://{HOST}:{PAPO_PORT}", timeout=30) as http:
             created = await http.post(
                 "/api/v1/assistants",
@@ -196,7 +218,9 @@ async def main() -> None:
                 through: list[float] = []
                 for _ in range(args.rounds * (10 if streams == 1 else 1)):  # one stream: more samples
                     direct += await direct_ttft(base_url, model, streams, interval)
-                    through += await papo_ttft(tokens, sessions, streams, interval)
+                    profile = args.profile / "burst.txt" if args.profile and arrival == "burst" else None
+                    async with profiled(papo_process.pid if profile else None, profile):
+                        through += await papo_ttft(tokens, sessions, streams, interval)
                 added50 = statistics.median(through) - statistics.median(direct)
                 added99 = pct(through, 0.99) - pct(direct, 0.99)
                 if arrival == "steady":
@@ -220,8 +244,8 @@ async def main() -> None:
         )
     finally:
         await server.close()
-        provider.should_exit = True
-        await provider_task
+        provider.terminate()
+        await provider.wait()
 
 
 if __name__ == "__main__":

@@ -51,29 +51,31 @@ def build_request(method: str, host: str, path: str, headers: dict[str, str], bo
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response: its status, headers (lower-cased names) and body."""
     status_line = await reader.readline()
     status = int(status_line.split()[1])
-    length = 0
-    chunked = False
+    headers: dict[str, str] = {}
     while True:
         line = await reader.readline()
         if line in (b"\r\n", b""):
             break
         name, _, value = line.decode("latin-1").partition(":")
-        if name.lower() == "content-length":
-            length = int(value.strip())
-        elif name.lower() == "transfer-encoding" and "chunked" in value.lower():
-            chunked = True
-    if chunked:
+        headers[name.lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = b""
         while True:
             size = int((await reader.readline()).strip(), 16)
-            await reader.readexactly(size + 2)
+            body += (await reader.readexactly(size + 2))[:-2]
             if size == 0:
                 break
     else:
-        await reader.readexactly(length)
-    return status
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers, body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    return (await read_response(reader))[0]
 
 
 async def run_load(
