@@ -361,6 +361,39 @@ async def test_webhooks_arriving_together_are_queued_together_and_each_answered_
     assert sorted(await inbox_texts(client, a)) == sorted(f"m{n}" for n in range(0, 20, 2))
 
 
+async def test_a_webhook_the_database_refuses_does_not_take_down_the_others_queued_with_it(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    two_companies: tuple[TenantHandle, Member, TenantHandle, Member],
+    database: ProvisionedDatabase,
+    owner: asyncpg.Connection,
+) -> None:
+    """When the statement queueing a group fails, each of its webhooks is queued on its own: only the
+    one the database refuses is answered with an error (and delivered again by Meta)."""
+    _, a, _, _ = two_companies
+    _, number = await owned_number(client, a)
+    trigger = "refuse_" + secrets.token_hex(4)
+    await owner.execute(
+        f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"IF NEW.payload::text LIKE '%veneno%' THEN RAISE EXCEPTION 'delivery refused by the test'; END IF; "
+        f"RETURN NEW; END $$; "
+        f"CREATE TRIGGER {trigger} BEFORE INSERT ON whatsapp_webhook_deliveries "
+        f"FOR EACH ROW EXECUTE FUNCTION {trigger}()"
+    )
+    texts = [f"m{n}" if n != 5 else "veneno" for n in range(12)]
+    bodies = [delivery(number, messages=[text_message(wamid(), new_customer(), text)]) for text in texts]
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # a 500 is the answer under test
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://papo.test") as meta:
+            answers = await asyncio.gather(*(meta.post(HOOK, content=body, headers=signed(body)) for body in bodies))
+    finally:
+        await owner.execute(f"DROP TRIGGER {trigger} ON whatsapp_webhook_deliveries; DROP FUNCTION {trigger}()")
+    assert [answer.status_code for answer in answers] == [200] * 5 + [500] + [200] * 6
+    assert answers[5].headers["content-type"] == PROBLEM
+    await worked_off(database)
+    assert sorted(await inbox_texts(client, a)) == sorted(text for text in texts if text != "veneno")
+
+
 @contextlib.asynccontextmanager
 async def refused_by_the_database(owner: asyncpg.Connection, customer: str) -> AsyncIterator[None]:
     """The database refuses to store this customer (a fault past the webhook, where retrying cannot

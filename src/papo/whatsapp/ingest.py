@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from papo.db.engine import Database, driver
+from papo.errors import DatabaseUnavailable
 from papo.settings import Settings
 from papo.waiting import work_when_woken
 from papo.whatsapp.rows import service_principal
@@ -34,6 +35,16 @@ MAX_RETRY_SECONDS = 3600.0
 def lane_of(sender: str) -> int:
     """The lane of a number's deliveries that a sender's always fall in (the same in every process)."""
     return zlib.crc32(sender.encode()) % INGEST_LANES
+
+
+def answer(result: asyncio.Future[set[str]], routed: set[str] | None = None, error: Exception | None = None) -> None:
+    """Tell a webhook waiting for its queueing statement how it went, unless it gave up."""
+    if result.done():
+        return
+    if error is not None:
+        result.set_exception(error)
+    else:
+        result.set_result(routed or set())
 
 
 @dataclass(frozen=True)
@@ -76,23 +87,34 @@ class IngestQueue:
     async def _queue_waiting(self) -> None:
         while self._waiting:
             group, self._waiting = self._waiting[:QUEUE_GROUP], self._waiting[QUEUE_GROUP:]
-            changes = [change for waiting, _ in group for change in waiting]
-            try:
-                # a number is routed or not for the whole statement: what came back is the set of
-                # numbers some company verified
-                routed = set(
-                    await self.db.call("SELECT papo_queue_whatsapp_deliveries($1::jsonb)", json.dumps(changes))
-                )
-            except Exception as exc:  # every webhook of the group is refused (5xx): Meta delivers again
-                for _, result in group:
-                    if not result.done():
-                        result.set_exception(exc)
+            if len(group) == 1:
+                await self._queue_alone(*group[0])
                 continue
-            for _, result in group:
-                if not result.done():
-                    result.set_result(routed)
-            if routed:
-                self.wake()
+            try:
+                routed = await self._queue_together([change for changes, _ in group for change in changes])
+            except DatabaseUnavailable as exc:  # for all of them alike (503: Meta delivers again)
+                for _, result in group:
+                    answer(result, error=exc)
+            except Exception:  # maybe one webhook's changes, refused by the database: each on its own
+                for changes, result in group:
+                    await self._queue_alone(changes, result)
+            else:
+                for _, result in group:
+                    answer(result, routed)
+
+    async def _queue_together(self, changes: list[dict[str, Any]]) -> set[str]:
+        """One statement for these changes: the numbers some company verified (a number is routed or
+        not for the whole statement)."""
+        routed = set(await self.db.call("SELECT papo_queue_whatsapp_deliveries($1::jsonb)", json.dumps(changes)))
+        if routed:
+            self.wake()
+        return routed
+
+    async def _queue_alone(self, changes: list[dict[str, Any]], result: asyncio.Future[set[str]]) -> None:
+        try:
+            answer(result, await self._queue_together(changes))
+        except Exception as exc:  # this webhook is refused (5xx): Meta delivers it again
+            answer(result, error=exc)
 
     async def run(self, handle: Handler) -> None:
         """Work off queued webhook deliveries (from any process): a sender's deliveries in order,
