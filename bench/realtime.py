@@ -91,14 +91,21 @@ def percentile(values: list[float], fraction: float) -> float:
 class Subscribers:
     def __init__(self) -> None:
         self.latencies: list[float] = []
+        self.disordered = 0  # events a subscriber got again or after a later one (papo's carry ids)
         self.sockets: list[Any] = []
         self.tasks: list[asyncio.Task[None]] = []
 
     async def reader(self, socket: Any, extract: Any) -> None:
+        last = 0
         async for raw in socket:
-            sent = extract(json.loads(raw))
+            message = json.loads(raw)
+            sent = extract(message)
             if sent is not None:
                 self.latencies.append((time.time() - sent) * 1000)
+            position = message.get("id") if message.get("type") == "event" else None
+            if isinstance(position, int):
+                self.disordered += position <= last
+                last = max(last, position)
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -303,6 +310,7 @@ async def main() -> None:
             cpu: dict[tuple[str, float], float] = {}  # each server's CPU seconds per rate
             relay_lag: dict[float, tuple[float, float]] = {}  # commit → relay hand-over, p50 and p99 (ms)
             failures: dict[str, dict[float, int]] = {"papo": {}, "baseline": {}}
+            disordered: dict[str, dict[float, int]] = {"papo": {}, "baseline": {}}
             for name, subscribe in (
                 ("papo", lambda: papo_subscribers(tokens, per_user)),
                 ("baseline", lambda: baseline_subscribers(per_user)),
@@ -315,6 +323,7 @@ async def main() -> None:
                 for rate in rates:
                     writer = await Writer.start(name, rate, plan)
                     subscribers.latencies.clear()
+                    subscribers.disordered = 0
                     profile = args.profile / "realtime-fan-out.txt" if args.profile else None
                     recorded = papo_process.pid if name == "papo" and rate == rates[-1] else None
                     measured = papo_process if name == "papo" else baseline_process
@@ -333,6 +342,7 @@ async def main() -> None:
                         )
                     lat = subscribers.latencies
                     results[name][rate] = (percentile(lat, 0.5), percentile(lat, 0.95), percentile(lat, 0.99), len(lat))
+                    disordered[name][rate] = subscribers.disordered
                 await subscribers.close()
 
         print(
@@ -357,6 +367,7 @@ async def main() -> None:
                 and p[2] <= TARGET_P99_RATIO * b[2]
                 and p[3] >= 0.95 * expected
                 and not failures["papo"][rate]
+                and not disordered["papo"][rate]
             )
             if holding:
                 within = rate
@@ -372,6 +383,8 @@ async def main() -> None:
             f"\n  highest rate with p99 < 250 ms and ≥95% delivered: papo {best['papo']:.0f} msg/s "
             f"({best['papo'] * per_user:.0f} deliveries/s), baseline {best['baseline']:.0f} msg/s"
         )
+        repeated = sum(disordered["papo"].values())
+        print(f"  papo events a subscriber got twice or out of order, all rates: {repeated} (must be 0)")
         print(f"  outside reference: {SUPABASE}")
         sustained = within * per_user
         print(
