@@ -394,6 +394,35 @@ async def test_a_webhook_the_database_refuses_does_not_take_down_the_others_queu
     assert sorted(await inbox_texts(client, a)) == sorted(text for text in texts if text != "veneno")
 
 
+async def test_two_numbers_with_the_same_customers_are_taken_in_side_by_side_without_deadlock(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    two_companies: tuple[TenantHandle, Member, TenantHandle, Member],
+    database: ProvisionedDatabase,
+    owner: asyncpg.Connection,
+) -> None:
+    """Two customers write to two numbers of one company, in opposite orders; both numbers' lanes
+    run at once and share the customers' contacts. Each transaction locks them in the same order
+    (by sender), so neither waits for the other in a cycle: PostgreSQL reports no deadlock."""
+    _, a, _, _ = two_companies
+    (_, first), (_, second) = await owned_number(client, a), await owned_number(client, a)
+    one = new_customer()
+    other = next(c for c in iter(new_customer, None) if lane_of(c) == lane_of(one))  # the same lane
+    arrivals = [(first, one), (second, other), (first, other), (second, one)] * 3
+    changes = [
+        json.loads(delivery(number, messages=[text_message(wamid(), who, f"{n}")]))["entry"][0]["changes"][0]
+        for n, (number, who) in enumerate(arrivals)
+    ]
+    body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": changes}]}).encode()
+    deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+    before = await owner.fetchval(deadlocks)
+    assert (await client.post(HOOK, content=body, headers=signed(body))).json() == {"received": len(arrivals)}
+    await worked_off(database)
+    await owner.execute("SELECT pg_stat_force_next_flush()")
+    assert await owner.fetchval(deadlocks) == before
+    assert sorted(await inbox_texts(client, a), key=int) == [str(n) for n in range(len(arrivals))]
+
+
 @contextlib.asynccontextmanager
 async def refused_by_the_database(owner: asyncpg.Connection, customer: str) -> AsyncIterator[None]:
     """The database refuses to store this customer (a fault past the webhook, where retrying cannot

@@ -340,9 +340,9 @@ class WhatsappHub:
         for conversation_id, reply_id, assistant_id in replies:
             if self.replies is not None:
                 await self.replies.spawn(principal, conversation_id, reply_id, assistant_id)
-        for result in results:
+        for result in results:  # sent apart: a slow Graph API must not hold up the messages that follow
             if result is not None and result.text_only_notice:
-                await self._text_only_notice(principal, result.conversation_id, row.transport)
+                self.later(self._text_only_notice(principal, result.conversation_id, row.transport), "text-only-notice")
         return results
 
     async def _text_only_notice(self, principal: Principal, conversation_id: uuid.UUID, transport: str) -> None:

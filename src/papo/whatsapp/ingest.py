@@ -27,7 +27,7 @@ Handler = Callable[[SessionKey, Sequence[Any]], Awaitable[None]]  # a number's p
 INGEST_POLL_SECONDS = 2.0  # webhook deliveries queued by another process are found this fast
 INGEST_BATCH = 200
 INGEST_LANES = 4  # a number's senders are spread over this many lanes, worked side by side
-INGEST_TRANSACTION = 50  # a lane's deliveries stored in one transaction (a sender's in order)
+INGEST_TRANSACTION = 20  # a lane's deliveries stored in one transaction (a sender's in order)
 QUEUE_GROUP = 100  # webhooks queued by one statement at most
 MAX_RETRY_SECONDS = 3600.0
 
@@ -49,10 +49,11 @@ def answer(result: asyncio.Future[set[str]], routed: set[str] | None = None, err
 
 @dataclass(frozen=True)
 class Claimed:
-    """A delivery this process claimed: its id, the attempt this is, and its decoded payload."""
+    """A delivery this process claimed: its id, the attempt this is, who sent it, and its payload."""
 
     id: int
     attempts: int
+    sender: str  # the first message's wa_id ("" for receipts alone)
     payload: Any
 
 
@@ -85,22 +86,27 @@ class IngestQueue:
         return [change["phone_number_id"] for change in changes if change["phone_number_id"] in routed]
 
     async def _queue_waiting(self) -> None:
-        while self._waiting:
-            group, self._waiting = self._waiting[:QUEUE_GROUP], self._waiting[QUEUE_GROUP:]
-            if len(group) == 1:
-                await self._queue_alone(*group[0])
-                continue
-            try:
-                routed = await self._queue_together([change for changes, _ in group for change in changes])
-            except DatabaseUnavailable as exc:  # for all of them alike (503: Meta delivers again)
-                for _, result in group:
-                    answer(result, error=exc)
-            except Exception:  # maybe one webhook's changes, refused by the database: each on its own
-                for changes, result in group:
-                    await self._queue_alone(changes, result)
-            else:
-                for _, result in group:
-                    answer(result, routed)
+        group: list[tuple[list[dict[str, Any]], asyncio.Future[set[str]]]] = []
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting[:QUEUE_GROUP], self._waiting[QUEUE_GROUP:]
+                if len(group) == 1:
+                    await self._queue_alone(*group[0])
+                    continue
+                try:
+                    routed = await self._queue_together([change for changes, _ in group for change in changes])
+                except DatabaseUnavailable as exc:  # for all of them alike (503: Meta delivers again)
+                    for _, result in group:
+                        answer(result, error=exc)
+                except Exception:  # maybe one webhook's changes, refused by the database: each on its own
+                    await asyncio.gather(*(self._queue_alone(changes, result) for changes, result in group))
+                else:
+                    for _, result in group:
+                        answer(result, routed)
+        finally:  # cancelled (the server stops): no webhook is left waiting for an answer forever
+            for _, result in [*group, *self._waiting]:
+                result.cancel()
+            self._waiting = []
 
     async def _queue_together(self, changes: list[dict[str, Any]]) -> set[str]:
         """One statement for these changes: the numbers some company verified (a number is routed or
@@ -131,17 +137,23 @@ class IngestQueue:
                 INGEST_BATCH,
                 self.settings.whatsapp_webhook_max_attempts,
             )
-        # A sender always falls in the same lane of its number, so its deliveries keep their order:
-        # the order they were queued in (an UPDATE ... RETURNING returns its rows in no set order).
         lanes: dict[tuple[SessionKey, int], list[Claimed]] = {}
-        for row in sorted(rows, key=lambda claimed: claimed["delivery_id"]):
+        for row in rows:
             stored = row["delivery_payload"]  # decoded JSON (the engine's codec), or its text
             payload = json.loads(stored) if isinstance(stored, str | bytes) else stored
             messages = payload.get("messages") if isinstance(payload, dict) else None
             senders = [m.get("from") for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+            sender = str(senders[0] if senders else "")
             key = SessionKey(row["delivery_tenant_id"], row["delivery_session_id"])
-            lane = lane_of(str(senders[0] if senders else ""))
-            lanes.setdefault((key, lane), []).append(Claimed(row["delivery_id"], row["delivery_attempts"], payload))
+            lanes.setdefault((key, lane_of(sender)), []).append(
+                Claimed(row["delivery_id"], row["delivery_attempts"], sender, payload)
+            )
+        for deliveries in lanes.values():
+            # A sender's deliveries in the order they were queued (an UPDATE ... RETURNING returns
+            # its rows in no set order); senders one after another, so that every transaction locks
+            # contacts and conversations in the same order, and two (another process's, another
+            # number's with the same customer) wait for each other instead of deadlocking.
+            deliveries.sort(key=lambda delivery: (delivery.sender, delivery.id))
 
         handled: dict[uuid.UUID, list[int]] = {}
         # A few lanes at a time: each holds a connection, and the webhook's own answers need some.
