@@ -4,12 +4,15 @@ reach the customer or the bot's model, and the company's canned responses."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
+import asyncpg
 import httpx
 
 from papo.auth.models import Role
 from papo.whatsapp.transports.base import SessionKey
+from tests.conftest import ProvisionedDatabase, plain_dsn
 from tests.fake_openai import API_KEY, FakeOpenAI
 from tests.fake_whatsapp import FakeTransport
 from tests.support import WHATSAPP_SESSIONS, Member, TenantHandle
@@ -232,3 +235,35 @@ async def test_teams_are_the_companys_staff_and_a_team_view_shows_their_conversa
     assert (await client.delete(f"{teams}/{team_id}", headers=admin.headers)).status_code == 204
     after = (await client.get(INBOX, headers=agent.headers)).json()
     assert next(c for c in after if c["contact_name"] == "Iara")["team_id"] is None  # the conversation stays
+
+
+async def test_a_message_still_being_stored_when_an_agent_reads_counts_as_unread(
+    client: httpx.AsyncClient,
+    number: tuple[TenantHandle, Member, Member, SessionKey],
+    fake: FakeTransport,
+    database: ProvisionedDatabase,
+) -> None:
+    """The customer's message is inserted, the agent reads the conversation, then the message's
+    transaction commits (webhook deliveries are stored many to a transaction): the agent never saw
+    it, so it is unread."""
+    tenant, _, agent, key = number
+    await fake.customer_writes(key, "oi", wa_id="5511900000005", name="Gil")
+    (conversation,) = await conversations(client, agent, 1)
+    owner = await asyncpg.connect(plain_dsn(database.owner_url))
+    try:
+        storing = owner.transaction()
+        await storing.start()
+        await owner.execute(
+            "INSERT INTO messages (tenant_id, id, session_id, role, content, status) "
+            "VALUES ($1, $2, $3, 'user', 'ainda chegando', 'delivered')",
+            tenant.id,
+            uuid.uuid4(),
+            uuid.UUID(conversation["id"]),
+        )
+        assert (await client.post(f"{INBOX}/{conversation['id']}/read", headers=agent.headers)).status_code == 204
+        await storing.commit()
+    finally:
+        await owner.close()
+    assert (await client.get(INBOX, headers=agent.headers)).json()[0]["unread"] == 1
+    assert (await client.post(f"{INBOX}/{conversation['id']}/read", headers=agent.headers)).status_code == 204
+    assert (await client.get(INBOX, headers=agent.headers)).json()[0]["unread"] == 0

@@ -269,10 +269,17 @@ class ChannelConversations:
         return {row["id"]: row["unread"] for row in rows}
 
     async def mark_read(self, conversation_id: uuid.UUID, user_id: str) -> None:
+        """Read up to the newest message the reader can see, not up to now: a message being stored
+        meanwhile has a later created_at than every message committed before it (migration 0001's
+        trigger takes it under the conversation's lock), so it counts as unread once committed,
+        even if it was inserted before this read."""
         await driver(self.db).execute(
             """
-            INSERT INTO conversation_reads (tenant_id, session_id, user_id) VALUES ($1, $2, $3)
-            ON CONFLICT (tenant_id, session_id, user_id) DO UPDATE SET read_at = now()
+            INSERT INTO conversation_reads (tenant_id, session_id, user_id, read_at)
+            VALUES ($1, $2, $3, coalesce((SELECT max(created_at) FROM messages
+                                            WHERE tenant_id = $1 AND session_id = $2), '-infinity'))
+            ON CONFLICT (tenant_id, session_id, user_id)
+              DO UPDATE SET read_at = greatest(conversation_reads.read_at, EXCLUDED.read_at)
             """,
             self.principal.tenant_id,
             conversation_id,
