@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from typing import Any
 
+import asyncpg
 import httpx
 
 from papo.auth.models import Role
+from papo.chat.channel import OPEN_CONVERSATION
 from papo.client import RealtimeClient, RealtimeEvent
 from papo.whatsapp.transports.base import SessionKey
+from tests.conftest import ProvisionedDatabase, plain_dsn
 from tests.fake_openai import API_KEY
 from tests.fake_whatsapp import FakeTransport
 from tests.support import WHATSAPP_SESSIONS as BASE
@@ -190,3 +195,49 @@ async def test_a_new_customers_first_messages_at_once_open_one_conversation(
     assert [(c["wa_id"], c["contact_name"]) for c in conversations] == [("5511966660000", "Davi")]
     messages = (await client.get(f"{INBOX}/{conversations[0]['id']}/messages", headers=agent.headers)).json()
     assert sorted(m["content"] for m in messages) == texts
+
+
+async def test_finding_a_customers_conversation_does_not_walk_the_numbers_other_conversations(
+    number: tuple[TenantHandle, Member, Member, SessionKey],
+    fake: FakeTransport,
+    database: ProvisionedDatabase,
+) -> None:
+    """Each message looks up its customer's open conversation. With 10,000 conversations on the
+    number (and statistics that do not know it yet), the lookup is still an index search on the
+    customer, not a walk through the number's conversations."""
+    tenant, _, _, key = number
+    await fake.customer_writes(key, "oi", wa_id="5511900000100", name="Ana")
+    owner = await asyncpg.connect(plain_dsn(database.owner_url))
+    try:
+        await owner.execute(
+            "WITH made AS (INSERT INTO contacts (tenant_id, id, wa_id) "
+            "  SELECT $1, gen_random_uuid(), '55218' || lpad(n::text, 8, '0') FROM generate_series(1, 10000) n "
+            "  RETURNING id) "
+            "INSERT INTO chat_sessions (tenant_id, id, title, channel, ticket_status, whatsapp_session_id, contact_id) "
+            "SELECT $1, gen_random_uuid(), 'x', 'whatsapp', 'open', $2, id FROM made",
+            tenant.id,
+            key.session_id,
+        )
+        looking = owner.transaction()
+        await looking.start()
+        try:
+            ana = await owner.fetchval(
+                "SELECT id FROM contacts WHERE tenant_id = $1 AND wa_id = '5511900000100'", tenant.id
+            )
+            plan = await owner.fetchval(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + OPEN_CONVERSATION,
+                tenant.id,
+                uuid.uuid4(),
+                "Ana",
+                False,
+                key.session_id,
+                ana,
+                None,
+            )
+        finally:
+            await looking.rollback()
+    finally:
+        await owner.close()
+    root = json.loads(plan)[0]["Plan"]
+    # ~35 pages; a walk through the number's conversations reads ~250 (10,000 rows)
+    assert root["Shared Hit Blocks"] + root["Shared Read Blocks"] < 100, root

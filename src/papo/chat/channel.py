@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,6 +38,19 @@ CONVERSATION_SELECT = f"""
 SELECT {CONVERSATION_COLUMNS}
   FROM chat_sessions c JOIN contacts k ON k.tenant_id = c.tenant_id AND k.id = c.contact_id
 """  # noqa: S608  (fixed text)
+# The customer's open conversation on the number ($5, contact $6), started if there is none, and
+# locked either way. Found through the unique index as the arbiter of the conflict, which the
+# planner does not choose: a SELECT on the same three columns was planned on the tenant's inbox
+# index whenever the statistics lagged behind the table, walking every open conversation of the
+# tenant per message. The DO UPDATE writes nothing new (the message's insert updates the row next).
+OPEN_CONVERSATION = """
+INSERT INTO chat_sessions (tenant_id, id, title, channel, ticket_status, bot_enabled,
+                           whatsapp_session_id, contact_id, assistant_id)
+VALUES ($1, $2, $3, 'whatsapp', 'open', $4, $5, $6, $7)
+ON CONFLICT (tenant_id, whatsapp_session_id, contact_id) WHERE channel = 'whatsapp' AND ticket_status <> 'closed'
+  DO UPDATE SET ticket_status = chat_sessions.ticket_status
+RETURNING id
+"""
 CONVERSATION_LIST = (
     CONVERSATION_SELECT  # noqa: S608  (fixed text: every value is a parameter)
     + """
@@ -112,55 +125,28 @@ class ChannelConversations:
     ) -> uuid.UUID:
         """The customer's contact (created, or its name refreshed) and its open conversation on this
         number, started if there is none (a unique index settles concurrent arrivals); locked for the
-        rest of the transaction. One round trip when both exist, as they do for all but a customer's
-        first message."""
+        rest of the transaction. Two round trips, whether they exist or not."""
         connection = driver(self.db)
-        found = await connection.fetchrow(
+        contact_id: uuid.UUID = await connection.fetchval(
             """
-            WITH contact AS (
-              INSERT INTO contacts (tenant_id, id, wa_id, name) VALUES ($1, $2, $3, $4)
-              ON CONFLICT (tenant_id, wa_id) DO UPDATE SET name = coalesce(EXCLUDED.name, contacts.name)
-              RETURNING id)
-            SELECT (SELECT id FROM contact) AS contact_id,
-                   (SELECT c.id FROM chat_sessions c, contact
-                     WHERE c.tenant_id = $1 AND c.whatsapp_session_id = $5 AND c.contact_id = contact.id
-                       AND c.channel = 'whatsapp' AND c.ticket_status <> 'closed'
-                       FOR UPDATE OF c) AS conversation_id
+            INSERT INTO contacts (tenant_id, id, wa_id, name) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (tenant_id, wa_id) DO UPDATE SET name = coalesce(EXCLUDED.name, contacts.name)
+            RETURNING id
             """,
             self.principal.tenant_id,
             new_id(),
             wa_id,
             contact_name,
-            number_id,
         )
-        if found["conversation_id"] is not None:
-            return cast(uuid.UUID, found["conversation_id"])
-        opened = await connection.fetchval(
-            """
-            INSERT INTO chat_sessions (tenant_id, id, title, channel, ticket_status, bot_enabled,
-                                       whatsapp_session_id, contact_id, assistant_id)
-            VALUES ($1, $2, $3, 'whatsapp', 'open', $4, $5, $6, $7)
-            ON CONFLICT (tenant_id, whatsapp_session_id, contact_id)
-              WHERE channel = 'whatsapp' AND ticket_status <> 'closed' DO NOTHING
-            RETURNING id
-            """,
+        conversation_id: uuid.UUID = await connection.fetchval(
+            OPEN_CONVERSATION,
             self.principal.tenant_id,
             new_id(),
             title,
             assistant_id is not None,
             number_id,
-            found["contact_id"],
+            contact_id,
             assistant_id,
-        )
-        if opened is not None:
-            return cast(uuid.UUID, opened)
-        # another transaction opened it first (its insert, now committed, is what conflicted)
-        conversation_id: uuid.UUID = await connection.fetchval(
-            "SELECT id FROM chat_sessions WHERE tenant_id = $1 AND whatsapp_session_id = $2 AND contact_id = $3 "
-            "AND channel = 'whatsapp' AND ticket_status <> 'closed' FOR UPDATE",
-            self.principal.tenant_id,
-            number_id,
-            found["contact_id"],
         )
         return conversation_id
 
