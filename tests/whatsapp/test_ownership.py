@@ -11,6 +11,7 @@ import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -335,26 +336,20 @@ async def test_webhooks_arriving_together_are_queued_together_and_each_answered_
     _, number = await owned_number(client, a)
     stranger = new_number()  # no company verified it: its changes are answered, not queued
     # which transaction queued each delivery, seen from a trigger of the test's own
-    log_table, trigger = "queued_by_" + secrets.token_hex(4), "note_" + secrets.token_hex(4)
-    await owner.execute(
-        f"CREATE TABLE {log_table} (delivery bigint, tx bigint); "
-        f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ BEGIN "
-        f"INSERT INTO {log_table} VALUES (NEW.id, txid_current()); RETURN NEW; END $$; "
-        f"CREATE TRIGGER {trigger} AFTER INSERT ON whatsapp_webhook_deliveries "
-        f"FOR EACH ROW EXECUTE FUNCTION {trigger}()"
-    )
+    log_table = "queued_by_" + secrets.token_hex(4)
+    await owner.execute(f"CREATE TABLE {log_table} (delivery bigint, tx bigint)")
+    noting = f"INSERT INTO {log_table} VALUES (NEW.id, txid_current())"
     try:
-        bodies = [
-            delivery(number if n % 2 == 0 else stranger, messages=[text_message(wamid(), new_customer(), f"m{n}")])
-            for n in range(20)
-        ]
-        answers = await asyncio.gather(*(client.post(HOOK, content=body, headers=signed(body)) for body in bodies))
-        assert [answer.json() for answer in answers] == [{"received": 1}, {"received": 0}] * 10
-        deliveries, transactions = await owner.fetchrow(f"SELECT count(*), count(DISTINCT tx) FROM {log_table}")
+        async with trigger_of_the_test(owner, "AFTER INSERT ON whatsapp_webhook_deliveries", noting):
+            bodies = [
+                delivery(number if n % 2 == 0 else stranger, messages=[text_message(wamid(), new_customer(), f"m{n}")])
+                for n in range(20)
+            ]
+            answers = await asyncio.gather(*(client.post(HOOK, content=body, headers=signed(body)) for body in bodies))
+            assert [answer.json() for answer in answers] == [{"received": 1}, {"received": 0}] * 10
+            deliveries, transactions = await owner.fetchrow(f"SELECT count(*), count(DISTINCT tx) FROM {log_table}")
     finally:
-        await owner.execute(
-            f"DROP TRIGGER {trigger} ON whatsapp_webhook_deliveries; DROP FUNCTION {trigger}(); DROP TABLE {log_table}"
-        )
+        await owner.execute(f"DROP TABLE {log_table}")
     assert deliveries == 10
     assert transactions < deliveries  # some were queued together
     await worked_off(database)
@@ -372,22 +367,15 @@ async def test_a_webhook_the_database_refuses_does_not_take_down_the_others_queu
     one the database refuses is answered with an error (and delivered again by Meta)."""
     _, a, _, _ = two_companies
     _, number = await owned_number(client, a)
-    trigger = "refuse_" + secrets.token_hex(4)
-    await owner.execute(
-        f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        f"IF NEW.payload::text LIKE '%veneno%' THEN RAISE EXCEPTION 'delivery refused by the test'; END IF; "
-        f"RETURN NEW; END $$; "
-        f"CREATE TRIGGER {trigger} BEFORE INSERT ON whatsapp_webhook_deliveries "
-        f"FOR EACH ROW EXECUTE FUNCTION {trigger}()"
-    )
+    refusing = "IF NEW.payload::text LIKE '%veneno%' THEN RAISE EXCEPTION 'delivery refused by the test'; END IF"
     texts = [f"m{n}" if n != 5 else "veneno" for n in range(12)]
     bodies = [delivery(number, messages=[text_message(wamid(), new_customer(), text)]) for text in texts]
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # a 500 is the answer under test
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://papo.test") as meta:
-            answers = await asyncio.gather(*(meta.post(HOOK, content=body, headers=signed(body)) for body in bodies))
-    finally:
-        await owner.execute(f"DROP TRIGGER {trigger} ON whatsapp_webhook_deliveries; DROP FUNCTION {trigger}()")
+    async with (
+        trigger_of_the_test(owner, "BEFORE INSERT ON whatsapp_webhook_deliveries", refusing),
+        httpx.AsyncClient(transport=transport, base_url="http://papo.test") as meta,
+    ):
+        answers = await asyncio.gather(*(meta.post(HOOK, content=body, headers=signed(body)) for body in bodies))
     assert [answer.status_code for answer in answers] == [200] * 5 + [500] + [200] * 6
     assert answers[5].headers["content-type"] == PROBLEM
     await worked_off(database)
@@ -395,7 +383,6 @@ async def test_a_webhook_the_database_refuses_does_not_take_down_the_others_queu
 
 
 async def test_two_numbers_with_the_same_customers_are_taken_in_side_by_side_without_deadlock(
-    app: FastAPI,
     client: httpx.AsyncClient,
     two_companies: tuple[TenantHandle, Member, TenantHandle, Member],
     database: ProvisionedDatabase,
@@ -409,11 +396,7 @@ async def test_two_numbers_with_the_same_customers_are_taken_in_side_by_side_wit
     one = new_customer()
     other = next(c for c in iter(new_customer, None) if lane_of(c) == lane_of(one))  # the same lane
     arrivals = [(first, one), (second, other), (first, other), (second, one)] * 3
-    changes = [
-        json.loads(delivery(number, messages=[text_message(wamid(), who, f"{n}")]))["entry"][0]["changes"][0]
-        for n, (number, who) in enumerate(arrivals)
-    ]
-    body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": changes}]}).encode()
+    body = one_webhook([(number, who, f"{n}") for n, (number, who) in enumerate(arrivals)])
     deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
     before = await owner.fetchval(deadlocks)
     assert (await client.post(HOOK, content=body, headers=signed(body))).json() == {"received": len(arrivals)}
@@ -424,20 +407,37 @@ async def test_two_numbers_with_the_same_customers_are_taken_in_side_by_side_wit
 
 
 @contextlib.asynccontextmanager
-async def refused_by_the_database(owner: asyncpg.Connection, customer: str) -> AsyncIterator[None]:
-    """The database refuses to store this customer (a fault past the webhook, where retrying cannot
-    help) until the block ends."""
-    trigger = "refuse_" + secrets.token_hex(4)
+async def trigger_of_the_test(owner: asyncpg.Connection, event: str, body: str) -> AsyncIterator[None]:
+    """A row trigger of the test's own until the block ends: `event` is "BEFORE INSERT ON <table>"
+    and the like, `body` PL/pgSQL run for each row (as the owner) before RETURN NEW."""
+    name = "test_" + secrets.token_hex(4)
+    table = event.rpartition(" ON ")[2]
     await owner.execute(
-        f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        f"IF NEW.wa_id = '{customer}' THEN RAISE EXCEPTION 'contact refused by the test'; END IF; "
-        f"RETURN NEW; END $$; "
-        f"CREATE TRIGGER {trigger} BEFORE INSERT ON contacts FOR EACH ROW EXECUTE FUNCTION {trigger}()"
+        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ BEGIN "
+        f"{body}; RETURN NEW; END $$; "
+        f"CREATE TRIGGER {name} {event} FOR EACH ROW EXECUTE FUNCTION {name}()"
     )
     try:
         yield
     finally:
-        await owner.execute(f"DROP TRIGGER {trigger} ON contacts; DROP FUNCTION {trigger}()")
+        await owner.execute(f"DROP TRIGGER {name} ON {table}; DROP FUNCTION {name}()")
+
+
+def refused_by_the_database(owner: asyncpg.Connection, customer: str) -> AbstractAsyncContextManager[None]:
+    """The database refuses to store this customer (a fault past the webhook, where retrying cannot
+    help) until the block ends."""
+    refusing = f"IF NEW.wa_id = '{customer}' THEN RAISE EXCEPTION 'contact refused by the test'; END IF"
+    return trigger_of_the_test(owner, "BEFORE INSERT ON contacts", refusing)
+
+
+def one_webhook(messages: list[tuple[str, str, str]]) -> bytes:
+    """One signed-to-be delivery holding a change per (number, customer, text), in that order: each
+    change is queued as a delivery of its own, all in one statement."""
+    changes = [
+        json.loads(delivery(number, messages=[text_message(wamid(), who, text)]))["entry"][0]["changes"][0]
+        for number, who, text in messages
+    ]
+    return json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": changes}]}).encode()
 
 
 def new_customer() -> str:
@@ -531,10 +531,7 @@ class TestDeadLetters:
         words = ["um", "dois", "três", "quatro", "cinco"]
         arrivals = [(customer, words[0]), (customer, words[1]), (refused, "recusada"), (customer, words[2]),
                     (refused, "recusada também"), (customer, words[3]), (customer, words[4])]  # fmt: skip
-        # One webhook, one queued delivery per change: claimed together, in one lane.
-        changes = [json.loads(delivery(number, messages=[text_message(wamid(), who, text)]))["entry"][0]["changes"][0]
-                   for who, text in arrivals]  # fmt: skip
-        body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": changes}]}).encode()
+        body = one_webhook([(number, who, text) for who, text in arrivals])  # claimed together, in one lane
         async with refused_by_the_database(owner, refused):
             assert (await client.post(HOOK, content=body, headers=signed(body))).json() == {"received": len(arrivals)}
             dead = await dead_letters_of(owner, refused, 2, hub)
