@@ -87,6 +87,29 @@ async def test_busy_keys_lease_units_and_never_exceed_the_limit(backends: Any) -
     assert min(counts) > 0
 
 
+async def test_concurrent_requests_of_a_busy_key_wait_for_one_lease(backends: Any) -> None:
+    backend = backends()
+    trips = 0
+
+    class CountedTrips:
+        """The real backend, with its trips to the shared bucket counted."""
+
+        async def gcra(self, key: bytes, interval: float, period: float, consume: bool) -> tuple[bool, float, float]:
+            nonlocal trips
+            trips += 1
+            return await backend.gcra(key, interval, period, consume)
+
+    limiter = RateLimiter(CountedTrips(), {"busy": Limit("busy", 100_000, 60.0)})  # type: ignore[arg-type]
+    identity = f"user:{uuid.uuid4()}"
+    first = await limiter.check("busy", identity)  # one unit; the key is busy from now on
+    decisions = await asyncio.gather(*(limiter.check("busy", identity) for _ in range(40)))
+    assert first is not None and first.allowed
+    assert all(d is not None and d.allowed for d in decisions)
+    # 40 at once from leases of 20 units: the first check's trip and two or three leases, where
+    # each request took its own lease before (41 trips)
+    assert trips <= 4
+
+
 async def test_allowance_refills_with_time(backends: Any) -> None:
     limiter = RateLimiter(backends(), {"fast": Limit("fast", 2, 0.4)})
     identity = secrets.token_hex(4)

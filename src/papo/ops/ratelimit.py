@@ -166,6 +166,10 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
+async def _nothing_to_reset(_connection: asyncpg.Connection) -> None:
+    return None
+
+
 class PostgresBackend:
     """Checks on a small asyncpg pool of their own: one statement that commits by itself, on the hot
     path of every message, so no unit of work and no ORM session around it."""
@@ -185,6 +189,11 @@ class PostgresBackend:
                         min_size=1,
                         max_size=self.pool_size,
                         server_settings={"application_name": application_name("papo-limits")},
+                        # Each check is one self-committing call that leaves no session state, so
+                        # the default reset on release (UNLISTEN, RESET ALL, ...: a second round
+                        # trip per check) has nothing to undo; an open transaction is still
+                        # rolled back by asyncpg before this runs.
+                        reset=_nothing_to_reset,
                     )
         return self.pool
 
@@ -402,6 +411,7 @@ class RateLimiter:
         self.enabled = enabled
         self.penalties = penalties or {}
         self.leases: dict[bytes, Lease] = {}
+        self.leasing: dict[bytes, asyncio.Event] = {}  # keys whose next lease is being taken
         self.password_checks = 0  # sign-in attempts this process let through to the password check
 
     @classmethod
@@ -428,30 +438,45 @@ class RateLimiter:
         if limit is None or not self.enabled:
             return None
         key = _key(name, identity)
-        clock = time.monotonic()
-        lease = self.leases.get(key)
-        if consume and lease is not None and lease.units > 0 and clock < lease.expires:
-            lease.units -= 1
-            return lease.decision
-        busy = consume and lease is not None and clock - lease.taken < LEASE_SECONDS
-        size = max(1, min(LEASE_MAX, limit.count // LEASE_SHARE)) if busy else 1
-        allowed, tat, now = await self.backend.gcra(key, limit.interval * size, limit.period, consume)
-        if not allowed and size > 1:  # not enough left for a lease: one unit, if that
-            size = 1
-            allowed, tat, now = await self.backend.gcra(key, limit.interval, limit.period, consume)
-        ahead = max(0.0, tat - now)  # how far the bucket's arrival time runs ahead of the clock
-        decision = Decision(
-            limit,
-            allowed,
-            remaining=max(0, min(limit.count, math.floor((limit.period - ahead) / limit.interval + 1e-9))),
-            reset_seconds=ahead,
-            retry_after_seconds=0.0 if allowed else max(0.0, ahead + limit.interval - limit.period),
-        )
-        if consume:
-            units = size - 1 if allowed else 0
-            self.leases[key] = Lease(units, clock + LEASE_SECONDS, clock, decision)
-            if len(self.leases) > MAX_LEASES:
-                self._forget_old_leases(clock)
+        while True:
+            clock = time.monotonic()
+            lease = self.leases.get(key)
+            if consume and lease is not None and lease.units > 0 and clock < lease.expires:
+                lease.units -= 1
+                return lease.decision
+            busy = consume and lease is not None and clock - lease.taken < LEASE_SECONDS
+            size = max(1, min(LEASE_MAX, limit.count // LEASE_SHARE)) if busy else 1
+            # Requests of a busy key arriving while its next lease is being taken wait for that
+            # lease instead of each taking (and overwriting) one of their own: 16 concurrent
+            # requests of one user made ~0.3 trips per request instead of one per lease.
+            leasing = self.leasing.get(key) if size > 1 else None
+            if leasing is None:
+                break
+            await leasing.wait()
+        if size > 1:
+            self.leasing[key] = leasing = asyncio.Event()
+        try:
+            allowed, tat, now = await self.backend.gcra(key, limit.interval * size, limit.period, consume)
+            if not allowed and size > 1:  # not enough left for a lease: one unit, if that
+                size = 1
+                allowed, tat, now = await self.backend.gcra(key, limit.interval, limit.period, consume)
+            ahead = max(0.0, tat - now)  # how far the bucket's arrival time runs ahead of the clock
+            decision = Decision(
+                limit,
+                allowed,
+                remaining=max(0, min(limit.count, math.floor((limit.period - ahead) / limit.interval + 1e-9))),
+                reset_seconds=ahead,
+                retry_after_seconds=0.0 if allowed else max(0.0, ahead + limit.interval - limit.period),
+            )
+            if consume:
+                units = size - 1 if allowed else 0
+                self.leases[key] = Lease(units, clock + LEASE_SECONDS, clock, decision)
+                if len(self.leases) > MAX_LEASES:
+                    self._forget_old_leases(clock)
+        finally:
+            if leasing is not None:
+                del self.leasing[key]
+                leasing.set()
         return decision
 
     def _forget_old_leases(self, clock: float) -> None:

@@ -20,6 +20,7 @@ from fastapi import APIRouter, FastAPI, Form, Request, Response
 
 from papo.auth.deps import DbSession
 from papo.errors import NotFound
+from papo.routes import add_routes
 from papo.web import admin, brand, chats, knowledge_pages, pages, sign_in, staff, webhook_pages
 from papo.web.i18n import LANG_COOKIE, LANGUAGES
 from papo.web.pages import THEME_COOKIE, THEMES, State, VisitorForm, assets, local_path, redirect
@@ -69,6 +70,6 @@ async def set_preferences(
 def install(app: FastAPI) -> None:
     """Add every page and the guards' refusals to the app."""
     pages.install(app)
-    app.include_router(router)
+    add_routes(app, router)
     for area in (sign_in, chats, admin, webhook_pages, knowledge_pages, staff):
-        app.include_router(area.router)
+        add_routes(app, area.router)

@@ -56,7 +56,7 @@ from papo.whatsapp.status import SessionStatus
 from papo.whatsapp.teams import Teams
 from papo.whatsapp.transports.base import SessionKey
 
-router = APIRouter(tags=["whatsapp"])
+router = APIRouter(prefix="/api/v1/whatsapp/sessions", tags=["whatsapp"])
 
 
 async def session_service(principal: CurrentPrincipal, session: DbSession, state: State) -> SessionService:
