@@ -98,9 +98,12 @@ async def cookie_principal(request: Request, session: AsyncSession, state: AuthR
     return None
 
 
-async def current_principal(request: Request, session: DbSession, state: Auth) -> Principal:
+async def current_principal(request: Request, session: DbSession) -> Principal:
     """A bearer token or API key; else the browser's session cookie (with CSRF on writes), so the
     web app's script calls the same API as everyone else."""
+    # Not a dependency of its own: FastAPI solves a dependency's dependencies again wherever it
+    # appears, cached or not, and this one appears several times under most routes.
+    state: AuthRuntime = running(request)
     credential = presented_credential(request)
     recalled: Recalled | None = getattr(request.state, "recalled", None)
     if recalled is None:

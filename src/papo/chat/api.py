@@ -38,7 +38,7 @@ from papo.chat.service import MAX_PAGE, ChatService, message_cursor
 from papo.db.engine import Database
 from papo.errors import BadRequest
 from papo.ops.ratelimit import RateLimiter
-from papo.runtime import current_runtime
+from papo.runtime import current_runtime, running
 from papo.settings import Settings
 
 
@@ -62,7 +62,8 @@ State = Annotated[ChatRuntime, Depends(current_runtime)]
 router = APIRouter(prefix="/api/v1", tags=["chat"])
 
 
-async def chat_service(session: DbSession, principal: CurrentPrincipal, state: State) -> ChatService:
+async def chat_service(request: Request, session: DbSession, principal: CurrentPrincipal) -> ChatService:
+    state: ChatRuntime = running(request)  # not a dependency: see papo.auth.deps.current_principal
     return ChatService(session, principal, state.settings)
 
 
@@ -151,8 +152,9 @@ async def delete_session(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-async def message_allowance(request: Request, principal: CurrentPrincipal, state: State) -> None:
+async def message_allowance(request: Request, principal: CurrentPrincipal) -> None:
     """The caller's message rate (429 before anything is written)."""
+    state: ChatRuntime = running(request)  # not a dependency: see papo.auth.deps.current_principal
     await state.limiter.messages(request, principal)
 
 

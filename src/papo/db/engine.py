@@ -13,7 +13,7 @@ import asyncpg
 import structlog
 from sqlalchemy import CursorResult, Executable, event, text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from papo.db.errors import database_unreachable
 from papo.db.server import (
@@ -177,6 +177,14 @@ class DatabaseObserver(Protocol):
         """After every checkout and checkin."""
 
 
+def _driver_of(connection: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under a connection just taken from the pool. It is already checked
+    out, so reading it needs no trip into SQLAlchemy's greenlet (`get_raw_connection` takes one)."""
+    assert connection.sync_connection is not None
+    driver_connection: asyncpg.Connection = connection.sync_connection.connection.driver_connection
+    return driver_connection
+
+
 class Database:
     """The runtime role's connection pool. Every unit of work is one transaction."""
 
@@ -265,8 +273,7 @@ class Database:
     @asynccontextmanager
     async def _unit(self, context: RlsContext | Resumption | None) -> AsyncIterator[AsyncSession]:
         async with self.engine.connect() as connection:
-            raw = await connection.get_raw_connection()
-            asyncpg_connection: asyncpg.Connection = raw.driver_connection
+            asyncpg_connection = _driver_of(connection)
             # SQLAlchemy's pool cannot see transactions it did not open. A connection must never go
             # back to it with a transaction open, or with asyncpg unsure whether one is: the next
             # unit of work would nest a savepoint in it and never commit. So unless this unit ends
@@ -372,7 +379,7 @@ class Database:
     async def _alone(self, method: str, statement: str, *args: Any, event_path: bool) -> Any:
         try:
             async with (self.event_path if event_path else self.engine).connect() as connection:
-                raw: asyncpg.Connection = (await connection.get_raw_connection()).driver_connection
+                raw = _driver_of(connection)
                 try:
                     return await getattr(raw, method)(statement, *args)
                 except Exception:
