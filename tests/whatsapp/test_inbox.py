@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import uuid
 from typing import Any
 
@@ -19,6 +20,7 @@ from tests.fake_openai import API_KEY
 from tests.fake_whatsapp import FakeTransport
 from tests.support import WHATSAPP_SESSIONS as BASE
 from tests.support import Member, TenantHandle
+from tests.whatsapp.test_ownership import trigger_of_the_test
 
 INBOX = "/api/v1/whatsapp/conversations"
 
@@ -195,6 +197,54 @@ async def test_a_new_customers_first_messages_at_once_open_one_conversation(
     assert [(c["wa_id"], c["contact_name"]) for c in conversations] == [("5511966660000", "Davi")]
     messages = (await client.get(f"{INBOX}/{conversations[0]['id']}/messages", headers=agent.headers)).json()
     assert sorted(m["content"] for m in messages) == texts
+
+
+async def test_a_known_customer_costs_no_contact_write_and_two_conversation_writes_per_message(
+    client: httpx.AsyncClient,
+    number: tuple[TenantHandle, Member, Member, SessionKey],
+    fake: FakeTransport,
+    database: ProvisionedDatabase,
+) -> None:
+    """Each message used to write a new version of its contact (the name, unchanged) and three of its
+    conversation; now the contact is written only when its name changes, and the conversation by
+    the stamp of the customer's last word and by the message's insert."""
+    tenant, _, agent, key = number
+    await fake.customer_writes(key, "oi", wa_id="5511955550000", name="Eva")
+    owner = await asyncpg.connect(plain_dsn(database.owner_url))
+    writes = "test_writes_" + secrets.token_hex(4)
+    noting = f"INSERT INTO {writes} VALUES (TG_TABLE_NAME)"
+
+    async def written() -> dict[str, int]:
+        rows = await owner.fetch(f"SELECT tbl, count(*) AS n FROM {writes} GROUP BY tbl")
+        await owner.execute(f"TRUNCATE {writes}")
+        return {row["tbl"]: row["n"] for row in rows}
+
+    async def inbound_at() -> Any:
+        return await owner.fetchval(
+            "SELECT last_inbound_at FROM chat_sessions WHERE tenant_id = $1 AND channel = 'whatsapp'", tenant.id
+        )
+
+    await owner.execute(f"CREATE TABLE {writes} (tbl text)")
+    try:
+        async with (
+            trigger_of_the_test(owner, "BEFORE UPDATE ON contacts", noting),
+            trigger_of_the_test(owner, "BEFORE UPDATE ON chat_sessions", noting),
+        ):
+            before = await inbound_at()
+            await fake.customer_writes(key, "tudo bem?", wa_id="5511955550000", name="Eva")
+            assert await written() == {"chat_sessions": 2}
+            await fake.customer_writes(key, "alô", wa_id="5511955550000")  # no name this time: kept
+            assert await written() == {"chat_sessions": 2}
+            assert await inbound_at() > before
+            await fake.customer_writes(key, "sou eu", wa_id="5511955550000", name="Eva Lima")
+            assert await written() == {"chat_sessions": 2, "contacts": 1}
+    finally:
+        await owner.execute(f"DROP TABLE {writes}")
+        await owner.close()
+    conversations = (await client.get(INBOX, headers=agent.headers)).json()
+    assert [(c["contact_name"], c["last_inbound_at"] is not None) for c in conversations] == [("Eva Lima", True)]
+    messages = (await client.get(f"{INBOX}/{conversations[0]['id']}/messages", headers=agent.headers)).json()
+    assert [m["content"] for m in messages] == ["oi", "tudo bem?", "alô", "sou eu"]
 
 
 async def test_finding_a_customers_conversation_does_not_walk_the_numbers_other_conversations(

@@ -39,17 +39,33 @@ SELECT {CONVERSATION_COLUMNS}
   FROM chat_sessions c JOIN contacts k ON k.tenant_id = c.tenant_id AND k.id = c.contact_id
 """  # noqa: S608  (fixed text)
 # The customer's open conversation on the number ($5, contact $6), started if there is none, and
-# locked either way. Found through the unique index as the arbiter of the conflict, which the
-# planner does not choose: a SELECT on the same three columns was planned on the tenant's inbox
-# index whenever the statistics lagged behind the table, walking every open conversation of the
-# tenant per message. The DO UPDATE writes nothing new (the message's insert updates the row next).
+# locked either way, with the customer's last word stamped now. Found through the unique index as
+# the arbiter of the conflict, which the planner does not choose: a SELECT on the same three columns
+# was planned on the tenant's inbox index whenever the statistics lagged behind the table, walking
+# every open conversation of the tenant per message. The stamp is this statement's update, so the
+# row is written twice per message (here and by the message's insert), not three times.
 OPEN_CONVERSATION = """
 INSERT INTO chat_sessions (tenant_id, id, title, channel, ticket_status, bot_enabled,
-                           whatsapp_session_id, contact_id, assistant_id)
-VALUES ($1, $2, $3, 'whatsapp', 'open', $4, $5, $6, $7)
+                           whatsapp_session_id, contact_id, assistant_id, last_inbound_at)
+VALUES ($1, $2, $3, 'whatsapp', 'open', $4, $5, $6, $7, now())
 ON CONFLICT (tenant_id, whatsapp_session_id, contact_id) WHERE channel = 'whatsapp' AND ticket_status <> 'closed'
-  DO UPDATE SET ticket_status = chat_sessions.ticket_status
+  DO UPDATE SET last_inbound_at = now()
 RETURNING id
+"""
+# The customer's contact, created if new; its name written only when it changed (an unchanged one
+# cost a row version per message). An existing row is locked either way; its id then comes from the
+# second branch, unless another transaction created it after this statement's snapshot (None).
+UPSERT_CONTACT = """
+WITH written AS (
+  INSERT INTO contacts (tenant_id, id, wa_id, name) VALUES ($1, $2, $3, $4)
+  ON CONFLICT (tenant_id, wa_id) DO UPDATE SET name = EXCLUDED.name
+    WHERE EXCLUDED.name IS NOT NULL AND contacts.name IS DISTINCT FROM EXCLUDED.name
+  RETURNING id
+)
+SELECT id FROM written
+UNION ALL
+SELECT id FROM contacts WHERE tenant_id = $1 AND wa_id = $3
+LIMIT 1
 """
 CONVERSATION_LIST = (
     CONVERSATION_SELECT  # noqa: S608  (fixed text: every value is a parameter)
@@ -124,20 +140,18 @@ class ChannelConversations:
         assistant_id: uuid.UUID | None,
     ) -> uuid.UUID:
         """The customer's contact (created, or its name refreshed) and its open conversation on this
-        number, started if there is none (a unique index settles concurrent arrivals); locked for the
-        rest of the transaction. Two round trips, whether they exist or not."""
+        number, started if there is none (a unique index settles concurrent arrivals), its customer's
+        last word stamped now; locked for the rest of the transaction. Two round trips, whether they
+        exist or not (three when another number of the company took the same new customer in at
+        the same moment)."""
         connection = driver(self.db)
-        contact_id: uuid.UUID = await connection.fetchval(
-            """
-            INSERT INTO contacts (tenant_id, id, wa_id, name) VALUES ($1, $2, $3, $4)
-            ON CONFLICT (tenant_id, wa_id) DO UPDATE SET name = coalesce(EXCLUDED.name, contacts.name)
-            RETURNING id
-            """,
-            self.principal.tenant_id,
-            new_id(),
-            wa_id,
-            contact_name,
+        contact_id: uuid.UUID | None = await connection.fetchval(
+            UPSERT_CONTACT, self.principal.tenant_id, new_id(), wa_id, contact_name
         )
+        if contact_id is None:  # committed by another transaction after this statement's snapshot
+            contact_id = await connection.fetchval(
+                "SELECT id FROM contacts WHERE tenant_id = $1 AND wa_id = $2", self.principal.tenant_id, wa_id
+            )
         conversation_id: uuid.UUID = await connection.fetchval(
             OPEN_CONVERSATION,
             self.principal.tenant_id,
@@ -177,17 +191,9 @@ class ChannelConversations:
         )
         if row is None:
             return None
-        conversation = await connection.fetchrow(
-            f"""
-            UPDATE chat_sessions c SET last_inbound_at = now() FROM contacts k
-             WHERE c.tenant_id = $1 AND c.id = $2 AND k.tenant_id = c.tenant_id AND k.id = c.contact_id
-            RETURNING {CONVERSATION_COLUMNS}
-            """,  # noqa: S608  (fixed column list)
-            self.principal.tenant_id,
-            conversation_id,
-        )
+        conversation = await self.find(conversation_id)  # stamped by open_conversation, already locked
         stored = await Attachments(self.db, self.principal).add(plain(row), list(attachments))
-        return self._announce_message(row, stored), dict(conversation)
+        return self._announce_message(row, stored), conversation
 
     async def hand_off(self, conversation_id: uuid.UUID) -> None:
         """The bot stops answering; the conversation waits for a person."""
