@@ -138,7 +138,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--profile", type=Path, help="record the server with py-spy during the bursts, here")
+    parser.add_argument("--profile", type=Path, help="record the server with py-spy during the 200-stream runs, here")
     args = parser.parse_args()
     # The provider runs in a process of its own, as a real one would: in this script's event loop,
     # its answers waited behind the 200 clients'.
@@ -218,7 +218,7 @@ async def main() -> None:
                 through: list[float] = []
                 for _ in range(args.rounds * (10 if streams == 1 else 1)):  # one stream: more samples
                     direct += await direct_ttft(base_url, model, streams, interval)
-                    profile = args.profile / "burst.txt" if args.profile and arrival == "burst" else None
+                    profile = args.profile / f"{arrival}.txt" if args.profile and streams > 1 else None
                     async with profiled(papo_process.pid if profile else None, profile):
                         through += await papo_ttft(tokens, sessions, streams, interval)
                 added50 = statistics.median(through) - statistics.median(direct)
