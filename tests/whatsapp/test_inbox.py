@@ -212,7 +212,7 @@ async def test_a_known_customer_costs_no_contact_write_and_two_conversation_writ
     await fake.customer_writes(key, "oi", wa_id="5511955550000", name="Eva")
     owner = await asyncpg.connect(plain_dsn(database.owner_url))
     writes = "test_writes_" + secrets.token_hex(4)
-    noting = f"INSERT INTO {writes} VALUES (TG_TABLE_NAME)"
+    noting = f"IF NEW.tenant_id = '{tenant.id}' THEN INSERT INTO {writes} VALUES (TG_TABLE_NAME); END IF"
 
     async def written() -> dict[str, int]:
         rows = await owner.fetch(f"SELECT tbl, count(*) AS n FROM {writes} GROUP BY tbl")
