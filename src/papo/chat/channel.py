@@ -31,13 +31,11 @@ MESSAGE_COLUMNS = (
     "updated_at, external_id, delivery_status"
 )
 # A conversation with its contact (fixed text, completed with fixed conditions below).
-CONVERSATION_COLUMNS = """c.id, c.title, c.ticket_status, c.assigned_to, c.bot_enabled, c.last_inbound_at,
-       c.last_message_at, c.whatsapp_session_id, c.contact_id, k.wa_id, k.name AS contact_name, c.created_at,
-       c.labels, c.team_id"""
-CONVERSATION_SELECT = f"""
-SELECT {CONVERSATION_COLUMNS}
+CONVERSATION_SELECT = """
+SELECT c.id, c.title, c.ticket_status, c.assigned_to, c.bot_enabled, c.last_inbound_at, c.last_message_at,
+       c.whatsapp_session_id, c.contact_id, k.wa_id, k.name AS contact_name, c.created_at, c.labels, c.team_id
   FROM chat_sessions c JOIN contacts k ON k.tenant_id = c.tenant_id AND k.id = c.contact_id
-"""  # noqa: S608  (fixed text)
+"""
 # The customer's open conversation on the number ($5, contact $6), started if there is none, and
 # locked either way, with the customer's last word stamped now. Found through the unique index as
 # the arbiter of the conflict, which the planner does not choose: a SELECT on the same three columns
@@ -171,9 +169,9 @@ class ChannelConversations:
         metadata: dict[str, Any],
         external_id: str,
         attachments: tuple[NewAttachment, ...] = (),
-    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    ) -> dict[str, Any] | None:
         """A customer's message with what it carries, stored once by its channel id (None: delivered
-        before) and announced; with its conversation as it now is (the customer's last word now)."""
+        before) and announced."""
         connection = driver(self.db)
         row = await connection.fetchrow(
             f"""
@@ -191,9 +189,8 @@ class ChannelConversations:
         )
         if row is None:
             return None
-        conversation = await self.find(conversation_id)  # stamped by open_conversation, already locked
         stored = await Attachments(self.db, self.principal).add(plain(row), list(attachments))
-        return self._announce_message(row, stored), conversation
+        return self._announce_message(row, stored)
 
     async def hand_off(self, conversation_id: uuid.UUID) -> None:
         """The bot stops answering; the conversation waits for a person."""

@@ -117,12 +117,12 @@ class Inbox:
         kept = inbound.kind == "text" or bool(inbound.attachments)
         content = inbound.text if kept else f"[unsupported message: {inbound.kind}]"
         metadata = {"wa_from": inbound.from_wa_id} | ({} if kept else {"unsupported": inbound.kind})
-        stored = await self.store.store_inbound(
+        message = await self.store.store_inbound(
             conversation_id, content, metadata, inbound.external_id, inbound.attachments
         )
-        if stored is None:
+        if message is None:
             return Received(conversation_id, None, False)
-        message, conversation = stored
+        conversation = await self.store.find(conversation_id)  # its last word stamped by open_conversation
         bot_on = bool(conversation["bot_enabled"])
         # the bot answers words (a text, a caption); a file alone goes to a person, and the customer is told
         supported = kept and bool(content.strip())
