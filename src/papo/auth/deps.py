@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
@@ -42,11 +43,26 @@ class AuthRuntime(Protocol):
 
 
 async def request_tx(request: Request) -> AsyncIterator[AsyncSession]:
-    """One transaction per request: committed when the handler returns, rolled back if it raises.
-    On a route that authenticates, a credential this process has just seen opens the transaction
-    already scoped, once the database has confirmed it still holds (see papo.auth.principal_cache)."""
+    """One transaction per request: committed when the handler returns, rolled back if it raises."""
+    async with request_unit(request, authenticates=_authenticates(request)) as session:
+        yield session
+
+
+@asynccontextmanager
+async def authenticated_unit(request: Request) -> AsyncIterator[tuple[AsyncSession, Principal]]:
+    """What DbSession and CurrentPrincipal give, for a handler that opens them itself because one of
+    its paths needs neither (papo.chat.api.send_message)."""
+    async with request_unit(request, authenticates=True) as session:
+        yield session, await current_principal(request, session)
+
+
+@asynccontextmanager
+async def request_unit(request: Request, *, authenticates: bool) -> AsyncIterator[AsyncSession]:
+    """The request's unit of work. When the request authenticates, a credential this process has
+    just seen opens it already scoped, once the database has confirmed it still holds (see
+    papo.auth.principal_cache)."""
     runtime: AuthRuntime = running(request)
-    credential = presented_credential(request) if _authenticates(request) else None
+    credential = presented_credential(request) if authenticates else None
     recalled = runtime.principals.recall(credential)
     async with runtime.db.transaction(None if recalled is None else recalled.resumption()) as session:
         if recalled is not None and credential is not None:

@@ -8,9 +8,10 @@ from typing import Annotated, Any, Protocol
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from papo.auth.deps import CurrentPrincipal, DbSession, ReadSession
+from papo.auth.deps import CurrentPrincipal, DbSession, ReadSession, authenticated_unit, presented_credential
 from papo.auth.invitations import Accounts
 from papo.auth.models import Role
+from papo.auth.principal_cache import PrincipalCache
 from papo.auth.service import Principal
 from papo.chat.caching import CONDITIONAL, CONDITIONAL_READ
 from papo.chat.export import MEDIA_TYPES, ExportFormat, stream_export
@@ -34,8 +35,8 @@ from papo.chat.schemas import (
     SupportSessionPage,
 )
 from papo.chat.search import search_messages
-from papo.chat.service import MAX_PAGE, ChatService, message_cursor
-from papo.db.engine import Database
+from papo.chat.service import MAX_PAGE, ChatService, message_cursor, post_message_at_once
+from papo.db.engine import Database, ResumptionRefused
 from papo.errors import BadRequest
 from papo.ops.ratelimit import RateLimiter
 from papo.runtime import current_runtime, running
@@ -47,6 +48,7 @@ class ChatRuntime(Protocol):
     db: Database
     limiter: RateLimiter
     accounts: Accounts
+    principals: PrincipalCache
 
     @property
     def reads(self) -> Database: ...
@@ -180,28 +182,41 @@ async def schedule(
         response.headers["X-Reply-Id"] = str(reply.reply_id)
 
 
-@router.post(
-    "/sessions/{session_id}/messages",
-    status_code=status.HTTP_201_CREATED,
-    response_model=MessageOut,
-    dependencies=[MessageAllowance],
-)
+@router.post("/sessions/{session_id}/messages", status_code=status.HTTP_201_CREATED, response_model=MessageOut)
 async def send_message(
-    session_id: uuid.UUID,
-    body: MessageCreate,
-    chat: Chat,
-    principal: CurrentPrincipal,
-    state: State,
-    request: Request,
-    response: Response,
-    background: BackgroundTasks,
+    session_id: uuid.UUID, body: MessageCreate, request: Request, response: Response, background: BackgroundTasks
 ) -> MessageOut:
     """Store a message. In a chat with an assistant, a user message also starts the assistant's reply:
     its id is in the `X-Reply-Id` header, and it streams through the realtime events (`reply.delta`).
     While a reply is being written, another user message is refused with 409: stop it or wait."""
-    principal.require_user()
-    posted = await state.conversations.post(chat, session_id, body.role, body.content, body.metadata)
-    await schedule(background, state, request, principal, posted.reply, response)
+    # The busiest write of the API opens its transaction itself: a caller this process remembers
+    # posts into a chat without an assistant in one statement (post_message_at_once), and only the
+    # rest takes the full path, with the same checks in the same order.
+    state: ChatRuntime = running(request)
+    allowed = False
+    credential = presented_credential(request)
+    remembered = state.principals.recall(credential) if credential and credential.kind == "bearer" else None
+    if remembered is not None and credential is not None:
+        request.state.principal = remembered.principal
+        await state.limiter.messages(request, remembered.principal)
+        remembered.principal.require_user()
+        try:
+            stored = await post_message_at_once(
+                state.db, state.settings, remembered.resumption(), session_id, body.role, body.content, body.metadata
+            )
+        except ResumptionRefused:
+            state.principals.refused(credential)
+        else:
+            if stored is not None:
+                return MessageOut.model_validate(stored)
+            allowed = True
+    async with authenticated_unit(request) as (session, principal):
+        if not allowed:
+            await state.limiter.messages(request, principal)
+        principal.require_user()
+        chat = ChatService(session, principal, state.settings)
+        posted = await state.conversations.post(chat, session_id, body.role, body.content, body.metadata)
+        await schedule(background, state, request, principal, posted.reply, response)
     return MessageOut.model_validate(posted.message)
 
 

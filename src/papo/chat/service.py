@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -28,11 +28,11 @@ from papo.chat.records import StoredMessage, message_payload
 from papo.chat.reply_lifecycle import ReplyLifecycle
 from papo.chat.schemas import SessionOut
 from papo.db.base import new_id
-from papo.db.engine import apply_context, driver
+from papo.db.engine import Database, Resumption, apply_context, driver
 from papo.db.errors import not_found_on_refusal
-from papo.errors import Forbidden, InvalidInput, NotFound
+from papo.errors import UNSTORABLE_TEXT, Forbidden, InvalidInput, NotFound
 from papo.pagination import decode_cursor, encode_cursor
-from papo.realtime.service import emit
+from papo.realtime.service import emit, published_alone
 from papo.settings import Settings
 
 SESSION_NOT_FOUND = "chat session not found"
@@ -49,6 +49,11 @@ INSERT_MESSAGE = """
 """
 
 
+# One statement that commits on its own (migration 0041): see post_message_at_once.
+POST_MESSAGE_AT_ONCE = "SELECT * FROM papo_post_message($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+# message_payload() needs timestamps; the database writes the real ones over these.
+_STAMPED_BY_THE_DATABASE = datetime(1970, 1, 1, tzinfo=UTC)
+
 T = TypeVar("T")
 
 
@@ -56,6 +61,30 @@ T = TypeVar("T")
 class Page(Generic[T]):
     items: list[T]
     has_more: bool
+
+
+def checked_metadata(settings: Settings, metadata: dict[str, Any] | None, field: str = "metadata") -> dict[str, Any]:
+    metadata = metadata or {}
+    if _json_size(metadata, field) > settings.max_metadata_bytes:
+        raise InvalidInput(f"metadata exceeds {settings.max_metadata_bytes} bytes", field=field)
+    return metadata
+
+
+def checked_content(settings: Settings, content: str) -> str:
+    if not content.strip():
+        raise InvalidInput("message content is empty", field="content")
+    if "\x00" in content:
+        raise InvalidInput("message content contains a NUL character", field="content")
+    if _utf8_size(content, "content") > settings.max_message_bytes:
+        raise InvalidInput(f"message exceeds {settings.max_message_bytes} bytes", field="content")
+    return content
+
+
+def _utf8_size(text: str, field: str) -> int:
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:  # an unpaired surrogate, which a JSON body may carry as an escape
+        raise InvalidInput(UNSTORABLE_TEXT, field=field) from None
 
 
 class ChatService(ReplyLifecycle):
@@ -77,19 +106,7 @@ class ChatService(ReplyLifecycle):
         return title or None
 
     def _check_metadata(self, metadata: dict[str, Any] | None, field: str = "metadata") -> dict[str, Any]:
-        metadata = metadata or {}
-        if _json_size(metadata) > self.settings.max_metadata_bytes:
-            raise InvalidInput(f"metadata exceeds {self.settings.max_metadata_bytes} bytes", field=field)
-        return metadata
-
-    def _check_content(self, content: str) -> str:
-        if not content.strip():
-            raise InvalidInput("message content is empty", field="content")
-        if "\x00" in content:
-            raise InvalidInput("message content contains a NUL character", field="content")
-        if len(content.encode()) > self.settings.max_message_bytes:
-            raise InvalidInput(f"message exceeds {self.settings.max_message_bytes} bytes", field="content")
-        return content
+        return checked_metadata(self.settings, metadata, field)
 
     def _merged_metadata(self, column: Any, patch: dict[str, Any]) -> ColumnElement[Any]:
         """JSON merge patch at the top level: keys with null are removed, the rest replace."""
@@ -387,7 +404,7 @@ class ChatService(ReplyLifecycle):
     ) -> StoredMessage:
         """One INSERT: the trigger checks the session is writable, stamps created_at and bumps
         the session's last_message_at."""
-        content = self._check_content(content)
+        content = checked_content(self.settings, content)
         metadata_json = json.dumps(self._check_metadata(metadata), separators=(",", ":"))
         try:
             row = await driver(self.db).fetchrow(
@@ -514,6 +531,63 @@ class ChatService(ReplyLifecycle):
         )
 
 
+async def post_message_at_once(
+    db: Database,
+    settings: Settings,
+    remembered: Resumption,
+    session_id: uuid.UUID,
+    role: MessageRole,
+    content: str,
+    metadata: dict[str, Any] | None,
+) -> StoredMessage | None:
+    """`ChatService.add_message` for a caller this process remembers, as one statement that commits
+    on its own: the database confirms the principal (ResumptionRefused when it no longer holds),
+    inserts the message and publishes `message.created`. One round trip instead of three, and the
+    chat's row is locked only inside the database (migration 0041).
+
+    None, with nothing written, for a message that needs the full request path: a user's message in
+    a chat with an assistant starts a reply."""
+    context = remembered.context
+    assert context.tenant_id is not None
+    assert context.user_id is not None
+    content = checked_content(settings, content)
+    metadata = checked_metadata(settings, metadata)
+    message_id = new_id()
+    unstamped = StoredMessage(
+        id=message_id,
+        session_id=session_id,
+        role=role.value,
+        content=content,
+        status=MessageStatus.sent.value,
+        metadata=metadata,
+        created_at=_STAMPED_BY_THE_DATABASE,
+        updated_at=_STAMPED_BY_THE_DATABASE,
+    )
+    payload = message_payload(unstamped)
+    del payload["created_at"], payload["updated_at"]
+    try:
+        rows = await db.rows(
+            POST_MESSAGE_AT_ONCE,
+            context.tenant_id,
+            context.user_id,
+            context.role,
+            remembered.api_key_id,
+            remembered.web_session_id,
+            message_id,
+            session_id,
+            role.value,
+            content,
+            json.dumps(metadata, separators=(",", ":")),
+            json.dumps(payload, separators=(",", ":")),
+        )
+    except (asyncpg.NoDataFoundError, asyncpg.InsufficientPrivilegeError) as exc:
+        raise NotFound(SESSION_NOT_FOUND) from exc
+    if not rows:
+        return None
+    published_alone(db)
+    return StoredMessage(**dict(rows[0]))
+
+
 async def purge_deleted_sessions(db: AsyncSession, older_than_days: int) -> int:
     """Remove, across tenants, sessions soft-deleted more than `older_than_days` ago (with messages)."""
     purged = await db.scalar(
@@ -522,8 +596,8 @@ async def purge_deleted_sessions(db: AsyncSession, older_than_days: int) -> int:
     return int(purged or 0)
 
 
-def _json_size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+def _json_size(value: Any, field: str) -> int:
+    return _utf8_size(json.dumps(value, separators=(",", ":"), ensure_ascii=False), field)
 
 
 def message_cursor(message: Message | StoredMessage) -> str:

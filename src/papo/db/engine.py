@@ -122,6 +122,10 @@ RESUMPTION_REFUSED = "resumption_refused"
 REFUSED_SQLSTATE = "PAP01"
 
 
+class ResumptionRefused(Exception):
+    """A statement run on its own confirmed a Resumption first, and the database refused it."""
+
+
 def begin_in(context: RlsContext | Resumption) -> str | None:
     """BEGIN and the context (or its resumption) as one simple query: one round trip instead of
     two. None when a value cannot be written as a literal here (a non-ASCII user id)."""
@@ -389,6 +393,10 @@ class Database:
         except Exception as exc:
             if database_unreachable(exc):
                 raise DatabaseUnavailable from exc
+            if unstorable_text(exc):
+                raise InvalidInput(UNSTORABLE_TEXT) from exc
+            if getattr(exc, "sqlstate", None) == REFUSED_SQLSTATE:
+                raise ResumptionRefused from exc
             raise
 
     async def dispose(self) -> None:

@@ -199,6 +199,12 @@ def _stamper(db: Database) -> Stamper:
 
 
 async def _stamp_soon(db: Database) -> None:
+    published_alone(db)
+
+
+def published_alone(db: Database) -> None:
+    """Events were published by a statement that committed on its own, outside any unit of work
+    (papo_post_message): they get their positions like those of a unit."""
     _stamper(db).request()
 
 
