@@ -351,7 +351,7 @@ class Bench:
             print(f"    ratio {ratio:.2f}")
             print(
                 f"    per papo request: {1000 * cpu['papo'] / papo_result.requests:.2f} ms CPU in papo serve, "
-                f"{1000 * cpu['scoring'] / papo_result.requests:.2f} ms in its sentiment child (niced), "
+                f"{1000 * cpu['scoring'] / papo_result.requests:.2f} ms in its sentiment child (idle priority), "
                 f"{1000 * cpu['postgres'] / papo_result.requests:.2f} ms in PostgreSQL, "
                 f"{statements / papo_result.requests:.1f} statements (background work included)"
             )

@@ -17,6 +17,7 @@ from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
 from papo.background import Workers
 from papo.blobs import BlobStore
+from papo.chat.replies import AnsweredChats
 from papo.crypto import KeyBox
 from papo.db.engine import Database
 from papo.knowledge.indexer import KnowledgeIndexer
@@ -56,6 +57,7 @@ class AppState:
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     tenants: TenantCache = field(default_factory=TenantCache)
     principals: PrincipalCache = field(default_factory=PrincipalCache)  # off until the app wires it
+    answered_chats: AnsweredChats = field(default_factory=AnsweredChats)
 
     @property
     def reads(self) -> Database:

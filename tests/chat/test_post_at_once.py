@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ from papo.auth.models import Role
 from papo.auth.principal_cache import PrincipalCache, Recalled
 from papo.auth.service import Principal
 from papo.chat.models import MessageRole
+from papo.chat.replies import AnsweredChats
 from papo.chat.service import post_message_at_once
 from papo.db.engine import Database, ResumptionRefused
 from papo.settings import Settings
@@ -162,3 +164,15 @@ async def test_timestamps_are_written_as_the_api_writes_them(app_role_connection
     ):
         written = await app_role_connection.fetchval("SELECT papo_json_time($1)", moment)
         assert written == as_json.dump_python(moment, mode="json")
+
+
+def test_chats_seen_starting_replies_are_remembered_for_a_while_and_a_bounded_few() -> None:
+    chats = [uuid.uuid4() for _ in range(3)]
+    answered = AnsweredChats(size=2, seconds=0.2)
+    answered.add(chats[0])
+    answered.add(chats[1])
+    assert chats[0] in answered and chats[2] not in answered
+    answered.add(chats[2])  # the least recently seen goes
+    assert chats[0] not in answered and chats[1] in answered and chats[2] in answered
+    time.sleep(0.25)  # its assistant may have been taken off: asked again
+    assert chats[1] not in answered and not answered.seen.get(chats[1])

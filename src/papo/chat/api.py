@@ -17,7 +17,7 @@ from papo.chat.caching import CONDITIONAL, CONDITIONAL_READ
 from papo.chat.export import MEDIA_TYPES, ExportFormat, stream_export
 from papo.chat.export import filename as export_filename
 from papo.chat.models import SessionStatus
-from papo.chat.replies import PendingReply, ReplyPolicy, ReplyRunner
+from papo.chat.replies import AnsweredChats, PendingReply, ReplyPolicy, ReplyRunner
 from papo.chat.schemas import (
     ChatCreate,
     MessageCreate,
@@ -49,6 +49,7 @@ class ChatRuntime(Protocol):
     limiter: RateLimiter
     accounts: Accounts
     principals: PrincipalCache
+    answered_chats: AnsweredChats
 
     @property
     def reads(self) -> Database: ...
@@ -196,7 +197,7 @@ async def send_message(
     allowed = False
     credential = presented_credential(request)
     remembered = state.principals.recall(credential) if credential and credential.kind == "bearer" else None
-    if remembered is not None and credential is not None:
+    if remembered is not None and credential is not None and session_id not in state.answered_chats:
         request.state.principal = remembered.principal
         await state.limiter.messages(request, remembered.principal)
         remembered.principal.require_user()
@@ -216,6 +217,8 @@ async def send_message(
         principal.require_user()
         chat = ChatService(session, principal, state.settings)
         posted = await state.conversations.post(chat, session_id, body.role, body.content, body.metadata)
+        if posted.reply is not None:
+            state.answered_chats.add(session_id)
         await schedule(background, state, request, principal, posted.reply, response)
     return MessageOut.model_validate(posted.message)
 

@@ -4,7 +4,9 @@ through the running process; see papo.app)."""
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -68,3 +70,30 @@ class ReplyRunner(Protocol):
     def text_so_far(self, reply_id: uuid.UUID) -> str | None: ...
 
     async def halt(self, reply_id: uuid.UUID) -> None: ...
+
+
+class AnsweredChats:
+    """Chats whose user messages this process has recently seen start a reply: their next message
+    goes straight to the full request path instead of first asking post_message_at_once, which
+    would only find that out again. A hint, never a rule: a chat wrongly in it takes the full
+    path, which is right for every chat."""
+
+    def __init__(self, size: int = 10_000, seconds: float = 300.0) -> None:
+        self.size = size
+        self.seconds = seconds
+        self.seen: OrderedDict[uuid.UUID, float] = OrderedDict()  # chat → when, oldest first
+
+    def add(self, chat_id: uuid.UUID) -> None:
+        self.seen[chat_id] = time.monotonic()
+        self.seen.move_to_end(chat_id)
+        while len(self.seen) > self.size:
+            self.seen.popitem(last=False)
+
+    def __contains__(self, chat_id: uuid.UUID) -> bool:
+        seen_at = self.seen.get(chat_id)
+        if seen_at is None:
+            return False
+        if time.monotonic() - seen_at >= self.seconds:  # its assistant may have been taken off since
+            del self.seen[chat_id]
+            return False
+        return True
