@@ -48,7 +48,8 @@ from papo.db.engine import Database, driver
 from papo.knowledge.chat_files import MAX_IMAGES_FOR_MODEL, ChatFiles
 from papo.knowledge.grounding import Grounding, ground, source_line
 from papo.knowledge.indexer import KnowledgeIndexer
-from papo.knowledge.service import QuestionEmbedding
+from papo.knowledge.repository import GroundingSources
+from papo.knowledge.service import KnowledgeService, QuestionEmbedding
 from papo.netguard import NetGuard
 from papo.ops.metrics import record_ai_reply
 from papo.realtime.hub import EventHub
@@ -206,13 +207,18 @@ class ReplyManager:
                     session_id, target.context_token_budget - estimate_tokens(target.instructions), estimate_tokens
                 )
                 tool_rows = await ToolService(session, principal, self.keys, self.guard).list(assistant_id)
+                sources = None
+                if self.knowledge is not None:
+                    sources = await KnowledgeService(session, principal, self.settings).grounding_sources(
+                        assistant_id, session_id
+                    )
             tools, unavailable = await toolbox(
                 tool_rows, self.db, principal, session_id, self.keys, self.guard, self.mcp, self.settings
             )
             if unavailable:
                 meta["tool_servers_unavailable"] = unavailable
             files = ChatFiles(self.knowledge) if self.knowledge is not None else None
-            grounding = await self._ground(principal, session_id, assistant_id, history, files)
+            grounding = await self._ground(principal, session_id, assistant_id, history, files, sources)
             if grounding.system is not None:
                 history.insert(0, {"role": "system", "content": grounding.system})
             if target.instructions:
@@ -306,15 +312,20 @@ class ReplyManager:
         assistant_id: uuid.UUID,
         history: list[dict[str, Any]],
         files: ChatFiles | None,
+        sources: GroundingSources | None,
     ) -> Grounding:
         question = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
-        if self.knowledge is None or files is None or not question.strip():
+        if self.knowledge is None or files is None or sources is None or not question.strip():
             return Grounding()
+        chat_passages = sources.chat_passages
         if any(file["kind"] == "document" for m in history for file in m.get("files") or ()):
             await files.read_documents(principal, session_id)
+            chat_passages = True  # perhaps only now
+        if not sources.collections and not chat_passages:
+            return Grounding()  # nowhere to look: no transaction, no embedding
         asked = QuestionEmbedding(self.knowledge.embedder, self.knowledge.vectors, question)
-        attached = await files.search(principal, session_id, asked)
-        return await ground(self.db, principal, self.settings, assistant_id, asked, attached)
+        attached = await files.search(principal, session_id, asked) if chat_passages else []
+        return await ground(self.db, principal, self.settings, assistant_id, asked, attached, sources.collections)
 
     async def _with_files(
         self, target: ProviderTarget, history: list[dict[str, Any]], files: ChatFiles | None

@@ -111,12 +111,15 @@ async def ground(
     assistant_id: uuid.UUID,
     asked: QuestionEmbedding,
     attached: list[ChatPassage] | None = None,
+    collections: list[uuid.UUID] | None = None,
 ) -> Grounding:
-    """What the assistant is shown for the question: passages of its collections and of the documents
-    attached in this chat (`attached`, already searched). Its own transactions, and none held while
-    the question is embedded. Only an assistant with collections says it does not know."""
-    async with db.transaction(principal.context()) as session:
-        collections = await KnowledgeService(session, principal, settings).assistant_collections(assistant_id)
+    """What the assistant is shown for the question: passages of its collections (`collections`, when
+    the caller knows them already) and of the documents attached in this chat (`attached`, already
+    searched). Its own transactions, and none held while the question is embedded. Only an
+    assistant with collections says it does not know."""
+    if collections is None:
+        async with db.transaction(principal.context()) as session:
+            collections = await KnowledgeService(session, principal, settings).assistant_collections(assistant_id)
     in_chat = [item for item in attached or [] if item.relevant]
     if not collections and not in_chat:
         return Grounding()

@@ -345,6 +345,29 @@ async def assistant_collection_ids(
     return list(rows.all())
 
 
+GROUNDING_SOURCES = """
+SELECT ARRAY(SELECT collection_id FROM assistant_collections WHERE tenant_id = $1 AND assistant_id = $2) AS collections,
+       EXISTS (SELECT 1 FROM chat_document_chunks WHERE tenant_id = $1 AND session_id = $3) AS chat_passages
+"""
+
+
+@dataclass(frozen=True)
+class GroundingSources:
+    """Where a reply can look things up: its assistant's collections, and whether the chat has
+    passages of documents attached to it."""
+
+    collections: list[uuid.UUID]
+    chat_passages: bool
+
+
+async def grounding_sources(
+    session: AsyncSession, tenant_id: uuid.UUID, assistant_id: uuid.UUID, chat_id: uuid.UUID
+) -> GroundingSources:
+    row = await driver(session).fetchrow(GROUNDING_SOURCES, tenant_id, assistant_id, chat_id)
+    assert row is not None
+    return GroundingSources(list(row["collections"]), row["chat_passages"])
+
+
 async def set_assistant_collections(
     session: AsyncSession, tenant_id: uuid.UUID, assistant_id: uuid.UUID, collection_ids: list[uuid.UUID]
 ) -> None:

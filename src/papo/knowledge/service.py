@@ -20,7 +20,7 @@ from papo.errors import Conflict, InvalidInput, NotFound
 from papo.knowledge import repository
 from papo.knowledge.embeddings import DEMO_DIMENSIONS, DEMO_MODEL, Embedder, EmbeddingError, vector_literal
 from papo.knowledge.models import DOCUMENT_STATES, KnowledgeCollection, KnowledgeDocument
-from papo.knowledge.repository import DuplicateName, Hit, MissingAssistant
+from papo.knowledge.repository import DuplicateName, GroundingSources, Hit, MissingAssistant
 from papo.knowledge.schemas import CollectionOut
 from papo.netguard import NetGuard, TargetRefused
 from papo.settings import Settings
@@ -242,6 +242,11 @@ class KnowledgeService:
 
     async def assistant_collections(self, assistant_id: uuid.UUID) -> list[uuid.UUID]:
         return await repository.assistant_collection_ids(self.db, self.tenant_id, assistant_id)
+
+    async def grounding_sources(self, assistant_id: uuid.UUID, chat_id: uuid.UUID) -> GroundingSources:
+        """One statement, for a reply to learn in its first transaction whether grounding has
+        anywhere to look (most chats have neither collections nor documents)."""
+        return await repository.grounding_sources(self.db, self.tenant_id, assistant_id, chat_id)
 
     async def set_assistant_collections(self, assistant_id: uuid.UUID, collection_ids: list[uuid.UUID]) -> None:
         self.require_writer()
