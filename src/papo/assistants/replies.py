@@ -28,6 +28,7 @@ import openai
 import structlog
 
 from papo.assistants.mcp import McpCatalog
+from papo.assistants.progress import ProgressSaves
 from papo.assistants.providers import (
     Finished,
     ProviderClients,
@@ -89,6 +90,7 @@ class ReplyManager:
         self.hub = hub
         self.running: dict[uuid.UUID, asyncio.Task[None]] = {}
         self.live: dict[uuid.UUID, LiveReply] = {}
+        self.progress = ProgressSaves(db, settings)
         # Called with (principal, session id, reply id, text, hand off) when a reply is complete: the
         # WhatsApp inbox sends its bot's replies out this way (and hands the conversation to a person
         # when the bot did not find the answer in the company's documents).
@@ -255,7 +257,7 @@ class ReplyManager:
                                 self._publish_delta(principal, session_id, reply_id, live)
                                 last_flush = now
                             if now - last_save >= self.settings.reply_save_seconds:
-                                if not await self._save(principal, reply_id, live.text):
+                                if not await self.progress.save(principal, reply_id, live.text):
                                     return await self._keep_stopped(principal, session_id, reply_id, live.text, history)
                                 last_save = time.monotonic()
                     if asked is None:
@@ -461,10 +463,6 @@ class ReplyManager:
         if target.provider == "demo":
             return stream_demo(target, history, tokens_per_second=self.settings.demo_tokens_per_second)
         return stream_openai(self.clients.get(target), target, history, tools)
-
-    async def _save(self, principal: Principal, reply_id: uuid.UUID, text: str) -> bool:
-        async with self.db.transaction(principal.context()) as session:
-            return await self._chat(session, principal).save_reply_progress(reply_id, text)
 
     async def _keep_stopped(
         self,

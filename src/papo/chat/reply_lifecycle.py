@@ -63,17 +63,18 @@ class ReplyLifecycle:
         self._emit("message.created", message_payload(message, streaming=True))
         return message
 
-    async def save_reply_progress(self: ChatRows, message: uuid.UUID, content: str) -> bool:
-        """Store what is written so far (readers who arrive later start from it); False once stopped.
-        The text itself reaches open pages as live `reply.delta` events, not through here."""
-        still_streaming = await driver(self.db).fetchval(
-            "UPDATE messages SET content = $3 WHERE tenant_id = $1 AND id = $2 AND reply_state = 'streaming' "
-            "RETURNING true",
+    async def save_replies_progress(self: ChatRows, progress: dict[uuid.UUID, str]) -> set[uuid.UUID]:
+        """Store what each reply has written so far (readers who arrive later start from it), in one
+        statement; the replies still streaming (the others were stopped). The text itself reaches
+        open pages as live `reply.delta` events, not through here."""
+        rows = await driver(self.db).fetch(
+            "UPDATE messages m SET content = p.content FROM unnest($2::uuid[], $3::text[]) AS p (id, content) "
+            "WHERE m.tenant_id = $1 AND m.id = p.id AND m.reply_state = 'streaming' RETURNING m.id",
             self.principal.tenant_id,
-            message,
-            content,
+            list(progress),
+            list(progress.values()),
         )
-        return bool(still_streaming)
+        return {row["id"] for row in rows}
 
     async def keep_stopped_text(self: ChatRows, message: uuid.UUID, content: str) -> None:
         """A stopped reply keeps everything its reader was shown, including the text generated after
