@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from papo.assistants.replies import TITLE_INSTRUCTIONS
+
 API_KEY = "sk-fake-key"
 
 
@@ -28,6 +30,7 @@ class FakeOpenAI:
         self.transcribed: list[tuple[str, str, bytes]] = []  # model, file name, audio
         self.transcript = "qual o horário de sábado?"
         self.embedded: list[list[str]] = []  # the inputs of every embeddings request
+        self.titling_now = self.most_titling_at_once = 0  # streams asked to name a chat
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.completions, methods=["POST"]),
@@ -111,7 +114,18 @@ class FakeOpenAI:
         if model in ("fake-tools", "fake-tools-loop"):
             return StreamingResponse(self.tool_turn(model, body, question), media_type="text/event-stream")
         words = f"Echo: {question}".split(" ")
+        if any(m["role"] == "system" and m["content"] == TITLE_INSTRUCTIONS for m in body["messages"]):
+            return StreamingResponse(self.titling(self.stream(model, words)), media_type="text/event-stream")
         return StreamingResponse(self.stream(model, words), media_type="text/event-stream")
+
+    async def titling(self, stream: AsyncIterator[str]) -> AsyncIterator[str]:
+        self.titling_now += 1
+        self.most_titling_at_once = max(self.most_titling_at_once, self.titling_now)
+        try:
+            async for piece in stream:
+                yield piece
+        finally:
+            self.titling_now -= 1
 
     async def tool_turn(self, model: str, body: dict[str, Any], question: str) -> AsyncIterator[str]:
         """Function calling as OpenAI streams it. "fake-tools" calls the first tool offered (or the one

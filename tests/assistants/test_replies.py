@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from papo import netguard
-from papo.assistants.replies import fallback_title
+from papo.assistants.replies import TITLES_AT_ONCE, fallback_title
 from papo.auth.models import Role
 from papo.client import GrowingReply, RealtimeClient, RealtimeEvent
 from papo.db.engine import Database
@@ -447,6 +447,24 @@ class TestTitles:
         await client.patch(f"/api/v1/sessions/{sid}", json={"title": "Exportação"}, headers=member.headers)
         await settled(client, member, sid, await ask(client, member, sid, "e em CSV?"))
         assert (await client.get(f"/api/v1/sessions/{sid}", headers=member.headers)).json()["title"] == "Exportação"
+
+    async def test_a_burst_of_first_replies_names_its_chats_a_few_at_a_time(
+        self, client: httpx.AsyncClient, team: tuple[Member, Member], fake_openai: tuple[FakeOpenAI, str]
+    ) -> None:
+        admin, member = team
+        fake, base_url = fake_openai
+        assistant_id = await make_assistant(client, admin, base_url, "fake-echo")
+        untitled = {"assistant_id": assistant_id}
+        made = [await client.post("/api/v1/sessions", json=untitled, headers=member.headers) for _ in range(8)]
+        chats = [chat.json()["id"] for chat in made]
+        fake.most_titling_at_once = 0
+        questions = (ask(client, member, sid, f"pergunta número {n}") for n, sid in enumerate(chats))
+        replies = await asyncio.gather(*questions)
+        for sid, reply_id in zip(chats, replies, strict=True):
+            await settled(client, member, sid, reply_id)
+        titles = [await self.titled(client, member, sid) for sid in chats]
+        assert all(title.startswith("Echo: User: pergunta número") for title in titles)
+        assert 1 <= fake.most_titling_at_once <= TITLES_AT_ONCE
 
     async def test_demo_falls_back_to_the_first_words(
         self, client: httpx.AsyncClient, team: tuple[Member, Member]

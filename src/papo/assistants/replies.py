@@ -62,6 +62,7 @@ TITLE_INSTRUCTIONS = (
     "Write a short title (at most six words) for this conversation, in the language the user wrote in. "
     "Answer with the title only, no quotes."
 )
+TITLES_AT_ONCE = 2
 TITLE_MAX_CHARS = 80
 DELTA_MAX_CHARS = 1000  # keeps a live event far below PostgreSQL's NOTIFY payload limit
 
@@ -91,6 +92,9 @@ class ReplyManager:
         self.running: dict[uuid.UUID, asyncio.Task[None]] = {}
         self.live: dict[uuid.UUID, LiveReply] = {}
         self.progress = ProgressSaves(db, settings)
+        # Naming a chat is one more provider call and two transactions; a burst of first replies
+        # would start as many at once, beside the replies still starting (`make bench-assistants`).
+        self.titling = asyncio.Semaphore(TITLES_AT_ONCE)
         # Called with (principal, session id, reply id, text, hand off) when a reply is complete: the
         # WhatsApp inbox sends its bot's replies out this way (and hands the conversation to a person
         # when the bot did not find the answer in the company's documents).
@@ -432,15 +436,27 @@ class ReplyManager:
         questions = [m["content"] for m in history if m["role"] == "user"]
         if len(questions) != 1 or principal.user_id is None:
             return
+        async with self.titling:
+            await self._name_chat(principal, principal.user_id, session_id, target, questions[0], reply)
+
+    async def _name_chat(
+        self,
+        principal: Principal,
+        user_id: str,
+        session_id: uuid.UUID,
+        target: ProviderTarget,
+        question: str,
+        reply: str,
+    ) -> None:
         async with self.db.transaction(principal.context()) as session:
-            chat = await self._chat(session, principal).get_chat_session(session_id, principal.user_id)
+            chat = await self._chat(session, principal).get_chat_session(session_id, user_id)
         if chat is None or chat.title is not None:
             return
-        title = fallback_title(questions[0])
+        title = fallback_title(question)
         if target.provider != "demo":
             prompt = [
                 {"role": "system", "content": TITLE_INSTRUCTIONS},
-                {"role": "user", "content": f"User: {questions[0][:1000]}\nAssistant: {reply[:1000]}"},
+                {"role": "user", "content": f"User: {question[:1000]}\nAssistant: {reply[:1000]}"},
             ]
             titling = ProviderTarget(**{**vars(target), "parameters": {"max_tokens": 24, "temperature": 0.2}})
             suggested = ""
@@ -455,7 +471,7 @@ class ReplyManager:
             if cleaned:
                 title = cleaned[:TITLE_MAX_CHARS]
         async with self.db.transaction(principal.context()) as session:
-            await self._chat(session, principal).set_title_if_unset(session_id, principal.user_id, title)
+            await self._chat(session, principal).set_title_if_unset(session_id, user_id, title)
 
     def _stream(
         self, target: ProviderTarget, history: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
