@@ -35,13 +35,13 @@ class ChatRows(Protocol):
 
 class ReplyLifecycle:
     async def streaming_reply(self: ChatRows, session_id: uuid.UUID) -> uuid.UUID | None:
-        return await self.db.scalar(
-            select(Message.id).where(
-                Message.tenant_id == self.principal.tenant_id,
-                Message.session_id == session_id,
-                Message.reply_state == "streaming",
-            )
+        """The reply being written in this chat, if any (asked before every reply starts)."""
+        reply: uuid.UUID | None = await driver(self.db).fetchval(
+            "SELECT id FROM messages WHERE tenant_id = $1 AND session_id = $2 AND reply_state = 'streaming' LIMIT 1",
+            self.principal.tenant_id,
+            session_id,
         )
+        return reply
 
     async def add_reply_placeholder(
         self: ChatRows, session_id: uuid.UUID, metadata: dict[str, Any], branch_of: uuid.UUID | None = None
