@@ -13,6 +13,7 @@ from tests.test_table_ownership import OWNERS, SOURCE, TABLE_AFTER_KEYWORD
 # module -> the path that earns it hand-written statements (bench/ measures each)
 HOT_PATHS: dict[str, str] = {
     "auth/service.py": "authentication on every request",
+    "auth/tenant_settings.py": "the AI quota read before every reply starts",
     "chat/service.py": "the message insert and the dashboard's previews",
     "chat/reply_lifecycle.py": "every reply's placeholder, stream and finish",
     "chat/channel.py": "every WhatsApp message in and out",

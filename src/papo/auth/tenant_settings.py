@@ -26,6 +26,7 @@ from papo.auth.models import (
 )
 from papo.auth.service import Principal
 from papo.auth.tenant_cache import TenantCache
+from papo.db.engine import driver
 from papo.errors import Forbidden, InvalidInput, NotFound
 
 MAX_BRAND_NAME = 80
@@ -92,8 +93,11 @@ async def _merge_settings(session: AsyncSession, tenant_id: uuid.UUID, patch: di
 
 
 async def setting(session: AsyncSession, tenant_id: uuid.UUID, key: str) -> str | None:
-    """One top-level value of the tenant's settings, as text (None when unset)."""
-    value: str | None = await session.scalar(select(Tenant.settings[key].astext).where(Tenant.id == tenant_id))
+    """One top-level value of the tenant's settings, as text (None when unset). Read before every
+    reply starts (its AI quota), so straight through the unit's driver."""
+    value: str | None = await driver(session).fetchval(
+        "SELECT settings->>$2 FROM tenants WHERE id = $1", tenant_id, key
+    )
     return value
 
 
