@@ -34,9 +34,10 @@ async def make_assistant(client: httpx.AsyncClient, admin: Member, base_url: str
     return str(response.json()["id"])
 
 
-async def ai_chat(client: httpx.AsyncClient, who: Member, assistant_id: str) -> str:
+async def ai_chat(client: httpx.AsyncClient, who: Member, assistant_id: str, title: str | None = "ai") -> str:
+    """A chat with the assistant (with title None, one its first exchange names)."""
     response = await client.post(
-        "/api/v1/sessions", json={"title": "ai", "assistant_id": assistant_id}, headers=who.headers
+        "/api/v1/sessions", json={"title": title, "assistant_id": assistant_id}, headers=who.headers
     )
     assert response.status_code == 201, response.text
     assert response.json()["assistant_id"] == assistant_id
@@ -433,9 +434,7 @@ class TestTitles:
         admin, member = team
         fake, base_url = fake_openai
         assistant_id = await make_assistant(client, admin, base_url, "fake-echo")
-        sid = (
-            await client.post("/api/v1/sessions", json={"assistant_id": assistant_id}, headers=member.headers)
-        ).json()["id"]
+        sid = await ai_chat(client, member, assistant_id, title=None)
         await settled(client, member, sid, await ask(client, member, sid, "como exporto meus dados"))
         title = await self.titled(client, member, sid)
         # The fake provider echoes the titling prompt: proof the model was asked, and the answer used.
@@ -454,9 +453,7 @@ class TestTitles:
         admin, member = team
         fake, base_url = fake_openai
         assistant_id = await make_assistant(client, admin, base_url, "fake-echo")
-        untitled = {"assistant_id": assistant_id}
-        made = [await client.post("/api/v1/sessions", json=untitled, headers=member.headers) for _ in range(8)]
-        chats = [chat.json()["id"] for chat in made]
+        chats = [await ai_chat(client, member, assistant_id, title=None) for _ in range(8)]
         fake.most_titling_at_once = 0
         questions = (ask(client, member, sid, f"pergunta número {n}") for n, sid in enumerate(chats))
         replies = await asyncio.gather(*questions)

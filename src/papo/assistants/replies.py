@@ -224,7 +224,7 @@ class ReplyManager:
             if unavailable:
                 meta["tool_servers_unavailable"] = unavailable
             files = ChatFiles(self.knowledge) if self.knowledge is not None else None
-            grounding = await self._ground(principal, session_id, assistant_id, history, files, sources)
+            grounding = await self._ground(principal, session_id, history, files, sources)
             if grounding.system is not None:
                 history.insert(0, {"role": "system", "content": grounding.system})
             if target.instructions:
@@ -315,7 +315,6 @@ class ReplyManager:
         self,
         principal: Principal,
         session_id: uuid.UUID,
-        assistant_id: uuid.UUID,
         history: list[dict[str, Any]],
         files: ChatFiles | None,
         sources: GroundingSources | None,
@@ -331,7 +330,7 @@ class ReplyManager:
             return Grounding()  # nowhere to look: no transaction, no embedding
         asked = QuestionEmbedding(self.knowledge.embedder, self.knowledge.vectors, question)
         attached = await files.search(principal, session_id, asked) if chat_passages else []
-        return await ground(self.db, principal, self.settings, assistant_id, asked, attached, sources.collections)
+        return await ground(self.db, principal, self.settings, sources.collections, asked, attached)
 
     async def _with_files(
         self, target: ProviderTarget, history: list[dict[str, Any]], files: ChatFiles | None

@@ -105,9 +105,6 @@ class ChatService(ReplyLifecycle):
             raise InvalidInput(f"title is longer than {self.settings.max_title_chars} characters", field="title")
         return title or None
 
-    def _check_metadata(self, metadata: dict[str, Any] | None, field: str = "metadata") -> dict[str, Any]:
-        return checked_metadata(self.settings, metadata, field)
-
     def _merged_metadata(self, column: Any, patch: dict[str, Any]) -> ColumnElement[Any]:
         """JSON merge patch at the top level: keys with null are removed, the rest replace."""
         assignments = {k: v for k, v in patch.items() if v is not None}
@@ -148,7 +145,7 @@ class ChatService(ReplyLifecycle):
             title=self._clean_title(title),
             status=SessionStatus.active,
             channel=channel,
-            metadata_=self._check_metadata(metadata),
+            metadata_=checked_metadata(self.settings, metadata),
         )
         self.db.add(chat)
         with not_found_on_refusal("no such member in this tenant"):
@@ -264,7 +261,7 @@ class ChatService(ReplyLifecycle):
         if "title" in sent:
             values["title"] = self._clean_title(title)
         if "metadata" in sent and metadata is not None:
-            self._check_metadata(metadata)
+            checked_metadata(self.settings, metadata)
             values["metadata_"] = self._merged_metadata(ChatSession.metadata_, metadata)
         if "status" in sent and status is not None:
             if status == SessionStatus.deleted:
@@ -405,7 +402,7 @@ class ChatService(ReplyLifecycle):
         """One INSERT: the trigger checks the session is writable, stamps created_at and bumps
         the session's last_message_at."""
         content = checked_content(self.settings, content)
-        metadata_json = json.dumps(self._check_metadata(metadata), separators=(",", ":"))
+        metadata_json = json.dumps(checked_metadata(self.settings, metadata), separators=(",", ":"))
         try:
             row = await driver(self.db).fetchrow(
                 INSERT_MESSAGE,
@@ -490,7 +487,7 @@ class ChatService(ReplyLifecycle):
         if status is not None:
             values["status"] = status
         if metadata is not None:
-            self._check_metadata(metadata)
+            checked_metadata(self.settings, metadata)
             values["metadata_"] = self._merged_metadata(Message.metadata_, metadata)
         if not values:
             return await self.get_message(session_id, message_id, user_id)

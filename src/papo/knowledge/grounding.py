@@ -108,19 +108,15 @@ async def ground(
     db: Database,
     principal: Principal,
     settings: Settings,
-    assistant_id: uuid.UUID,
+    collections: list[uuid.UUID],
     asked: QuestionEmbedding,
-    attached: list[ChatPassage] | None = None,
-    collections: list[uuid.UUID] | None = None,
+    attached: list[ChatPassage],
 ) -> Grounding:
-    """What the assistant is shown for the question: passages of its collections (`collections`, when
-    the caller knows them already) and of the documents attached in this chat (`attached`, already
-    searched). Its own transactions, and none held while the question is embedded. Only an
-    assistant with collections says it does not know."""
-    if collections is None:
-        async with db.transaction(principal.context()) as session:
-            collections = await KnowledgeService(session, principal, settings).assistant_collections(assistant_id)
-    in_chat = [item for item in attached or [] if item.relevant]
+    """What the assistant is shown for the question: passages of its collections (`collections`) and
+    of the documents attached in this chat (`attached`, already searched). Its own transaction, and
+    none held while the question is embedded. Only an assistant with collections says it does not
+    know."""
+    in_chat = [item for item in attached if item.relevant]
     if not collections and not in_chat:
         return Grounding()
     error = None
