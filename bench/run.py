@@ -292,6 +292,7 @@ class Bench:
             env={**os.environ, "BENCH_DSN": plain_dsn(self.location.owner_url)},
             cwd=BENCH_DIR,
         )
+        self.baseline_process = baseline
         self.server.processes.append(baseline)
         await wait_healthy(BASE_PORT, baseline)
 
@@ -323,7 +324,9 @@ class Bench:
                 scoring=lambda: process_tree(self.papo_process.pid)[1:],  # its sentiment child
                 postgres=postgres_pids,
             )
+            base_meter = CpuMeter(baseline=lambda: [self.baseline_process.pid], postgres=postgres_pids)
             cpu = {"papo": 0.0, "scoring": 0.0, "postgres": 0.0}
+            base_cpu = {"baseline": 0.0, "postgres": 0.0}
             statements = 0.0
             for half in range(2):
                 profile = self.profile_dir / f"message-path-{label.split()[0]}.txt" if self.profile_dir else None
@@ -338,11 +341,14 @@ class Bench:
                 for name, seconds in meter.stop().items():
                     cpu[name] += seconds
                 statements += await self.statements_run()
+                base_meter.start()
                 base_runs.append(
                     await run_load(
                         HOST, BASE_PORT, base_request, connections=self.connections, seconds=self.seconds / 2
                     )
                 )
+                for name, seconds in base_meter.stop().items():
+                    base_cpu[name] += seconds
             papo_result, base_result = LoadResult.combine(papo_runs), LoadResult.combine(base_runs)
             ratio = papo_result.rate / base_result.rate
             print(f"  {label}")
@@ -354,6 +360,10 @@ class Bench:
                 f"{1000 * cpu['scoring'] / papo_result.requests:.2f} ms in its sentiment child (idle priority), "
                 f"{1000 * cpu['postgres'] / papo_result.requests:.2f} ms in PostgreSQL, "
                 f"{statements / papo_result.requests:.1f} statements (background work included)"
+            )
+            print(
+                f"    per baseline request: {1000 * base_cpu['baseline'] / base_result.requests:.2f} ms CPU in its "
+                f"server, {1000 * base_cpu['postgres'] / base_result.requests:.2f} ms in PostgreSQL"
             )
             print(
                 verdict(

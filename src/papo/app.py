@@ -34,6 +34,7 @@ from papo.chat.attachments import delete_removed_blobs
 from papo.chat.attachments_api import AttachmentsRuntime
 from papo.chat.attachments_api import router as attachments_router
 from papo.chat.legacy_api import router as legacy_chat_router
+from papo.chat.posts_at_once import PostsAtOnce
 from papo.crypto import KeyBox
 from papo.db.engine import Database, locate_database
 from papo.db.migrate import head_revision
@@ -172,6 +173,7 @@ def create_app(
                 blobs,
                 MediaDownloads(db, settings, blobs, whatsapp),
                 knowledge,
+                PostsAtOnce(db, settings),
                 read_replica,
             )
             satisfies_every_feature(state)  # mypy's check that every feature's runtime Protocol holds

@@ -17,6 +17,7 @@ from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
 from papo.background import Workers
 from papo.blobs import BlobStore
+from papo.chat.posts_at_once import PostsAtOnce
 from papo.chat.replies import AnsweredChats
 from papo.crypto import KeyBox
 from papo.db.engine import Database
@@ -53,6 +54,7 @@ class AppState:
     blobs: BlobStore
     media: MediaDownloads
     knowledge: KnowledgeIndexer
+    posts: PostsAtOnce
     read_replica: Database | None = None  # PAPO_READ_DATABASE_URL
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     tenants: TenantCache = field(default_factory=TenantCache)

@@ -1,5 +1,5 @@
-"""A remembered caller's message in one statement (migration 0041): the same message, the same event,
-the same refusals as the full request path."""
+"""A remembered caller's messages, written together by one statement (migrations 0041 and 0042): the
+same message, the same event, the same refusals as the full request path."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from papo.auth.models import Role
 from papo.auth.principal_cache import PrincipalCache, Recalled
 from papo.auth.service import Principal
 from papo.chat.models import MessageRole
+from papo.chat.posts_at_once import PostsAtOnce
 from papo.chat.replies import AnsweredChats
-from papo.chat.service import post_message_at_once
+from papo.chat.schemas import MessageOut
 from papo.db.engine import Database, ResumptionRefused
+from papo.errors import InvalidInput, NotFound
 from papo.settings import Settings
 from tests.chat.test_api import assert_problem
 from tests.conftest import ProvisionedDatabase, plain_dsn
@@ -85,7 +87,8 @@ async def test_the_statement_posts_only_what_needs_no_reply(
     member = await tenant.member()
     sid = uuid.UUID((await create_session(client, member))["id"])
     remembered = Recalled(Principal(tenant.id, member.user_id, Role.member.value), None).resumption()
-    stored = await post_message_at_once(db, settings, remembered, sid, MessageRole.user, "olá", {"k": 1})
+    posts = PostsAtOnce(db, settings)
+    stored = await posts.post(remembered, sid, MessageRole.user, "olá", {"k": 1})
     assert stored is not None and stored.session_id == sid and stored.metadata == {"k": 1}
 
     # a user's message in a chat with an assistant starts a reply: the full path's, nothing written here
@@ -102,19 +105,132 @@ async def test_the_statement_posts_only_what_needs_no_reply(
         await owner.close()
     stored_count = "SELECT count(*) FROM messages WHERE tenant_id = $1 AND session_id = $2"
     before = await owner_count(database, stored_count, tenant.id, sid)
-    assert await post_message_at_once(db, settings, remembered, sid, MessageRole.user, "oi", None) is None
+    assert await posts.post(remembered, sid, MessageRole.user, "oi", None) is None
     assert await owner_count(database, stored_count, tenant.id, sid) == before == 1
     # an assistant's message written through the API answers nobody: it is stored at once
-    written = await post_message_at_once(db, settings, remembered, sid, MessageRole.assistant, "resposta", None)
+    written = await posts.post(remembered, sid, MessageRole.assistant, "resposta", None)
     assert written is not None and written.role == "assistant"
 
     # a principal the database no longer confirms writes nothing
     gone = Recalled(Principal(tenant.id, member.user_id, Role.admin.value), None).resumption()
     try:
-        await post_message_at_once(db, settings, gone, sid, MessageRole.assistant, "x", None)
+        await posts.post(gone, sid, MessageRole.assistant, "x", None)
         raise AssertionError("a role the member does not hold was accepted")
     except ResumptionRefused:
         pass
+
+
+async def test_posts_arriving_together_share_one_statement_and_each_gets_its_own_answer(
+    db: Database,
+    settings: Settings,
+    make_tenant: Any,
+    client: httpx.AsyncClient,
+    database: ProvisionedDatabase,
+) -> None:
+    tenant = await make_tenant("Together")
+    member = await tenant.member()
+    stranger = await (await make_tenant("Elsewhere")).member()
+    own, hot, deleted, answered = [uuid.UUID((await create_session(client, member))["id"]) for _ in range(4)]
+    foreign = uuid.UUID((await create_session(client, stranger))["id"])
+    assert (await client.delete(f"/api/v1/sessions/{deleted}", headers=member.headers)).status_code == 204
+    owner = await asyncpg.connect(plain_dsn(database.owner_url))
+    try:
+        assistant_id = uuid.uuid4()
+        await owner.execute(
+            "INSERT INTO assistants (tenant_id, id, name, model) VALUES ($1, $2, 'Bot', 'm')", tenant.id, assistant_id
+        )
+        await owner.execute(
+            "UPDATE chat_sessions SET assistant_id = $1 WHERE tenant_id = $2 AND id = $3",
+            assistant_id,
+            tenant.id,
+            answered,
+        )
+        remembered = Recalled(Principal(tenant.id, member.user_id, Role.member.value), None).resumption()
+        posts = PostsAtOnce(db, settings, writers=1)
+        targets = [own, hot, foreign, hot, deleted, answered, hot]
+        outcomes = await asyncio.gather(
+            *(posts.post(remembered, chat, MessageRole.user, f"m{n}", {"n": n}) for n, chat in enumerate(targets)),
+            return_exceptions=True,
+        )
+        assert posts.statements == 1  # all seven arrived while none was being written
+
+        stored = [outcome for outcome in outcomes if not isinstance(outcome, BaseException) and outcome is not None]
+        assert [message.content for message in stored] == ["m0", "m1", "m3", "m6"]
+        assert isinstance(outcomes[2], NotFound) and isinstance(outcomes[4], NotFound)  # another company's, deleted
+        assert outcomes[5] is None  # a user's message to an assistant: the full path writes it
+        rows = await owner.fetch(
+            "SELECT id, session_id, content, created_at FROM messages WHERE session_id = ANY($1) ORDER BY created_at",
+            [own, hot, foreign, deleted, answered],
+        )
+        assert [(row["id"], row["content"], row["created_at"]) for row in rows] == [
+            (message.id, message.content, message.created_at) for message in stored
+        ]
+        # the hot chat's three, in the order they arrived, and its activity is its last one's
+        last = await owner.fetchval("SELECT last_message_at FROM chat_sessions WHERE id = $1", hot)
+        assert last == stored[-1].created_at
+        for message in stored:
+            assert await announced(owner, str(message.id)) == json.loads(
+                MessageOut.model_validate(message).model_dump_json()
+            )
+        assert (
+            await owner.fetchval(
+                "SELECT count(*) FROM events WHERE type = 'message.created' AND tenant_id = $1", tenant.id
+            )
+            == 4
+        )
+    finally:
+        await owner.close()
+
+
+async def test_a_statement_that_fails_writes_each_post_alone(
+    db: Database, settings: Settings, make_tenant: Any, client: httpx.AsyncClient, database: ProvisionedDatabase
+) -> None:
+    tenant = await make_tenant("Alone")
+    member = await tenant.member()
+    sid = uuid.UUID((await create_session(client, member))["id"])
+    remembered = Recalled(Principal(tenant.id, member.user_id, Role.member.value), None).resumption()
+    posts = PostsAtOnce(db, settings, writers=1)
+    # a NUL inside metadata passes the API's checks and fails the statement in PostgreSQL (jsonb)
+    outcomes = await asyncio.gather(
+        posts.post(remembered, sid, MessageRole.user, "antes", None),
+        posts.post(remembered, sid, MessageRole.user, "ruim", {"k": "a\x00b"}),
+        posts.post(remembered, sid, MessageRole.user, "depois", None),
+        return_exceptions=True,
+    )
+    assert posts.statements == 4  # the three together, then each alone
+    assert isinstance(outcomes[1], InvalidInput)
+    assert [getattr(outcome, "content", None) for outcome in outcomes] == ["antes", None, "depois"]
+    assert await owner_count(database, "SELECT count(*) FROM messages WHERE session_id = $1", sid) == 2
+
+    # a caller the database no longer confirms gets that answer for every post, from one statement
+    gone = Recalled(Principal(tenant.id, member.user_id, Role.admin.value), None).resumption()
+    refused = await asyncio.gather(
+        *(posts.post(gone, sid, MessageRole.user, "x", None) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(outcome, ResumptionRefused) for outcome in refused)
+    assert posts.statements == 5
+
+
+async def test_callers_of_different_companies_posting_together_write_apart(
+    db: Database, settings: Settings, make_tenant: Any, client: httpx.AsyncClient, database: ProvisionedDatabase
+) -> None:
+    first, second = await (await make_tenant("First")).member(), await (await make_tenant("Second")).member()
+    chats = {who.user_id: uuid.UUID((await create_session(client, who))["id"]) for who in (first, second)}
+    callers = {
+        who.user_id: Recalled(Principal(who.tenant_id, who.user_id, Role.member.value), None).resumption()
+        for who in (first, second)
+    }
+    posts = PostsAtOnce(db, settings, writers=1)
+    outcomes = await asyncio.gather(
+        posts.post(callers[first.user_id], chats[first.user_id], MessageRole.user, "mine", None),
+        posts.post(callers[second.user_id], chats[second.user_id], MessageRole.user, "theirs", None),
+        posts.post(callers[second.user_id], chats[first.user_id], MessageRole.user, "intrusion", None),
+        return_exceptions=True,
+    )
+    assert posts.statements == 2  # one per caller, each under its own row-level security
+    assert getattr(outcomes[0], "content", None) == "mine" and getattr(outcomes[1], "content", None) == "theirs"
+    assert isinstance(outcomes[2], NotFound)
+    assert await owner_count(database, "SELECT count(*) FROM messages WHERE session_id = $1", chats[first.user_id]) == 1
 
 
 async def test_another_companys_chat_bad_text_and_withdrawn_access_change_nothing(

@@ -17,6 +17,7 @@ from papo.chat.caching import CONDITIONAL, CONDITIONAL_READ
 from papo.chat.export import MEDIA_TYPES, ExportFormat, stream_export
 from papo.chat.export import filename as export_filename
 from papo.chat.models import SessionStatus
+from papo.chat.posts_at_once import PostsAtOnce
 from papo.chat.replies import AnsweredChats, PendingReply, ReplyPolicy, ReplyRunner
 from papo.chat.schemas import (
     ChatCreate,
@@ -35,7 +36,7 @@ from papo.chat.schemas import (
     SupportSessionPage,
 )
 from papo.chat.search import search_messages
-from papo.chat.service import MAX_PAGE, ChatService, message_cursor, post_message_at_once
+from papo.chat.service import MAX_PAGE, ChatService, message_cursor
 from papo.db.engine import Database, ResumptionRefused
 from papo.errors import BadRequest
 from papo.ops.ratelimit import RateLimiter
@@ -50,6 +51,7 @@ class ChatRuntime(Protocol):
     accounts: Accounts
     principals: PrincipalCache
     answered_chats: AnsweredChats
+    posts: PostsAtOnce
 
     @property
     def reads(self) -> Database: ...
@@ -191,8 +193,9 @@ async def send_message(
     its id is in the `X-Reply-Id` header, and it streams through the realtime events (`reply.delta`).
     While a reply is being written, another user message is refused with 409: stop it or wait."""
     # The busiest write of the API opens its transaction itself: a caller this process remembers
-    # posts into a chat without an assistant in one statement (post_message_at_once), and only the
-    # rest takes the full path, with the same checks in the same order.
+    # posts into a chat without an assistant by one statement, shared with the posts arriving with
+    # it (papo.chat.posts_at_once), and only the rest takes the full path, with the same checks in
+    # the same order.
     state: ChatRuntime = running(request)
     allowed = False
     credential = presented_credential(request)
@@ -202,9 +205,7 @@ async def send_message(
         await state.limiter.messages(request, remembered.principal)
         remembered.principal.require_user()
         try:
-            stored = await post_message_at_once(
-                state.db, state.settings, remembered.resumption(), session_id, body.role, body.content, body.metadata
-            )
+            stored = await state.posts.post(remembered.resumption(), session_id, body.role, body.content, body.metadata)
         except ResumptionRefused:
             state.principals.refused(credential)
         else:

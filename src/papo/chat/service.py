@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -28,11 +28,11 @@ from papo.chat.records import StoredMessage, message_payload
 from papo.chat.reply_lifecycle import ReplyLifecycle
 from papo.chat.schemas import SessionOut
 from papo.db.base import new_id
-from papo.db.engine import Database, Resumption, apply_context, driver
+from papo.db.engine import apply_context, driver
 from papo.db.errors import not_found_on_refusal
 from papo.errors import UNSTORABLE_TEXT, Forbidden, InvalidInput, NotFound
 from papo.pagination import decode_cursor, encode_cursor
-from papo.realtime.service import emit, published_alone
+from papo.realtime.service import emit
 from papo.settings import Settings
 
 SESSION_NOT_FOUND = "chat session not found"
@@ -48,11 +48,6 @@ INSERT_MESSAGE = """
                 WHERE s.tenant_id = messages.tenant_id AND s.id = messages.session_id) AS assistant_id
 """
 
-
-# One statement that commits on its own (migration 0041): see post_message_at_once.
-POST_MESSAGE_AT_ONCE = "SELECT * FROM papo_post_message($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-# message_payload() needs timestamps; the database writes the real ones over these.
-_STAMPED_BY_THE_DATABASE = datetime(1970, 1, 1, tzinfo=UTC)
 
 T = TypeVar("T")
 
@@ -526,63 +521,6 @@ class ChatService(ReplyLifecycle):
         self._emit(
             "message.status_changed", {"id": str(message_id), "session_id": str(updated), "status": status.value}
         )
-
-
-async def post_message_at_once(
-    db: Database,
-    settings: Settings,
-    remembered: Resumption,
-    session_id: uuid.UUID,
-    role: MessageRole,
-    content: str,
-    metadata: dict[str, Any] | None,
-) -> StoredMessage | None:
-    """`ChatService.add_message` for a caller this process remembers, as one statement that commits
-    on its own: the database confirms the principal (ResumptionRefused when it no longer holds),
-    inserts the message and publishes `message.created`. One round trip instead of three, and the
-    chat's row is locked only inside the database (migration 0041).
-
-    None, with nothing written, for a message that needs the full request path: a user's message in
-    a chat with an assistant starts a reply."""
-    context = remembered.context
-    assert context.tenant_id is not None
-    assert context.user_id is not None
-    content = checked_content(settings, content)
-    metadata = checked_metadata(settings, metadata)
-    message_id = new_id()
-    unstamped = StoredMessage(
-        id=message_id,
-        session_id=session_id,
-        role=role.value,
-        content=content,
-        status=MessageStatus.sent.value,
-        metadata=metadata,
-        created_at=_STAMPED_BY_THE_DATABASE,
-        updated_at=_STAMPED_BY_THE_DATABASE,
-    )
-    payload = message_payload(unstamped)
-    del payload["created_at"], payload["updated_at"]
-    try:
-        rows = await db.rows(
-            POST_MESSAGE_AT_ONCE,
-            context.tenant_id,
-            context.user_id,
-            context.role,
-            remembered.api_key_id,
-            remembered.web_session_id,
-            message_id,
-            session_id,
-            role.value,
-            content,
-            json.dumps(metadata, separators=(",", ":")),
-            json.dumps(payload, separators=(",", ":")),
-        )
-    except (asyncpg.NoDataFoundError, asyncpg.InsufficientPrivilegeError) as exc:
-        raise NotFound(SESSION_NOT_FOUND) from exc
-    if not rows:
-        return None
-    published_alone(db)
-    return StoredMessage(**dict(rows[0]))
 
 
 async def purge_deleted_sessions(db: AsyncSession, older_than_days: int) -> int:
