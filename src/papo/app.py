@@ -28,12 +28,13 @@ from papo.auth.tokens import SigningKey, TokenVerifier
 from papo.auth.web_sessions import CsrfGuard
 from papo.background import Workers
 from papo.blobs import open_blob_store
-from papo.chat.api import ChatRuntime
+from papo.chat.api import ChatRuntime, send_message
 from papo.chat.api import router as chat_router
 from papo.chat.attachments import delete_removed_blobs
 from papo.chat.attachments_api import AttachmentsRuntime
 from papo.chat.attachments_api import router as attachments_router
 from papo.chat.legacy_api import router as legacy_chat_router
+from papo.chat.post_lane import MessagePostLane
 from papo.chat.posts_at_once import PostsAtOnce
 from papo.crypto import KeyBox
 from papo.db.engine import Database, locate_database
@@ -63,7 +64,7 @@ from papo.realtime.api import RealtimeRuntime
 from papo.realtime.api import router as realtime_router
 from papo.realtime.consumer import OutboxConsumer
 from papo.realtime.hub import EventHub
-from papo.routes import add_routes
+from papo.routes import add_routes, route_of
 from papo.settings import Settings, get_settings
 from papo.state import AppState
 from papo.web.api import install as install_web
@@ -260,6 +261,8 @@ def create_app(
     add_routes(app, teams_router)
 
     add_routes(app, ops_router)
+    # before every route: the message POSTs it can answer skip FastAPI's request machinery
+    app.router.routes.insert(0, MessagePostLane(route_of(app, send_message)))
     return app
 
 

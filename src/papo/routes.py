@@ -9,7 +9,11 @@ own, so copying their routes in, in order, keeps which route answers a request u
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 
 
 def add_routes(app: FastAPI, router: APIRouter) -> None:
@@ -17,3 +21,11 @@ def add_routes(app: FastAPI, router: APIRouter) -> None:
     if router.on_startup or router.on_shutdown:
         raise ValueError("a router with startup or shutdown handlers needs include_router")
     app.router.routes.extend(router.routes)
+
+
+def route_of(app: FastAPI, endpoint: Callable[..., Any]) -> APIRoute:
+    """The application's route that `endpoint` answers."""
+    for route in app.router.routes:
+        if isinstance(route, APIRoute) and route.endpoint is endpoint:
+            return route
+    raise LookupError(f"no route answers {endpoint.__qualname__}")

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Protocol
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from papo.auth.deps import CurrentPrincipal, DbSession, ReadSession, authenticated_unit, presented_credential
+from papo.auth.deps import CurrentPrincipal, DbSession, ReadSession, authenticated_unit
 from papo.auth.invitations import Accounts
 from papo.auth.models import Role
 from papo.auth.principal_cache import PrincipalCache
@@ -17,7 +17,7 @@ from papo.chat.caching import CONDITIONAL, CONDITIONAL_READ
 from papo.chat.export import MEDIA_TYPES, ExportFormat, stream_export
 from papo.chat.export import filename as export_filename
 from papo.chat.models import SessionStatus
-from papo.chat.posts_at_once import PostsAtOnce
+from papo.chat.post_lane import LIMIT_SPENT
 from papo.chat.replies import AnsweredChats, PendingReply, ReplyPolicy, ReplyRunner
 from papo.chat.schemas import (
     ChatCreate,
@@ -37,7 +37,7 @@ from papo.chat.schemas import (
 )
 from papo.chat.search import search_messages
 from papo.chat.service import MAX_PAGE, ChatService, message_cursor
-from papo.db.engine import Database, ResumptionRefused
+from papo.db.engine import Database
 from papo.errors import BadRequest
 from papo.ops.ratelimit import RateLimiter
 from papo.runtime import current_runtime, running
@@ -51,7 +51,6 @@ class ChatRuntime(Protocol):
     accounts: Accounts
     principals: PrincipalCache
     answered_chats: AnsweredChats
-    posts: PostsAtOnce
 
     @property
     def reads(self) -> Database: ...
@@ -192,28 +191,11 @@ async def send_message(
     """Store a message. In a chat with an assistant, a user message also starts the assistant's reply:
     its id is in the `X-Reply-Id` header, and it streams through the realtime events (`reply.delta`).
     While a reply is being written, another user message is refused with 409: stop it or wait."""
-    # The busiest write of the API opens its transaction itself: a caller this process remembers
-    # posts into a chat without an assistant by one statement, shared with the posts arriving with
-    # it (papo.chat.posts_at_once), and only the rest takes the full path, with the same checks in
-    # the same order.
+    # Most of these POSTs are answered before they get here (papo.chat.post_lane); this handler
+    # opens its unit itself so that one that was handed over keeps the lane's order of checks.
     state: ChatRuntime = running(request)
-    allowed = False
-    credential = presented_credential(request)
-    remembered = state.principals.recall(credential) if credential and credential.kind == "bearer" else None
-    if remembered is not None and credential is not None and session_id not in state.answered_chats:
-        request.state.principal = remembered.principal
-        await state.limiter.messages(request, remembered.principal)
-        remembered.principal.require_user()
-        try:
-            stored = await state.posts.post(remembered.resumption(), session_id, body.role, body.content, body.metadata)
-        except ResumptionRefused:
-            state.principals.refused(credential)
-        else:
-            if stored is not None:
-                return MessageOut.model_validate(stored)
-            allowed = True
     async with authenticated_unit(request) as (session, principal):
-        if not allowed:
+        if not getattr(request.state, LIMIT_SPENT, False):
             await state.limiter.messages(request, principal)
         principal.require_user()
         chat = ChatService(session, principal, state.settings)
