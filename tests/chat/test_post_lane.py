@@ -90,6 +90,8 @@ async def test_bodies_the_lane_does_not_take_get_the_routes_answer(
     assert (await client.get(url, headers=member.headers)).status_code == 200
     assert (await client.delete(url, headers=member.headers)).status_code == 405
     assert "post" in (await client.get("/openapi.json")).json()["paths"]["/api/v1/sessions/{session_id}/messages"]
+    # named routes are still found past the lane (request.url_for, redirects)
+    assert app.url_path_for("send_message", session_id=sid) == url
 
 
 async def test_a_post_handed_over_is_counted_once_against_the_limit(

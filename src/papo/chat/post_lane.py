@@ -23,9 +23,10 @@ from typing import Any, Protocol
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette._exception_handler import wrap_app_handling_exceptions
+from starlette.datastructures import URLPath
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Message, Receive, Scope, Send
 
 from papo.auth.deps import presented_credential
@@ -56,6 +57,9 @@ class MessagePostLane(BaseRoute):
         match, child = self.full.matches(scope)
         # PARTIAL (the path, another method) is left to the routes that serve that method
         return (Match.FULL, child) if match is Match.FULL else (Match.NONE, {})
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
+        raise NoMatchFound(name, path_params)  # it has no name: url_for finds the API's route
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
