@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -116,6 +117,20 @@ def postgres_pids() -> list[int]:
             except OSError:
                 continue
     return pids
+
+
+async def settled(*groups: Callable[[], list[int]], busy: float = 0.1, longest: float = 15.0) -> float:
+    """Wait until the processes of `groups` together use less than `busy` of a core (over a quarter
+    of a second), at most `longest` seconds; how long that took. A server's background work (scoring,
+    consumers) catching up after a load run would otherwise slow whatever is measured next."""
+    started = time.monotonic()
+    while time.monotonic() - started < longest:
+        pids = [pid for find in groups for pid in find()]
+        before = sum(_cpu_of(pid) for pid in pids)
+        await asyncio.sleep(0.25)
+        if sum(_cpu_of(pid) for pid in pids) - before < busy * 0.25:
+            break
+    return time.monotonic() - started
 
 
 class CpuMeter:
