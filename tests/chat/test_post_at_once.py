@@ -211,6 +211,47 @@ async def test_a_statement_that_fails_writes_each_post_alone(
     assert posts.statements == 5
 
 
+async def test_a_locked_chat_sends_its_posts_to_the_full_path_and_holds_up_no_other_caller(
+    db: Database, settings: Settings, make_tenant: Any, client: httpx.AsyncClient, database: ProvisionedDatabase
+) -> None:
+    tenant = await make_tenant("Locked")
+    stuck, free = await tenant.member(), await tenant.member()
+    locked_sid = uuid.UUID((await create_session(client, stuck))["id"])
+    free_sid = uuid.UUID((await create_session(client, free))["id"])
+    callers = {
+        who.user_id: Recalled(Principal(tenant.id, who.user_id, Role.member.value), None).resumption()
+        for who in (stuck, free)
+    }
+    posts = PostsAtOnce(db, settings, writers=2)
+    finished: list[str] = []
+
+    async def post(who: str, chat: uuid.UUID, content: str) -> Any:
+        outcome = await posts.post(callers[who], chat, MessageRole.user, content, None)
+        finished.append(content)
+        return outcome
+
+    owner = await asyncpg.connect(plain_dsn(database.owner_url))
+    try:
+        async with owner.transaction():  # a long transaction holding the chat's row
+            await owner.execute("SELECT 1 FROM chat_sessions WHERE id = $1 FOR UPDATE", locked_sid)
+            first = asyncio.create_task(post(stuck.user_id, locked_sid, "stuck 1"))
+            async with asyncio.timeout(10):
+                while not posts.writing:  # noqa: ASYNC110  (the writer's own state, no event to wait on)
+                    await asyncio.sleep(0.01)
+            # the same caller's next posts wait for its statement; another caller's go past them
+            later = await asyncio.gather(
+                post(stuck.user_id, locked_sid, "stuck 2"),
+                post(stuck.user_id, locked_sid, "stuck 3"),
+                post(free.user_id, free_sid, "free"),
+            )
+            assert await first is None and later[0] is None and later[1] is None  # the full path's
+            assert later[2] is not None and later[2].content == "free"
+            assert finished[0] == "free"
+        assert await owner.fetchval("SELECT count(*) FROM messages WHERE session_id = $1", locked_sid) == 0
+    finally:
+        await owner.close()
+
+
 async def test_callers_of_different_companies_posting_together_write_apart(
     db: Database, settings: Settings, make_tenant: Any, client: httpx.AsyncClient, database: ProvisionedDatabase
 ) -> None:

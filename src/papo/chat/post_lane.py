@@ -91,7 +91,7 @@ class MessagePostLane(BaseRoute):
         except ResumptionRefused:
             state.principals.refused(credential)
             stored = None
-        if stored is None:  # it starts a reply, or the caller must be authenticated again
+        if stored is None:  # it starts a reply, its chat is locked, or the caller must be authenticated again
             await self.full.handle(scope, replay, send)
             return
         response = Response(
@@ -101,10 +101,13 @@ class MessagePostLane(BaseRoute):
 
 
 def _uuid(text: Any) -> uuid.UUID | None:
+    """A chat id in its canonical form only (uuid.UUID also reads "urn:uuid:…" and braces, which the
+    route's validation refuses): any other form is the route's to answer."""
     try:
-        return uuid.UUID(text)
+        parsed = uuid.UUID(text)
     except (TypeError, ValueError):
         return None
+    return parsed if str(parsed) == text.lower() else None
 
 
 def _message_create(request: Request, body: bytes) -> MessageCreate | None:

@@ -7,8 +7,9 @@ of their caller writes all of them, in one transaction. Under load that is one c
 flush, one relay read, one stamping) for many messages, and a busy chat's row is locked once for
 all of its messages instead of once each, every writer waiting for the commit before it.
 
-At most WRITERS statements run at once, so one that waits (a chat locked by a long transaction)
-holds up only the posts it carries; the others go on in the other writers."""
+At most WRITERS statements run at once, one per caller at a time. A statement waits at most
+200 ms for a chat's lock (the function's lock_timeout); its posts then take the full request path,
+so a chat kept locked holds up no writer for long, and its caller's posts only."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ _STAMPED_BY_THE_DATABASE = datetime(1970, 1, 1, tzinfo=UTC)
 class _Post:
     message: StoredMessage  # as it will be stored, but for its two timestamps
     metadata_json: str
-    payload_json: str  # message.created's payload without the timestamps
+    payload_json: str  # message.created's payload without the timestamps and the metadata
     answer: asyncio.Future[StoredMessage | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -63,6 +64,7 @@ class PostsAtOnce:
         self.writers = writers
         self.pending: dict[Resumption, list[_Post]] = {}  # by caller, in arrival order
         self.active = 0  # writers running
+        self.writing: set[Resumption] = set()  # callers with a statement running
         self.tasks: set[asyncio.Task[None]] = set()
         self.statements = 0
 
@@ -92,7 +94,7 @@ class PostsAtOnce:
             updated_at=_STAMPED_BY_THE_DATABASE,
         )
         payload = message_payload(message)
-        del payload["created_at"], payload["updated_at"]
+        del payload["created_at"], payload["updated_at"], payload["metadata"]  # the database's
         post = _Post(message, _compact(message.metadata), _compact(payload))
         self.pending.setdefault(remembered, []).append(post)
         if self.active < self.writers:
@@ -104,49 +106,79 @@ class PostsAtOnce:
         return await asyncio.shield(post.answer)
 
     async def _write_pending(self) -> None:
+        stopped: BaseException | None = None
         try:
-            while self.pending:
-                remembered = next(iter(self.pending))
+            while (remembered := self._next_caller()) is not None:
                 posts = self.pending.pop(remembered)
+                self.writing.add(remembered)
                 try:
                     await self._write(remembered, posts)
                 except BaseException as exc:  # never leave a request waiting
                     for post in posts:
                         post.settle(exc)
                     if not isinstance(exc, Exception):
+                        stopped = exc
                         raise
+                finally:
+                    self.writing.discard(remembered)
         finally:
             # counted down with no await after the last look at `pending`: a post arriving later
             # always finds a free writer or one that will still look
             self.active -= 1
+            if stopped is not None and self.active == 0:  # the loop is stopping: nobody will look
+                for waiting in self.pending.values():
+                    for post in waiting:
+                        post.settle(stopped)
+                self.pending.clear()
+
+    def _next_caller(self) -> Resumption | None:
+        """The caller who has waited longest among those with no statement running: one statement per
+        caller at a time, so a caller's posts stay in order and no caller holds more than one writer
+        (a chat kept locked holds up its own caller's posts, not everyone's)."""
+        return next((caller for caller in self.pending if caller not in self.writing), None)
 
     async def _write(self, remembered: Resumption, posts: list[_Post]) -> None:
         try:
-            outcomes = await self._statement(remembered, posts)
+            rows = await self._statement(remembered, posts)
         except (ResumptionRefused, DatabaseUnavailable):
             raise  # the same answer for every post of the caller
+        except asyncpg.LockNotAvailableError:
+            for post in posts:  # a chat locked for longer than the statement waits: the full path
+                post.settle(None)
+            return
         except (asyncpg.NoDataFoundError, asyncpg.InsufficientPrivilegeError) as exc:
             if len(posts) == 1:
                 raise NotFound(SESSION_NOT_FOUND) from exc
-            outcomes = None
+            rows = None
         except Exception:
             if len(posts) == 1:
                 raise
-            outcomes = None
-        if outcomes is None:  # nothing was written: each alone, for each its own answer
+            rows = None
+        if rows is None:  # nothing was written: each alone, for each its own answer
             for post in posts:
                 try:
                     await self._write(remembered, [post])
                 except Exception as exc:
                     post.settle(exc)
             return
-        for post, outcome in zip(posts, outcomes, strict=True):
-            post.settle(outcome)
+        # committed: from here on, nothing may send a post to be written again
+        for post, row in zip(posts, rows, strict=True):
+            if row["outcome"] == "stored":
+                stamp = row["created_at"]
+                post.settle(
+                    dataclasses.replace(post.message, metadata=row["metadata"], created_at=stamp, updated_at=stamp)
+                )
+            elif row["outcome"] == "reply":
+                post.settle(None)
+            else:
+                post.settle(NotFound(SESSION_NOT_FOUND))
+        if any(row["outcome"] == "stored" for row in rows):
+            published_alone(self.db)
 
-    async def _statement(self, remembered: Resumption, posts: list[_Post]) -> list[StoredMessage | NotFound | None]:
+    async def _statement(self, remembered: Resumption, posts: list[_Post]) -> list[Any]:
         context = remembered.context
         self.statements += 1
-        rows = await self.db.rows(
+        return await self.db.rows(
             POST_MESSAGES,
             context.tenant_id,
             context.user_id,
@@ -160,18 +192,6 @@ class PostsAtOnce:
             [post.metadata_json for post in posts],
             [post.payload_json for post in posts],
         )
-        outcomes: list[StoredMessage | NotFound | None] = []
-        for post, row in zip(posts, rows, strict=True):
-            if row["outcome"] == "stored":
-                stamp = row["created_at"]
-                outcomes.append(dataclasses.replace(post.message, created_at=stamp, updated_at=stamp))
-            elif row["outcome"] == "reply":
-                outcomes.append(None)
-            else:
-                outcomes.append(NotFound(SESSION_NOT_FOUND))
-        if any(isinstance(outcome, StoredMessage) for outcome in outcomes):
-            published_alone(self.db)
-        return outcomes
 
 
 def _compact(value: Any) -> str:

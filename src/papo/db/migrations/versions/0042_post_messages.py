@@ -38,17 +38,21 @@ UPGRADE_SQL = """
 DROP FUNCTION papo_post_message(uuid, text, text, uuid, uuid, uuid, uuid, text, text, jsonb, jsonb);
 
 -- The posts in the order they arrived: ids, chats, roles, contents, metadata and the event payloads
--- without their two timestamps (JSON text). One row per post, in the same order.
+-- without their two timestamps and metadata (JSON text). One row per post, in the same order, with
+-- the metadata as stored. A chat's row locked by another transaction for longer than lock_timeout
+-- fails the statement (55P03, nothing written): the caller hands those posts to the full request
+-- path, so a locked chat holds up none of the process's few statements for long.
 CREATE FUNCTION papo_post_messages(
   p_tenant uuid, p_user text, p_role text, p_api_key uuid, p_web_session uuid,
   p_ids uuid[], p_sessions uuid[], p_roles text[], p_contents text[], p_metadata text[], p_payloads text[]
-) RETURNS TABLE (id uuid, outcome text, created_at timestamptz)
-  LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, pg_temp
+) RETURNS TABLE (id uuid, outcome text, created_at timestamptz, metadata jsonb)
+  LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, pg_temp SET lock_timeout = '200ms'
   AS $$
 #variable_conflict use_column
 DECLARE
   written uuid[];
   stamps timestamptz[];
+  stored_metadata jsonb[];
 BEGIN
   PERFORM papo_resume_context(p_tenant, p_user, p_role, p_api_key, p_web_session);
   WITH posts AS (
@@ -61,19 +65,20 @@ BEGIN
       JOIN chat_sessions s ON s.tenant_id = p_tenant AND s.id = posts.session_id AND s.status <> 'deleted'
      WHERE posts.role <> 'user' OR s.assistant_id IS NULL
      ORDER BY posts.n
-    RETURNING m.id, m.created_at
+    RETURNING m.id, m.created_at, m.metadata
   )
-  SELECT array_agg(i.id ORDER BY i.created_at), array_agg(i.created_at ORDER BY i.created_at)
-    INTO written, stamps
+  SELECT array_agg(i.id ORDER BY i.created_at), array_agg(i.created_at ORDER BY i.created_at),
+         array_agg(i.metadata ORDER BY i.created_at)
+    INTO written, stamps, stored_metadata
     FROM inserted i;
   IF written IS NOT NULL THEN
     PERFORM papo_publish_events((
       SELECT jsonb_agg(jsonb_build_object(
                'tenant_id', p_tenant, 'audience', 'user', 'user_id', p_user, 'type', 'message.created',
-               'payload', pl.payload::jsonb || jsonb_build_object(
+               'payload', pl.payload::jsonb || jsonb_build_object('metadata', w.metadata,
                  'created_at', papo_json_time(w.stamp), 'updated_at', papo_json_time(w.stamp)))
              ORDER BY w.n)
-        FROM unnest(written, stamps) WITH ORDINALITY AS w(id, stamp, n)
+        FROM unnest(written, stamps, stored_metadata) WITH ORDINALITY AS w(id, stamp, metadata, n)
         JOIN unnest(p_ids, p_payloads) AS pl(id, payload) ON pl.id = w.id));
   END IF;
   RETURN QUERY
@@ -83,9 +88,10 @@ BEGIN
                               WHERE s.tenant_id = p_tenant AND s.id = p.session_id AND s.status <> 'deleted')
                 THEN 'reply'
                 ELSE 'missing' END,
-           w.stamp
+           w.stamp,
+           w.metadata
       FROM unnest(p_ids, p_sessions) WITH ORDINALITY AS p(id, session_id, n)
-      LEFT JOIN unnest(written, stamps) AS w(id, stamp) ON w.id = p.id
+      LEFT JOIN unnest(written, stamps, stored_metadata) AS w(id, stamp, metadata) ON w.id = p.id
      ORDER BY p.n;
 END
 $$;
