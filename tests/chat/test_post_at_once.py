@@ -22,7 +22,7 @@ from papo.chat.models import MessageRole
 from papo.chat.posts_at_once import PostsAtOnce
 from papo.chat.replies import AnsweredChats
 from papo.chat.schemas import MessageOut
-from papo.db.engine import Database, ResumptionRefused
+from papo.db.engine import Database, Resumption, ResumptionRefused
 from papo.errors import InvalidInput, NotFound
 from papo.settings import Settings
 from tests.chat.test_api import assert_problem
@@ -76,6 +76,25 @@ async def owner_count(database: ProvisionedDatabase, query: str, *args: Any) -> 
         await owner.close()
 
 
+def remembered_as(tenant_id: uuid.UUID, user_id: str, role: Role = Role.member) -> Resumption:
+    """A caller as the principal cache hands it over after an earlier authentication."""
+    return Recalled(Principal(tenant_id, user_id, role.value), None).resumption()
+
+
+async def give_an_assistant(owner: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID) -> None:
+    """The chat gets an assistant behind the process's back (its user messages then start replies)."""
+    assistant_id = uuid.uuid4()
+    await owner.execute(
+        "INSERT INTO assistants (tenant_id, id, name, model) VALUES ($1, $2, 'Bot', 'm')", tenant_id, assistant_id
+    )
+    await owner.execute(
+        "UPDATE chat_sessions SET assistant_id = $1 WHERE tenant_id = $2 AND id = $3",
+        assistant_id,
+        tenant_id,
+        session_id,
+    )
+
+
 async def test_the_statement_posts_only_what_needs_no_reply(
     db: Database,
     settings: Settings,
@@ -86,21 +105,15 @@ async def test_the_statement_posts_only_what_needs_no_reply(
     tenant = await make_tenant("Reply path")
     member = await tenant.member()
     sid = uuid.UUID((await create_session(client, member))["id"])
-    remembered = Recalled(Principal(tenant.id, member.user_id, Role.member.value), None).resumption()
+    remembered = remembered_as(tenant.id, member.user_id)
     posts = PostsAtOnce(db, settings)
     stored = await posts.post(remembered, sid, MessageRole.user, "olá", {"k": 1})
     assert stored is not None and stored.session_id == sid and stored.metadata == {"k": 1}
 
     # a user's message in a chat with an assistant starts a reply: the full path's, nothing written here
-    assistant_id = uuid.uuid4()
     owner = await asyncpg.connect(plain_dsn(database.owner_url))
     try:
-        await owner.execute(
-            "INSERT INTO assistants (tenant_id, id, name, model) VALUES ($1, $2, 'Bot', 'm')", tenant.id, assistant_id
-        )
-        await owner.execute(
-            "UPDATE chat_sessions SET assistant_id = $1 WHERE tenant_id = $2 AND id = $3", assistant_id, tenant.id, sid
-        )
+        await give_an_assistant(owner, tenant.id, sid)
     finally:
         await owner.close()
     stored_count = "SELECT count(*) FROM messages WHERE tenant_id = $1 AND session_id = $2"
@@ -112,7 +125,7 @@ async def test_the_statement_posts_only_what_needs_no_reply(
     assert written is not None and written.role == "assistant"
 
     # a principal the database no longer confirms writes nothing
-    gone = Recalled(Principal(tenant.id, member.user_id, Role.admin.value), None).resumption()
+    gone = remembered_as(tenant.id, member.user_id, Role.admin)
     try:
         await posts.post(gone, sid, MessageRole.assistant, "x", None)
         raise AssertionError("a role the member does not hold was accepted")
@@ -135,17 +148,8 @@ async def test_posts_arriving_together_share_one_statement_and_each_gets_its_own
     assert (await client.delete(f"/api/v1/sessions/{deleted}", headers=member.headers)).status_code == 204
     owner = await asyncpg.connect(plain_dsn(database.owner_url))
     try:
-        assistant_id = uuid.uuid4()
-        await owner.execute(
-            "INSERT INTO assistants (tenant_id, id, name, model) VALUES ($1, $2, 'Bot', 'm')", tenant.id, assistant_id
-        )
-        await owner.execute(
-            "UPDATE chat_sessions SET assistant_id = $1 WHERE tenant_id = $2 AND id = $3",
-            assistant_id,
-            tenant.id,
-            answered,
-        )
-        remembered = Recalled(Principal(tenant.id, member.user_id, Role.member.value), None).resumption()
+        await give_an_assistant(owner, tenant.id, answered)
+        remembered = remembered_as(tenant.id, member.user_id)
         posts = PostsAtOnce(db, settings, writers=1)
         targets = [own, hot, foreign, hot, deleted, answered, hot]
         outcomes = await asyncio.gather(
@@ -188,7 +192,7 @@ async def test_a_statement_that_fails_writes_each_post_alone(
     tenant = await make_tenant("Alone")
     member = await tenant.member()
     sid = uuid.UUID((await create_session(client, member))["id"])
-    remembered = Recalled(Principal(tenant.id, member.user_id, Role.member.value), None).resumption()
+    remembered = remembered_as(tenant.id, member.user_id)
     posts = PostsAtOnce(db, settings, writers=1)
     # a NUL inside metadata passes the API's checks and fails the statement in PostgreSQL (jsonb)
     outcomes = await asyncio.gather(
@@ -203,7 +207,7 @@ async def test_a_statement_that_fails_writes_each_post_alone(
     assert await owner_count(database, "SELECT count(*) FROM messages WHERE session_id = $1", sid) == 2
 
     # a caller the database no longer confirms gets that answer for every post, from one statement
-    gone = Recalled(Principal(tenant.id, member.user_id, Role.admin.value), None).resumption()
+    gone = remembered_as(tenant.id, member.user_id, Role.admin)
     refused = await asyncio.gather(
         *(posts.post(gone, sid, MessageRole.user, "x", None) for _ in range(3)), return_exceptions=True
     )
@@ -218,10 +222,7 @@ async def test_a_locked_chat_sends_its_posts_to_the_full_path_and_holds_up_no_ot
     stuck, free = await tenant.member(), await tenant.member()
     locked_sid = uuid.UUID((await create_session(client, stuck))["id"])
     free_sid = uuid.UUID((await create_session(client, free))["id"])
-    callers = {
-        who.user_id: Recalled(Principal(tenant.id, who.user_id, Role.member.value), None).resumption()
-        for who in (stuck, free)
-    }
+    callers = {who.user_id: remembered_as(tenant.id, who.user_id) for who in (stuck, free)}
     posts = PostsAtOnce(db, settings, writers=2)
     finished: list[str] = []
 
@@ -257,10 +258,7 @@ async def test_callers_of_different_companies_posting_together_write_apart(
 ) -> None:
     first, second = await (await make_tenant("First")).member(), await (await make_tenant("Second")).member()
     chats = {who.user_id: uuid.UUID((await create_session(client, who))["id"]) for who in (first, second)}
-    callers = {
-        who.user_id: Recalled(Principal(who.tenant_id, who.user_id, Role.member.value), None).resumption()
-        for who in (first, second)
-    }
+    callers = {who.user_id: remembered_as(who.tenant_id, who.user_id) for who in (first, second)}
     posts = PostsAtOnce(db, settings, writers=1)
     outcomes = await asyncio.gather(
         posts.post(callers[first.user_id], chats[first.user_id], MessageRole.user, "mine", None),

@@ -101,8 +101,8 @@ class MessagePostLane(BaseRoute):
 
 
 def _uuid(text: Any) -> uuid.UUID | None:
-    """A chat id in its canonical form only (uuid.UUID also reads "urn:uuid:…" and braces, which the
-    route's validation refuses): any other form is the route's to answer."""
+    """A chat id in its canonical form only: uuid.UUID also reads "urn:uuid:…", braces and ids without
+    hyphens, whose fate is the route's validation's to decide."""
     try:
         parsed = uuid.UUID(text)
     except (TypeError, ValueError):
