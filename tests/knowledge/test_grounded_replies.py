@@ -122,10 +122,11 @@ async def test_whatsapp_answers_carry_their_source_and_an_unknown_question_goes_
     )
 
     async def sent_text(containing: str) -> str:
+        """What the number sent this test's customer (the fake transport serves every test)."""
         async with asyncio.timeout(15):
             while True:
-                for _, _, text, _ in fake.sent:
-                    if containing in text:
+                for _, to, text, _ in fake.sent:
+                    if to == "5541922221111" and containing in text:
                         return str(text)
                 await asyncio.sleep(0.05)
 

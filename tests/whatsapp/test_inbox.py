@@ -10,11 +10,13 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
+from fastapi import FastAPI
 
 from papo.auth.models import Role
-from papo.chat.channel import OPEN_CONVERSATION
+from papo.chat.channel import ChannelConversations
 from papo.client import RealtimeClient, RealtimeEvent
-from papo.whatsapp.transports.base import SessionKey
+from papo.whatsapp.transports.base import InboundMessage, InboundReceipt, SessionKey
 from tests.conftest import ProvisionedDatabase, plain_dsn
 from tests.fake_openai import API_KEY
 from tests.fake_whatsapp import FakeTransport
@@ -252,7 +254,7 @@ async def test_finding_a_customers_conversation_does_not_walk_the_numbers_other_
     fake: FakeTransport,
     database: ProvisionedDatabase,
 ) -> None:
-    """Each message looks up its customer's open conversation. With 10,000 conversations on the
+    """Each message looks up its customer's open conversation (papo_whatsapp_take_in). With 10,000 conversations on the
     number (and statistics that do not know it yet), the lookup is still an index search on the
     customer, not a walk through the number's conversations."""
     tenant, _, _, key = number
@@ -271,23 +273,114 @@ async def test_finding_a_customers_conversation_does_not_walk_the_numbers_other_
         looking = owner.transaction()
         await looking.start()
         try:
-            ana = await owner.fetchval(
-                "SELECT id FROM contacts WHERE tenant_id = $1 AND wa_id = '5511900000100'", tenant.id
-            )
+
+            def message_from(wa_id: str, name: str) -> list[Any]:
+                return [tenant.id, key.session_id, None, [wa_id], [name], [name], *([uuid.uuid4()] for _ in range(3)),
+                        [f"wamid.plan-{wa_id}"], ["oi"], ["{}"]]  # fmt: skip
+
+            take_in = "SELECT * FROM papo_whatsapp_take_in($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            # once for another customer first: the function's statements are planned then (reading the catalogs)
+            await owner.fetch(take_in, *message_from("5511900000101", "Bia"))
             plan = await owner.fetchval(
-                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + OPEN_CONVERSATION,
-                tenant.id,
-                uuid.uuid4(),
-                "Ana",
-                False,
-                key.session_id,
-                ana,
-                None,
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + take_in, *message_from("5511900000100", "Ana")
             )
         finally:
             await looking.rollback()
     finally:
         await owner.close()
     root = json.loads(plan)[0]["Plan"]
-    # ~35 pages; a walk through the number's conversations reads ~250 (10,000 rows)
-    assert root["Shared Hit Blocks"] + root["Shared Read Blocks"] < 100, root
+    # ~85 pages for the whole message (contact, conversation, the message and its indexes, the row
+    # read back); a walk through the number's conversations reads ~250 more (10,000 rows)
+    assert root["Shared Hit Blocks"] + root["Shared Read Blocks"] < 150, root
+
+
+async def test_a_run_of_messages_is_stored_together_and_each_follows_the_inbox_rules(
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    number: tuple[TenantHandle, Member, Member, SessionKey],
+    fake: FakeTransport,
+    fake_openai: tuple[Any, str],
+    live_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lane's deliveries reach the inbox together: each run of messages between receipts is stored
+    by one statement, and each message is then handled as if it had come alone: a handoff early in
+    the run holds for the customer's later messages, a message delivered before is stored once, and
+    the staff's stream hears each message followed by its conversation, in order."""
+    _, admin, agent, key = number
+    assistant = await client.post(
+        "/api/v1/assistants",
+        json={"name": "Bot", "model": "fake-echo", "base_url": fake_openai[1], "api_key": API_KEY},
+        headers=admin.headers,
+    )
+    assert assistant.status_code == 201, assistant.text
+    await client.patch(f"{BASE}/{key.session_id}", json={"assistant_id": assistant.json()["id"]}, headers=admin.headers)
+    known = await fake.customer_writes(key, "bom dia", wa_id="5511944440002", name="Bruno")
+
+    runs: list[int] = []
+    take_in = ChannelConversations.take_in
+
+    async def counted(self: ChannelConversations, *args: Any) -> Any:
+        runs.append(len(args[2]))
+        return await take_in(self, *args)
+
+    monkeypatch.setattr(ChannelConversations, "take_in", counted)
+    realtime = RealtimeClient(live_url, agent.token)
+    stream = realtime.events()
+    first = asyncio.create_task(anext(stream))
+    await asyncio.wait_for(realtime.connected.wait(), 5)
+
+    ana = "5511944440001"
+    arrivals: list[InboundMessage | InboundReceipt] = [
+        InboundMessage("wamid.run-1", ana, "Ana", "oi"),
+        InboundMessage("wamid.run-2", ana, "Ana", "quero falar com um atendente"),
+        InboundMessage("wamid.run-3", ana, "Ana", "ainda aí?"),
+        InboundMessage(known, "5511944440002", "Bruno", "bom dia"),  # WhatsApp delivering it again
+        InboundReceipt("wamid.nobody-sent-this", "read"),
+        InboundMessage("wamid.run-4", "5511944440003", None, "olá"),
+    ]
+    results = await app.state.papo.whatsapp.take_in(key, arrivals)
+
+    assert runs == [4, 1]  # the receipt between them splits the run
+    assert [r is not None and r.message_id is not None for r in results] == [True, True, True, False, False, True]
+    oi, handoff, later, again, receipt, carla = results
+    assert receipt is None and again is not None and again.message_id is None
+    assert oi is not None and oi.bot_enabled and not oi.handed_off
+    assert handoff is not None and handoff.handed_off and not handoff.bot_enabled
+    assert later is not None and not later.handed_off and not later.bot_enabled  # read after the handoff
+    assert carla is not None and carla.bot_enabled
+
+    async with asyncio.timeout(10):  # the bot answers the new customer
+        while True:
+            if any(to == "5511944440003" for _, to, _, _ in fake.sent):
+                break
+            await asyncio.sleep(0.05)
+    conversations = {c["wa_id"]: c for c in (await client.get(INBOX, headers=agent.headers)).json()}
+    assert conversations[ana]["ticket_status"] == "pending" and not conversations[ana]["bot_enabled"]
+    assert conversations["5511944440003"]["contact_name"] is None
+    assert conversations["5511944440003"]["title"] == "+5511944440003"
+    said = (await client.get(f"{INBOX}/{conversations[ana]['id']}/messages", headers=agent.headers)).json()
+    assert [m["content"] for m in said if m["role"] == "user"] == ["oi", "quero falar com um atendente", "ainda aí?"]
+    bruno = conversations["5511944440002"]["id"]
+    assert len((await client.get(f"{INBOX}/{bruno}/messages", headers=agent.headers)).json()) == 2  # his, the bot's
+
+    heard: list[tuple[str, str]] = []
+    event = await asyncio.wait_for(first, 5)
+    async with asyncio.timeout(5):
+        while len(heard) < 8:
+            if isinstance(event, RealtimeEvent) and event.event in ("message.created", "whatsapp.conversation.updated"):
+                if event.event == "message.created" and event.data["role"] == "user":
+                    heard.append(("said", event.data["content"]))
+                elif event.event == "whatsapp.conversation.updated":
+                    heard.append(("ticket", f"{event.data['wa_id']} {event.data['ticket_status']}"))
+            event = await anext(stream)
+    assert heard == [
+        ("said", "oi"),
+        ("ticket", f"{ana} open"),
+        ("said", "quero falar com um atendente"),
+        ("ticket", f"{ana} pending"),
+        ("said", "ainda aí?"),
+        ("ticket", f"{ana} pending"),
+        ("said", "olá"),
+        ("ticket", "5511944440003 open"),
+    ]

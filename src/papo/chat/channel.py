@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -35,35 +37,6 @@ CONVERSATION_SELECT = """
 SELECT c.id, c.title, c.ticket_status, c.assigned_to, c.bot_enabled, c.last_inbound_at, c.last_message_at,
        c.whatsapp_session_id, c.contact_id, k.wa_id, k.name AS contact_name, c.created_at, c.labels, c.team_id
   FROM chat_sessions c JOIN contacts k ON k.tenant_id = c.tenant_id AND k.id = c.contact_id
-"""
-# The customer's open conversation on the number ($5, contact $6), started if there is none, and
-# locked either way, with the customer's last word stamped now. Found through the unique index as
-# the arbiter of the conflict, which the planner does not choose: a SELECT on the same three columns
-# was planned on the tenant's inbox index whenever the statistics lagged behind the table, walking
-# every open conversation of the tenant per message. The stamp is this statement's update, so the
-# row is written twice per message (here and by the message's insert), not three times.
-OPEN_CONVERSATION = """
-INSERT INTO chat_sessions (tenant_id, id, title, channel, ticket_status, bot_enabled,
-                           whatsapp_session_id, contact_id, assistant_id, last_inbound_at)
-VALUES ($1, $2, $3, 'whatsapp', 'open', $4, $5, $6, $7, now())
-ON CONFLICT (tenant_id, whatsapp_session_id, contact_id) WHERE channel = 'whatsapp' AND ticket_status <> 'closed'
-  DO UPDATE SET last_inbound_at = now()
-RETURNING id
-"""
-# The customer's contact, created if new; its name written only when it changed (an unchanged one
-# cost a row version per message). An existing row is locked either way; its id then comes from the
-# second branch, unless another transaction created it after this statement's snapshot (None).
-UPSERT_CONTACT = """
-WITH written AS (
-  INSERT INTO contacts (tenant_id, id, wa_id, name) VALUES ($1, $2, $3, $4)
-  ON CONFLICT (tenant_id, wa_id) DO UPDATE SET name = EXCLUDED.name
-    WHERE EXCLUDED.name IS NOT NULL AND contacts.name IS DISTINCT FROM EXCLUDED.name
-  RETURNING id
-)
-SELECT id FROM written
-UNION ALL
-SELECT id FROM contacts WHERE tenant_id = $1 AND wa_id = $3
-LIMIT 1
 """
 CONVERSATION_LIST = (
     CONVERSATION_SELECT  # noqa: S608  (fixed text: every value is a parameter)
@@ -108,6 +81,18 @@ def wire(row: Any) -> dict[str, Any]:
     return result
 
 
+@dataclass(frozen=True)
+class ChannelArrival:
+    """A customer's message as the channel stores it."""
+
+    wa_id: str
+    contact_name: str | None
+    external_id: str
+    content: str
+    metadata: dict[str, Any]
+    attachments: tuple[NewAttachment, ...] = ()
+
+
 class ChannelConversations:
     def __init__(self, session: AsyncSession, principal: Principal, channel: str = "whatsapp") -> None:
         self.db = session
@@ -129,68 +114,40 @@ class ChannelConversations:
     def _announce_status(self, row: Any) -> None:
         emit(self.db, "message.status_changed", wire(row), tenant_id=self.principal.tenant_id, user_id=None)
 
-    async def open_conversation(
-        self,
-        number_id: uuid.UUID,
-        wa_id: str,
-        contact_name: str | None,
-        title: str,
-        assistant_id: uuid.UUID | None,
-    ) -> uuid.UUID:
-        """The customer's contact (created, or its name refreshed) and its open conversation on this
-        number, started if there is none (a unique index settles concurrent arrivals), its customer's
-        last word stamped now; locked for the rest of the transaction. Two round trips, whether they
-        exist or not (three when another number of the company took the same new customer in at
-        the same moment)."""
-        connection = driver(self.db)
-        contact_id: uuid.UUID | None = await connection.fetchval(
-            UPSERT_CONTACT, self.principal.tenant_id, new_id(), wa_id, contact_name
-        )
-        if contact_id is None:  # committed by another transaction after this statement's snapshot
-            contact_id = await connection.fetchval(
-                "SELECT id FROM contacts WHERE tenant_id = $1 AND wa_id = $2", self.principal.tenant_id, wa_id
-            )
-        conversation_id: uuid.UUID = await connection.fetchval(
-            OPEN_CONVERSATION,
+    async def take_in(
+        self, number_id: uuid.UUID, assistant_id: uuid.UUID | None, arrivals: Sequence[ChannelArrival]
+    ) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+        """Customers' messages on a number, in order, in one round trip (migration 0043): each one's
+        contact (created, or its name refreshed) and open conversation (started if there is none,
+        locked, the customer's last word stamped), and the message stored once by its channel id.
+        For each, the conversation as `find` reads it after that message, and the message (None:
+        delivered before), not yet announced."""
+        rows = await driver(self.db).fetch(
+            "SELECT * FROM papo_whatsapp_take_in($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ORDER BY n",
             self.principal.tenant_id,
-            new_id(),
-            title,
-            assistant_id is not None,
             number_id,
-            contact_id,
             assistant_id,
+            [a.wa_id for a in arrivals],
+            [a.contact_name for a in arrivals],
+            [a.contact_name or "+" + a.wa_id for a in arrivals],
+            [new_id() for _ in arrivals],
+            [new_id() for _ in arrivals],
+            [new_id() for _ in arrivals],
+            [a.external_id for a in arrivals],
+            [a.content[:32_000] for a in arrivals],
+            [json.dumps(a.metadata) for a in arrivals],
         )
-        return conversation_id
+        taken: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+        for row in rows:
+            conversation = {key[2:]: value for key, value in row.items() if key.startswith("c_")}
+            message = {key[2:]: value for key, value in row.items() if key.startswith("m_")}
+            taken.append((conversation, plain(message) if message["id"] is not None else None))
+        return taken
 
-    async def store_inbound(
-        self,
-        conversation_id: uuid.UUID,
-        content: str,
-        metadata: dict[str, Any],
-        external_id: str,
-        attachments: tuple[NewAttachment, ...] = (),
-    ) -> dict[str, Any] | None:
-        """A customer's message with what it carries, stored once by its channel id (None: delivered
-        before) and announced."""
-        connection = driver(self.db)
-        row = await connection.fetchrow(
-            f"""
-            INSERT INTO messages (tenant_id, id, session_id, role, content, status, metadata, external_id)
-            VALUES ($1, $2, $3, 'user', $4, 'delivered', $5, $6)
-            ON CONFLICT (tenant_id, external_id) WHERE external_id IS NOT NULL DO NOTHING
-            RETURNING {MESSAGE_COLUMNS}
-            """,  # noqa: S608  (fixed column list)
-            self.principal.tenant_id,
-            new_id(),
-            conversation_id,
-            content[:32_000],
-            json.dumps(metadata),
-            external_id,
-        )
-        if row is None:
-            return None
-        stored = await Attachments(self.db, self.principal).add(plain(row), list(attachments))
-        return self._announce_message(row, stored)
+    async def announce_inbound(self, message: dict[str, Any], attachments: tuple[NewAttachment, ...]) -> dict[str, Any]:
+        """A customer's message just stored by `take_in`, with what it carries, announced."""
+        stored = await Attachments(self.db, self.principal).add(message, list(attachments))
+        return self._announce_message(message, stored)
 
     async def hand_off(self, conversation_id: uuid.UUID) -> None:
         """The bot stops answering; the conversation waits for a person."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Sequence
@@ -322,20 +323,28 @@ class WhatsappHub:
             inbox = Inbox(session, principal)
             chat = ChatService(session, principal, self.settings)
             assistant = row.assistant_id if self.replies is not None else None  # who answers, if anyone
-            for arrival in arrivals:
-                if isinstance(arrival, InboundReceipt):
-                    await inbox.apply_receipt(arrival.external_id, arrival.status)
-                    results.append(None)
+            # receipts one by one, each run of messages between them together
+            for is_receipt, run in itertools.groupby(arrivals, key=lambda arrival: isinstance(arrival, InboundReceipt)):
+                if is_receipt:
+                    for receipt in run:
+                        assert isinstance(receipt, InboundReceipt)
+                        await inbox.apply_receipt(receipt.external_id, receipt.status)
+                        results.append(None)
                     continue
-                received = await inbox.receive(row.id, row.assistant_id, words, arrival)
-                results.append(received)
-                answers = received.message_id is not None and received.bot_enabled
-                # one answer at a time
-                if assistant is not None and answers and await chat.streaming_reply(received.conversation_id) is None:
-                    placeholder = await chat.add_reply_placeholder(
-                        received.conversation_id, {"assistant_id": str(assistant), "author": "bot"}
-                    )
-                    replies.append((received.conversation_id, placeholder.id, assistant))
+                messages = [arrival for arrival in run if isinstance(arrival, InboundMessage)]
+                for received in await inbox.receive(row.id, row.assistant_id, words, messages):
+                    results.append(received)
+                    answers = received.message_id is not None and received.bot_enabled
+                    # one answer at a time
+                    if (
+                        assistant is not None
+                        and answers
+                        and await chat.streaming_reply(received.conversation_id) is None
+                    ):
+                        placeholder = await chat.add_reply_placeholder(
+                            received.conversation_id, {"assistant_id": str(assistant), "author": "bot"}
+                        )
+                        replies.append((received.conversation_id, placeholder.id, assistant))
         WHATSAPP_MESSAGES.labels(row.transport, "in").inc(sum(1 for r in results if r and r.message_id))
         for conversation_id, reply_id, assistant_id in replies:
             if self.replies is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from papo.auth import service as auth_service
 from papo.auth.models import STAFF_ROLES
 from papo.auth.service import Principal
 from papo.chat.attachments import FILE_KINDS, Attachments, StoredFile
-from papo.chat.channel import ChannelConversations, wire
+from papo.chat.channel import ChannelArrival, ChannelConversations, wire
 from papo.errors import Conflict, InvalidInput, NotFound
 from papo.insights.service import SessionSentiment, message_sentiments, session_sentiments
 from papo.realtime.service import emit
@@ -105,25 +106,54 @@ class Inbox:
         whatsapp_session_id: uuid.UUID,
         assistant_id: uuid.UUID | None,
         handoff_words: tuple[str, ...],
+        inbound: Sequence[InboundMessage],
+    ) -> list[Received]:
+        """Customers' messages on a number, in order: stored by one round trip, then each announced and
+        put through the inbox's rules as if it had arrived alone."""
+        arrivals = [self._arrival(message) for message in inbound]
+        taken = await self.store.take_in(whatsapp_session_id, assistant_id, arrivals)
+        handed_off: set[uuid.UUID] = set()  # this run's handoffs (later rows were read before them)
+        received = []
+        for message, arrival, (conversation, row) in zip(inbound, arrivals, taken, strict=True):
+            if row is None:
+                received.append(Received(conversation["id"], None, False))
+                continue
+            await self.store.announce_inbound(row, arrival.attachments)
+            if conversation["id"] in handed_off:
+                conversation = await self.store.find(conversation["id"])
+            received.append(
+                await self._decide(conversation, row["id"], message, arrival.content, assistant_id, handoff_words)
+            )
+            if received[-1].handed_off:
+                handed_off.add(conversation["id"])
+        return received
+
+    @staticmethod
+    def _arrival(message: InboundMessage) -> ChannelArrival:
+        kept = message.kind == "text" or bool(message.attachments)
+        return ChannelArrival(
+            message.from_wa_id,
+            message.contact_name,
+            message.external_id,
+            message.text if kept else f"[unsupported message: {message.kind}]",
+            {"wa_from": message.from_wa_id} | ({} if kept else {"unsupported": message.kind}),
+            message.attachments,
+        )
+
+    async def _decide(
+        self,
+        conversation: dict[str, Any],
+        message_id: uuid.UUID,
         inbound: InboundMessage,
+        content: str,
+        assistant_id: uuid.UUID | None,
+        handoff_words: tuple[str, ...],
     ) -> Received:
-        conversation_id = await self.store.open_conversation(
-            whatsapp_session_id,
-            inbound.from_wa_id,
-            inbound.contact_name,
-            inbound.contact_name or "+" + inbound.from_wa_id,
-            assistant_id,
-        )
-        kept = inbound.kind == "text" or bool(inbound.attachments)
-        content = inbound.text if kept else f"[unsupported message: {inbound.kind}]"
-        metadata = {"wa_from": inbound.from_wa_id} | ({} if kept else {"unsupported": inbound.kind})
-        message = await self.store.store_inbound(
-            conversation_id, content, metadata, inbound.external_id, inbound.attachments
-        )
-        if message is None:
-            return Received(conversation_id, None, False)
-        conversation = await self.store.find(conversation_id)  # its last word stamped by open_conversation
+        """The inbox's rules for a customer's message just stored: who answers it, and whether the
+        customer is told the bot reads text only."""
+        conversation_id = conversation["id"]
         bot_on = bool(conversation["bot_enabled"])
+        kept = inbound.kind == "text" or bool(inbound.attachments)
         # the bot answers words (a text, a caption); a file alone goes to a person, and the customer is told
         supported = kept and bool(content.strip())
         files = [a.kind for a in inbound.attachments if a.kind in FILE_KINDS]
@@ -136,7 +166,7 @@ class Inbox:
         else:
             self._announce(conversation)
         bot_answers = bool(conversation["bot_enabled"]) and supported  # after a handoff, no longer
-        return Received(conversation_id, message["id"], handed_off, bot_answers, files_only)
+        return Received(conversation_id, message_id, handed_off, bot_answers, files_only)
 
     async def hand_off(self, conversation_id: uuid.UUID) -> dict[str, Any]:
         """The bot stops answering and the conversation waits for a person (the agents' queue)."""
