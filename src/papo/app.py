@@ -195,12 +195,11 @@ def create_app(
             if settings.whatsapp_cleanup_stale_days:
                 workers.start("whatsapp-clean-up", partial(clean_up_loop, db, settings, whatsapp))
             if settings.sentiment_enabled:
-                scoring = OutboxConsumer(
-                    db, "sentiment", SentimentWorker(ChildProcessScorer(settings.sentiment_default_language))
-                )
+                sentiment = SentimentWorker(ChildProcessScorer(settings.sentiment_default_language))
+                scoring = OutboxConsumer(db, "sentiment", sentiment.score, sentiment.store)
                 hub.follow(scoring.wake)
                 workers.start("sentiment", scoring.run)
-            fan_out = OutboxConsumer(db, "webhooks", state.webhooks.fan_out)
+            fan_out = OutboxConsumer(db, "webhooks", state.webhooks.deliveries_for, state.webhooks.fan_out)
             hub.follow(fan_out.wake)
             workers.start("webhook-fan-out", fan_out.run)
             workers.start("webhook-sender", state.webhooks.run)

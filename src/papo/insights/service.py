@@ -31,7 +31,8 @@ class SentimentWorker:
     def __init__(self, scorer: ChildProcessScorer) -> None:
         self.scorer = scorer
 
-    async def __call__(self, session: AsyncSession, events: Sequence[Event]) -> None:
+    async def score(self, events: Sequence[Event]) -> list[dict[str, Any]]:
+        """The scores of the batch's new user and customer messages (worked out with no transaction open)."""
         wanted = [
             (event.tenant_id, str(event.data["id"]), str(event.data["content"])[:MAX_SCORED_CHARS])
             for event in events
@@ -40,9 +41,9 @@ class SentimentWorker:
             and str(event.data.get("content") or "").strip()
         ]
         if not wanted:
-            return
+            return []
         scores = await self.scorer.score_many([text for _, _, text in wanted])
-        payload = [
+        return [
             {
                 "tenant_id": str(tenant_id),
                 "message_id": message_id,
@@ -52,7 +53,11 @@ class SentimentWorker:
             }
             for (tenant_id, message_id, _), s in zip(wanted, scores, strict=True)
         ]
-        await driver(session).execute("SELECT papo_store_sentiments($1::jsonb)", json.dumps(payload))
+
+    @staticmethod
+    async def store(session: AsyncSession, scored: list[dict[str, Any]]) -> None:
+        if scored:
+            await driver(session).execute("SELECT papo_store_sentiments($1::jsonb)", json.dumps(scored))
 
 
 @dataclass(frozen=True)

@@ -316,10 +316,10 @@ class WebhookSender:
         self.http = self.guard.client()
         self.wake = asyncio.Event()
 
-    async def fan_out(self, session: AsyncSession, events: Sequence[Event]) -> None:
-        """Outbox handler: each event a subscription wants becomes a pending delivery (once), and the
-        sender wakes as soon as they are committed."""
-        wanted = [
+    @staticmethod
+    async def deliveries_for(events: Sequence[Event]) -> list[dict[str, Any]]:
+        """Outbox handler, first half: the events some subscription may want, as deliveries."""
+        return [
             {
                 "tenant_id": str(event.tenant_id),
                 "event_id": event.id,
@@ -329,6 +329,10 @@ class WebhookSender:
             for event in events
             if event.type in EVENT_TYPES
         ]
+
+    async def fan_out(self, session: AsyncSession, wanted: list[dict[str, Any]]) -> None:
+        """Outbox handler, second half: each event a subscription wants becomes a pending delivery
+        (once), and the sender wakes as soon as they are committed."""
         if wanted:
             added = await driver(session).fetchval(
                 "SELECT papo_webhook_fan_out($1::jsonb)", json.dumps(wanted, default=str)
