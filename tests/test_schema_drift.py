@@ -56,9 +56,13 @@ SELECT 'enum', t.typname, '', string_agg(e.enumlabel, ', ' ORDER BY e.enumsortor
  GROUP BY t.typname
 """
 
-# messages.search_vector is generated through papo_fold(), which migration 0001 creates; the scratch
-# database needs a function of that signature (its body is not compared).
-FOLD_STUB_SQL = "CREATE FUNCTION papo_fold(value text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT value $$"
+# messages.search_vector is generated through papo_fold(), which migration 0001 creates, and
+# chat_sessions.activity_minute through papo_activity_minute() (0045); the scratch database needs
+# functions of those signatures (their bodies are not compared).
+GENERATING_STUBS_SQL = (
+    "CREATE FUNCTION papo_fold(value text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT value $$",
+    "CREATE FUNCTION papo_activity_minute(at timestamptz) RETURNS bigint LANGUAGE sql IMMUTABLE AS $$ SELECT 0 $$",
+)
 
 Catalog = set[tuple[str, ...]]
 
@@ -108,7 +112,8 @@ async def models_catalog(database: ProvisionedDatabase, metadata: MetaData, abse
     engine = create_async_engine(url)
     try:
         async with engine.begin() as connection:
-            await connection.execute(text(FOLD_STUB_SQL))
+            for stub in GENERATING_STUBS_SQL:
+                await connection.execute(text(stub))
             if EMBEDDINGS_TABLE not in absent:
                 await connection.execute(text("CREATE EXTENSION vector"))
             tables = [table for table in metadata.sorted_tables if table.name not in absent]

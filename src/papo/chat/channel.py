@@ -50,7 +50,7 @@ CONVERSATION_LIST = (
         OR ($9 <> '' AND k.wa_id LIKE '%' || $9 || '%')
         OR EXISTS (SELECT 1 FROM messages m WHERE m.tenant_id = c.tenant_id AND m.session_id = c.id
                       AND m.search_vector @@ websearch_to_tsquery('simple', papo_fold($7))))
- ORDER BY c.activity_at DESC, c.id DESC LIMIT $3
+ ORDER BY c.activity_minute DESC, c.activity_at DESC, c.id DESC LIMIT $3
 """
 )
 OUTBOUND_SELECT = """

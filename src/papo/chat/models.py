@@ -85,6 +85,12 @@ class ChatSession(Timestamps, Base):
     activity_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), Computed("coalesce(last_message_at, created_at)", persisted=True), nullable=True
     )
+    # Its minute (migration 0045): what the lists' indexes hold, so a message's update of the row is HOT.
+    activity_minute: Mapped[int] = mapped_column(
+        BigInteger,
+        Computed("papo_activity_minute(COALESCE(last_message_at, created_at))", persisted=True),
+        nullable=True,
+    )
     # A WhatsApp conversation (migration 0011): the number that received it, the contact, and the ticket.
     whatsapp_session_id: Mapped[uuid.UUID | None] = mapped_column()
     contact_id: Mapped[uuid.UUID | None] = mapped_column()
@@ -127,8 +133,7 @@ class ChatSession(Timestamps, Base):
             "tenant_id",
             "user_id",
             "status",
-            text("activity_at DESC"),
-            text("id DESC"),
+            text("activity_minute DESC"),
         ),
         Index("ix_chat_sessions_deleted_at", "deleted_at", postgresql_where=text("deleted_at IS NOT NULL")),
         Index(
@@ -143,7 +148,7 @@ class ChatSession(Timestamps, Base):
             "ix_chat_sessions_inbox",
             "tenant_id",
             "ticket_status",
-            text("activity_at DESC"),
+            text("activity_minute DESC"),
             postgresql_where=text("channel = 'whatsapp'"),
         ),
     )

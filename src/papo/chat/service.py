@@ -58,6 +58,18 @@ class Page(Generic[T]):
     has_more: bool
 
 
+# Chat lists: the indexes hold the minute of activity (migration 0045), the exact time orders within it.
+MOST_RECENT_FIRST = (ChatSession.activity_minute.desc(), ChatSession.activity_at.desc(), ChatSession.id.desc())
+
+
+def _before(cursor: str) -> ColumnElement[bool]:
+    """The chats listed after the one a keyset cursor names (its activity and id), in list order."""
+    activity_at, session_id = decode_cursor(cursor, datetime, uuid.UUID)
+    return tuple_(ChatSession.activity_minute, ChatSession.activity_at, ChatSession.id) < tuple_(
+        func.papo_activity_minute(literal(activity_at)), literal(activity_at), literal(session_id)
+    )
+
+
 def checked_metadata(settings: Settings, metadata: dict[str, Any] | None, field: str = "metadata") -> dict[str, Any]:
     metadata = metadata or {}
     if _json_size(metadata, field) > settings.max_metadata_bytes:
@@ -167,11 +179,8 @@ class ChatService(ReplyLifecycle):
         """A page of the user's sessions in one status, most recent activity first."""
         query = select(ChatSession).where(self._owned(user_id), ChatSession.status == status)
         if cursor is not None:
-            activity_at, session_id = decode_cursor(cursor, datetime, uuid.UUID)
-            query = query.where(
-                tuple_(ChatSession.activity_at, ChatSession.id) < tuple_(literal(activity_at), literal(session_id))
-            )
-        query = query.order_by(ChatSession.activity_at.desc(), ChatSession.id.desc())
+            query = query.where(_before(cursor))
+        query = query.order_by(*MOST_RECENT_FIRST)
         if limit is None:
             return list((await self.db.scalars(query)).all()), None
         rows = list((await self.db.scalars(query.limit(limit + 1))).all())
@@ -216,11 +225,8 @@ class ChatService(ReplyLifecycle):
         if status is not None:
             query = query.where(ChatSession.status == status)
         if cursor is not None:
-            activity_at, session_id = decode_cursor(cursor, datetime, uuid.UUID)
-            query = query.where(
-                tuple_(ChatSession.activity_at, ChatSession.id) < tuple_(literal(activity_at), literal(session_id))
-            )
-        query = query.order_by(ChatSession.activity_at.desc(), ChatSession.id.desc()).limit(limit + 1)
+            query = query.where(_before(cursor))
+        query = query.order_by(*MOST_RECENT_FIRST).limit(limit + 1)
         rows = list((await self.db.scalars(query)).all())
         next_cursor = None
         if len(rows) > limit:
