@@ -1,18 +1,17 @@
 """Background work driven by the events outbox (sentiment scoring, outbound webhooks).
 
 The outbox already holds every change in commit order, so a consumer needs no queue of its own and
-adds nothing to the write path: it keeps a cursor. One process at a time works a consumer: it leases
-the cursor (the others skip it while the lease runs), reads a batch, works it out with no
-transaction open (scoring takes seconds under load, and an open transaction would keep every table
-from pruning the row versions left behind meanwhile), then stores the result and advances the
-cursor in one short transaction, only if it still holds the cursor where it read it (migration
-0044). A crash repeats at most one batch, which handlers make harmless (their writes are
-idempotent)."""
+adds nothing to the write path: it keeps a cursor. Each batch is one transaction, and one process at
+a time works a consumer: the transaction holds an advisory lock on the consumer's name (the others
+skip it), reads the cursor and the batch, works the batch out, then stores the result and advances
+the cursor. While the batch is worked out (scoring takes seconds under load) the transaction has no
+transaction id and, between statements, no snapshot, so it keeps no table from pruning the row
+versions written meanwhile (migration 0044); its lock goes with it, also when its connection dies.
+A crash repeats at most one batch, which handlers make harmless (their writes are idempotent)."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -26,14 +25,12 @@ Work = TypeVar("Work")
 # After a wake-up a consumer lets this long's events gather before its round: woken by every relay
 # round, it otherwise spent a transaction per message at low rates, as much CPU as the fan-out.
 SETTLE_SECONDS = 0.1
-# A process that died holding a cursor holds it up this long at most; a batch worked for longer is
-# dropped (the cursor may have moved on) and worked again.
-LEASE_SECONDS = 60.0
+OUTBOX_LOCK_CLASS = 7071  # advisory locks (this class, hashtext(name)): one per consumer
 
 
 class OutboxConsumer(Generic[Work]):
-    """`prepare` works a batch out (no transaction open); `store` writes what it found, in the
-    transaction that advances the cursor."""
+    """`prepare` works a batch out, writing nothing; `store` writes what it found, in the same
+    transaction, just before the cursor advances."""
 
     def __init__(
         self,
@@ -51,33 +48,35 @@ class OutboxConsumer(Generic[Work]):
         self.store = store
         self.batch = batch
         self.poll_seconds = poll_seconds
-        self.holder = uuid.uuid4()  # this process, as the cursor's leaseholder
         self.wake = asyncio.Event()  # set by the hub's relay when new events were committed
         self.behind = False  # the last batch was full
+        self.cursor_made = False
 
     async def run_once(self) -> int | None:
-        """One batch: how many events it covered, or None when another process holds the cursor."""
+        """One batch: how many events it covered, or None when another process is working it."""
+        if not self.cursor_made:  # on its own: making the cursor's row gives a transaction an id
+            async with self.db.transaction() as session:
+                await driver(session).fetchval("SELECT papo_outbox_position($1)", self.name)
+            self.cursor_made = True
         async with self.db.transaction() as session:
-            position = await driver(session).fetchval(
-                "SELECT papo_outbox_lease($1, $2, $3)", self.name, self.holder, LEASE_SECONDS
-            )
-            if position is None:
+            connection = driver(session)
+            if not await connection.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1, hashtext($2))", OUTBOX_LOCK_CLASS, self.name
+            ):
                 return None
+            position = await connection.fetchval("SELECT papo_outbox_position($1)", self.name)
             events = await read_all_events(session, position, self.batch)
-        if not events:
-            return 0
-        work = await self.prepare(events)
-        async with self.db.transaction() as session:
-            still_held = await driver(session).fetchval(
-                "SELECT papo_outbox_advance($1, $2, $3, $4, $5)",
-                self.name,
-                self.holder,
-                position,
-                events[-1].id,
-                LEASE_SECONDS,
-            )
-            if not still_held:
-                return None  # the lease ran out and another process took the cursor: its work counts
+            if not events:
+                return 0
+            # The read's portal keeps its snapshot until another statement replaces it: this one does
+            # (a simple query), so that no snapshot is held while the batch is worked out.
+            await connection.execute("SELECT 1")
+            work = await self.prepare(events)
+            assert events[-1].id is not None
+            if not await connection.fetchval(
+                "SELECT papo_outbox_advance($1, $2, $3)", self.name, position, events[-1].id
+            ):
+                return None  # the cursor moved meanwhile (it cannot while the lock holds): nothing stored
             await self.store(session, work)
         return len(events)
 

@@ -61,14 +61,11 @@ class EventRetention(Base):
 
 
 class OutboxCursor(Base):
-    """How far one outbox consumer (sentiment, outbound webhooks) has read the events (migration 0016),
-    and which process holds it until when (0044)."""
+    """How far one outbox consumer (sentiment, outbound webhooks) has read the events (migration 0016)."""
 
     __tablename__ = "outbox_cursors"
 
     name: Mapped[str] = mapped_column(Text)
     last_id: Mapped[int] = mapped_column(BigInteger)
-    holder: Mapped[uuid.UUID | None] = mapped_column()  # the process working it (migration 0044)
-    leased_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (PrimaryKeyConstraint("name", name="outbox_cursors_pkey"),)

@@ -21,7 +21,7 @@ each process's relay work grows with the whole installation. With it:
 - Live events (reply deltas) go to `<prefix>.live.<tenant_id>` as plain NATS messages: best
   effort, as with NOTIFY.
 - Outbox consumers (sentiment, outbound webhooks) are woken by the bridge in its own process; in
-  the others they poll (a lease on their cursor lets one process at a time work each).
+  the others they poll (an advisory lock per batch lets one process at a time work each).
 """
 
 from __future__ import annotations

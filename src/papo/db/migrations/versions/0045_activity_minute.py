@@ -1,7 +1,7 @@
 """Chat lists ordered through a minute of activity, so that a message's update of its chat is HOT.
 
 Revision ID: 0045_activity_minute
-Revises: 0044_outbox_leases
+Revises: 0044_outbox_batches_without_xid
 
 Every message updates its chat's row (migration 0001's trigger: `last_message_at`, from which
 `activity_at` is generated). `activity_at` was a key of two indexes (the owner's chat list and the
@@ -22,7 +22,7 @@ from __future__ import annotations
 from papo.db.script import execute_script
 
 revision = "0045_activity_minute"
-down_revision = "0044_outbox_leases"
+down_revision = "0044_outbox_batches_without_xid"
 
 UPGRADE_SQL = """
 CREATE FUNCTION papo_activity_minute(p_at timestamptz) RETURNS bigint
