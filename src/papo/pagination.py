@@ -6,10 +6,15 @@ import base64
 import binascii
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from papo.errors import BadRequest
+
+# What a cursor's timestamp may be: nothing papo stores is outside it, and PostgreSQL, the driver
+# and papo_activity_minute() handle everything inside it.
+EARLIEST = datetime(1000, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def encode_cursor(*values: Any) -> str:
@@ -33,10 +38,14 @@ def decode_cursor(cursor: str, *kinds: type) -> list[Any]:
             raise ValueError("wrong arity")
         decoded: list[Any] = []
         for kind, value in zip(kinds, values, strict=True):
+            if kind in (datetime, uuid.UUID) and not isinstance(value, str):
+                raise ValueError("not a string")
             if kind is datetime:
                 parsed = datetime.fromisoformat(value)
                 if parsed.tzinfo is None:
                     raise ValueError("naive timestamp")
+                if not EARLIEST <= parsed < LATEST:  # the driver sends the extremes as ±infinity
+                    raise ValueError("timestamp out of range")
                 decoded.append(parsed)
             elif kind is uuid.UUID:
                 decoded.append(uuid.UUID(value))
@@ -49,5 +58,5 @@ def decode_cursor(cursor: str, *kinds: type) -> list[Any]:
             else:
                 decoded.append(kind(value))
         return decoded
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
         raise BadRequest("invalid cursor; use the cursor from a previous page unchanged") from exc

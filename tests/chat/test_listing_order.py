@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 
 from papo.auth.models import Role
+from papo.pagination import encode_cursor
 from tests.conftest import ProvisionedDatabase, plain_dsn
 from tests.support import Member, create_session
 
@@ -90,3 +91,27 @@ async def test_a_long_chat_list_is_read_in_index_order_not_sorted_whole(
     assert '"Sort Method"' not in text or "Incremental Sort" in text, text
     assert root["Shared Hit Blocks"] + root.get("Shared Read Blocks", 0) < 100, root
     assert len(await listed(client, member, 200)) == 5000
+
+
+async def test_a_forged_cursor_is_refused_with_a_400_and_the_listing_still_works(
+    client: httpx.AsyncClient, make_tenant: Any
+) -> None:
+    """Cursors are opaque but come from the caller: extreme timestamps (which the driver sends as
+    ±infinity, and the minute of which PostgreSQL cannot compute), a timestamp that leaves the
+    calendar once in UTC, and parts of the wrong type are each a 400, never a 500."""
+    member = await (await make_tenant()).member(Role.member)
+    chat = (await create_session(client, member, "mine"))["id"]
+    forged = [
+        ["0001-01-01T00:00:00+00:00", str(uuid.uuid4())],
+        ["9999-12-31T23:59:59.999999+00:00", str(uuid.uuid4())],
+        ["0001-01-01T00:30:00+01:00", str(uuid.uuid4())],
+        ["2026-03-01T10:00:00+00:00", 123],
+        [1700000000, str(uuid.uuid4())],
+    ]
+    for parts in forged:
+        cursor = encode_cursor(*parts)
+        for path, name in (("/api/v1/sessions", "cursor"), (f"/api/v1/sessions/{chat}/messages", "after")):
+            answer = await client.get(path, params={name: cursor}, headers=member.headers)
+            assert answer.status_code == 400, (parts, path, answer.text)
+            assert answer.headers["content-type"].startswith("application/problem+json")
+    assert await listed(client, member, 10) == [chat]

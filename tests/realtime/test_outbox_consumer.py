@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from papo.db.engine import Database
+from papo.db.engine import Database, driver
 from papo.realtime.consumer import OutboxConsumer
 from papo.realtime.service import Event
 from tests.conftest import ProvisionedDatabase, plain_dsn
@@ -88,6 +88,9 @@ async def test_a_batch_is_worked_out_holding_no_transaction_id_and_by_one_proces
         go_on.set()
         assert await asyncio.wait_for(working_out, 5) is None
         assert [who for who, _ in stored] == ["first"]
+        assert await owner.fetchval("SELECT last_id FROM outbox_cursors WHERE name = $1", name) == last + 1
+        async with db.transaction() as session:  # never backwards (a replay would send old events again)
+            assert await driver(session).fetchval("SELECT papo_outbox_advance($1, $2, $3)", name, last + 1, 5) is None
         assert await owner.fetchval("SELECT last_id FROM outbox_cursors WHERE name = $1", name) == last + 1
     finally:
         go_on.set()

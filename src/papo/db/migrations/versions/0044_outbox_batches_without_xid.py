@@ -46,12 +46,14 @@ BEGIN
 END
 $$;
 
--- Moves the cursor from p_from to p_to; false when it was no longer at p_from (then nothing the
--- caller worked out from there may be stored).
+-- Moves the cursor forward from p_from to p_to; false when it was no longer at p_from (then nothing
+-- the caller worked out from there may be stored) or p_to is not ahead (never backwards: a replay
+-- would send old events again).
 CREATE FUNCTION papo_outbox_advance(p_name text, p_from bigint, p_to bigint) RETURNS boolean
   LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
   AS $$
-    UPDATE outbox_cursors SET last_id = p_to WHERE name = p_name AND last_id = p_from RETURNING true;
+    UPDATE outbox_cursors SET last_id = p_to WHERE name = p_name AND last_id = p_from AND p_to > p_from
+    RETURNING true;
   $$;
 """
 
