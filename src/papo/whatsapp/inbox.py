@@ -66,6 +66,12 @@ def asks_for_a_human(text: str, words: tuple[str, ...]) -> bool:
     return any(fold(word) in said for word in words)
 
 
+def _kept(message: InboundMessage) -> bool:
+    """Whether papo keeps what the customer sent (a text, or something with a file or a location);
+    anything else is stored as a note that an unsupported kind arrived."""
+    return message.kind == "text" or bool(message.attachments)
+
+
 @dataclass(frozen=True)
 class Received:
     conversation_id: uuid.UUID
@@ -130,7 +136,7 @@ class Inbox:
 
     @staticmethod
     def _arrival(message: InboundMessage) -> ChannelArrival:
-        kept = message.kind == "text" or bool(message.attachments)
+        kept = _kept(message)
         return ChannelArrival(
             message.from_wa_id,
             message.contact_name,
@@ -153,9 +159,8 @@ class Inbox:
         customer is told the bot reads text only."""
         conversation_id = conversation["id"]
         bot_on = bool(conversation["bot_enabled"])
-        kept = inbound.kind == "text" or bool(inbound.attachments)
         # the bot answers words (a text, a caption); a file alone goes to a person, and the customer is told
-        supported = kept and bool(content.strip())
+        supported = _kept(inbound) and bool(content.strip())
         files = [a.kind for a in inbound.attachments if a.kind in FILE_KINDS]
         # a voice note waits for its transcript (papo.whatsapp.hub.voice_note_stored decides then)
         transcribable = assistant_id is not None and bool(files) and all(k in VOICE_KINDS for k in files)
