@@ -27,6 +27,20 @@ from tests.whatsapp.test_ownership import trigger_of_the_test
 INBOX = "/api/v1/whatsapp/conversations"
 
 
+async def echo_bot_answers(client: httpx.AsyncClient, admin: Member, key: SessionKey, provider_url: str) -> None:
+    """The number gets an assistant on the fake provider that echoes what it is told."""
+    assistant = await client.post(
+        "/api/v1/assistants",
+        json={"name": "Bot", "model": "fake-echo", "base_url": provider_url, "api_key": API_KEY},
+        headers=admin.headers,
+    )
+    assert assistant.status_code == 201, assistant.text
+    answered = await client.patch(
+        f"{BASE}/{key.session_id}", json={"assistant_id": assistant.json()["id"]}, headers=admin.headers
+    )
+    assert answered.status_code == 200, answered.text
+
+
 async def test_customer_in_agent_out_with_receipts(
     client: httpx.AsyncClient,
     number: tuple[TenantHandle, Member, Member, SessionKey],
@@ -155,13 +169,7 @@ async def test_the_bot_answers_until_the_customer_asks_for_a_human(
     fake_openai: tuple[Any, str],
 ) -> None:
     _, admin, agent, key = number
-    assistant = await client.post(
-        "/api/v1/assistants",
-        json={"name": "Bot", "model": "fake-echo", "base_url": fake_openai[1], "api_key": API_KEY},
-        headers=admin.headers,
-    )
-    assert assistant.status_code == 201, assistant.text
-    await client.patch(f"{BASE}/{key.session_id}", json={"assistant_id": assistant.json()["id"]}, headers=admin.headers)
+    await echo_bot_answers(client, admin, key, fake_openai[1])
 
     await fake.customer_writes(key, "qual o horário de vocês?", wa_id="5541933334444", name="Ana")
     async with asyncio.timeout(10):  # the bot's reply goes out through the number
@@ -308,13 +316,7 @@ async def test_a_run_of_messages_is_stored_together_and_each_follows_the_inbox_r
     the run holds for the customer's later messages, a message delivered before is stored once, and
     the staff's stream hears each message followed by its conversation, in order."""
     _, admin, agent, key = number
-    assistant = await client.post(
-        "/api/v1/assistants",
-        json={"name": "Bot", "model": "fake-echo", "base_url": fake_openai[1], "api_key": API_KEY},
-        headers=admin.headers,
-    )
-    assert assistant.status_code == 201, assistant.text
-    await client.patch(f"{BASE}/{key.session_id}", json={"assistant_id": assistant.json()["id"]}, headers=admin.headers)
+    await echo_bot_answers(client, admin, key, fake_openai[1])
     known = await fake.customer_writes(key, "bom dia", wa_id="5511944440002", name="Bruno")
 
     runs: list[int] = []
